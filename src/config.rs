@@ -1,0 +1,443 @@
+//! The operator's configuration: what Dropship may touch and with which credentials.
+//!
+//! Layers, later ones win: built-in defaults, then the TOML file, then environment variables
+//! named `DROPSHIP__SECTION__KEY` (for example `DROPSHIP__SERVER__LISTEN=0.0.0.0:8080`).
+//! Unknown keys are rejected. Secrets are [`SecretString`]s, which print as `[REDACTED]`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The commented example configuration, compiled in: `dropship default-config` prints it and
+/// it is the configuration used when no file is given and `config/dropship.toml` does not exist.
+pub const EXAMPLE: &str = include_str!("../config/dropship.toml");
+
+/// The path tried when `--config` is not given.
+pub const DEFAULT_PATH: &str = "config/dropship.toml";
+
+/// The name of the built-in server that runs commands on this machine, without SSH.
+pub const LOCAL: &str = "local";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub github: GithubSection,
+    #[serde(default)]
+    pub api: ApiSection,
+    #[serde(default)]
+    pub ssh: SshSection,
+    /// Every machine a deployment may run on. Repositories name them (or their roles).
+    #[serde(default)]
+    pub servers: Vec<ServerEntry>,
+    /// Which repositories may deploy, where, and with which secrets.
+    #[serde(default)]
+    pub repos: Vec<RepoEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Where the HTTP listener (webhooks, pages, API) binds.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The base of every URL Dropship hands out, `log_url` among them.
+    #[serde(default = "default_public_url")]
+    pub public_url: String,
+    /// Holds `dropship.db` (SQLite) and the SSH control sockets and known-hosts files.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Webhook bodies above this size are refused with 413. GitHub caps payloads at 25 MB.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubSection {
+    /// GitHub's REST API; set it to `https://HOST/api/v3` for GitHub Enterprise Server.
+    #[serde(default = "default_api_url")]
+    pub api_url: String,
+    /// A token with `deployments: write` and `contents: read`, when not using a GitHub App.
+    pub token: Option<SecretString>,
+    /// GitHub App credentials; installation tokens are fetched per delivery's installation.
+    pub app: Option<GithubApp>,
+    /// Any one of these verifies a delivery, so a secret can be rotated without downtime.
+    #[serde(default)]
+    pub webhook_secrets: Vec<SecretString>,
+    /// The first wait before a failed status post is retried; it doubles up to `retry_max`.
+    #[serde(default = "default_retry_base", with = "humantime_serde")]
+    pub retry_base: Duration,
+    #[serde(default = "default_retry_max", with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubApp {
+    pub app_id: u64,
+    pub private_key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Bearer tokens accepted by the JSON API (`Authorization: Bearer ...`).
+    #[serde(default)]
+    pub tokens: Vec<SecretString>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SshSection {
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A master connection unused this long is closed; the next step opens a new one.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerEntry {
+    pub name: String,
+    /// A host name or address, or `local` for this machine (no SSH).
+    pub host: String,
+    #[serde(default = "default_ssh_port")]
+    pub port: u16,
+    pub user: Option<String>,
+    pub identity_file: Option<PathBuf>,
+    /// The server's public host key (`ssh-ed25519 AAAA...`), pinned, or `accept-new` to trust
+    /// the first key seen. Required for SSH servers: there is no silent trust on first use.
+    pub host_key: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoEntry {
+    /// `owner/repo`, or `owner/*` for every repository of an owner.
+    pub name: String,
+    /// Environment names (globs) the repo may deploy to.
+    #[serde(default = "default_all")]
+    pub environments: Vec<String>,
+    /// Server names (globs) the repo may use.
+    #[serde(default = "default_all")]
+    pub servers: Vec<String>,
+    /// Secrets a manifest step may ask for by name.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretString>,
+}
+
+/// How a server's host key is checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKey {
+    /// Only this key (`type base64`) is accepted.
+    Pinned(String),
+    /// The first key seen is remembered in the data directory and required after that.
+    AcceptNew,
+}
+
+impl ServerEntry {
+    pub fn is_local(&self) -> bool {
+        self.host == LOCAL
+    }
+
+    pub fn host_key(&self) -> anyhow::Result<HostKey> {
+        match self.host_key.as_deref().map(str::trim) {
+            Some("accept-new") => Ok(HostKey::AcceptNew),
+            Some(key) if key.split_whitespace().count() >= 2 => {
+                let mut parts = key.split_whitespace();
+                let kind = parts.next().unwrap_or_default();
+                let blob = parts.next().unwrap_or_default();
+                Ok(HostKey::Pinned(format!("{kind} {blob}")))
+            }
+            Some(other) => bail!(
+                "server `{}`: host_key `{other}` is neither `accept-new` nor a public key like `ssh-ed25519 AAAA...`",
+                self.name
+            ),
+            None => bail!(
+                "server `{}`: host_key is required: pin the server's public host key (`ssh-keyscan -t ed25519 {}`), or write host_key = \"accept-new\" to trust the first key seen",
+                self.name,
+                self.host
+            ),
+        }
+    }
+}
+
+impl RepoEntry {
+    pub fn matches_repo(&self, full_name: &str) -> bool {
+        glob_match(&self.name, full_name)
+    }
+
+    pub fn allows_environment(&self, environment: &str) -> bool {
+        self.environments.iter().any(|p| glob_match(p, environment))
+    }
+
+    pub fn allows_server(&self, server: &str) -> bool {
+        self.servers.iter().any(|p| glob_match(p, server))
+    }
+}
+
+/// Shell-style glob matching (`*`, `?`, `[...]`); a malformed pattern matches only itself.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    match glob::Pattern::new(pattern) {
+        Ok(p) => p.matches_with(name, options),
+        Err(_) => pattern == name,
+    }
+}
+
+impl Config {
+    /// Loads the configuration: `path` if given, else `config/dropship.toml` if it exists, else
+    /// the compiled-in example. Environment variables override either.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let figment = match path {
+            Some(path) => {
+                if !path.exists() {
+                    bail!("config file {} does not exist", path.display());
+                }
+                Figment::new().merge(Toml::file_exact(path))
+            }
+            None if Path::new(DEFAULT_PATH).exists() => {
+                Figment::new().merge(Toml::file_exact(DEFAULT_PATH))
+            }
+            None => Figment::new().merge(Toml::string(EXAMPLE)),
+        };
+        let config: Config = figment
+            .merge(Env::prefixed("DROPSHIP__").split("__"))
+            .extract()
+            .map_err(|e| anyhow::anyhow!(describe_figment_error(e)))
+            .context("invalid configuration")?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses a configuration from TOML text alone (no environment), for tests and tools.
+    pub fn from_toml(text: &str) -> anyhow::Result<Config> {
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| anyhow::anyhow!(describe_figment_error(e)))
+            .context("invalid configuration")?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Cross-field checks that serde cannot express.
+    fn check(&self) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for server in &self.servers {
+            if !seen.insert(server.name.as_str()) {
+                bail!("server `{}` is defined twice", server.name);
+            }
+            if !server.is_local() {
+                server.host_key()?;
+            }
+        }
+        if self.github.token.is_some() && self.github.app.is_some() {
+            bail!("github: set either `token` or `[github.app]`, not both");
+        }
+        url_parse(&self.server.public_url).context("server.public_url")?;
+        url_parse(&self.github.api_url).context("github.api_url")?;
+        Ok(())
+    }
+
+    pub fn server(&self, name: &str) -> Option<&ServerEntry> {
+        self.servers.iter().find(|s| s.name == name)
+    }
+
+    /// The first repo entry that matches `full_name`, if any.
+    pub fn repo(&self, full_name: &str) -> Option<&RepoEntry> {
+        self.repos.iter().find(|r| r.matches_repo(full_name))
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.server.data_dir.join("dropship.db")
+    }
+
+    pub fn public_url(&self) -> &str {
+        self.server.public_url.trim_end_matches('/')
+    }
+
+    /// The webhook secrets' bytes, for signature checks.
+    pub fn webhook_secret_bytes(&self) -> Vec<Vec<u8>> {
+        self.github
+            .webhook_secrets
+            .iter()
+            .map(|s| s.expose_secret().as_bytes().to_vec())
+            .collect()
+    }
+}
+
+fn url_parse(url: &str) -> anyhow::Result<http::Uri> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("`{url}` is not a URL"))?;
+    if uri.scheme().is_none() || uri.host().is_none() {
+        bail!("`{url}` is not an absolute http(s) URL");
+    }
+    Ok(uri)
+}
+
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| {
+            let path = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" (in {s})"))
+                .unwrap_or_default();
+            if path.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("{path}: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_public_url() -> String {
+    "http://127.0.0.1:8080".to_string()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_max_body_bytes() -> usize {
+    25 * 1024 * 1024
+}
+fn default_api_url() -> String {
+    "https://api.github.com".to_string()
+}
+fn default_retry_base() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_all() -> Vec<String> {
+    vec!["*".to_string()]
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            public_url: default_public_url(),
+            data_dir: default_data_dir(),
+            max_body_bytes: default_max_body_bytes(),
+        }
+    }
+}
+
+impl Default for GithubSection {
+    fn default() -> Self {
+        GithubSection {
+            api_url: default_api_url(),
+            token: None,
+            app: None,
+            webhook_secrets: Vec::new(),
+            retry_base: default_retry_base(),
+            retry_max: default_retry_max(),
+        }
+    }
+}
+
+impl Default for SshSection {
+    fn default() -> Self {
+        SshSection {
+            connect_timeout: default_connect_timeout(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let config = Config::from_toml(EXAMPLE).unwrap();
+        assert!(config.server(LOCAL).is_some_and(ServerEntry::is_local));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_path() {
+        let error =
+            Config::from_toml("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n").unwrap_err();
+        let message = format!("{error:#}");
+        assert!(message.contains("lisen"), "{message}");
+    }
+
+    #[test]
+    fn host_key_is_strict_unless_accept_new_is_written() {
+        let error =
+            Config::from_toml("[[servers]]\nname = \"web\"\nhost = \"10.0.0.1\"\n").unwrap_err();
+        assert!(
+            format!("{error:#}").contains("host_key is required"),
+            "{error:#}"
+        );
+        let config = Config::from_toml(
+            "[[servers]]\nname = \"web\"\nhost = \"10.0.0.1\"\nhost_key = \"accept-new\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.servers[0].host_key().unwrap(), HostKey::AcceptNew);
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let config = Config::from_toml(
+            "[github]\ntoken = \"ghp_supersecret\"\nwebhook_secrets = [\"whsec\"]\n[[repos]]\nname = \"o/r\"\nsecrets = { DB = \"hunter2\" }\n",
+        )
+        .unwrap();
+        let debug = format!("{config:?}");
+        for secret in ["ghp_supersecret", "whsec", "hunter2"] {
+            assert!(!debug.contains(secret), "{secret} leaked in {debug}");
+        }
+    }
+
+    #[test]
+    fn repo_globs() {
+        let config = Config::from_toml(
+            "[[repos]]\nname = \"acme/*\"\nenvironments = [\"staging\", \"pr-*\"]\nservers = [\"web-*\"]\n",
+        )
+        .unwrap();
+        let repo = config.repo("acme/shop").unwrap();
+        assert!(repo.allows_environment("pr-12"));
+        assert!(!repo.allows_environment("production"));
+        assert!(repo.allows_server("web-2"));
+        assert!(!repo.allows_server("db-1"));
+        assert!(config.repo("other/shop").is_none());
+    }
+}

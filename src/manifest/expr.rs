@@ -1,0 +1,247 @@
+//! `${{ ... }}` expressions: the deployment's facts, substituted into scripts and values.
+
+use serde_json::Value;
+
+/// What expressions can name: one deployment of one repository.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub deployment_id: i64,
+    pub sha: String,
+    pub git_ref: String,
+    pub environment: String,
+    pub task: String,
+    pub payload: Value,
+    pub repo_owner: String,
+    pub repo_name: String,
+}
+
+/// A reference inside `${{ }}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reference {
+    Sha,
+    Ref,
+    Environment,
+    Id,
+    Task,
+    Payload(Vec<String>),
+    RepoOwner,
+    RepoName,
+}
+
+/// One `${{ ... }}` occurrence: byte range in the text and what it says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Occurrence {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) inner: String,
+}
+
+/// Finds every `${{ ... }}` in `text`; an unclosed one is returned with `end == text.len()`.
+pub(crate) fn occurrences(text: &str) -> Vec<Occurrence> {
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(offset) = text[from..].find("${{") {
+        let start = from + offset;
+        match text[start + 3..].find("}}") {
+            Some(close) => {
+                let end = start + 3 + close + 2;
+                found.push(Occurrence {
+                    start,
+                    end,
+                    inner: text[start + 3..end - 2].trim().to_string(),
+                });
+                from = end;
+            }
+            None => {
+                found.push(Occurrence {
+                    start,
+                    end: text.len(),
+                    inner: text[start + 3..].trim().to_string(),
+                });
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// Parses what stands inside `${{ }}`.
+pub(crate) fn parse_reference(inner: &str) -> Result<Reference, String> {
+    let reference = match inner {
+        "deployment.sha" => Reference::Sha,
+        "deployment.ref" => Reference::Ref,
+        "deployment.environment" => Reference::Environment,
+        "deployment.id" => Reference::Id,
+        "deployment.task" => Reference::Task,
+        "repo.owner" => Reference::RepoOwner,
+        "repo.name" => Reference::RepoName,
+        other => match other.strip_prefix("deployment.payload.") {
+            Some(keys) if keys.split('.').all(valid_key) => {
+                Reference::Payload(keys.split('.').map(str::to_string).collect())
+            }
+            _ => {
+                return Err(format!(
+                    "unknown expression `{other}`: use deployment.sha, deployment.ref, deployment.environment, deployment.id, deployment.task, deployment.payload.KEY, repo.owner or repo.name"
+                ));
+            }
+        },
+    };
+    Ok(reference)
+}
+
+fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+impl Context {
+    /// The value of a reference, as text. A missing payload key is empty; an object or array
+    /// is its JSON.
+    pub(crate) fn value(&self, reference: &Reference) -> String {
+        match reference {
+            Reference::Sha => self.sha.clone(),
+            Reference::Ref => self.git_ref.clone(),
+            Reference::Environment => self.environment.clone(),
+            Reference::Id => self.deployment_id.to_string(),
+            Reference::Task => self.task.clone(),
+            Reference::RepoOwner => self.repo_owner.clone(),
+            Reference::RepoName => self.repo_name.clone(),
+            Reference::Payload(keys) => {
+                let mut value = &self.payload;
+                for key in keys {
+                    match value.get(key) {
+                        Some(inner) => value = inner,
+                        None => return String::new(),
+                    }
+                }
+                match value {
+                    Value::Null => String::new(),
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                }
+            }
+        }
+    }
+
+    /// `DROPSHIP_*` variables exported to every step.
+    pub fn environment_variables(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "DROPSHIP_DEPLOYMENT_ID".into(),
+                self.deployment_id.to_string(),
+            ),
+            ("DROPSHIP_SHA".into(), self.sha.clone()),
+            ("DROPSHIP_REF".into(), self.git_ref.clone()),
+            ("DROPSHIP_ENVIRONMENT".into(), self.environment.clone()),
+            ("DROPSHIP_TASK".into(), self.task.clone()),
+            (
+                "DROPSHIP_REPO".into(),
+                format!("{}/{}", self.repo_owner, self.repo_name),
+            ),
+            ("DROPSHIP_REPO_OWNER".into(), self.repo_owner.clone()),
+            ("DROPSHIP_REPO_NAME".into(), self.repo_name.clone()),
+            ("DROPSHIP_PAYLOAD".into(), self.payload.to_string()),
+        ]
+    }
+}
+
+/// How substituted values are written.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Quoting {
+    /// Single-quoted for `sh`, so a value can never become code.
+    Shell,
+    Raw,
+}
+
+/// Replaces every expression in `text`; the text was validated already, so an expression
+/// that does not parse is left as written.
+pub(crate) fn substitute(text: &str, context: &Context, quoting: Quoting) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for occurrence in occurrences(text) {
+        out.push_str(&text[last..occurrence.start]);
+        match parse_reference(&occurrence.inner) {
+            Ok(reference) => {
+                let value = context.value(&reference);
+                match quoting {
+                    Quoting::Raw => out.push_str(&value),
+                    Quoting::Shell => out.push_str(&shell_quote(&value)),
+                }
+            }
+            Err(_) => out.push_str(&text[occurrence.start..occurrence.end]),
+        }
+        last = occurrence.end;
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
+/// Quotes `value` as one `sh` word.
+pub fn shell_quote(value: &str) -> String {
+    // shlex refuses only NUL bytes, which no shell word can hold; drop them.
+    let cleaned = value.replace('\0', "");
+    shlex::try_quote(&cleaned)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| "''".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> Context {
+        Context {
+            deployment_id: 42,
+            sha: "abc123".into(),
+            git_ref: "main".into(),
+            environment: "production".into(),
+            task: "deploy".into(),
+            payload: serde_json::json!({"version": "1.2", "nested": {"n": 3}, "evil": "'; rm -rf / #"}),
+            repo_owner: "acme".into(),
+            repo_name: "shop".into(),
+        }
+    }
+
+    #[test]
+    fn substitution_quotes_for_the_shell() {
+        let cases = [
+            ("echo ${{ deployment.sha }}", "echo abc123"),
+            (
+                "echo ${{deployment.ref}}-${{ deployment.id }}",
+                "echo main-42",
+            ),
+            ("echo ${{ deployment.payload.version }}", "echo 1.2"),
+            ("echo ${{ deployment.payload.nested.n }}", "echo 3"),
+            ("echo ${{ deployment.payload.missing }}", "echo ''"),
+            (
+                "echo ${{ deployment.payload.evil }}",
+                r#"echo "'; rm -rf / #""#,
+            ),
+            (
+                "cd /srv/${{ repo.owner }}/${{ repo.name }}",
+                "cd /srv/acme/shop",
+            ),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                substitute(input, &context(), Quoting::Shell),
+                expected,
+                "{input}"
+            );
+        }
+    }
+
+    #[test]
+    fn references() {
+        assert_eq!(parse_reference("deployment.task"), Ok(Reference::Task));
+        assert!(
+            parse_reference("deployment.shaa")
+                .unwrap_err()
+                .contains("unknown expression `deployment.shaa`")
+        );
+        assert!(parse_reference("deployment.payload.").is_err());
+        assert!(parse_reference("secrets.X").is_err());
+    }
+}

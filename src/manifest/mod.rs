@@ -1,0 +1,625 @@
+//! `dropship.yml`: parsed, then validated into a [`Plan`] for one deployment.
+//!
+//! Two stages, each reporting every problem with its line and column:
+//! 1. [`Manifest::parse`]: YAML and shape (unknown keys, types), intrinsic rules (version,
+//!    strategy, expressions, names).
+//! 2. [`Manifest::plan`]: against one deployment and the operator's [`Inventory`]: the task and
+//!    environment exist, servers and roles resolve to servers the repo may use, secrets exist.
+//!
+//! Architecture invariant: this module does no IO. It receives text and returns values.
+
+mod expr;
+mod positions;
+mod raw;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+
+pub use expr::{Context, shell_quote};
+pub use positions::Position;
+
+use expr::{Quoting, occurrences, parse_reference, substitute};
+use positions::Positions;
+use raw::{RawBatch, RawManifest, RawStep, RawStrategy};
+
+/// The default timeout of a step on one server.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The names a manifest may have, in the order they are looked up at the repository root.
+pub const FILE_NAMES: [&str; 2] = ["dropship.yml", ".github/dropship.yml"];
+
+/// One problem, with the file and position it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: String,
+    pub position: Option<Position>,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.position {
+            Some(p) => write!(f, "{}:{}:{}: {}", self.file, p.line, p.column, self.message),
+            None => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Every problem found; never empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+impl Diagnostics {
+    pub fn first(&self) -> &Diagnostic {
+        &self.0[0]
+    }
+}
+
+/// A manifest that passed stage 1.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    file: String,
+    raw: RawManifest,
+    positions: Positions,
+}
+
+/// A server that the operator config defines, as the planner sees it.
+#[derive(Debug, Clone)]
+pub struct InventoryServer {
+    pub name: String,
+    pub roles: Vec<String>,
+    /// Whether the operator config lets this repository use it.
+    pub allowed: bool,
+}
+
+/// What the operator config offers one repository.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    pub repo: String,
+    pub servers: Vec<InventoryServer>,
+    /// Names of the secrets this repository may use (never their values).
+    pub secrets: BTreeSet<String>,
+}
+
+/// What the engine runs: one task in one environment, every name resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub task: String,
+    pub environment: String,
+    pub environment_url: Option<String>,
+    /// Every server the environment lists, in order.
+    pub servers: Vec<String>,
+    pub strategy: Strategy,
+    pub steps: Vec<PlannedStep>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Strategy {
+    Parallel,
+    Rolling {
+        batch: Batch,
+        pause: Option<Duration>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Batch {
+    Count(u32),
+    Percent(u32),
+}
+
+impl Batch {
+    /// Servers per batch for `total` servers (at least one).
+    pub fn size(self, total: usize) -> usize {
+        let size = match self {
+            Batch::Count(n) => n as usize,
+            Batch::Percent(p) => (total * p as usize).div_ceil(100),
+        };
+        size.clamp(1, total.max(1))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedStep {
+    pub name: String,
+    /// The script with every expression substituted (shell-quoted).
+    pub script: String,
+    /// The servers it runs on, in environment order.
+    pub servers: Vec<String>,
+    pub timeout: Duration,
+    /// Step `env`, expressions substituted; the `DROPSHIP_*` variables come from [`Context`].
+    pub env: BTreeMap<String, String>,
+    /// Names of secrets to export; their values are looked up when the step runs.
+    pub secrets: Vec<String>,
+    pub working_dir: Option<String>,
+    pub continue_on_error: bool,
+}
+
+/// The manifest's JSON Schema, pretty-printed.
+pub fn schema() -> String {
+    let schema = schemars::schema_for!(RawManifest);
+    serde_json::to_string_pretty(&schema).expect("a schema serializes")
+}
+
+struct Collector<'a> {
+    file: &'a str,
+    positions: &'a Positions,
+    found: Vec<Diagnostic>,
+}
+
+impl Collector<'_> {
+    fn at_key(&mut self, path: &str, message: impl Into<String>) {
+        let position = self.positions.key(path);
+        self.push(position, message);
+    }
+
+    fn at_value(&mut self, path: &str, message: impl Into<String>) {
+        let position = self.positions.value(path);
+        self.push(position, message);
+    }
+
+    fn push(&mut self, position: Option<Position>, message: impl Into<String>) {
+        self.found.push(Diagnostic {
+            file: self.file.to_string(),
+            position,
+            message: message.into(),
+        });
+    }
+
+    fn finish<T>(mut self, value: T) -> Result<T, Diagnostics> {
+        if self.found.is_empty() {
+            Ok(value)
+        } else {
+            self.found
+                .sort_by_key(|d| d.position.map(|p| (p.line, p.column)));
+            Err(Diagnostics(self.found))
+        }
+    }
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl Manifest {
+    /// Stage 1: parses `text`, read from `file` (used in messages).
+    pub fn parse(file: &str, text: &str) -> Result<Manifest, Diagnostics> {
+        let positions = Positions::index(text);
+        let raw: RawManifest = match serde_yaml::from_str(text) {
+            Ok(raw) => raw,
+            Err(error) => return Err(Diagnostics(vec![yaml_diagnostic(file, &error)])),
+        };
+        let mut c = Collector {
+            file,
+            positions: &positions,
+            found: Vec::new(),
+        };
+        if raw.version != 1 {
+            c.at_value(
+                "version",
+                format!(
+                    "unsupported version {}: this dropship reads version 1",
+                    raw.version
+                ),
+            );
+        }
+        if raw.environments.is_empty() {
+            c.at_key("environments", "at least one environment is required");
+        }
+        if raw.tasks.is_empty() {
+            c.at_key("tasks", "at least one task is required");
+        }
+        for (name, environment) in &raw.environments {
+            let path = format!("environments.{name}");
+            if environment.servers.is_empty() {
+                c.at_key(
+                    &format!("{path}.servers"),
+                    format!("environment `{name}` lists no servers"),
+                );
+            }
+            if let Some(url) = &environment.url {
+                check_expressions(&mut c, text, &format!("{path}.url"), url);
+            }
+            match (environment.strategy, &environment.batch) {
+                (RawStrategy::Parallel, Some(_)) => c.at_key(
+                    &format!("{path}.batch"),
+                    "`batch` needs `strategy: rolling`",
+                ),
+                (RawStrategy::Parallel, None) if environment.pause.is_some() => c.at_key(
+                    &format!("{path}.pause"),
+                    "`pause` needs `strategy: rolling`",
+                ),
+                (_, Some(batch)) => {
+                    if let Err(message) = parse_batch(batch) {
+                        c.at_value(&format!("{path}.batch"), message);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (task, steps) in &raw.tasks {
+            if steps.is_empty() {
+                c.at_key(
+                    &format!("tasks.{task}"),
+                    format!("task `{task}` has no steps"),
+                );
+            }
+            let mut names = BTreeSet::new();
+            for (i, step) in steps.iter().enumerate() {
+                let path = format!("tasks.{task}[{i}]");
+                check_step(&mut c, text, &path, step);
+                if !names.insert(step.name.as_str()) {
+                    c.at_value(
+                        &format!("{path}.name"),
+                        format!("step name `{}` is used twice in task `{task}`", step.name),
+                    );
+                }
+            }
+        }
+        c.finish(())?;
+        Ok(Manifest {
+            file: file.to_string(),
+            raw,
+            positions,
+        })
+    }
+
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+
+    pub fn environment_names(&self) -> impl Iterator<Item = &str> {
+        self.raw.environments.keys().map(String::as_str)
+    }
+
+    pub fn task_names(&self) -> impl Iterator<Item = &str> {
+        self.raw.tasks.keys().map(String::as_str)
+    }
+
+    /// Every server name or role the manifest mentions, with its position, for checks against
+    /// an operator config outside any one deployment (`dropship validate --config`).
+    pub fn check_against(&self, inventory: &Inventory) -> Result<(), Diagnostics> {
+        let mut c = Collector {
+            file: &self.file,
+            positions: &self.positions,
+            found: Vec::new(),
+        };
+        for (name, environment) in &self.raw.environments {
+            resolve_environment_servers(&mut c, inventory, name, &environment.servers);
+        }
+        for (task, steps) in &self.raw.tasks {
+            for (i, step) in steps.iter().enumerate() {
+                check_secrets(&mut c, inventory, &format!("tasks.{task}[{i}]"), step);
+            }
+        }
+        c.finish(())
+    }
+
+    /// Stage 2: the plan for `context.task` in `context.environment`.
+    pub fn plan(&self, context: &Context, inventory: &Inventory) -> Result<Plan, Diagnostics> {
+        let mut c = Collector {
+            file: &self.file,
+            positions: &self.positions,
+            found: Vec::new(),
+        };
+        let Some(environment) = self.raw.environments.get(&context.environment) else {
+            let known = self
+                .raw
+                .environments
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            c.at_key(
+                "environments",
+                format!(
+                    "environment `{}` is not defined (defined: {known})",
+                    context.environment
+                ),
+            );
+            return Err(c.finish(()).unwrap_err());
+        };
+        let Some(steps) = self.raw.tasks.get(&context.task) else {
+            let known = self
+                .raw
+                .tasks
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ");
+            c.at_key(
+                "tasks",
+                format!("task `{}` is not defined (defined: {known})", context.task),
+            );
+            return Err(c.finish(()).unwrap_err());
+        };
+        let servers = resolve_environment_servers(
+            &mut c,
+            inventory,
+            &context.environment,
+            &environment.servers,
+        );
+        let mut planned = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            let path = format!("tasks.{}[{i}]", context.task);
+            check_secrets(&mut c, inventory, &path, step);
+            let on = step.on.as_deref().unwrap_or("all");
+            let step_servers: Vec<String> = match on {
+                "all" => servers.clone(),
+                "first" => servers.iter().take(1).cloned().collect(),
+                name if servers.iter().any(|s| s == name) => vec![name.to_string()],
+                role => servers
+                    .iter()
+                    .filter(|s| {
+                        inventory
+                            .servers
+                            .iter()
+                            .any(|i| &i.name == *s && i.roles.iter().any(|r| r == role))
+                    })
+                    .cloned()
+                    .collect(),
+            };
+            if step_servers.is_empty() && !servers.is_empty() {
+                c.at_value(
+                    &format!("{path}.on"),
+                    format!(
+                        "step `{}`: `on: {on}` matches no server of environment `{}` (use all, first, one of its servers or a role one of them has)",
+                        step.name, context.environment
+                    ),
+                );
+            }
+            let script = step.run.as_deref().unwrap_or_default();
+            planned.push(PlannedStep {
+                name: step.name.clone(),
+                script: substitute(script, context, Quoting::Shell),
+                servers: step_servers,
+                timeout: step.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
+                env: step
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), substitute(v, context, Quoting::Raw)))
+                    .collect(),
+                secrets: step.secrets.clone(),
+                working_dir: step.working_dir.clone(),
+                continue_on_error: step.continue_on_error,
+            });
+        }
+        let strategy = match environment.strategy {
+            RawStrategy::Parallel => Strategy::Parallel,
+            RawStrategy::Rolling => Strategy::Rolling {
+                batch: environment
+                    .batch
+                    .as_ref()
+                    .map(|b| parse_batch(b).unwrap_or(Batch::Count(1)))
+                    .unwrap_or(Batch::Count(1)),
+                pause: environment.pause,
+            },
+        };
+        let plan = Plan {
+            task: context.task.clone(),
+            environment: context.environment.clone(),
+            environment_url: environment
+                .url
+                .as_ref()
+                .map(|u| substitute(u, context, Quoting::Raw)),
+            servers,
+            strategy,
+            steps: planned,
+        };
+        c.finish(plan)
+    }
+}
+
+fn check_step(c: &mut Collector<'_>, text: &str, path: &str, step: &RawStep) {
+    match &step.run {
+        None => c.at_key(
+            path,
+            format!("step `{}` needs `run` (a shell script)", step.name),
+        ),
+        Some(run) if run.trim().is_empty() => c.at_value(
+            &format!("{path}.run"),
+            format!("step `{}` has an empty `run`", step.name),
+        ),
+        Some(run) => check_expressions(c, text, &format!("{path}.run"), run),
+    }
+    if step.name.trim().is_empty() {
+        c.at_value(&format!("{path}.name"), "a step name cannot be empty");
+    }
+    if step.timeout == Some(Duration::ZERO) {
+        c.at_value(
+            &format!("{path}.timeout"),
+            "a timeout must be longer than zero",
+        );
+    }
+    for (key, value) in &step.env {
+        let env_path = format!("{path}.env.{key}");
+        if !valid_env_name(key) {
+            c.at_key(
+                &env_path,
+                format!("`{key}` is not a valid environment variable name"),
+            );
+        } else if key.starts_with("DROPSHIP_") {
+            c.at_key(
+                &env_path,
+                format!("`{key}`: names starting with DROPSHIP_ are set by dropship"),
+            );
+        }
+        check_expressions(c, text, &env_path, value);
+    }
+    for (i, secret) in step.secrets.iter().enumerate() {
+        if !valid_env_name(secret) {
+            c.at_value(
+                &format!("{path}.secrets[{i}]"),
+                format!("`{secret}` is not a valid environment variable name"),
+            );
+        }
+    }
+    if let Some(dir) = &step.working_dir {
+        if dir.trim().is_empty() {
+            c.at_value(
+                &format!("{path}.working_dir"),
+                "working_dir cannot be empty",
+            );
+        }
+    }
+}
+
+/// Reports every malformed or unknown expression in the value at `path`, pointing at the
+/// expression itself when it can be found in the source text.
+fn check_expressions(c: &mut Collector<'_>, text: &str, path: &str, value: &str) {
+    for occurrence in occurrences(value) {
+        let error = if occurrence.end == value.len() && !value.ends_with("}}") {
+            Some(format!(
+                "`${{{{` without a closing `}}}}` in `{}`",
+                &value[occurrence.start..]
+            ))
+        } else {
+            parse_reference(&occurrence.inner).err()
+        };
+        if let Some(message) = error {
+            let start = c.positions.value(path);
+            let needle = &value[occurrence.start..occurrence.end.min(value.len())];
+            let position = start
+                .and_then(|s| find_in_source(text, s, needle))
+                .or(start);
+            c.push(position, message);
+        }
+    }
+}
+
+/// The position of `needle` in `text` at or after `from`.
+fn find_in_source(text: &str, from: Position, needle: &str) -> Option<Position> {
+    for (index, line) in text.lines().enumerate().skip(from.line - 1) {
+        let skip = if index + 1 == from.line {
+            from.column - 1
+        } else {
+            0
+        };
+        let searchable = line.get(skip..).unwrap_or_default();
+        if let Some(byte) = searchable.find(needle) {
+            let column = line[..skip + byte].chars().count() + 1;
+            return Some(Position {
+                line: index + 1,
+                column,
+            });
+        }
+    }
+    None
+}
+
+fn parse_batch(batch: &RawBatch) -> Result<Batch, String> {
+    match batch {
+        RawBatch::Count(0) => Err("batch must be at least 1".into()),
+        RawBatch::Count(n) => Ok(Batch::Count(*n)),
+        RawBatch::Percent(text) => {
+            let number = text
+                .trim()
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<u32>().ok());
+            match number {
+                Some(p) if (1..=100).contains(&p) => Ok(Batch::Percent(p)),
+                _ => Err(format!(
+                    "batch `{text}` must be a count (2) or a percentage from 1% to 100% (\"25%\")"
+                )),
+            }
+        }
+    }
+}
+
+/// Resolves an environment's `servers` entries (names, then roles) to server names the repo
+/// may use, in order, reporting unknown and forbidden ones.
+fn resolve_environment_servers(
+    c: &mut Collector<'_>,
+    inventory: &Inventory,
+    environment: &str,
+    entries: &[String],
+) -> Vec<String> {
+    let mut resolved: Vec<String> = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let path = format!("environments.{environment}.servers[{i}]");
+        let matched: Vec<&InventoryServer> =
+            match inventory.servers.iter().find(|s| &s.name == entry) {
+                Some(server) => vec![server],
+                None => inventory
+                    .servers
+                    .iter()
+                    .filter(|s| s.roles.iter().any(|r| r == entry))
+                    .collect(),
+            };
+        if matched.is_empty() {
+            c.at_value(
+                &path,
+                format!(
+                    "unknown server or role `{entry}`: the operator config defines no such server"
+                ),
+            );
+            continue;
+        }
+        for server in matched {
+            if !server.allowed {
+                c.at_value(
+                    &path,
+                    format!(
+                        "server `{}` is not allowed for {} by the operator config",
+                        server.name, inventory.repo
+                    ),
+                );
+            } else if !resolved.contains(&server.name) {
+                resolved.push(server.name.clone());
+            }
+        }
+    }
+    resolved
+}
+
+fn check_secrets(c: &mut Collector<'_>, inventory: &Inventory, path: &str, step: &RawStep) {
+    for (i, secret) in step.secrets.iter().enumerate() {
+        if valid_env_name(secret) && !inventory.secrets.contains(secret) {
+            c.at_value(
+                &format!("{path}.secrets[{i}]"),
+                format!(
+                    "secret `{secret}` is not provided for {} by the operator config",
+                    inventory.repo
+                ),
+            );
+        }
+    }
+}
+
+fn yaml_diagnostic(file: &str, error: &serde_yaml::Error) -> Diagnostic {
+    let text = error.to_string();
+    // serde_yaml appends " at line L column C" when it knows the location; it is in `position`.
+    let message = match text.rfind(" at line ") {
+        Some(i) if error.location().is_some() => text[..i].to_string(),
+        _ => text,
+    };
+    let position = error.location().map(|l| Position {
+        line: l.line(),
+        column: l.column(),
+    });
+    Diagnostic {
+        file: file.to_string(),
+        position,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests;

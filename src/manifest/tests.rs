@@ -1,0 +1,227 @@
+use expect_test::{Expect, expect};
+
+use super::*;
+
+const GOOD: &str = r#"version: 1
+environments:
+  production:
+    servers: [web-1, workers]
+    url: https://${{ deployment.environment }}.example.com
+    strategy: rolling
+    batch: 50%
+    pause: 1s
+  staging:
+    servers: [web-1]
+tasks:
+  deploy:
+    - name: build
+      run: echo building ${{ deployment.sha }} for ${{ repo.name }}
+    - name: migrate
+      on: first
+      run: ./migrate --version ${{ deployment.payload.version }}
+      secrets: [DATABASE_URL]
+      env:
+        LEVEL: ${{ deployment.environment }}
+    - name: restart
+      on: workers
+      run: systemctl restart app
+      timeout: 30s
+      continue_on_error: true
+"#;
+
+fn inventory() -> Inventory {
+    let server = |name: &str, roles: &[&str], allowed: bool| InventoryServer {
+        name: name.into(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        allowed,
+    };
+    Inventory {
+        repo: "acme/shop".into(),
+        servers: vec![
+            server("web-1", &["web"], true),
+            server("worker-1", &["workers"], true),
+            server("worker-2", &["workers"], true),
+            server("db-1", &["db"], false),
+        ],
+        secrets: ["DATABASE_URL".to_string()].into(),
+    }
+}
+
+fn context(environment: &str, task: &str) -> Context {
+    Context {
+        deployment_id: 7,
+        sha: "0123abc".into(),
+        git_ref: "main".into(),
+        environment: environment.into(),
+        task: task.into(),
+        payload: serde_json::json!({"version": "2"}),
+        repo_owner: "acme".into(),
+        repo_name: "shop".into(),
+    }
+}
+
+/// Parses and plans `text` for `production`/`deploy`, printing the diagnostics.
+fn check(text: &str, expect: Expect) {
+    let result = Manifest::parse("dropship.yml", text).and_then(|m| {
+        m.plan(&context("production", "deploy"), &inventory())
+            .map(|_| ())
+    });
+    let actual = match result {
+        Ok(()) => "ok".to_string(),
+        Err(diagnostics) => diagnostics.to_string(),
+    };
+    expect.assert_eq(&actual);
+}
+
+#[test]
+fn a_good_manifest_plans() {
+    let manifest = Manifest::parse("dropship.yml", GOOD).unwrap();
+    let plan = manifest
+        .plan(&context("production", "deploy"), &inventory())
+        .unwrap();
+    assert_eq!(plan.servers, ["web-1", "worker-1", "worker-2"]);
+    assert_eq!(
+        plan.environment_url.as_deref(),
+        Some("https://production.example.com")
+    );
+    assert_eq!(
+        plan.strategy,
+        Strategy::Rolling {
+            batch: Batch::Percent(50),
+            pause: Some(Duration::from_secs(1))
+        }
+    );
+    assert_eq!(plan.steps[0].script, "echo building 0123abc for shop");
+    assert_eq!(plan.steps[0].servers, plan.servers);
+    assert_eq!(plan.steps[0].timeout, DEFAULT_STEP_TIMEOUT);
+    assert_eq!(plan.steps[1].servers, ["web-1"]);
+    assert_eq!(plan.steps[1].script, "./migrate --version 2");
+    assert_eq!(plan.steps[1].env["LEVEL"], "production");
+    assert_eq!(plan.steps[1].secrets, ["DATABASE_URL"]);
+    assert_eq!(plan.steps[2].servers, ["worker-1", "worker-2"]);
+    assert_eq!(plan.steps[2].timeout, Duration::from_secs(30));
+    assert!(plan.steps[2].continue_on_error);
+}
+
+#[test]
+fn the_example_manifest_is_valid() {
+    let text = include_str!("../../dropship.example.yml");
+    let manifest = Manifest::parse("dropship.example.yml", text).unwrap();
+    let inventory = Inventory {
+        repo: "local/example".into(),
+        servers: vec![InventoryServer {
+            name: "local".into(),
+            roles: vec!["local".into()],
+            allowed: true,
+        }],
+        secrets: BTreeSet::new(),
+    };
+    for environment in manifest.environment_names() {
+        for task in manifest.task_names() {
+            manifest
+                .plan(&context(environment, task), &inventory)
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn batch_sizes() {
+    assert_eq!(Batch::Percent(50).size(3), 2);
+    assert_eq!(Batch::Percent(1).size(3), 1);
+    assert_eq!(Batch::Count(5).size(3), 3);
+    assert_eq!(Batch::Count(2).size(3), 2);
+}
+
+#[test]
+fn diagnostics() {
+    check(
+        "version: 1\nenvironments:\n  production:\n    serverz: [web-1]\ntasks: {}\n",
+        expect![[
+            r#"dropship.yml:4:5: environments.production: unknown field `serverz`, expected one of `servers`, `url`, `strategy`, `batch`, `pause`"#
+        ]],
+    );
+    check(
+        "version: 1\nenvironments:\n  production: {a\n  b: c\n",
+        expect![
+            "dropship.yml:3:16: environments.production: unknown field `a b`, expected one of `servers`, `url`, `strategy`, `batch`, `pause`"
+        ],
+    );
+    check(
+        "version: 1\nenvironments:\n\tproduction: x\n",
+        expect!["dropship.yml:3:1: found character that cannot start any token"],
+    );
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    strategy: rolling\n    batch: 150%\ntasks:\n  deploy:\n    - name: a\n      run: x\n",
+        expect![[
+            r#"dropship.yml:6:12: batch `150%` must be a count (2) or a percentage from 1% to 100% ("25%")"#
+        ]],
+    );
+    check(
+        "version: 2\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: a\n      run: x\n",
+        expect![[r#"dropship.yml:1:10: unsupported version 2: this dropship reads version 1"#]],
+    );
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1, web-9, db-1]\ntasks:\n  deploy:\n    - name: a\n      run: x\n",
+        expect![[r#"
+            dropship.yml:4:22: unknown server or role `web-9`: the operator config defines no such server
+            dropship.yml:4:29: server `db-1` is not allowed for acme/shop by the operator config"#]],
+    );
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: a\n      run: |\n        echo ok\n        echo ${{ deployment.shaa }}\n",
+        expect![[
+            r#"dropship.yml:10:14: unknown expression `deployment.shaa`: use deployment.sha, deployment.ref, deployment.environment, deployment.id, deployment.task, deployment.payload.KEY, repo.owner or repo.name"#
+        ]],
+    );
+    check(
+        "version: 1\nenvironments:\n  staging:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: a\n      run: x\n",
+        expect![[
+            r#"dropship.yml:2:1: environment `production` is not defined (defined: staging)"#
+        ]],
+    );
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  rollback:\n    - name: a\n      run: x\n",
+        expect![[r#"dropship.yml:5:1: task `deploy` is not defined (defined: rollback)"#]],
+    );
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: a\n      on: db\n      run: x\n      secrets: [NOPE]\n",
+        expect![[r#"
+            dropship.yml:8:11: step `a`: `on: db` matches no server of environment `production` (use all, first, one of its servers or a role one of them has)
+            dropship.yml:10:17: secret `NOPE` is not provided for acme/shop by the operator config"#]],
+    );
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    batch: 2\ntasks:\n  deploy:\n    - name: a\n    - name: a\n      run: x\n      env:\n        DROPSHIP_X: y\n        9x: z\n",
+        expect![[r#"
+            dropship.yml:5:5: `batch` needs `strategy: rolling`
+            dropship.yml:8:11: step `a` needs `run` (a shell script)
+            dropship.yml:9:13: step name `a` is used twice in task `deploy`
+            dropship.yml:12:9: `DROPSHIP_X`: names starting with DROPSHIP_ are set by dropship
+            dropship.yml:13:9: `9x` is not a valid environment variable name"#]],
+    );
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    strategy: rolling\n    batch: 150%\ntasks:\n  deploy:\n    - name: a\n      run: x\n      timeout: soon\n",
+        expect![[
+            r#"dropship.yml:11:16: tasks.deploy[0].timeout: invalid value: string "soon", expected a duration"#
+        ]],
+    );
+}
+
+#[test]
+fn schema_lists_every_key() {
+    let schema = schema();
+    for key in [
+        "environments",
+        "tasks",
+        "continue_on_error",
+        "working_dir",
+        "strategy",
+        "batch",
+        "pause",
+    ] {
+        assert!(
+            schema.contains(&format!("\"{key}\"")),
+            "{key} missing from schema"
+        );
+    }
+    assert!(schema.contains("\"additionalProperties\": false"));
+}

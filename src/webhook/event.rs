@@ -1,0 +1,247 @@
+//! The events Dropship acts on, read from the raw body and the `X-GitHub-Event` header.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A parsed delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Ping {
+        zen: Option<String>,
+    },
+    Deployment(Box<DeploymentEvent>),
+    /// Any other event or action: recorded and ignored.
+    Ignored {
+        event: String,
+        action: Option<String>,
+    },
+}
+
+/// What Dropship needs from a `deployment` event with action `created`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentEvent {
+    pub github_id: i64,
+    pub sha: String,
+    pub git_ref: String,
+    pub task: String,
+    pub environment: String,
+    pub payload: Value,
+    pub description: Option<String>,
+    pub creator: Option<String>,
+    pub transient_environment: bool,
+    pub production_environment: bool,
+    /// `owner/name`.
+    pub repository: String,
+    /// Present when the delivery came to a GitHub App.
+    pub installation_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    /// A field we need is missing or has the wrong type; `path` names it (`deployment.sha`).
+    #[error("invalid `{event}` payload at `{path}`: {message}")]
+    Field {
+        event: String,
+        path: String,
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    action: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Ping {
+    zen: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawDeploymentEvent {
+    deployment: RawDeployment,
+    repository: RawRepository,
+    installation: Option<RawInstallation>,
+}
+
+#[derive(Deserialize)]
+struct RawDeployment {
+    id: i64,
+    sha: String,
+    #[serde(rename = "ref")]
+    git_ref: String,
+    task: String,
+    environment: String,
+    #[serde(default)]
+    payload: Value,
+    description: Option<String>,
+    creator: Option<RawUser>,
+    #[serde(default)]
+    transient_environment: bool,
+    #[serde(default)]
+    production_environment: bool,
+}
+
+#[derive(Deserialize)]
+struct RawRepository {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct RawUser {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct RawInstallation {
+    id: i64,
+}
+
+/// Parses a delivery of event `event` (the `X-GitHub-Event` header).
+pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
+    let envelope: Envelope =
+        serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(e.to_string()))?;
+    match (event, envelope.action.as_deref()) {
+        ("ping", _) => {
+            let ping: Ping = typed(event, body)?;
+            Ok(Event::Ping { zen: ping.zen })
+        }
+        ("deployment", Some("created")) => {
+            let raw: RawDeploymentEvent = typed(event, body)?;
+            let d = raw.deployment;
+            // GitHub stores the payload as JSON; older deliveries sometimes carry it as a string.
+            let payload = match d.payload {
+                Value::String(s) if s.trim_start().starts_with('{') => {
+                    serde_json::from_str(&s).unwrap_or(Value::String(s))
+                }
+                Value::Null => Value::Object(Default::default()),
+                other => other,
+            };
+            Ok(Event::Deployment(Box::new(DeploymentEvent {
+                github_id: d.id,
+                sha: d.sha,
+                git_ref: d.git_ref,
+                task: d.task,
+                environment: d.environment,
+                payload,
+                description: d.description,
+                creator: d.creator.map(|c| c.login),
+                transient_environment: d.transient_environment,
+                production_environment: d.production_environment,
+                repository: raw.repository.full_name,
+                installation_id: raw.installation.map(|i| i.id),
+            })))
+        }
+        (event, action) => Ok(Event::Ignored {
+            event: event.to_string(),
+            action: action.map(str::to_string),
+        }),
+    }
+}
+
+fn typed<T: serde::de::DeserializeOwned>(event: &str, body: &[u8]) -> Result<T, PayloadError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde_json appends " at line L column C"; the path says where already.
+        let message = match inner.find(" at line ") {
+            Some(i) => inner[..i].to_string(),
+            None => inner,
+        };
+        PayloadError::Field {
+            event: event.to_string(),
+            path,
+            message,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!(
+            "{}/tests/fixtures/github/webhooks/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        std::fs::read(path).unwrap()
+    }
+
+    #[test]
+    fn real_deployment_payload() {
+        let Event::Deployment(d) =
+            parse("deployment", &fixture("deployment.created.json")).unwrap()
+        else {
+            panic!("not a deployment")
+        };
+        assert_eq!(d.github_id, 145988746);
+        assert_eq!(d.sha, "f95f852bd8fca8fcc58a9a2d6c842781e32a215e");
+        assert_eq!(d.git_ref, "master");
+        assert_eq!(d.task, "deploy");
+        assert_eq!(d.environment, "production");
+        assert_eq!(d.repository, "Codertocat/Hello-World");
+        assert_eq!(d.creator.as_deref(), Some("Codertocat"));
+        assert_eq!(d.installation_id, None);
+    }
+
+    #[test]
+    fn installation_id_from_app_delivery() {
+        let event = parse(
+            "deployment",
+            &fixture("deployment.created.with-installation.json"),
+        )
+        .unwrap();
+        let Event::Deployment(d) = event else {
+            panic!("not a deployment")
+        };
+        assert!(d.installation_id.is_some());
+    }
+
+    #[test]
+    fn ping_and_other_events() {
+        assert!(matches!(
+            parse("ping", &fixture("ping.event.json")).unwrap(),
+            Event::Ping { zen: Some(_) }
+        ));
+        assert_eq!(
+            parse("push", &fixture("push.event.json")).unwrap(),
+            Event::Ignored {
+                event: "push".into(),
+                action: None
+            }
+        );
+        assert_eq!(
+            parse(
+                "deployment_status",
+                &fixture("deployment_status.created.json")
+            )
+            .unwrap(),
+            Event::Ignored {
+                event: "deployment_status".into(),
+                action: Some("created".into())
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_payloads_name_the_field() {
+        assert!(matches!(
+            parse("deployment", b"{not json").unwrap_err(),
+            PayloadError::NotJson(_)
+        ));
+        let mut body: Value = serde_json::from_slice(&fixture("deployment.created.json")).unwrap();
+        body["deployment"].as_object_mut().unwrap().remove("sha");
+        let error = parse("deployment", &serde_json::to_vec(&body).unwrap()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid `deployment` payload at `deployment`: missing field `sha`"
+        );
+        body["deployment"]["sha"] = Value::from(12);
+        let error = parse("deployment", &serde_json::to_vec(&body).unwrap()).unwrap_err();
+        assert!(error.to_string().contains("`deployment.sha`"), "{error}");
+    }
+}
