@@ -17,11 +17,11 @@
 // pub mod cli;
 pub mod config;
 // pub mod deploy;
-// pub mod exec;
-// pub mod github;
+pub mod exec;
+pub mod github;
 // pub mod http;
-// pub mod logs;
+pub mod logs;
 pub mod manifest;
 // pub mod server;
-// pub mod store;
+pub mod store;
 pub mod webhook;

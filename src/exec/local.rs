@@ -1,0 +1,90 @@
+//! [`Executor`] on this machine, for the built-in `local` server.
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+use super::{ExecError, Executor, Exit, Job, Output, Stream, deadline, exit_from, pump, render};
+
+#[derive(Debug)]
+pub struct Local {
+    name: String,
+}
+
+impl Local {
+    pub fn new(name: &str) -> Local {
+        Local {
+            name: name.to_string(),
+        }
+    }
+
+    fn io_error(&self, what: &str, error: std::io::Error) -> ExecError {
+        ExecError::Io {
+            server: self.name.clone(),
+            detail: format!("{what}: {error}"),
+        }
+    }
+}
+
+#[async_trait]
+impl Executor for Local {
+    fn server(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self, job: &Job, output: Output) -> Result<Exit, ExecError> {
+        let (command, stdin) = render(job);
+        let started = Instant::now();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| self.io_error("starting sh", e))?;
+        let mut input = child.stdin.take().expect("stdin is piped");
+        input
+            .write_all(stdin.as_bytes())
+            .await
+            .map_err(|e| self.io_error("writing the script", e))?;
+        drop(input);
+        let stdout = tokio::spawn(pump(
+            child.stdout.take().expect("stdout is piped"),
+            Stream::Stdout,
+            output.clone(),
+        ));
+        let stderr = tokio::spawn(pump(
+            child.stderr.take().expect("stderr is piped"),
+            Stream::Stderr,
+            output,
+        ));
+        let status = match tokio::time::timeout(deadline(job), child.wait()).await {
+            Ok(status) => status.map_err(|e| self.io_error("waiting for the command", e))?,
+            Err(_) => {
+                let _ = child.kill().await;
+                return Ok(Exit::TimedOut);
+            }
+        };
+        let _ = stdout.await;
+        let _ = stderr.await;
+        Ok(exit_from(status, started.elapsed(), job))
+    }
+
+    async fn check(&self) -> Result<String, ExecError> {
+        let output = Command::new("uname")
+            .arg("-sr")
+            .output()
+            .await
+            .map_err(|e| self.io_error("running uname", e))?;
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    fn host_key_status(&self) -> String {
+        "local (no SSH)".to_string()
+    }
+}

@@ -1,0 +1,334 @@
+//! [`Executor`] over SSH, through the system OpenSSH client (the `openssh` crate).
+//!
+//! One multiplexed master connection per server, opened on first use, reused by every step and
+//! deployment, checked before each command and reopened when it has dropped, and closed after
+//! `ssh.idle_timeout` without use. Each server gets its own `ssh -F` config file written by
+//! Dropship, so `~/.ssh/config` and the global known-hosts file play no part: the host key is
+//! checked strictly against the pinned key (or the key remembered by `accept-new`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_trait::async_trait;
+use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use super::{ExecError, Executor, Exit, Job, Output, Stream, deadline, exit_from, pump, render};
+use crate::config::{HostKey, ServerEntry, SshSection};
+use crate::manifest::shell_quote;
+
+pub struct Ssh {
+    name: String,
+    host: String,
+    host_key: HostKey,
+    config_file: PathBuf,
+    known_hosts: PathBuf,
+    control_dir: PathBuf,
+    idle_timeout: Duration,
+    /// The master connection and when it was last used.
+    session: Mutex<Option<(Arc<Session>, Instant)>>,
+    /// Commands running now; an idle master is closed only when this is zero.
+    in_flight: AtomicUsize,
+}
+
+impl std::fmt::Debug for Ssh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ssh")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ssh {
+    /// Writes the server's ssh config and known-hosts files under `data_dir/ssh` and starts
+    /// the idle reaper.
+    pub fn new(
+        server: &ServerEntry,
+        data_dir: &Path,
+        settings: &SshSection,
+    ) -> anyhow::Result<Arc<Ssh>> {
+        let host_key = server.host_key()?;
+        let dir = data_dir.join("ssh");
+        create_private_dir(&dir)?;
+        let known_hosts = dir.join(format!("{}.known_hosts", server.name));
+        let alias = format!("dropship-{}", server.name);
+        match &host_key {
+            HostKey::Pinned(key) => {
+                std::fs::write(&known_hosts, format!("{alias} {key}\n"))
+                    .with_context(|| format!("writing {}", known_hosts.display()))?;
+            }
+            HostKey::AcceptNew => {
+                if !known_hosts.exists() {
+                    std::fs::write(&known_hosts, "")
+                        .with_context(|| format!("writing {}", known_hosts.display()))?;
+                }
+            }
+        }
+        let strict = match host_key {
+            HostKey::Pinned(_) => "yes",
+            HostKey::AcceptNew => "accept-new",
+        };
+        let mut config = format!(
+            "Host *\n  HostName {host}\n  Port {port}\n  HostKeyAlias {alias}\n  UserKnownHostsFile {known}\n  \
+             GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking {strict}\n  UpdateHostKeys no\n  BatchMode yes\n  \
+             ConnectTimeout {timeout}\n  ServerAliveInterval 15\n  ServerAliveCountMax 3\n  LogLevel ERROR\n",
+            host = server.host,
+            port = server.port,
+            known = known_hosts.display(),
+            timeout = settings.connect_timeout.as_secs().max(1),
+        );
+        if let Some(user) = &server.user {
+            config.push_str(&format!("  User {user}\n"));
+        }
+        if let Some(identity) = &server.identity_file {
+            config.push_str(&format!(
+                "  IdentityFile {}\n  IdentitiesOnly yes\n",
+                identity.display()
+            ));
+        }
+        let config_file = dir.join(format!("{}.config", server.name));
+        std::fs::write(&config_file, config)
+            .with_context(|| format!("writing {}", config_file.display()))?;
+        // Control sockets must fit in a Unix socket path (108 bytes).
+        let control_dir = if dir.as_os_str().len() < 60 {
+            dir.clone()
+        } else {
+            let short = std::env::temp_dir().join(format!("dropship-ssh-{}", std::process::id()));
+            create_private_dir(&short)?;
+            short
+        };
+        let ssh = Arc::new(Ssh {
+            name: server.name.clone(),
+            host: server.host.clone(),
+            host_key,
+            config_file,
+            known_hosts,
+            control_dir,
+            idle_timeout: settings.idle_timeout,
+            session: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(reap_idle(Arc::downgrade(&ssh)));
+        }
+        Ok(ssh)
+    }
+
+    /// The live master connection, opening or reopening it as needed.
+    async fn session(&self) -> Result<Arc<Session>, ExecError> {
+        let mut guard = self.session.lock().await;
+        if let Some((session, _)) = guard.as_ref() {
+            if session.check().await.is_ok() {
+                let session = session.clone();
+                *guard = Some((session.clone(), Instant::now()));
+                return Ok(session);
+            }
+            tracing::info!(server = %self.name, "ssh master connection dropped; reconnecting");
+            *guard = None;
+        }
+        let mut builder = SessionBuilder::default();
+        builder
+            .config_file(&self.config_file)
+            .control_directory(&self.control_dir)
+            .known_hosts_check(match self.host_key {
+                HostKey::Pinned(_) => KnownHosts::Strict,
+                HostKey::AcceptNew => KnownHosts::Accept,
+            });
+        let session = builder
+            .connect_mux(format!("dropship-{}", self.name))
+            .await
+            .map_err(|e| self.connect_error(&e))?;
+        let session = Arc::new(session);
+        *guard = Some((session.clone(), Instant::now()));
+        tracing::debug!(server = %self.name, "ssh master connection opened");
+        Ok(session)
+    }
+
+    fn connect_error(&self, error: &openssh::Error) -> ExecError {
+        let mut detail = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(inner) = source {
+            detail.push_str(": ");
+            detail.push_str(&inner.to_string());
+            source = inner.source();
+        }
+        let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
+        if detail.contains("Host key verification failed")
+            || detail.contains("HOST IDENTIFICATION HAS CHANGED")
+            || detail.contains("host key for")
+        {
+            let why = match self.host_key {
+                HostKey::Pinned(_) => "the server's key does not match the pinned host_key",
+                HostKey::AcceptNew => {
+                    "the server's key differs from the one first seen (accept-new)"
+                }
+            };
+            ExecError::HostKey {
+                server: self.name.clone(),
+                detail: why.to_string(),
+            }
+        } else {
+            ExecError::Connect {
+                server: self.name.clone(),
+                detail,
+            }
+        }
+    }
+
+    async fn run_once(&self, job: &Job, output: &Output) -> Result<Exit, ExecError> {
+        let session = self.session().await?;
+        let (command, stdin) = render(job);
+        let io = |what: &str, e: &dyn std::fmt::Display| ExecError::Io {
+            server: self.name.clone(),
+            detail: format!("{what}: {e}"),
+        };
+        let started = Instant::now();
+        let mut child =
+            Session::to_raw_command(session.clone(), format!("sh -c {}", shell_quote(&command)))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .await
+                .map_err(|e| self.connect_error(&e))?;
+        let mut input = child.stdin().take().expect("stdin is piped");
+        input
+            .write_all(stdin.as_bytes())
+            .await
+            .map_err(|e| io("writing the script", &e))?;
+        input
+            .shutdown()
+            .await
+            .map_err(|e| io("closing the script", &e))?;
+        drop(input);
+        let stdout = tokio::spawn(pump(
+            child.stdout().take().expect("stdout is piped"),
+            Stream::Stdout,
+            output.clone(),
+        ));
+        let stderr = tokio::spawn(pump(
+            child.stderr().take().expect("stderr is piped"),
+            Stream::Stderr,
+            output.clone(),
+        ));
+        let status = match tokio::time::timeout(deadline(job), child.wait()).await {
+            Ok(status) => status.map_err(|e| io("waiting for the command", &e))?,
+            // The server's `timeout` did not end it: drop the channel and call it timed out.
+            Err(_) => return Ok(Exit::TimedOut),
+        };
+        let _ = stdout.await;
+        let _ = stderr.await;
+        // ssh reports a lost connection as exit code 255 with no signal; make sure the master
+        // is still there, or the failure was the connection's, not the command's.
+        if status.code() == Some(255) && session.check().await.is_err() {
+            return Err(ExecError::Connect {
+                server: self.name.clone(),
+                detail: "connection lost during the step".into(),
+            });
+        }
+        Ok(exit_from(status, started.elapsed(), job))
+    }
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+async fn reap_idle(ssh: std::sync::Weak<Ssh>) {
+    let period = {
+        let Some(ssh) = ssh.upgrade() else { return };
+        (ssh.idle_timeout / 4).max(Duration::from_millis(100))
+    };
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        ticks.tick().await;
+        let Some(ssh) = ssh.upgrade() else { return };
+        if ssh.in_flight.load(Ordering::SeqCst) > 0 {
+            continue;
+        }
+        let Ok(mut guard) = ssh.session.try_lock() else {
+            continue;
+        };
+        if guard
+            .as_ref()
+            .is_some_and(|(_, used)| used.elapsed() >= ssh.idle_timeout)
+        {
+            if let Some((session, _)) = guard.take() {
+                tracing::debug!(server = %ssh.name, "closing idle ssh master connection");
+                if let Ok(session) = Arc::try_unwrap(session) {
+                    let _ = session.close().await;
+                }
+            }
+        }
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[async_trait]
+impl Executor for Ssh {
+    fn server(&self) -> &str {
+        &self.name
+    }
+
+    async fn run(&self, job: &Job, output: Output) -> Result<Exit, ExecError> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _guard = InFlight(&self.in_flight);
+        self.run_once(job, &output).await
+    }
+
+    async fn check(&self) -> Result<String, ExecError> {
+        let session = self.session().await?;
+        let output = session
+            .command("uname")
+            .arg("-sr")
+            .output()
+            .await
+            .map_err(|e| self.connect_error(&e))?;
+        if !output.status.success() {
+            return Err(ExecError::Io {
+                server: self.name.clone(),
+                detail: format!(
+                    "uname failed: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    fn host_key_status(&self) -> String {
+        match &self.host_key {
+            HostKey::Pinned(key) => {
+                let kind = key.split_whitespace().next().unwrap_or("key");
+                format!("pinned {kind}")
+            }
+            HostKey::AcceptNew => {
+                let remembered = std::fs::read_to_string(&self.known_hosts)
+                    .map(|t| !t.trim().is_empty())
+                    .unwrap_or(false);
+                if remembered {
+                    "accept-new (key remembered)".into()
+                } else {
+                    "accept-new (no key seen yet)".into()
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! GitHub's REST API: reading the manifest at a commit, and posting deployment statuses
+//! through a durable outbox.
+//!
+//! Architecture invariant: only this module knows octocrab.
+
+mod outbox;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use base64::Engine as _;
+use octocrab::Octocrab;
+use octocrab::models::{AppId, InstallationId};
+use octocrab::service::middleware::retry::RetryConfig;
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+
+pub use outbox::run_outbox;
+
+use crate::config::GithubSection;
+use crate::manifest::FILE_NAMES;
+
+/// GitHub's limit on a status description.
+pub const DESCRIPTION_LIMIT: usize = 140;
+
+/// Cuts `text` to GitHub's 140-character limit, on a character boundary, marking the cut.
+pub fn status_description(text: &str) -> String {
+    let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.chars().count() <= DESCRIPTION_LIMIT {
+        return text;
+    }
+    let mut cut: String = text.chars().take(DESCRIPTION_LIMIT - 1).collect();
+    cut.push('…');
+    cut
+}
+
+/// A repository file at a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestFile {
+    pub path: String,
+    pub text: String,
+}
+
+/// Why an API call failed, and whether trying again later can help.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub message: String,
+    pub retriable: bool,
+    /// What GitHub asked for (`Retry-After`, or the rate-limit reset).
+    pub retry_after: Option<Duration>,
+}
+
+/// A deployment status, as `POST /repos/{owner}/{repo}/deployments/{id}/statuses` takes it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusBody<'a> {
+    pub state: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment_url: Option<&'a str>,
+    pub description: &'a str,
+    pub environment: &'a str,
+}
+
+/// Where manifests come from: GitHub's contents API, or a local file for `dropship run`.
+#[async_trait]
+pub trait ManifestSource: Send + Sync + std::fmt::Debug {
+    /// The manifest of `repo` at `sha`: `Ok(None)` when neither file name exists.
+    async fn manifest(
+        &self,
+        repo: &str,
+        sha: &str,
+        installation: Option<i64>,
+    ) -> Result<Option<ManifestFile>, ApiError>;
+}
+
+/// The GitHub client: a token, or a GitHub App whose installation clients (with their cached
+/// tokens) are kept per installation.
+pub struct Github {
+    api_url: String,
+    /// The token client, or the App (JWT) client from which installation clients are made.
+    root: Octocrab,
+    is_app: bool,
+    installations: Mutex<HashMap<i64, Octocrab>>,
+}
+
+impl std::fmt::Debug for Github {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Github")
+            .field("api_url", &self.api_url)
+            .field("is_app", &self.is_app)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Github {
+    pub fn from_config(config: &GithubSection) -> anyhow::Result<Github> {
+        let mut builder = Octocrab::builder()
+            .base_uri(config.api_url.as_str())
+            .with_context(|| format!("github.api_url `{}`", config.api_url))?
+            .add_retry_config(RetryConfig::None)
+            .set_connect_timeout(Some(Duration::from_secs(10)))
+            .set_read_timeout(Some(Duration::from_secs(30)));
+        let mut is_app = false;
+        if let Some(token) = &config.token {
+            builder = builder.personal_token(token.expose_secret().to_string());
+        } else if let Some(app) = &config.app {
+            let pem = std::fs::read(&app.private_key_file).with_context(|| {
+                format!(
+                    "reading github.app.private_key_file {}",
+                    app.private_key_file.display()
+                )
+            })?;
+            let key = octocrab::EncodingKey::from_rsa_pem(&pem).with_context(|| {
+                format!(
+                    "{} is not an RSA private key in PEM form",
+                    app.private_key_file.display()
+                )
+            })?;
+            builder = builder.app(AppId(app.app_id), key);
+            is_app = true;
+        }
+        let root = builder.build().context("building the GitHub client")?;
+        Ok(Github {
+            api_url: config.api_url.clone(),
+            root,
+            is_app,
+            installations: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The client to act for `installation` (a GitHub App) or the token client.
+    fn client(&self, installation: Option<i64>) -> Result<Octocrab, ApiError> {
+        if !self.is_app {
+            return Ok(self.root.clone());
+        }
+        let Some(id) = installation else {
+            return Err(ApiError {
+                message: "the delivery has no installation id, which a GitHub App needs".into(),
+                retriable: false,
+                retry_after: None,
+            });
+        };
+        let mut clients = self.installations.lock().expect("installation map lock");
+        if let Some(client) = clients.get(&id) {
+            return Ok(client.clone());
+        }
+        let client = self
+            .root
+            .installation(InstallationId(id as u64))
+            .map_err(|e| ApiError {
+                message: format!("GitHub App installation {id}: {e}"),
+                retriable: false,
+                retry_after: None,
+            })?;
+        clients.insert(id, client.clone());
+        Ok(client)
+    }
+
+    /// Posts one deployment status.
+    pub async fn post_status(
+        &self,
+        repo: &str,
+        deployment_id: i64,
+        installation: Option<i64>,
+        body: &StatusBody<'_>,
+    ) -> Result<(), ApiError> {
+        let client = self.client(installation)?;
+        let route = format!(
+            "/repos/{}/deployments/{deployment_id}/statuses",
+            encode_repo(repo)
+        );
+        let response = client
+            ._post(route, Some(body))
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let headers = response.headers().clone();
+        let body = client.body_to_string(response).await.unwrap_or_default();
+        Err(api_error(
+            status,
+            &headers,
+            &body,
+            "posting the deployment status",
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+struct ContentFile {
+    #[serde(rename = "type")]
+    kind: String,
+    encoding: Option<String>,
+    content: Option<String>,
+}
+
+#[async_trait]
+impl ManifestSource for Github {
+    async fn manifest(
+        &self,
+        repo: &str,
+        sha: &str,
+        installation: Option<i64>,
+    ) -> Result<Option<ManifestFile>, ApiError> {
+        let client = self.client(installation)?;
+        for path in FILE_NAMES {
+            let route = format!(
+                "/repos/{}/contents/{path}?ref={}",
+                encode_repo(repo),
+                encode_segment(sha)
+            );
+            let response = client._get(route).await.map_err(transport_error)?;
+            let status = response.status();
+            if status == http::StatusCode::NOT_FOUND {
+                continue;
+            }
+            if !status.is_success() {
+                let headers = response.headers().clone();
+                let body = client.body_to_string(response).await.unwrap_or_default();
+                return Err(api_error(
+                    status,
+                    &headers,
+                    &body,
+                    &format!("fetching {path} at {sha}"),
+                ));
+            }
+            let body = client
+                .body_to_string(response)
+                .await
+                .map_err(transport_error)?;
+            let file: ContentFile = serde_json::from_str(&body).map_err(|e| ApiError {
+                message: format!("fetching {path} at {sha}: unexpected response: {e}"),
+                retriable: false,
+                retry_after: None,
+            })?;
+            let text = decode_content(&file).map_err(|message| ApiError {
+                message: format!("{path} at {sha}: {message}"),
+                retriable: false,
+                retry_after: None,
+            })?;
+            return Ok(Some(ManifestFile {
+                path: path.to_string(),
+                text,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+fn decode_content(file: &ContentFile) -> Result<String, String> {
+    if file.kind != "file" {
+        return Err(format!("is a {}, not a file", file.kind));
+    }
+    match file.encoding.as_deref() {
+        Some("base64") => {}
+        Some("none") => return Err("is too large for the contents API (over 1 MB)".into()),
+        other => return Err(format!("has unexpected encoding {other:?}")),
+    }
+    let packed: String = file
+        .content
+        .as_deref()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(packed)
+        .map_err(|e| format!("invalid base64: {e}"))?;
+    String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_string())
+}
+
+fn encode_repo(repo: &str) -> String {
+    repo.split('/')
+        .map(encode_segment)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn encode_segment(segment: &str) -> String {
+    let mut out = String::new();
+    for byte in segment.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(byte as char)
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+fn transport_error(error: octocrab::Error) -> ApiError {
+    ApiError {
+        message: format!("cannot reach GitHub: {error}"),
+        retriable: true,
+        retry_after: None,
+    }
+}
+
+/// Reads an error response: 5xx and 429 are retriable, and so is a 403 that is a rate limit.
+fn api_error(
+    status: http::StatusCode,
+    headers: &http::HeaderMap,
+    body: &str,
+    what: &str,
+) -> ApiError {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let message_text = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    let retry_after = header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .or_else(|| {
+            let remaining = header("x-ratelimit-remaining")?;
+            let reset = header("x-ratelimit-reset")?.parse::<i64>().ok()?;
+            (remaining.trim() == "0").then(|| {
+                Duration::from_secs((reset - chrono::Utc::now().timestamp()).max(1) as u64)
+            })
+        });
+    let rate_limited = status == http::StatusCode::TOO_MANY_REQUESTS
+        || (status == http::StatusCode::FORBIDDEN
+            && (retry_after.is_some() || message_text.to_lowercase().contains("rate limit")));
+    ApiError {
+        message: format!(
+            "{what}: GitHub answered {}: {message_text}",
+            status.as_u16()
+        ),
+        retriable: status.is_server_error() || rate_limited,
+        retry_after,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_fit_githubs_limit() {
+        assert_eq!(
+            status_description("step migrate failed on web-2 (exit 1)"),
+            "step migrate failed on web-2 (exit 1)"
+        );
+        let long = "é".repeat(300);
+        let cut = status_description(&long);
+        assert_eq!(cut.chars().count(), DESCRIPTION_LIMIT);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn content_decoding() {
+        let file = |content: &str| ContentFile {
+            kind: "file".into(),
+            encoding: Some("base64".into()),
+            content: Some(content.into()),
+        };
+        assert_eq!(
+            decode_content(&file("dmVyc2lv\nbjogMQo=\n")).unwrap(),
+            "version: 1\n"
+        );
+        assert!(
+            decode_content(&file("dmVyc2lv\\nbjogMQo="))
+                .unwrap_err()
+                .contains("invalid base64")
+        );
+        let dir = ContentFile {
+            kind: "dir".into(),
+            encoding: None,
+            content: None,
+        };
+        assert_eq!(decode_content(&dir).unwrap_err(), "is a dir, not a file");
+    }
+
+    #[test]
+    fn route_segments_are_encoded() {
+        assert_eq!(encode_repo("acme/my repo"), "acme/my%20repo");
+        assert_eq!(encode_segment("feature/x"), "feature%2Fx");
+    }
+}

@@ -1,0 +1,301 @@
+//! Durable records: deployments, step runs, log lines, webhook deliveries and the outbox of
+//! GitHub statuses.
+//!
+//! The engine and the HTTP layer see the [`Store`] trait and the record types here; only
+//! [`Sqlite`] knows SQL. A state change and the status it owes GitHub are written in one
+//! transaction, so neither can be lost without the other.
+
+mod sqlite;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use sqlite::Sqlite;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+pub fn now_ms() -> Millis {
+    chrono::Utc::now().timestamp_millis()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Queued,
+    Running,
+    Success,
+    Failure,
+    Error,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Success => "success",
+            State::Failure => "failure",
+            State::Error => "error",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<State> {
+        Some(match text {
+            "queued" => State::Queued,
+            "running" => State::Running,
+            "success" => State::Success,
+            "failure" => State::Failure,
+            "error" => State::Error,
+            _ => return None,
+        })
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, State::Success | State::Failure | State::Error)
+    }
+
+    /// The GitHub deployment status state this corresponds to.
+    pub fn github_state(self) -> &'static str {
+        match self {
+            State::Queued => "queued",
+            State::Running => "in_progress",
+            State::Success => "success",
+            State::Failure => "failure",
+            State::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A deployment to record.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    pub github_id: Option<i64>,
+    pub repo: String,
+    pub environment: String,
+    pub task: String,
+    pub git_ref: String,
+    pub sha: String,
+    pub payload: serde_json::Value,
+    pub description: Option<String>,
+    pub creator: Option<String>,
+    pub installation_id: Option<i64>,
+    pub transient: bool,
+    pub production: bool,
+    pub token: String,
+}
+
+/// Builds the `queued` status of a deployment once its id is known, so that the status is
+/// written in the same transaction as the deployment.
+pub type StatusFn = Box<dyn FnOnce(&Deployment) -> StatusDraft + Send>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    pub id: i64,
+    pub github_id: Option<i64>,
+    pub repo: String,
+    pub environment: String,
+    pub task: String,
+    pub git_ref: String,
+    pub sha: String,
+    pub payload: serde_json::Value,
+    pub description: Option<String>,
+    pub creator: Option<String>,
+    pub installation_id: Option<i64>,
+    pub transient: bool,
+    pub production: bool,
+    pub token: String,
+    pub state: State,
+    pub state_description: Option<String>,
+    pub environment_url: Option<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+impl Deployment {
+    pub fn repo_parts(&self) -> (&str, &str) {
+        self.repo.split_once('/').unwrap_or(("", &self.repo))
+    }
+
+    /// The deployment id that expressions and `DROPSHIP_DEPLOYMENT_ID` show: GitHub's when
+    /// there is one.
+    pub fn public_id(&self) -> i64 {
+        self.github_id.unwrap_or(self.id)
+    }
+}
+
+/// The outcome of recording a deployment from a webhook.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    New(Deployment),
+    /// The same GitHub deployment id was recorded before: a redelivery.
+    Duplicate(Deployment),
+}
+
+/// A webhook delivery and what became of it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub delivery_id: Option<String>,
+    pub event: String,
+    pub action: Option<String>,
+    pub result: &'static str,
+    pub deployment_id: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Success,
+    Failure,
+    TimedOut,
+    Skipped,
+    Error,
+}
+
+impl StepState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Success => "success",
+            StepState::Failure => "failure",
+            StepState::TimedOut => "timed_out",
+            StepState::Skipped => "skipped",
+            StepState::Error => "error",
+        }
+    }
+
+    pub fn parse(text: &str) -> StepState {
+        match text {
+            "running" => StepState::Running,
+            "success" => StepState::Success,
+            "failure" => StepState::Failure,
+            "timed_out" => StepState::TimedOut,
+            "skipped" => StepState::Skipped,
+            "error" => StepState::Error,
+            _ => StepState::Pending,
+        }
+    }
+}
+
+/// One step on one server.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRun {
+    pub deployment_id: i64,
+    pub step_index: i64,
+    pub step: String,
+    pub server: String,
+    pub state: StepState,
+    pub exit_code: Option<i64>,
+    pub message: Option<String>,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogLine {
+    pub deployment_id: i64,
+    pub seq: i64,
+    pub at: Millis,
+    pub server: Option<String>,
+    pub step: Option<String>,
+    /// `stdout`, `stderr`, or `dropship` for its own messages.
+    pub stream: String,
+    pub line: String,
+}
+
+/// A status GitHub is owed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusDraft {
+    pub state: &'static str,
+    pub description: String,
+    pub log_url: Option<String>,
+    pub environment_url: Option<String>,
+}
+
+/// A status in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub deployment_id: i64,
+    pub state: String,
+    pub description: String,
+    pub log_url: Option<String>,
+    pub environment_url: Option<String>,
+    pub attempts: i64,
+    pub next_attempt_at: Millis,
+    pub delivered_at: Option<Millis>,
+    pub failed_at: Option<Millis>,
+    pub last_error: Option<String>,
+}
+
+/// A state change, with the status to post (if the deployment came from GitHub).
+#[derive(Debug, Clone)]
+pub struct Transition {
+    pub state: State,
+    pub description: Option<String>,
+    pub environment_url: Option<String>,
+    pub status: Option<StatusDraft>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub repo: Option<String>,
+    pub environment: Option<String>,
+    pub limit: i64,
+}
+
+/// The store's contract. Implementations: [`Sqlite`].
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    async fn record_delivery(&self, delivery: Delivery) -> anyhow::Result<()>;
+    /// Records a deployment (with its `queued` status and its delivery) durably before it
+    /// returns; a known `github_id` is a duplicate and changes nothing.
+    async fn insert_deployment(
+        &self,
+        deployment: NewDeployment,
+        queued_status: Option<StatusFn>,
+        delivery: Option<Delivery>,
+    ) -> anyhow::Result<Inserted>;
+    async fn deployment(&self, id: i64) -> anyhow::Result<Option<Deployment>>;
+    async fn list_deployments(&self, filter: &ListFilter) -> anyhow::Result<Vec<Deployment>>;
+    /// Queued deployments, oldest first.
+    async fn queued(&self) -> anyhow::Result<Vec<Deployment>>;
+    async fn running(&self) -> anyhow::Result<Vec<Deployment>>;
+    /// Changes a deployment's state and enqueues its status in one transaction.
+    async fn transition(&self, id: i64, transition: Transition) -> anyhow::Result<()>;
+    async fn save_step(&self, step: &StepRun) -> anyhow::Result<()>;
+    async fn steps(&self, deployment_id: i64) -> anyhow::Result<Vec<StepRun>>;
+    async fn append_logs(&self, lines: &[LogLine]) -> anyhow::Result<()>;
+    async fn logs(
+        &self,
+        deployment_id: i64,
+        after_seq: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<LogLine>>;
+    async fn last_log_seq(&self, deployment_id: i64) -> anyhow::Result<i64>;
+    /// For each deployment, its first status not yet delivered nor given up on, if due by `now`.
+    async fn due_statuses(&self, now: Millis) -> anyhow::Result<Vec<OutboxItem>>;
+    /// When the next pending status is due, if any is pending.
+    async fn next_status_due(&self) -> anyhow::Result<Option<Millis>>;
+    async fn status_delivered(&self, id: i64) -> anyhow::Result<()>;
+    async fn status_retry(
+        &self,
+        id: i64,
+        next_attempt_at: Millis,
+        error: &str,
+    ) -> anyhow::Result<()>;
+    async fn status_failed(&self, id: i64, error: &str) -> anyhow::Result<()>;
+    async fn statuses(&self, deployment_id: i64) -> anyhow::Result<Vec<OutboxItem>>;
+}
