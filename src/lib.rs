@@ -14,14 +14,14 @@
 //! - [`server`]: wires the pieces into the running service.
 //! - [`cli`]: the `dropship` command line.
 
-// pub mod cli;
+pub mod cli;
 pub mod config;
-// pub mod deploy;
+pub mod deploy;
 pub mod exec;
 pub mod github;
-// pub mod http;
+pub mod http;
 pub mod logs;
 pub mod manifest;
-// pub mod server;
+pub mod server;
 pub mod store;
 pub mod webhook;

@@ -17,6 +17,13 @@ pub use sqlite::Sqlite;
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
+/// A fresh, unguessable capability token (192 bits) for a deployment's page.
+pub fn new_token() -> String {
+    use rand::RngExt;
+    let bytes: [u8; 24] = rand::rng().random();
+    hex::encode(bytes)
+}
+
 pub fn now_ms() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }

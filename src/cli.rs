@@ -1,0 +1,486 @@
+//! The `dropship` command line.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::github::{ApiError, ManifestFile, ManifestSource};
+use crate::logs::Event;
+use crate::manifest::{FILE_NAMES, Inventory, InventoryServer, Manifest};
+use crate::store::{Inserted, NewDeployment, State};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dropship",
+    version,
+    about = "Turns GitHub deployments into real deployments on your own servers"
+)]
+pub struct Cli {
+    /// Log format on standard error.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service: webhook intake, deployments, pages and API.
+    Serve {
+        /// The operator config (default: config/dropship.toml, else the built-in example).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a manifest without a network; with --config, also against the operator's servers
+    /// and secrets.
+    Validate {
+        /// The manifest (default: ./dropship.yml, else ./.github/dropship.yml).
+        path: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Check servers and secrets as this repository (`owner/name`) may use them.
+        #[arg(long)]
+        repo: Option<String>,
+    },
+    /// Run a task from a local manifest, without GitHub, printing live progress.
+    Run {
+        #[arg(long, short)]
+        environment: String,
+        #[arg(long, short, default_value = "deploy")]
+        task: String,
+        /// The manifest (default: ./dropship.yml, else ./.github/dropship.yml).
+        #[arg(long, short)]
+        manifest: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The repository the run is recorded as (default: local/<directory name>).
+        #[arg(long)]
+        repo: Option<String>,
+        /// The ref and sha that expressions see (default: from git, if any).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        #[arg(long)]
+        sha: Option<String>,
+        /// A JSON object, seen as `deployment.payload`.
+        #[arg(long)]
+        payload: Option<String>,
+    },
+    /// Connect to every configured server and report reachability and host-key status.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the commented example operator config.
+    DefaultConfig,
+    /// Print the manifest's JSON Schema.
+    Schema,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = !matches!(cli.command, Command::Serve { .. });
+    init_tracing(cli.log_format, if quiet { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(execute(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve { config } => serve(config.as_deref()).await,
+        Command::Validate { path, config, repo } => {
+            validate(path.as_deref(), config.as_deref(), repo.as_deref())
+        }
+        Command::Run {
+            environment,
+            task,
+            manifest,
+            config,
+            repo,
+            git_ref,
+            sha,
+            payload,
+        } => {
+            run(RunArgs {
+                environment,
+                task,
+                manifest,
+                config,
+                repo,
+                git_ref,
+                sha,
+                payload,
+            })
+            .await
+        }
+        Command::Check { config } => check(config.as_deref()).await,
+        Command::DefaultConfig => {
+            print!("{}", config::EXAMPLE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            println!("{}", crate::manifest::schema());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("binding {}", config.server.listen))?;
+    let shutdown = CancellationToken::new();
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match terminate.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+        signal.cancel();
+    });
+    crate::server::run(config, listener, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The manifest path given, or the first of the standard names that exists.
+fn manifest_path(path: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = path {
+        return Ok(path.to_path_buf());
+    }
+    FILE_NAMES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .with_context(|| format!("no manifest here: looked for {}", FILE_NAMES.join(" and ")))
+}
+
+fn read_manifest(path: &Path) -> anyhow::Result<(String, String)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok((path.display().to_string(), text))
+}
+
+/// What the config offers `repo`, or (without a repo) everything it defines.
+fn inventory(config: &Config, repo: Option<&str>) -> anyhow::Result<Inventory> {
+    let entry = match repo {
+        Some(name) => Some(
+            config
+                .repo(name)
+                .with_context(|| format!("no [[repos]] entry in the config matches {name}"))?,
+        ),
+        None => None,
+    };
+    let servers = config
+        .servers
+        .iter()
+        .map(|s| InventoryServer {
+            name: s.name.clone(),
+            roles: s.roles.clone(),
+            allowed: entry.is_none_or(|e| e.allows_server(&s.name)),
+        })
+        .collect();
+    let secrets: BTreeSet<String> = match entry {
+        Some(e) => e.secrets.keys().cloned().collect(),
+        None => config
+            .repos
+            .iter()
+            .flat_map(|r| r.secrets.keys().cloned())
+            .collect(),
+    };
+    Ok(Inventory {
+        repo: repo.unwrap_or("this repository").to_string(),
+        servers,
+        secrets,
+    })
+}
+
+fn validate(
+    path: Option<&Path>,
+    config_path: Option<&Path>,
+    repo: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let path = manifest_path(path)?;
+    let (name, text) = read_manifest(&path)?;
+    let result = Manifest::parse(&name, &text).and_then(|manifest| {
+        if config_path.is_some() || repo.is_some() {
+            let config = Config::load(config_path).map_err(|e| {
+                crate::manifest::Diagnostics(vec![crate::manifest::Diagnostic {
+                    file: config_path
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| config::DEFAULT_PATH.into()),
+                    position: None,
+                    message: format!("{e:#}"),
+                }])
+            })?;
+            let inventory = inventory(&config, repo).map_err(|e| {
+                crate::manifest::Diagnostics(vec![crate::manifest::Diagnostic {
+                    file: name.clone(),
+                    position: None,
+                    message: format!("{e:#}"),
+                }])
+            })?;
+            manifest.check_against(&inventory)?;
+        }
+        Ok(manifest)
+    });
+    match result {
+        Ok(manifest) => {
+            let environments: Vec<_> = manifest.environment_names().collect();
+            let tasks: Vec<_> = manifest.task_names().collect();
+            println!(
+                "{name}: valid ({} environment{}: {}; {} task{}: {})",
+                environments.len(),
+                if environments.len() == 1 { "" } else { "s" },
+                environments.join(", "),
+                tasks.len(),
+                if tasks.len() == 1 { "" } else { "s" },
+                tasks.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diagnostics) => {
+            for diagnostic in &diagnostics.0 {
+                println!("{diagnostic}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// A manifest read from a local file, whatever repository or sha is asked for.
+#[derive(Debug)]
+struct LocalManifest(ManifestFile);
+
+#[async_trait]
+impl ManifestSource for LocalManifest {
+    async fn manifest(
+        &self,
+        _repo: &str,
+        _sha: &str,
+        _installation: Option<i64>,
+    ) -> Result<Option<ManifestFile>, ApiError> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
+struct RunArgs {
+    environment: String,
+    task: String,
+    manifest: Option<PathBuf>,
+    config: Option<PathBuf>,
+    repo: Option<String>,
+    git_ref: Option<String>,
+    sha: Option<String>,
+    payload: Option<String>,
+}
+
+fn git(args: &[&str], dir: &Path) -> Option<String> {
+    let output = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(Config::load(args.config.as_deref())?);
+    let path = manifest_path(args.manifest.as_deref())?;
+    let (name, text) = read_manifest(&path)?;
+    let directory = std::fs::canonicalize(&path)?
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let repo = args.repo.unwrap_or_else(|| {
+        let base = directory
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "local".into());
+        format!("local/{base}")
+    });
+    let payload = match &args.payload {
+        Some(text) => serde_json::from_str(text).context("--payload is not JSON")?,
+        None => serde_json::json!({}),
+    };
+    let sha = args
+        .sha
+        .or_else(|| git(&["rev-parse", "HEAD"], &directory))
+        .unwrap_or_else(|| "0".repeat(40));
+    let git_ref = args
+        .git_ref
+        .or_else(|| git(&["rev-parse", "--abbrev-ref", "HEAD"], &directory))
+        .unwrap_or_else(|| "local".into());
+    let manifests = Arc::new(LocalManifest(ManifestFile { path: name, text }));
+    let engine = crate::server::engine(config.clone(), manifests).await?;
+    let new = NewDeployment {
+        github_id: None,
+        repo,
+        environment: args.environment,
+        task: args.task,
+        git_ref,
+        sha,
+        payload,
+        description: Some("dropship run".into()),
+        creator: std::env::var("USER").ok(),
+        installation_id: None,
+        transient: false,
+        production: false,
+        token: crate::store::new_token(),
+    };
+    let Inserted::New(deployment) = engine.store.insert_deployment(new, None, None).await? else {
+        anyhow::bail!("a local run cannot be a duplicate");
+    };
+    let events = engine.bus.subscribe();
+    let printer = tokio::spawn(print_progress(events, deployment.id));
+    eprintln!(
+        "dropship: {} {} → {} (recorded as deployment {}, log: {})",
+        deployment.repo,
+        deployment.task,
+        deployment.environment,
+        deployment.id,
+        engine.log_url(&deployment)
+    );
+    let outcome = engine.run(deployment).await?;
+    // The final state event ends the printer once every line before it has been printed.
+    let _ = tokio::time::timeout(Duration::from_secs(5), printer).await;
+    Ok(if outcome.state == State::Success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Prints a deployment's events as they happen: `server  step | line`.
+async fn print_progress(mut events: tokio::sync::broadcast::Receiver<Arc<Event>>, id: i64) {
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let paint = |code: &str, text: &str| {
+        if color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    };
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                println!(
+                    "{}",
+                    paint("33", &format!("… {n} events skipped (see the log page)"))
+                );
+                continue;
+            }
+            Err(_) => return,
+        };
+        if event.deployment_id() != id {
+            continue;
+        }
+        match &*event {
+            Event::Log(line) => {
+                let server = line.server.as_deref().unwrap_or("dropship");
+                let prefix = match &line.step {
+                    Some(step) => format!("{server:>10}  {step} |"),
+                    None => format!("{server:>10}  |"),
+                };
+                let text = match line.stream.as_str() {
+                    "stderr" => paint("31", &line.line),
+                    "dropship" => paint("36", &line.line),
+                    _ => line.line.clone(),
+                };
+                println!("{} {text}", paint("2", &prefix));
+            }
+            Event::State { state, .. } if state.is_final() => return,
+            _ => {}
+        }
+    }
+}
+
+async fn check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    let fleet = crate::exec::Fleet::from_config(&config)?;
+    let mut failed = 0;
+    let checks = config.servers.iter().map(|server| {
+        let executor = fleet.get(&server.name);
+        async move {
+            let executor = executor?;
+            let result = tokio::time::timeout(Duration::from_secs(30), executor.check()).await;
+            Some((server.name.clone(), executor.host_key_status(), result))
+        }
+    });
+    for (name, host_key, result) in futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .flatten()
+    {
+        match result {
+            Ok(Ok(system)) => println!("{name:<16} ok      {system:<28} host key: {host_key}"),
+            Ok(Err(error)) => {
+                failed += 1;
+                println!("{name:<16} FAILED  {error}   host key: {host_key}");
+            }
+            Err(_) => {
+                failed += 1;
+                println!("{name:<16} FAILED  no answer within 30s   host key: {host_key}");
+            }
+        }
+    }
+    println!(
+        "{} server{} checked, {failed} failed",
+        config.servers.len(),
+        if config.servers.len() == 1 { "" } else { "s" }
+    );
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

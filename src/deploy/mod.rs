@@ -1,0 +1,659 @@
+//! The engine: takes a recorded deployment, plans it from its manifest, runs the plan on the
+//! servers, records every outcome and tells GitHub.
+//!
+//! Architecture invariant: the engine sees [`Store`], [`ManifestSource`] and [`Executor`]
+//! traits, never SQL, octocrab or openssh types. A failed step is an outcome (`failure`);
+//! `Err` from [`Engine::run`] means the engine itself could not work (the store is down).
+
+mod scheduler;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use tokio::sync::{Notify, mpsc};
+use tracing::Instrument;
+
+pub use scheduler::Scheduler;
+
+use crate::config::Config;
+use crate::exec::{ExecError, Exit, Fleet, Job};
+use crate::github::{ManifestSource, status_description};
+use crate::logs::{Bus, DeploymentLog, Event, Logs};
+use crate::manifest::{Context, Inventory, InventoryServer, Manifest, Plan, PlannedStep, Strategy};
+use crate::store::{Deployment, State, StatusDraft, StepRun, StepState, Store, Transition, now_ms};
+
+/// Everything a deployment needs.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub manifests: Arc<dyn ManifestSource>,
+    pub fleet: Fleet,
+    pub logs: Logs,
+    pub bus: Bus,
+    /// Wakes the status outbox when a status is enqueued.
+    pub outbox: Arc<Notify>,
+}
+
+/// How a deployment ended, with the description GitHub shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub state: State,
+    pub description: String,
+}
+
+impl Outcome {
+    fn error(description: impl Into<String>) -> Outcome {
+        Outcome {
+            state: State::Error,
+            description: description.into(),
+        }
+    }
+}
+
+/// What one step did on one server.
+enum ServerResult {
+    Exit(Exit),
+    Unreachable(ExecError),
+}
+
+impl Engine {
+    /// The URL of a deployment's page, with its capability token.
+    pub fn log_url(&self, deployment: &Deployment) -> String {
+        format!(
+            "{}/deployments/{}?token={}",
+            self.config.public_url(),
+            deployment.id,
+            deployment.token
+        )
+    }
+
+    /// The `queued` status of a new deployment.
+    pub fn queued_status(&self, deployment: &Deployment) -> StatusDraft {
+        StatusDraft {
+            state: "queued",
+            description: status_description(&format!(
+                "queued: {} to {}",
+                deployment.task, deployment.environment
+            )),
+            log_url: Some(self.log_url(deployment)),
+            environment_url: None,
+        }
+    }
+
+    /// Changes state, enqueues the matching GitHub status and tells listeners.
+    pub async fn transition(
+        &self,
+        deployment: &Deployment,
+        state: State,
+        description: &str,
+        environment_url: Option<String>,
+    ) -> anyhow::Result<()> {
+        let description = status_description(description);
+        let status = StatusDraft {
+            state: state.github_state(),
+            description: description.clone(),
+            log_url: Some(self.log_url(deployment)),
+            environment_url: environment_url.clone(),
+        };
+        self.store
+            .transition(
+                deployment.id,
+                Transition {
+                    state,
+                    description: Some(description.clone()),
+                    environment_url,
+                    status: Some(status),
+                },
+            )
+            .await?;
+        self.outbox.notify_one();
+        self.bus.publish(Event::State {
+            deployment_id: deployment.id,
+            state,
+            description: Some(description),
+        });
+        Ok(())
+    }
+
+    /// Finishes deployments left `running` by a previous process as `error`.
+    pub async fn recover_interrupted(&self) -> anyhow::Result<usize> {
+        let interrupted = self.store.running().await?;
+        for deployment in &interrupted {
+            let log = self.logs.open(deployment.id).await?;
+            log.note("interrupted: dropship restarted while this deployment was running");
+            log.flush().await;
+            for mut step in self.store.steps(deployment.id).await? {
+                if matches!(step.state, StepState::Running | StepState::Pending) {
+                    step.state = StepState::Error;
+                    step.message = Some("interrupted: dropship restarted".into());
+                    step.finished_at = Some(now_ms());
+                    self.store.save_step(&step).await?;
+                }
+            }
+            self.transition(
+                deployment,
+                State::Error,
+                "interrupted: dropship restarted",
+                None,
+            )
+            .await?;
+            tracing::warn!(
+                deployment.id = deployment.id,
+                "deployment interrupted by a restart, finished as error"
+            );
+        }
+        Ok(interrupted.len())
+    }
+
+    /// Runs one deployment to its end. Every expected failure ends in the returned outcome.
+    pub async fn run(&self, deployment: Deployment) -> anyhow::Result<Outcome> {
+        let span = tracing::info_span!(
+            "deployment",
+            deployment.id = deployment.id,
+            repo = %deployment.repo,
+            environment = %deployment.environment,
+            task = %deployment.task,
+        );
+        self.run_inner(deployment).instrument(span).await
+    }
+
+    async fn run_inner(&self, deployment: Deployment) -> anyhow::Result<Outcome> {
+        let log = self.logs.open(deployment.id).await?;
+        let short_sha = deployment
+            .sha
+            .get(..7)
+            .unwrap_or(&deployment.sha)
+            .to_string();
+        self.transition(
+            &deployment,
+            State::Running,
+            &format!(
+                "running {} on {} at {short_sha}",
+                deployment.task, deployment.environment
+            ),
+            None,
+        )
+        .await?;
+        log.note(format!(
+            "deployment {} of {}@{} ({short_sha}) to {}, task {}",
+            deployment.public_id(),
+            deployment.repo,
+            deployment.git_ref,
+            deployment.environment,
+            deployment.task
+        ));
+        let (outcome, environment_url) = match self.plan(&deployment, &log).await {
+            Ok(plan) => {
+                let url = plan.environment_url.clone();
+                (self.execute(&deployment, &plan, &log).await?, url)
+            }
+            Err(outcome) => (outcome, None),
+        };
+        let mark = match outcome.state {
+            State::Success => "✔",
+            _ => "✘",
+        };
+        log.note(format!("{mark} {}: {}", outcome.state, outcome.description));
+        log.flush().await;
+        self.transition(
+            &deployment,
+            outcome.state,
+            &outcome.description,
+            environment_url,
+        )
+        .await?;
+        tracing::info!(state = %outcome.state, description = %outcome.description, "deployment finished");
+        Ok(outcome)
+    }
+
+    /// The plan, or the `error` outcome that says why there is none.
+    async fn plan(&self, deployment: &Deployment, log: &DeploymentLog) -> Result<Plan, Outcome> {
+        let Some(repo) = self.config.repo(&deployment.repo) else {
+            return Err(Outcome::error(format!(
+                "repository {} is not allowed by the operator config",
+                deployment.repo
+            )));
+        };
+        if !repo.allows_environment(&deployment.environment) {
+            return Err(Outcome::error(format!(
+                "environment {} is not allowed for {} by the operator config",
+                deployment.environment, deployment.repo
+            )));
+        }
+        let file = match self
+            .manifests
+            .manifest(
+                &deployment.repo,
+                &deployment.sha,
+                deployment.installation_id,
+            )
+            .await
+        {
+            Ok(Some(file)) => file,
+            Ok(None) => {
+                return Err(Outcome::error(format!(
+                    "no dropship.yml or .github/dropship.yml in {} at {}",
+                    deployment.repo,
+                    deployment.sha.get(..7).unwrap_or(&deployment.sha)
+                )));
+            }
+            Err(error) => {
+                return Err(Outcome::error(format!(
+                    "cannot read the manifest: {}",
+                    error.message
+                )));
+            }
+        };
+        log.note(format!("read {} at {}", file.path, deployment.sha));
+        let inventory = Inventory {
+            repo: deployment.repo.clone(),
+            servers: self
+                .config
+                .servers
+                .iter()
+                .map(|s| InventoryServer {
+                    name: s.name.clone(),
+                    roles: s.roles.clone(),
+                    allowed: repo.allows_server(&s.name),
+                })
+                .collect(),
+            secrets: repo.secrets.keys().cloned().collect(),
+        };
+        let (owner, name) = deployment.repo_parts();
+        let context = Context {
+            deployment_id: deployment.public_id(),
+            sha: deployment.sha.clone(),
+            git_ref: deployment.git_ref.clone(),
+            environment: deployment.environment.clone(),
+            task: deployment.task.clone(),
+            payload: deployment.payload.clone(),
+            repo_owner: owner.to_string(),
+            repo_name: name.to_string(),
+        };
+        let plan = Manifest::parse(&file.path, &file.text)
+            .and_then(|manifest| manifest.plan(&context, &inventory));
+        match plan {
+            Ok(plan) => Ok(plan),
+            Err(diagnostics) => {
+                for diagnostic in &diagnostics.0 {
+                    log.note(diagnostic.to_string());
+                }
+                Err(Outcome::error(diagnostics.first().to_string()))
+            }
+        }
+    }
+
+    /// Runs the plan's steps in order; a failing step stops the task unless it may fail.
+    async fn execute(
+        &self,
+        deployment: &Deployment,
+        plan: &Plan,
+        log: &DeploymentLog,
+    ) -> anyhow::Result<Outcome> {
+        let mut stopped: Option<Outcome> = None;
+        let mut soft_failures = Vec::new();
+        for (index, step) in plan.steps.iter().enumerate() {
+            if stopped.is_some() {
+                for server in &step.servers {
+                    self.save_step(
+                        deployment,
+                        index,
+                        step,
+                        server,
+                        StepState::Skipped,
+                        None,
+                        Some("skipped: an earlier step failed"),
+                        None,
+                    )
+                    .await?;
+                }
+                continue;
+            }
+            for server in &step.servers {
+                self.save_step(
+                    deployment,
+                    index,
+                    step,
+                    server,
+                    StepState::Pending,
+                    None,
+                    None,
+                    None,
+                )
+                .await?;
+            }
+            let batches: Vec<&[String]> = match &plan.strategy {
+                Strategy::Parallel => vec![&step.servers[..]],
+                Strategy::Rolling { batch, .. } => step
+                    .servers
+                    .chunks(batch.size(step.servers.len()))
+                    .collect(),
+            };
+            let mut failed: Vec<(String, String)> = Vec::new();
+            let mut unreachable: Option<ExecError> = None;
+            for (batch_index, servers) in batches.iter().enumerate() {
+                if batch_index > 0 {
+                    if let Strategy::Rolling {
+                        pause: Some(pause), ..
+                    } = &plan.strategy
+                    {
+                        log.note(format!(
+                            "pausing {} before the next batch",
+                            humantime::format_duration(*pause)
+                        ));
+                        tokio::time::sleep(*pause).await;
+                    }
+                }
+                let runs = servers
+                    .iter()
+                    .map(|server| self.run_step_on(deployment, plan, index, step, server, log));
+                let results = futures::future::join_all(runs).await;
+                for (server, result) in servers.iter().zip(results) {
+                    match result? {
+                        ServerResult::Exit(Exit::Code(0)) => {}
+                        ServerResult::Exit(exit) => {
+                            failed.push((server.clone(), describe_exit(exit)))
+                        }
+                        ServerResult::Unreachable(error) => {
+                            unreachable.get_or_insert(error);
+                        }
+                    }
+                }
+                if unreachable.is_some() || (!failed.is_empty() && !step.continue_on_error) {
+                    // Later batches of this step never start.
+                    for later in batches.iter().skip(batch_index + 1) {
+                        for server in *later {
+                            self.save_step(
+                                deployment,
+                                index,
+                                step,
+                                server,
+                                StepState::Skipped,
+                                None,
+                                Some("skipped: an earlier batch failed"),
+                                None,
+                            )
+                            .await?;
+                        }
+                    }
+                    break;
+                }
+            }
+            if let Some(error) = unreachable {
+                stopped = Some(Outcome::error(format!("step {}: {error}", step.name)));
+            } else if let Some((server, why)) = failed.first() {
+                let more = if failed.len() > 1 {
+                    format!(" and {} more", failed.len() - 1)
+                } else {
+                    String::new()
+                };
+                let description = format!("step {} failed on {server}{more} ({why})", step.name);
+                if step.continue_on_error {
+                    log.note(format!("{description}; continuing (continue_on_error)"));
+                    soft_failures.push(description);
+                } else {
+                    stopped = Some(Outcome {
+                        state: State::Failure,
+                        description,
+                    });
+                }
+            }
+        }
+        Ok(stopped.unwrap_or_else(|| {
+            let servers = plan.servers.len();
+            let mut description = format!(
+                "{} to {}: {} step{} on {servers} server{}",
+                plan.task,
+                plan.environment,
+                plan.steps.len(),
+                plural(plan.steps.len()),
+                plural(servers)
+            );
+            if !soft_failures.is_empty() {
+                description.push_str(&format!(
+                    " ({} allowed failure{})",
+                    soft_failures.len(),
+                    plural(soft_failures.len())
+                ));
+            }
+            Outcome {
+                state: State::Success,
+                description,
+            }
+        }))
+    }
+
+    async fn run_step_on(
+        &self,
+        deployment: &Deployment,
+        plan: &Plan,
+        index: usize,
+        step: &PlannedStep,
+        server: &str,
+        log: &DeploymentLog,
+    ) -> anyhow::Result<ServerResult> {
+        let span = tracing::info_span!("step", step = %step.name, server = %server);
+        async {
+            let started = now_ms();
+            let clock = Instant::now();
+            self.save_step(
+                deployment,
+                index,
+                step,
+                server,
+                StepState::Running,
+                None,
+                None,
+                Some(started),
+            )
+            .await?;
+            log.line(
+                Some(server),
+                Some(&step.name),
+                "dropship",
+                format!("▶ {} on {server}", step.name),
+            );
+            let Some(executor) = self.fleet.get(server) else {
+                let error = ExecError::Io {
+                    server: server.to_string(),
+                    detail: "no such server in the operator config".into(),
+                };
+                self.save_step(
+                    deployment,
+                    index,
+                    step,
+                    server,
+                    StepState::Error,
+                    None,
+                    Some(&error.to_string()),
+                    Some(started),
+                )
+                .await?;
+                return Ok(ServerResult::Unreachable(error));
+            };
+            let job = self.job(deployment, plan, step, server);
+            let (sender, mut lines) = mpsc::unbounded_channel::<(crate::exec::Stream, String)>();
+            let forward = {
+                let log = log.clone();
+                let server = server.to_string();
+                let step = step.name.clone();
+                tokio::spawn(async move {
+                    while let Some((stream, line)) = lines.recv().await {
+                        log.line(Some(&server), Some(&step), stream.as_str(), line);
+                    }
+                })
+            };
+            let result = executor.run(&job, sender).await;
+            let _ = forward.await;
+            let elapsed = format_elapsed(clock.elapsed());
+            let result = match result {
+                Ok(Exit::Code(0)) => {
+                    log.line(
+                        Some(server),
+                        Some(&step.name),
+                        "dropship",
+                        format!("✔ {} on {server} ({elapsed})", step.name),
+                    );
+                    self.save_step(
+                        deployment,
+                        index,
+                        step,
+                        server,
+                        StepState::Success,
+                        Some(0),
+                        None,
+                        Some(started),
+                    )
+                    .await?;
+                    ServerResult::Exit(Exit::Code(0))
+                }
+                Ok(exit) => {
+                    let why = describe_exit(exit);
+                    log.line(
+                        Some(server),
+                        Some(&step.name),
+                        "dropship",
+                        format!("✘ {} on {server}: {why} ({elapsed})", step.name),
+                    );
+                    let (state, code) = match exit {
+                        Exit::Code(code) => (StepState::Failure, Some(code as i64)),
+                        Exit::TimedOut => (StepState::TimedOut, None),
+                        Exit::Signal => (StepState::Failure, None),
+                    };
+                    self.save_step(
+                        deployment,
+                        index,
+                        step,
+                        server,
+                        state,
+                        code,
+                        Some(&why),
+                        Some(started),
+                    )
+                    .await?;
+                    ServerResult::Exit(exit)
+                }
+                Err(error) => {
+                    log.line(
+                        Some(server),
+                        Some(&step.name),
+                        "dropship",
+                        format!("✘ {error}"),
+                    );
+                    self.save_step(
+                        deployment,
+                        index,
+                        step,
+                        server,
+                        StepState::Error,
+                        None,
+                        Some(&error.to_string()),
+                        Some(started),
+                    )
+                    .await?;
+                    ServerResult::Unreachable(error)
+                }
+            };
+            Ok(result)
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn job(&self, deployment: &Deployment, plan: &Plan, step: &PlannedStep, server: &str) -> Job {
+        let (owner, name) = deployment.repo_parts();
+        let context = Context {
+            deployment_id: deployment.public_id(),
+            sha: deployment.sha.clone(),
+            git_ref: deployment.git_ref.clone(),
+            environment: plan.environment.clone(),
+            task: plan.task.clone(),
+            payload: deployment.payload.clone(),
+            repo_owner: owner.to_string(),
+            repo_name: name.to_string(),
+        };
+        let mut env = context.environment_variables();
+        env.push(("DROPSHIP_SERVER".into(), server.to_string()));
+        env.push(("DROPSHIP_STEP".into(), step.name.clone()));
+        env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let secrets: Vec<(String, SecretString)> = self
+            .config
+            .repo(&deployment.repo)
+            .map(|repo| {
+                step.secrets
+                    .iter()
+                    .filter_map(|name| {
+                        repo.secrets
+                            .get(name)
+                            .map(|value| (name.clone(), value.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Job {
+            script: step.script.clone(),
+            env,
+            secrets,
+            working_dir: step.working_dir.clone(),
+            timeout: step.timeout,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn save_step(
+        &self,
+        deployment: &Deployment,
+        index: usize,
+        step: &PlannedStep,
+        server: &str,
+        state: StepState,
+        exit_code: Option<i64>,
+        message: Option<&str>,
+        started_at: Option<i64>,
+    ) -> anyhow::Result<()> {
+        let finished = matches!(
+            state,
+            StepState::Success
+                | StepState::Failure
+                | StepState::TimedOut
+                | StepState::Error
+                | StepState::Skipped
+        );
+        let run = StepRun {
+            deployment_id: deployment.id,
+            step_index: index as i64,
+            step: step.name.clone(),
+            server: server.to_string(),
+            state,
+            exit_code,
+            message: message.map(str::to_string),
+            started_at,
+            finished_at: finished.then(now_ms),
+        };
+        self.store.save_step(&run).await?;
+        self.bus.publish(Event::Step(run));
+        Ok(())
+    }
+}
+
+fn describe_exit(exit: Exit) -> String {
+    match exit {
+        Exit::Code(code) => format!("exit {code}"),
+        Exit::Signal => "killed by a signal".into(),
+        Exit::TimedOut => "timed out".into(),
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+pub fn format_elapsed(elapsed: Duration) -> String {
+    if elapsed < Duration::from_secs(60) {
+        format!("{:.1}s", elapsed.as_secs_f64())
+    } else {
+        format!("{}m{:02}s", elapsed.as_secs() / 60, elapsed.as_secs() % 60)
+    }
+}

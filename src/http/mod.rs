@@ -1,0 +1,72 @@
+//! The HTTP surface: webhook intake, deployment pages (live over server-sent events) and the
+//! JSON API.
+//!
+//! Architecture invariant: only this module knows axum. REST JSON types live here and are
+//! converted from the store's records, so a column rename cannot break the API.
+
+mod api;
+mod error;
+mod pages;
+mod webhook;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use secrecy::ExposeSecret;
+use subtle::ConstantTimeEq;
+use tokio::sync::Notify;
+
+pub use error::HttpError;
+
+use crate::deploy::Engine;
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    /// Wakes the scheduler when a deployment is queued.
+    pub scheduler: Arc<Notify>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.engine.config.server.max_body_bytes;
+    Router::new()
+        .route(
+            "/webhooks/github",
+            post(webhook::github).layer(DefaultBodyLimit::max(max_body)),
+        )
+        .route("/deployments/{id}", get(pages::deployment))
+        .route("/deployments/{id}/events", get(pages::events))
+        .route("/api/deployments", get(api::list))
+        .route("/api/deployments/{id}", get(api::show))
+        .route("/api/deployments/{id}/log", get(api::log))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// Constant-time string equality, for tokens.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+impl AppState {
+    /// Whether the request carries one of the configured API bearer tokens.
+    fn has_api_token(&self, headers: &HeaderMap) -> bool {
+        let Some(given) = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        self.engine
+            .config
+            .api
+            .tokens
+            .iter()
+            .any(|token| same(token.expose_secret(), given.trim()))
+    }
+}

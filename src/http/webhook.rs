@@ -1,0 +1,130 @@
+//! `POST /webhooks/github`: verify, parse, record durably, answer.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use super::{AppState, HttpError};
+use crate::store::{Delivery, Inserted, NewDeployment, new_token};
+use crate::webhook::{self, Event};
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub(super) async fn github(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, HttpError> {
+    let secrets = state.engine.config.webhook_secret_bytes();
+    if let Err(error) = webhook::verify(&secrets, header(&headers, "x-hub-signature-256"), &body) {
+        return Err(HttpError::new(StatusCode::UNAUTHORIZED, error.to_string()));
+    }
+    let Some(event_name) = header(&headers, "x-github-event") else {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "missing X-GitHub-Event header",
+        ));
+    };
+    let delivery_id = header(&headers, "x-github-delivery").map(str::to_string);
+    let event = webhook::parse(event_name, &body)
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let delivery = |result: &'static str, action: Option<String>| Delivery {
+        delivery_id: delivery_id.clone(),
+        event: event_name.to_string(),
+        action,
+        result,
+        deployment_id: None,
+    };
+    let deployment = match event {
+        Event::Ping { zen } => {
+            state
+                .engine
+                .store
+                .record_delivery(delivery("ping", None))
+                .await?;
+            return Ok((StatusCode::OK, Json(json!({ "ok": true, "zen": zen }))).into_response());
+        }
+        Event::Ignored { event, action } => {
+            state
+                .engine
+                .store
+                .record_delivery(delivery("ignored", action.clone()))
+                .await?;
+            let what = match action {
+                Some(action) => format!("{event}.{action}"),
+                None => event,
+            };
+            return Ok((StatusCode::ACCEPTED, Json(json!({ "ignored": what }))).into_response());
+        }
+        Event::Deployment(deployment) => deployment,
+    };
+    let config = &state.engine.config;
+    let allowed = config
+        .repo(&deployment.repository)
+        .filter(|repo| repo.allows_environment(&deployment.environment));
+    if allowed.is_none() {
+        state
+            .engine
+            .store
+            .record_delivery(delivery("refused", Some("created".into())))
+            .await?;
+        let message = match config.repo(&deployment.repository) {
+            None => format!(
+                "repository {} is not allowed to deploy by the operator config",
+                deployment.repository
+            ),
+            Some(_) => format!(
+                "repository {} may not deploy to environment {} by the operator config",
+                deployment.repository, deployment.environment
+            ),
+        };
+        return Err(HttpError::new(StatusCode::FORBIDDEN, message));
+    }
+    let new = NewDeployment {
+        github_id: Some(deployment.github_id),
+        repo: deployment.repository,
+        environment: deployment.environment,
+        task: deployment.task,
+        git_ref: deployment.git_ref,
+        sha: deployment.sha,
+        payload: deployment.payload,
+        description: deployment.description,
+        creator: deployment.creator,
+        installation_id: deployment.installation_id,
+        transient: deployment.transient_environment,
+        production: deployment.production_environment,
+        token: new_token(),
+    };
+    let engine = state.engine.clone();
+    let queued = Box::new(move |d: &crate::store::Deployment| engine.queued_status(d));
+    let inserted = state
+        .engine
+        .store
+        .insert_deployment(
+            new,
+            Some(queued),
+            Some(delivery("accepted", Some("created".into()))),
+        )
+        .await?;
+    let (status, recorded, duplicate) = match inserted {
+        Inserted::New(d) => {
+            state.scheduler.notify_one();
+            state.engine.outbox.notify_one();
+            (StatusCode::ACCEPTED, d, false)
+        }
+        Inserted::Duplicate(d) => (StatusCode::OK, d, true),
+    };
+    let body = json!({
+        "id": recorded.id,
+        "github_deployment_id": recorded.github_id,
+        "state": recorded.state,
+        "log_url": state.engine.log_url(&recorded),
+        "duplicate": duplicate,
+    });
+    Ok((status, Json(body)).into_response())
+}
