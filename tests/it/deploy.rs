@@ -1,0 +1,332 @@
+//! Full deployments: webhook in, tasks on three real sshd servers, statuses out.
+
+use std::time::Duration;
+
+use dropship::config::Config;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::github::{FakeGithub, PostedStatus};
+use crate::support::sshd::{self, ClientKey, Sshd};
+use crate::support::{TestServer, config_toml, deployment_payload};
+
+const SHA: &str = "f95f852bd8fca8fcc58a9a2d6c842781e32a215e";
+
+const MANIFEST: &str = r#"version: 1
+environments:
+  production:
+    servers: [web]
+    url: https://shop.example.com
+tasks:
+  deploy:
+    - name: build
+      run: |
+        echo "building ${{ deployment.sha }} on $DROPSHIP_SERVER"
+        echo "to stderr" >&2
+    - name: migrate
+      on: first
+      secrets: [DATABASE_URL]
+      run: |
+        test -n "$DATABASE_URL"
+        echo "migrating ${{ deployment.environment }}"
+    - name: restart
+      run: |
+        if [ "$DROPSHIP_SERVER" = "${{ deployment.payload.fail_on }}" ]; then echo "cannot restart" >&2; exit 1; fi
+        echo "restarted $DROPSHIP_SERVER"
+    - name: announce
+      on: first
+      run: echo done
+"#;
+
+/// Three sshd servers with role `web`, a fake GitHub holding `manifest`, and Dropship.
+struct World {
+    server: TestServer,
+    github: FakeGithub,
+    _sshds: Vec<Sshd>,
+    _key: ClientKey,
+}
+
+async fn world(manifest: &str, pin: impl Fn(usize, &Sshd) -> String) -> Option<World> {
+    sshd::available()?;
+    let key = ClientKey::new();
+    let sshds: Vec<Sshd> = (0..3).map(|_| Sshd::start(&key)).collect();
+    let github = FakeGithub::start().await;
+    github.add_file("acme/shop", SHA, "dropship.yml", manifest);
+    let mut servers = String::new();
+    for (i, sshd) in sshds.iter().enumerate() {
+        servers.push_str(&sshd.server_toml(
+            &format!("web-{}", i + 1),
+            &["web"],
+            &key,
+            &pin(i, sshd),
+        ));
+    }
+    let repos = "[[repos]]\nname = \"acme/shop\"\nenvironments = [\"production\"]\nservers = [\"web-*\"]\n[repos.secrets]\nDATABASE_URL = \"postgres://user:hunter2@db/shop\"\n";
+    let data = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&config_toml(
+        data.path(),
+        &github.url,
+        &format!("{servers}{repos}"),
+    ))
+    .unwrap();
+    let server = TestServer::start(config, Some(data)).await;
+    Some(World {
+        server,
+        github,
+        _sshds: sshds,
+        _key: key,
+    })
+}
+
+fn pinned(_: usize, sshd: &Sshd) -> String {
+    sshd.host_key.clone()
+}
+
+fn states(statuses: &[PostedStatus]) -> Vec<&str> {
+    statuses.iter().map(PostedStatus::state).collect()
+}
+
+async fn deploy(
+    world: &World,
+    github_id: i64,
+    payload_patch: Option<Value>,
+) -> (i64, Vec<PostedStatus>) {
+    let mut body: Value = serde_json::from_slice(&deployment_payload(
+        github_id,
+        "acme/shop",
+        SHA,
+        "production",
+        "deploy",
+    ))
+    .unwrap();
+    if let Some(patch) = payload_patch {
+        body["deployment"]["payload"] = patch;
+    }
+    let response = world
+        .server
+        .deliver(
+            "deployment",
+            &format!("delivery-{github_id}"),
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let answer: Value = response.json().await.unwrap();
+    assert!(
+        answer["log_url"].as_str().unwrap().contains("token="),
+        "{answer}"
+    );
+    let statuses = world
+        .github
+        .wait_final(github_id, Duration::from_secs(60))
+        .await;
+    (answer["id"].as_i64().unwrap(), statuses)
+}
+
+#[tokio::test]
+async fn a_deployment_on_three_servers_succeeds_with_ordered_statuses_and_stored_logs() {
+    let Some(world) = world(MANIFEST, pinned).await else {
+        return;
+    };
+    let (id, statuses) = deploy(&world, 1001, None).await;
+    assert_eq!(
+        states(&statuses),
+        ["queued", "in_progress", "success"],
+        "{statuses:#?}"
+    );
+    let last = statuses.last().unwrap();
+    assert_eq!(last.body["environment_url"], "https://shop.example.com");
+    assert!(
+        last.body["log_url"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("/deployments/{id}?token="))
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s.body["environment"] == "production" && s.repo == "acme/shop")
+    );
+
+    let log = world
+        .server
+        .api(&format!("/api/deployments/{id}/log"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for server in ["web-1", "web-2", "web-3"] {
+        assert!(
+            log.contains(&format!(
+                "{server} build stdout | building {SHA} on {server}"
+            )),
+            "{log}"
+        );
+        assert!(
+            log.contains(&format!("{server} build stderr | to stderr")),
+            "{log}"
+        );
+        assert!(log.contains(&format!("restarted {server}")), "{log}");
+    }
+    assert_eq!(
+        log.matches("migrating production").count(),
+        1,
+        "`on: first` runs once"
+    );
+    assert!(!log.contains("hunter2"), "a secret reached the log");
+
+    let detail: Value = world
+        .server
+        .api(&format!("/api/deployments/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(detail["state"], "success");
+    assert_eq!(detail["steps"].as_array().unwrap().len(), 3 + 1 + 3 + 1);
+    assert!(!detail.to_string().contains("hunter2"));
+
+    // The log_url page opens with its token alone, and not without it.
+    let page_url = last.body["log_url"]
+        .as_str()
+        .unwrap()
+        .replace("http://127.0.0.1:1", &world.server.url(""));
+    let page = world.server.client.get(&page_url).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("restarted web-2") && html.contains("migrate"));
+    let wrong = world
+        .server
+        .client
+        .get(world.server.url(&format!("/deployments/{id}?token=nope")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_step_failing_on_one_server_ends_failure_naming_it_and_skips_the_rest() {
+    let Some(world) = world(MANIFEST, pinned).await else {
+        return;
+    };
+    let (id, statuses) = deploy(&world, 1002, Some(serde_json::json!({"fail_on": "web-2"}))).await;
+    assert_eq!(states(&statuses), ["queued", "in_progress", "failure"]);
+    assert_eq!(
+        statuses[2].description(),
+        "step restart failed on web-2 (exit 1)"
+    );
+    let detail: Value = world
+        .server
+        .api(&format!("/api/deployments/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let steps = detail["steps"].as_array().unwrap();
+    let announce = steps.iter().find(|s| s["name"] == "announce").unwrap();
+    assert_eq!(announce["state"], "skipped");
+    let failed = steps
+        .iter()
+        .find(|s| s["name"] == "restart" && s["server"] == "web-2")
+        .unwrap();
+    assert_eq!(failed["exit_code"], 1);
+}
+
+#[tokio::test]
+async fn a_manifest_typo_ends_error_with_line_and_column() {
+    let broken = MANIFEST.replace("    servers: [web]", "    serverz: [web]");
+    let Some(world) = world(&broken, pinned).await else {
+        return;
+    };
+    let (_, statuses) = deploy(&world, 1003, None).await;
+    assert_eq!(states(&statuses), ["queued", "in_progress", "error"]);
+    assert!(
+        statuses[2]
+            .description()
+            .starts_with("dropship.yml:4:5: environments.production: unknown field `serverz`"),
+        "{}",
+        statuses[2].description()
+    );
+}
+
+#[tokio::test]
+async fn a_server_with_a_changed_host_key_is_refused() {
+    // web-3's pinned key is another server's key: exactly what a swapped machine looks like.
+    let other = ClientKey::new();
+    let wrong = other
+        .public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let Some(world) = world(MANIFEST, |i, sshd| {
+        if i == 2 {
+            wrong.clone()
+        } else {
+            sshd.host_key.clone()
+        }
+    })
+    .await
+    else {
+        return;
+    };
+    let (id, statuses) = deploy(&world, 1004, None).await;
+    assert_eq!(states(&statuses), ["queued", "in_progress", "error"]);
+    assert_eq!(
+        statuses[2].description(),
+        "step build: web-3: host key verification failed: the server's key does not match the pinned host_key"
+    );
+    let log = world
+        .server
+        .api(&format!("/api/deployments/{id}/log"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !log.contains("web-3 build stdout"),
+        "nothing may run on a server whose key changed"
+    );
+}
+
+#[tokio::test]
+async fn a_redelivered_deployment_runs_once() {
+    let Some(world) = world(MANIFEST, pinned).await else {
+        return;
+    };
+    let body = deployment_payload(1005, "acme/shop", SHA, "production", "deploy");
+    let first = world
+        .server
+        .deliver("deployment", "same-delivery", &body)
+        .await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let again = world
+        .server
+        .deliver("deployment", "same-delivery", &body)
+        .await;
+    assert_eq!(again.status(), StatusCode::OK);
+    let answer: Value = again.json().await.unwrap();
+    assert_eq!(answer["duplicate"], true);
+    let statuses = world.github.wait_final(1005, Duration::from_secs(60)).await;
+    assert_eq!(states(&statuses), ["queued", "in_progress", "success"]);
+    let list: Vec<Value> = world
+        .server
+        .api("/api/deployments")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list.len(), 1);
+}
+
+#[tokio::test]
+async fn statuses_survive_a_github_that_answers_502_twice() {
+    let Some(world) = world(MANIFEST, pinned).await else {
+        return;
+    };
+    world.github.fail_next_statuses(2);
+    let (_, statuses) = deploy(&world, 1006, None).await;
+    assert_eq!(world.github.failed_posts(), 2);
+    assert_eq!(states(&statuses), ["queued", "in_progress", "success"]);
+}

@@ -1,0 +1,9 @@
+//! The whole service, with real sshd servers, real SQLite and a fake GitHub over real HTTP.
+
+// Test support is shared between modules of this one test binary.
+#![allow(unreachable_pub)]
+
+mod deploy;
+mod intake;
+mod restart;
+mod support;

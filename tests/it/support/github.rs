@@ -1,0 +1,363 @@
+//! A fake GitHub over real HTTP. Every request body Dropship sends and every response body the
+//! fake answers is validated against GitHub's published OpenAPI description
+//! (`tests/fixtures/github/openapi-deployments.json`); violations fail the test.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+/// GitHub's OpenAPI description, with OpenAPI 3.0's `nullable` rewritten as JSON Schema.
+fn openapi() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let text =
+            std::fs::read_to_string(super::fixture("github/openapi-deployments.json")).unwrap();
+        let mut doc: Value = serde_json::from_str(&text).unwrap();
+        rewrite_nullable(&mut doc);
+        doc
+    })
+}
+
+fn rewrite_nullable(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for inner in map.values_mut() {
+                rewrite_nullable(inner);
+            }
+            if map.remove("nullable") == Some(Value::Bool(true)) {
+                if let Some(Value::Array(values)) = map.get_mut("enum") {
+                    values.push(Value::Null);
+                }
+                match map.get("type").cloned() {
+                    Some(Value::String(kind)) => {
+                        map.insert("type".into(), json!([kind, "null"]));
+                    }
+                    _ => {
+                        let inner = Value::Object(std::mem::take(map));
+                        map.insert("anyOf".into(), json!([inner, {"type": "null"}]));
+                    }
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_nullable),
+        _ => {}
+    }
+}
+
+/// Validates `instance` against the schema at `pointer` in the OpenAPI document.
+pub fn validate(pointer: &str, instance: &Value) -> Result<(), String> {
+    let doc = openapi();
+    let schema = doc
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("no schema at {pointer}"));
+    let mut root = schema.clone();
+    if let Value::Object(map) = &mut root {
+        map.insert("components".into(), doc["components"].clone());
+    }
+    let validator = jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft202012)
+        .build(&root)
+        .map_err(|e| format!("schema at {pointer} does not compile: {e}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{pointer}: {}", errors.join("; ")))
+    }
+}
+
+fn op_pointer(path: &str, method: &str) -> String {
+    format!(
+        "/paths/{}/{method}",
+        path.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+/// A status Dropship posted.
+#[derive(Debug, Clone)]
+pub struct PostedStatus {
+    pub repo: String,
+    pub deployment_id: i64,
+    pub body: Value,
+}
+
+impl PostedStatus {
+    pub fn state(&self) -> &str {
+        self.body["state"].as_str().unwrap_or_default()
+    }
+    pub fn description(&self) -> &str {
+        self.body["description"].as_str().unwrap_or_default()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    /// (repo, sha, path) → file text.
+    files: HashMap<(String, String, String), String>,
+    statuses: Vec<PostedStatus>,
+    violations: Vec<String>,
+    /// Status posts still to answer with 502.
+    failures_left: usize,
+    failed_posts: usize,
+    next_id: i64,
+}
+
+#[derive(Clone)]
+pub struct FakeGithub {
+    inner: Arc<Mutex<Inner>>,
+    changed: Arc<Notify>,
+    pub url: String,
+}
+
+impl FakeGithub {
+    pub async fn start() -> FakeGithub {
+        let fake = FakeGithub {
+            inner: Arc::new(Mutex::new(Inner {
+                next_id: 1,
+                ..Default::default()
+            })),
+            changed: Arc::new(Notify::new()),
+            url: String::new(),
+        };
+        let app = axum::Router::new()
+            .route("/repos/{owner}/{repo}/contents/{*path}", get(contents))
+            .route(
+                "/repos/{owner}/{repo}/deployments/{id}/statuses",
+                post(create_status),
+            )
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeGithub { url, ..fake }
+    }
+
+    pub fn add_file(&self, repo: &str, sha: &str, path: &str, text: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .files
+            .insert((repo.into(), sha.into(), path.into()), text.into());
+    }
+
+    /// The next `n` status posts are answered 502.
+    pub fn fail_next_statuses(&self, n: usize) {
+        self.inner.lock().unwrap().failures_left = n;
+    }
+
+    pub fn failed_posts(&self) -> usize {
+        self.inner.lock().unwrap().failed_posts
+    }
+
+    pub fn statuses(&self, deployment_id: i64) -> Vec<PostedStatus> {
+        self.inner
+            .lock()
+            .unwrap()
+            .statuses
+            .iter()
+            .filter(|s| s.deployment_id == deployment_id)
+            .cloned()
+            .collect()
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.inner.lock().unwrap().violations.clone()
+    }
+
+    /// Waits until deployment `id` has a final status (success, failure or error), and returns
+    /// all its statuses.
+    pub async fn wait_final(&self, id: i64, limit: Duration) -> Vec<PostedStatus> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            let statuses = self.statuses(id);
+            if statuses
+                .iter()
+                .any(|s| matches!(s.state(), "success" | "failure" | "error"))
+            {
+                let violations = self.violations();
+                assert!(
+                    violations.is_empty(),
+                    "requests or responses broke GitHub's OpenAPI description: {violations:#?}"
+                );
+                return statuses;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "no final status for deployment {id} within {limit:?}; statuses so far: {statuses:#?}"
+                );
+            }
+        }
+    }
+
+    fn violation(&self, text: String) {
+        self.inner.lock().unwrap().violations.push(text);
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = json!({ "message": message, "documentation_url": "https://docs.github.com/rest" });
+    (status, Json(body)).into_response()
+}
+
+async fn contents(
+    State(fake): State<FakeGithub>,
+    Path((owner, repo, path)): Path<(String, String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let op = op_pointer("/repos/{owner}/{repo}/contents/{path}", "get");
+    let Some(sha) = query.get("ref") else {
+        fake.violation(
+            "contents request without ?ref=: the manifest must be read at the deployment's sha"
+                .into(),
+        );
+        return error(StatusCode::BAD_REQUEST, "ref required by this test");
+    };
+    let full = format!("{owner}/{repo}");
+    let text = fake
+        .inner
+        .lock()
+        .unwrap()
+        .files
+        .get(&(full.clone(), sha.clone(), path.clone()))
+        .cloned();
+    let Some(text) = text else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    // GitHub wraps base64 at 60 characters with real newlines.
+    let encoded = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    let wrapped = encoded
+        .as_bytes()
+        .chunks(60)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let api = &fake.url;
+    let body = json!({
+        "type": "file",
+        "encoding": "base64",
+        "size": text.len(),
+        "name": path.rsplit('/').next().unwrap(),
+        "path": path,
+        "content": wrapped + "\n",
+        "sha": "3d21ec53a331a6f037a91c368710b99387d012c1",
+        "url": format!("{api}/repos/{full}/contents/{path}?ref={sha}"),
+        "git_url": format!("{api}/repos/{full}/git/blobs/3d21ec53a331a6f037a91c368710b99387d012c1"),
+        "html_url": format!("https://github.com/{full}/blob/{sha}/{path}"),
+        "download_url": format!("https://raw.githubusercontent.com/{full}/{sha}/{path}"),
+        "_links": {
+            "git": format!("{api}/repos/{full}/git/blobs/3d21ec53a331a6f037a91c368710b99387d012c1"),
+            "self": format!("{api}/repos/{full}/contents/{path}?ref={sha}"),
+            "html": format!("https://github.com/{full}/blob/{sha}/{path}"),
+        }
+    });
+    if let Err(e) = validate(
+        &format!("{op}/responses/200/content/application~1json/schema"),
+        &body,
+    ) {
+        fake.violation(format!("fake's own contents response: {e}"));
+    }
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+async fn create_status(
+    State(fake): State<FakeGithub>,
+    Path((owner, repo, id)): Path<(String, String, i64)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let op = op_pointer(
+        "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses",
+        "post",
+    );
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            fake.violation(format!("status body is not JSON: {e}"));
+            return error(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+        }
+    };
+    if let Err(e) = validate(
+        &format!("{op}/requestBody/content/application~1json/schema"),
+        &body,
+    ) {
+        fake.violation(format!("status request: {e}"));
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    }
+    if body["description"]
+        .as_str()
+        .is_some_and(|d| d.chars().count() > 140)
+    {
+        fake.violation("status description over 140 characters".into());
+    }
+    let response = {
+        let mut inner = fake.inner.lock().unwrap();
+        if inner.failures_left > 0 {
+            inner.failures_left -= 1;
+            inner.failed_posts += 1;
+            drop(inner);
+            fake.changed.notify_waiters();
+            return error(StatusCode::BAD_GATEWAY, "Server Error");
+        }
+        let status_id = inner.next_id;
+        inner.next_id += 1;
+        inner.statuses.push(PostedStatus {
+            repo: format!("{owner}/{repo}"),
+            deployment_id: id,
+            body: body.clone(),
+        });
+        let mut example = openapi()["components"]["examples"]["deployment-status"]["value"].clone();
+        example["id"] = status_id.into();
+        example["state"] = body["state"].clone();
+        example["description"] = body
+            .get("description")
+            .cloned()
+            .unwrap_or_else(|| "".into());
+        example["log_url"] = body.get("log_url").cloned().unwrap_or_else(|| "".into());
+        example["target_url"] = example["log_url"].clone();
+        example["environment_url"] = body
+            .get("environment_url")
+            .cloned()
+            .unwrap_or_else(|| "".into());
+        example
+    };
+    if let Err(e) = validate(
+        &format!("{op}/responses/201/content/application~1json/schema"),
+        &response,
+    ) {
+        fake.violation(format!("fake's own status response: {e}"));
+    }
+    fake.changed.notify_waiters();
+    (StatusCode::CREATED, Json(response)).into_response()
+}
+
+#[test]
+fn the_fake_validates_against_the_description() {
+    let op = op_pointer(
+        "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses",
+        "post",
+    );
+    let schema = format!("{op}/requestBody/content/application~1json/schema");
+    assert!(validate(&schema, &json!({"state": "success"})).is_ok());
+    assert!(
+        validate(&schema, &json!({"state": "done"})).is_err(),
+        "an unknown state must be refused"
+    );
+    let example = openapi()["components"]["examples"]["deployment-status"]["value"].clone();
+    validate(
+        &format!("{op}/responses/201/content/application~1json/schema"),
+        &example,
+    )
+    .unwrap();
+}

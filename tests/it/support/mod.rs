@@ -1,0 +1,153 @@
+//! Test support: real services started per test, cleaned up on drop.
+
+pub mod github;
+pub mod sshd;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dropship::config::Config;
+use tokio_util::sync::CancellationToken;
+
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+pub const API_TOKEN: &str = "test-api-token";
+
+/// Whether a missing service must fail the test (CI) or may skip it (a bare laptop).
+pub fn missing(what: &str) -> bool {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("{what} is required under CI=true; install it (scripts/test does)");
+    }
+    eprintln!("SKIPPED: {what} is not available on this machine");
+    true
+}
+
+/// Waits for `condition` to hold, checking every 20 ms, for at most `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn fixture(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+/// A `deployment.created` delivery built from GitHub's own example payload.
+pub fn deployment_payload(
+    github_id: i64,
+    repo: &str,
+    sha: &str,
+    environment: &str,
+    task: &str,
+) -> Vec<u8> {
+    let text = std::fs::read_to_string(fixture("github/webhooks/deployment.created.json")).unwrap();
+    let mut body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    body["deployment"]["id"] = github_id.into();
+    body["deployment"]["sha"] = sha.into();
+    body["deployment"]["environment"] = environment.into();
+    body["deployment"]["task"] = task.into();
+    body["repository"]["full_name"] = repo.into();
+    serde_json::to_vec(&body).unwrap()
+}
+
+/// The operator config for a test: data in `data_dir`, GitHub at `github`, plus `extra` TOML.
+pub fn config_toml(data_dir: &Path, github: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:1"
+data_dir = "{data}"
+max_body_bytes = 1048576
+
+[github]
+api_url = "{github}"
+token = "ghp_test_token"
+webhook_secrets = ["{WEBHOOK_SECRET}"]
+retry_base = "50ms"
+retry_max = "200ms"
+
+[api]
+tokens = ["{API_TOKEN}"]
+
+{extra}
+"#,
+        data = data_dir.display()
+    )
+}
+
+/// Dropship serving in this process on a port-0 listener.
+pub struct TestServer {
+    pub address: SocketAddr,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    _data: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config, data: Option<tempfile::TempDir>) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(error) = dropship::server::run(config, listener, token).await {
+                panic!("dropship stopped: {error:#}");
+            }
+        });
+        TestServer {
+            address,
+            client: reqwest::Client::new(),
+            shutdown,
+            _data: data,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.address)
+    }
+
+    /// Sends a signed delivery of `event`.
+    pub async fn deliver(&self, event: &str, delivery: &str, body: &[u8]) -> reqwest::Response {
+        let signature = dropship::webhook::sign(WEBHOOK_SECRET.as_bytes(), body);
+        self.client
+            .post(self.url("/webhooks/github"))
+            .header("X-GitHub-Event", event)
+            .header("X-GitHub-Delivery", delivery)
+            .header("X-Hub-Signature-256", signature)
+            .header("Content-Type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn api(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
