@@ -1,4 +1,5 @@
-//! [`Store`] on SQLite: WAL, `synchronous = FULL`, migrations embedded.
+//! [`Store`] on SQLite: WAL, migrations embedded; `synchronous = FULL` for webhook intake,
+//! `NORMAL` (crash-safe in WAL mode) for the engine's bookkeeping.
 //!
 //! Webhook intake is group-committed: concurrent deliveries queue into one writer task that
 //! writes a batch in one transaction and answers each caller after the commit, so every
