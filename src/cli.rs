@@ -58,28 +58,7 @@ enum Command {
         repo: Option<String>,
     },
     /// Run a task from a local manifest, without GitHub, printing live progress.
-    Run {
-        #[arg(long, short)]
-        environment: String,
-        #[arg(long, short, default_value = "deploy")]
-        task: String,
-        /// The manifest (default: ./dropship.yml, else ./.github/dropship.yml).
-        #[arg(long, short)]
-        manifest: Option<PathBuf>,
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// The repository the run is recorded as (default: local/<directory name>).
-        #[arg(long)]
-        repo: Option<String>,
-        /// The ref and sha that expressions see (default: from git, if any).
-        #[arg(long = "ref")]
-        git_ref: Option<String>,
-        #[arg(long)]
-        sha: Option<String>,
-        /// A JSON object, seen as `deployment.payload`.
-        #[arg(long)]
-        payload: Option<String>,
-    },
+    Run(RunArgs),
     /// Connect to every configured server and report reachability and host-key status.
     Check {
         #[arg(long)]
@@ -132,28 +111,7 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { path, config, repo } => {
             validate(path.as_deref(), config.as_deref(), repo.as_deref())
         }
-        Command::Run {
-            environment,
-            task,
-            manifest,
-            config,
-            repo,
-            git_ref,
-            sha,
-            payload,
-        } => {
-            run(RunArgs {
-                environment,
-                task,
-                manifest,
-                config,
-                repo,
-                git_ref,
-                sha,
-                payload,
-            })
-            .await
-        }
+        Command::Run(args) => run(args).await,
         Command::Check { config } => check(config.as_deref()).await,
         Command::DefaultConfig => {
             print!("{}", config::EXAMPLE);
@@ -308,14 +266,31 @@ impl ManifestSource for LocalManifest {
     }
 }
 
+#[derive(Debug, clap::Args)]
 struct RunArgs {
+    /// The manifest environment to deploy to.
+    #[arg(long, short)]
     environment: String,
+    /// The manifest task to run.
+    #[arg(long, short, default_value = "deploy")]
     task: String,
+    /// The manifest (default: ./dropship.yml, else ./.github/dropship.yml).
+    #[arg(long, short)]
     manifest: Option<PathBuf>,
+    /// The operator config (default: config/dropship.toml, else the built-in example).
+    #[arg(long)]
     config: Option<PathBuf>,
+    /// The repository the run is recorded as (default: local/<directory name>).
+    #[arg(long)]
     repo: Option<String>,
+    /// The ref that expressions see (default: from git, if any).
+    #[arg(long = "ref")]
     git_ref: Option<String>,
+    /// The commit that expressions see (default: from git, if any).
+    #[arg(long)]
     sha: Option<String>,
+    /// A JSON object, seen as `deployment.payload`.
+    #[arg(long)]
     payload: Option<String>,
 }
 

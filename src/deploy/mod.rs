@@ -455,25 +455,6 @@ impl Engine {
                 "dropship",
                 format!("▶ {} on {server}", step.name),
             );
-            let Some(executor) = self.fleet.get(server) else {
-                let error = ExecError::Io {
-                    server: server.to_string(),
-                    detail: "no such server in the operator config".into(),
-                };
-                self.save_step(
-                    deployment,
-                    index,
-                    step,
-                    server,
-                    StepState::Error,
-                    None,
-                    Some(&error.to_string()),
-                    Some(started),
-                )
-                .await?;
-                return Ok(ServerResult::Unreachable(error));
-            };
-            let job = self.job(deployment, plan, step, server);
             let (sender, mut lines) = mpsc::unbounded_channel::<(crate::exec::Stream, String)>();
             let forward = {
                 let log = log.clone();
@@ -485,7 +466,17 @@ impl Engine {
                     }
                 })
             };
-            let result = executor.run(&job, sender).await;
+            let result = match self.fleet.get(server) {
+                Some(executor) => {
+                    executor
+                        .run(&self.job(deployment, plan, step, server), sender)
+                        .await
+                }
+                None => Err(ExecError::Io {
+                    server: server.to_string(),
+                    detail: "no such server in the operator config".into(),
+                }),
+            };
             let _ = forward.await;
             let elapsed = format_elapsed(clock.elapsed());
             let result = match result {
