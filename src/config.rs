@@ -59,6 +59,9 @@ pub struct ServerSection {
     /// Webhook bodies above this size are refused with 413. GitHub caps payloads at 25 MB.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Deployments running at once (each environment runs one at a time); more wait queued.
+    #[serde(default = "default_max_running_deployments")]
+    pub max_running_deployments: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -327,6 +330,9 @@ fn default_data_dir() -> PathBuf {
 fn default_max_body_bytes() -> usize {
     25 * 1024 * 1024
 }
+fn default_max_running_deployments() -> usize {
+    16
+}
 fn default_api_url() -> String {
     "https://api.github.com".to_string()
 }
@@ -356,6 +362,7 @@ impl Default for ServerSection {
             public_url: default_public_url(),
             data_dir: default_data_dir(),
             max_body_bytes: default_max_body_bytes(),
+            max_running_deployments: default_max_running_deployments(),
         }
     }
 }

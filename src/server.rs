@@ -60,7 +60,6 @@ pub async fn run(
             "finished deployments interrupted by the last shutdown as error"
         );
     }
-    let scheduler_wake = Arc::new(Notify::new());
     let outbox = tokio::spawn(run_outbox(
         engine.store.clone(),
         github,
@@ -69,13 +68,11 @@ pub async fn run(
         config.github.retry_max,
         shutdown.clone().cancelled_owned(),
     ));
-    let scheduler = tokio::spawn(
-        Scheduler::new(engine.clone(), scheduler_wake.clone())
-            .run(shutdown.clone().cancelled_owned()),
-    );
+    let (scheduler, queue) = Scheduler::new(engine.clone(), config.server.max_running_deployments);
+    let scheduler = tokio::spawn(scheduler.run(shutdown.clone().cancelled_owned()));
     let state = AppState {
         engine,
-        scheduler: scheduler_wake,
+        scheduler: queue,
     };
     let address = listener.local_addr()?;
     tracing::info!(%address, public_url = %config.public_url(), "dropship is serving");

@@ -14,7 +14,7 @@ use secrecy::SecretString;
 use tokio::sync::{Notify, mpsc};
 use tracing::Instrument;
 
-pub use scheduler::Scheduler;
+pub use scheduler::{Queue, Scheduler};
 
 use crate::config::Config;
 use crate::exec::{ExecError, Exit, Fleet, Job};

@@ -1,54 +1,108 @@
-//! Orders deployments: one at a time per repository and environment, in order of arrival; when
-//! an environment frees up, the newest queued deployment runs and older queued ones end as
-//! superseded.
+//! Orders deployments: one at a time per repository and environment, in order of arrival, at
+//! most `max_running` at once. When an environment frees up, its newest queued deployment runs
+//! and older queued ones end as superseded.
+//!
+//! The store is the durable record; the scheduler keeps the working set in memory. It loads the
+//! queued deployments once at start, then learns of new ones through its [`Queue`] (intake
+//! pushes after the commit), so dispatching never rescans the table.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
 
-use tokio::sync::Notify;
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::Engine;
-use crate::store::State;
+use crate::store::{Deployment, State};
 
+type Key = (String, String);
+
+/// Hands recorded deployments to the scheduler.
 #[derive(Debug, Clone)]
+pub struct Queue {
+    sender: mpsc::UnboundedSender<Deployment>,
+}
+
+impl Queue {
+    /// Schedules a deployment that is already recorded as queued.
+    pub fn push(&self, deployment: Deployment) {
+        // If the scheduler has stopped, the deployment stays queued in the store and the next
+        // start runs it.
+        let _ = self.sender.send(deployment);
+    }
+}
+
+#[derive(Debug)]
 pub struct Scheduler {
     engine: Engine,
-    /// Notified when a deployment is queued.
-    wake: Arc<Notify>,
+    receiver: mpsc::UnboundedReceiver<Deployment>,
+    max_running: usize,
+}
+
+/// What is waiting, in order of arrival of each environment's oldest waiting deployment.
+#[derive(Default)]
+struct Waiting {
+    by_key: HashMap<Key, Vec<Deployment>>,
+    order: VecDeque<Key>,
+}
+
+impl Waiting {
+    fn push(&mut self, deployment: Deployment) {
+        let key = (deployment.repo.clone(), deployment.environment.clone());
+        let list = self.by_key.entry(key.clone()).or_default();
+        if list.is_empty() {
+            self.order.push_back(key);
+        }
+        list.push(deployment);
+    }
 }
 
 impl Scheduler {
-    pub fn new(engine: Engine, wake: Arc<Notify>) -> Scheduler {
-        Scheduler { engine, wake }
+    pub fn new(engine: Engine, max_running: usize) -> (Scheduler, Queue) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        (
+            Scheduler {
+                engine,
+                receiver,
+                max_running: max_running.max(1),
+            },
+            Queue { sender },
+        )
     }
 
     /// Runs until `shutdown` resolves; running deployments are then abandoned, and the next
     /// start finishes them as interrupted.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut busy: HashSet<(String, String)> = HashSet::new();
-        let mut running: JoinSet<(String, String)> = JoinSet::new();
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if let Err(error) = self.dispatch(&mut busy, &mut running).await {
-                tracing::error!(error = format!("{error:#}"), "scheduling deployments");
+        let mut waiting = Waiting::default();
+        match self.engine.store.queued().await {
+            Ok(queued) => queued.into_iter().for_each(|d| waiting.push(d)),
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "reading queued deployments")
             }
+        }
+        let mut busy: HashSet<Key> = HashSet::new();
+        let mut running: JoinSet<Key> = JoinSet::new();
+        loop {
+            self.dispatch(&mut waiting, &mut busy, &mut running).await;
             tokio::select! {
                 _ = &mut shutdown => {
                     running.abort_all();
                     return;
                 }
-                _ = &mut notified => {}
+                Some(deployment) = self.receiver.recv() => {
+                    waiting.push(deployment);
+                    // Take everything already sent before dispatching once.
+                    while let Ok(deployment) = self.receiver.try_recv() {
+                        waiting.push(deployment);
+                    }
+                }
                 Some(finished) = running.join_next(), if !running.is_empty() => {
                     match finished {
                         Ok(key) => { busy.remove(&key); }
+                        // A panicked task's environment stays busy: better stuck than run twice.
                         Err(error) if error.is_panic() => tracing::error!("a deployment task panicked"),
                         Err(_) => {}
                     }
-                    // A panicked task's key stays busy: better stuck than running twice.
                 }
             }
         }
@@ -56,29 +110,34 @@ impl Scheduler {
 
     async fn dispatch(
         &self,
-        busy: &mut HashSet<(String, String)>,
-        running: &mut JoinSet<(String, String)>,
-    ) -> anyhow::Result<()> {
-        let queued = self.engine.store.queued().await?;
-        let mut by_environment: BTreeMap<(String, String), Vec<_>> = BTreeMap::new();
-        for deployment in queued {
-            by_environment
-                .entry((deployment.repo.clone(), deployment.environment.clone()))
-                .or_default()
-                .push(deployment);
-        }
-        for (key, mut waiting) in by_environment {
-            if busy.contains(&key) {
+        waiting: &mut Waiting,
+        busy: &mut HashSet<Key>,
+        running: &mut JoinSet<Key>,
+    ) {
+        let mut still_waiting = VecDeque::new();
+        while let Some(key) = waiting.order.pop_front() {
+            if busy.contains(&key) || running.len() >= self.max_running {
+                still_waiting.push_back(key);
                 continue;
             }
-            let newest = waiting.pop().expect("groups are never empty");
-            for older in waiting {
+            let mut list = waiting.by_key.remove(&key).unwrap_or_default();
+            let Some(newest) = list.pop() else { continue };
+            for older in list {
                 let description = format!("superseded by deployment {}", newest.public_id());
-                self.engine
-                    .transition(&older, State::Error, &description, None)
-                    .await?;
                 if let Ok(log) = self.engine.logs.open(older.id).await {
-                    log.note(description);
+                    log.note(&description);
+                    log.flush().await;
+                }
+                if let Err(error) = self
+                    .engine
+                    .transition(&older, State::Error, &description, None)
+                    .await
+                {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        deployment.id = older.id,
+                        "superseding a deployment"
+                    );
                 }
             }
             busy.insert(key.clone());
@@ -90,6 +149,6 @@ impl Scheduler {
                 key
             });
         }
-        Ok(())
+        waiting.order = still_waiting;
     }
 }

@@ -6,7 +6,7 @@
 mod outbox;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -83,9 +83,13 @@ pub trait ManifestSource: Send + Sync + std::fmt::Debug {
 pub struct Github {
     api_url: String,
     /// The token client, or the App (JWT) client from which installation clients are made.
-    root: Octocrab,
+    root: Arc<Octocrab>,
     is_app: bool,
-    installations: Mutex<HashMap<i64, Octocrab>>,
+    /// One client per installation, shared: octocrab deep-copies its cached installation token
+    /// when a client is cloned, so only a shared client reuses the token it fetched.
+    /// An async lock, held while an installation's first token is fetched, so concurrent
+    /// first uses fetch it once.
+    installations: tokio::sync::Mutex<HashMap<i64, Arc<Octocrab>>>,
 }
 
 impl std::fmt::Debug for Github {
@@ -124,17 +128,17 @@ impl Github {
             builder = builder.app(AppId(app.app_id), key);
             is_app = true;
         }
-        let root = builder.build().context("building the GitHub client")?;
+        let root = Arc::new(builder.build().context("building the GitHub client")?);
         Ok(Github {
             api_url: config.api_url.clone(),
             root,
             is_app,
-            installations: Mutex::new(HashMap::new()),
+            installations: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
     /// The client to act for `installation` (a GitHub App) or the token client.
-    fn client(&self, installation: Option<i64>) -> Result<Octocrab, ApiError> {
+    async fn client(&self, installation: Option<i64>) -> Result<Arc<Octocrab>, ApiError> {
         if !self.is_app {
             return Ok(self.root.clone());
         }
@@ -145,18 +149,24 @@ impl Github {
                 retry_after: None,
             });
         };
-        let mut clients = self.installations.lock().expect("installation map lock");
+        let mut clients = self.installations.lock().await;
         if let Some(client) = clients.get(&id) {
             return Ok(client.clone());
         }
         let client = self
             .root
             .installation(InstallationId(id as u64))
+            .map(Arc::new)
             .map_err(|e| ApiError {
                 message: format!("GitHub App installation {id}: {e}"),
                 retriable: false,
                 retry_after: None,
             })?;
+        client.installation_token().await.map_err(|e| ApiError {
+            message: format!("fetching an installation token for installation {id}: {e}"),
+            retriable: true,
+            retry_after: None,
+        })?;
         clients.insert(id, client.clone());
         Ok(client)
     }
@@ -169,7 +179,7 @@ impl Github {
         installation: Option<i64>,
         body: &StatusBody<'_>,
     ) -> Result<(), ApiError> {
-        let client = self.client(installation)?;
+        let client = self.client(installation).await?;
         let route = format!(
             "/repos/{}/deployments/{deployment_id}/statuses",
             encode_repo(repo)
@@ -209,7 +219,7 @@ impl ManifestSource for Github {
         sha: &str,
         installation: Option<i64>,
     ) -> Result<Option<ManifestFile>, ApiError> {
-        let client = self.client(installation)?;
+        let client = self.client(installation).await?;
         for path in FILE_NAMES {
             let route = format!(
                 "/repos/{}/contents/{path}?ref={}",

@@ -9,26 +9,23 @@ mod error;
 mod pages;
 mod webhook;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
-use tokio::sync::Notify;
 
 pub use error::HttpError;
 
-use crate::deploy::Engine;
+use crate::deploy::{Engine, Queue};
 
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub engine: Engine,
-    /// Wakes the scheduler when a deployment is queued.
-    pub scheduler: Arc<Notify>,
+    /// Where recorded deployments go to be run.
+    pub scheduler: Queue,
 }
 
 pub fn router(state: AppState) -> Router {

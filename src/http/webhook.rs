@@ -113,7 +113,7 @@ pub(super) async fn github(
         .await?;
     let (status, recorded, duplicate) = match inserted {
         Inserted::New(d) => {
-            state.scheduler.notify_one();
+            state.scheduler.push(d.clone());
             state.engine.outbox.notify_one();
             (StatusCode::ACCEPTED, d, false)
         }

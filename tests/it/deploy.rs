@@ -330,3 +330,56 @@ async fn statuses_survive_a_github_that_answers_502_twice() {
     assert_eq!(world.github.failed_posts(), 2);
     assert_eq!(states(&statuses), ["queued", "in_progress", "success"]);
 }
+
+#[tokio::test]
+async fn a_step_that_outlives_its_timeout_is_killed_on_the_server() {
+    let manifest = "version: 1\nenvironments:\n  production:\n    servers: [web]\ntasks:\n  deploy:\n    - name: slow\n      timeout: 1s\n      run: |\n        echo going to sleep\n        sleep 37\n        echo woke up\n";
+    let Some(world) = world(manifest, pinned).await else {
+        return;
+    };
+    let (id, statuses) = deploy(&world, 1007, None).await;
+    assert_eq!(states(&statuses), ["queued", "in_progress", "failure"]);
+    assert_eq!(
+        statuses[2].description(),
+        "step slow failed on web-1 and 2 more (timed out)"
+    );
+    let detail: Value = world
+        .server
+        .api(&format!("/api/deployments/{id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        detail["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["state"] == "timed_out"),
+        "{detail}"
+    );
+    let log = world
+        .server
+        .api(&format!("/api/deployments/{id}/log"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        log.contains("going to sleep") && !log.contains("woke up"),
+        "{log}"
+    );
+    // The remote command is gone, not merely abandoned.
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "the remote sleep to be killed",
+        || async {
+            let found = std::process::Command::new("pgrep")
+                .args(["-u", sshd::USER, "-f", "sleep 37"])
+                .output()
+                .unwrap();
+            !found.status.success()
+        },
+    )
+    .await;
+}

@@ -3,7 +3,9 @@
 // Test support is shared between modules of this one test binary.
 #![allow(unreachable_pub)]
 
+mod cli;
 mod deploy;
 mod intake;
+mod live;
 mod restart;
 mod support;

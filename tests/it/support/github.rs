@@ -91,6 +91,8 @@ pub struct PostedStatus {
     pub repo: String,
     pub deployment_id: i64,
     pub body: Value,
+    /// The `Authorization` header it came with.
+    pub authorization: String,
 }
 
 impl PostedStatus {
@@ -112,6 +114,8 @@ struct Inner {
     failures_left: usize,
     failed_posts: usize,
     next_id: i64,
+    /// Installation token requests: (installation id, Authorization header).
+    token_requests: Vec<(i64, String)>,
 }
 
 #[derive(Clone)]
@@ -137,6 +141,7 @@ impl FakeGithub {
                 "/repos/{owner}/{repo}/deployments/{id}/statuses",
                 post(create_status),
             )
+            .route("/app/installations/{id}/access_tokens", post(access_token))
             .with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -170,6 +175,10 @@ impl FakeGithub {
             .filter(|s| s.deployment_id == deployment_id)
             .cloned()
             .collect()
+    }
+
+    pub fn token_requests(&self) -> Vec<(i64, String)> {
+        self.inner.lock().unwrap().token_requests.clone()
     }
 
     pub fn violations(&self) -> Vec<String> {
@@ -272,9 +281,53 @@ async fn contents(
     (StatusCode::OK, Json(body)).into_response()
 }
 
+fn authorization(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn access_token(
+    State(fake): State<FakeGithub>,
+    Path(id): Path<i64>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let op = op_pointer("/app/installations/{installation_id}/access_tokens", "post");
+    let auth = authorization(&headers);
+    let jwt = auth.strip_prefix("Bearer ").unwrap_or_default();
+    if jwt.split('.').count() != 3 {
+        fake.violation(format!("access token request without an app JWT: {auth:?}"));
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "A JSON web token could not be decoded",
+        );
+    }
+    let n = {
+        let mut inner = fake.inner.lock().unwrap();
+        inner.token_requests.push((id, auth.clone()));
+        inner.token_requests.len()
+    };
+    let mut body = openapi()["components"]["examples"]["installation-token"]["value"].clone();
+    body["token"] = format!("ghs_installation{id}_token{n}").into();
+    let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+    body["expires_at"] = expires
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        .into();
+    if let Err(e) = validate(
+        &format!("{op}/responses/201/content/application~1json/schema"),
+        &body,
+    ) {
+        fake.violation(format!("fake's own access token response: {e}"));
+    }
+    (StatusCode::CREATED, Json(body)).into_response()
+}
+
 async fn create_status(
     State(fake): State<FakeGithub>,
     Path((owner, repo, id)): Path<(String, String, i64)>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let op = op_pointer(
@@ -316,6 +369,7 @@ async fn create_status(
             repo: format!("{owner}/{repo}"),
             deployment_id: id,
             body: body.clone(),
+            authorization: authorization(&headers),
         });
         let mut example = openapi()["components"]["examples"]["deployment-status"]["value"].clone();
         example["id"] = status_id.into();

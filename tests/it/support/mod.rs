@@ -22,21 +22,23 @@ pub fn missing(what: &str) -> bool {
     true
 }
 
-/// Waits for `condition` to hold, checking every 20 ms, for at most `limit`.
+/// Polls `condition` every 20 ms until it holds, failing after `limit`: for state in another
+/// process (an HTTP endpoint) that cannot notify us.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + limit;
+    let mut checks = tokio::time::interval(Duration::from_millis(20));
     loop {
+        checks.tick().await;
         if condition().await {
             return;
         }
         if tokio::time::Instant::now() > deadline {
             panic!("timed out after {limit:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -1,0 +1,177 @@
+//! On the built-in `local` server: the deployment page streams live, newer deployments
+//! supersede queued ones, and a GitHub App's installation token is fetched once and reused.
+
+use std::path::Path;
+use std::time::Duration;
+
+use dropship::config::Config;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::github::FakeGithub;
+use crate::support::{TestServer, config_toml, deployment_payload, eventually, fixture};
+
+const SHA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+const LOCAL: &str =
+    "[[servers]]\nname = \"local\"\nhost = \"local\"\n\n[[repos]]\nname = \"acme/shop\"\n";
+
+/// A manifest whose one step prints `first`, waits for `gate` to exist, then prints `second`.
+fn gated_manifest(gate: &Path) -> String {
+    format!(
+        "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: wait\n      run: |\n        echo first\n        while [ ! -e {gate} ]; do sleep 0.05; done\n        echo second\n",
+        gate = gate.display()
+    )
+}
+
+async fn start(manifest: &str, extra: &str) -> (TestServer, FakeGithub) {
+    let github = FakeGithub::start().await;
+    github.add_file("acme/shop", SHA, "dropship.yml", manifest);
+    let data = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&config_toml(data.path(), &github.url, extra)).unwrap();
+    (TestServer::start(config, Some(data)).await, github)
+}
+
+async fn deliver(server: &TestServer, github_id: i64) -> Value {
+    let body = deployment_payload(github_id, "acme/shop", SHA, "production", "deploy");
+    let response = server
+        .deliver("deployment", &format!("d-{github_id}"), &body)
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn the_deployment_page_streams_log_lines_and_the_final_state_live() {
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("go");
+    let (server, github) = start(&gated_manifest(&gate), LOCAL).await;
+    let answer = deliver(&server, 4001).await;
+    let log_url = answer["log_url"].as_str().unwrap();
+    let token = log_url.split("token=").nth(1).unwrap();
+    let id = answer["id"].as_i64().unwrap();
+    let mut events = server
+        .client
+        .get(server.url(&format!("/deployments/{id}/events?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    let mut seen = String::new();
+    let read = async {
+        while let Some(chunk) = events.chunk().await.unwrap() {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            // The step is still blocked: this line can only have come live.
+            if seen.contains("\"line\":\"first\"") && !gate.exists() {
+                std::fs::write(&gate, "").unwrap();
+            }
+            if seen.contains("event: state") && seen.contains("\"state\":\"success\"") {
+                return;
+            }
+        }
+        panic!("the event stream ended before the final state");
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("final state within 30 s");
+    assert!(seen.contains("event: step"), "{seen}");
+    let first = seen.find("\"line\":\"first\"").unwrap();
+    let second = seen
+        .find("\"line\":\"second\"")
+        .expect("second line streamed");
+    assert!(first < second);
+    let statuses = github.wait_final(4001, Duration::from_secs(30)).await;
+    assert_eq!(statuses.last().unwrap().state(), "success");
+}
+
+#[tokio::test]
+async fn a_newer_queued_deployment_supersedes_older_queued_ones() {
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("go");
+    let (server, github) = start(&gated_manifest(&gate), LOCAL).await;
+    let first = deliver(&server, 5001).await["id"].as_i64().unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the first deployment to run",
+        || async {
+            let detail: Value = server
+                .api(&format!("/api/deployments/{first}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            detail["state"] == "running"
+        },
+    )
+    .await;
+    deliver(&server, 5002).await;
+    deliver(&server, 5003).await;
+    std::fs::write(&gate, "").unwrap();
+    let first_statuses = github.wait_final(5001, Duration::from_secs(30)).await;
+    assert_eq!(first_statuses.last().unwrap().state(), "success");
+    let superseded = github.wait_final(5002, Duration::from_secs(30)).await;
+    let states: Vec<&str> = superseded.iter().map(|s| s.state()).collect();
+    assert_eq!(states, ["queued", "error"]);
+    assert_eq!(superseded[1].description(), "superseded by deployment 5003");
+    let newest = github.wait_final(5003, Duration::from_secs(30)).await;
+    let states: Vec<&str> = newest.iter().map(|s| s.state()).collect();
+    assert_eq!(states, ["queued", "in_progress", "success"]);
+}
+
+#[tokio::test]
+async fn a_github_app_fetches_one_installation_token_and_reuses_it() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("app.pem");
+    let status = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running openssl");
+    assert!(status.success());
+    let manifest = "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: hello\n      run: echo hello\n";
+    let extra = format!(
+        "[github.app]\napp_id = 42\nprivate_key_file = \"{}\"\n\n{LOCAL}",
+        key.display()
+    );
+    let github = FakeGithub::start().await;
+    github.add_file("acme/shop", SHA, "dropship.yml", manifest);
+    let data = tempfile::tempdir().unwrap();
+    let toml =
+        config_toml(data.path(), &github.url, &extra).replace("token = \"ghp_test_token\"\n", "");
+    let server = TestServer::start(Config::from_toml(&toml).unwrap(), Some(data)).await;
+    let template = std::fs::read_to_string(fixture(
+        "github/webhooks/deployment.created.with-installation.json",
+    ))
+    .unwrap();
+    for github_id in [6001, 6002] {
+        let mut body: Value = serde_json::from_str(&template).unwrap();
+        body["deployment"]["id"] = github_id.into();
+        body["deployment"]["sha"] = SHA.into();
+        body["repository"]["full_name"] = "acme/shop".into();
+        let response = server
+            .deliver(
+                "deployment",
+                &format!("d-{github_id}"),
+                &serde_json::to_vec(&body).unwrap(),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let statuses = github.wait_final(github_id, Duration::from_secs(30)).await;
+        assert_eq!(statuses.last().unwrap().state(), "success", "{statuses:#?}");
+        for status in &statuses {
+            assert!(
+                status.authorization.contains("ghs_installation1_token1"),
+                "{}",
+                status.authorization
+            );
+        }
+    }
+    let requests = github.token_requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "the installation token is cached: {requests:?}"
+    );
+    assert_eq!(requests[0].0, 1);
+}
