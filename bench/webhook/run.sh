@@ -12,7 +12,8 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 command -v wrk >/dev/null && command -v webhook >/dev/null || { echo "needs: apt-get install wrk webhook" >&2; exit 1; }
-cargo build --release --quiet --bin dropship
+bin=${DROPSHIP_BIN:-target/release/dropship}
+[ -n "${DROPSHIP_BIN:-}" ] || cargo build --release --quiet --bin dropship
 python3 bench/webhook/gen.py "$secret" "$count" "$work/requests.tsv"
 
 cat > "$work/dropship.toml" <<TOML
@@ -36,8 +37,9 @@ JSON
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 
 echo "== dropship =="
-RUST_LOG=error,octocrab=off taskset -c 1 target/release/dropship serve --config "$work/dropship.toml" &
+RUST_LOG=error,octocrab=off taskset -c 1 "$bin" serve --config "$work/dropship.toml" &
 dropship_pid=$!
+if [ -n "${BENCH_PERF:-}" ]; then (sleep 2; perf record -F 999 -g -o "$BENCH_PERF" -p $dropship_pid -- sleep 4 >/dev/null 2>&1) & fi
 wait_port 18080
 grep VmRSS /proc/$dropship_pid/status | sed 's/^/idle /'
 BENCH_REQUESTS="$work/requests.tsv" taskset -c 0 wrk -t1 -c64 -d"${seconds}s" --latency -s bench/webhook/post.lua \

@@ -108,16 +108,22 @@ impl Scheduler {
         }
     }
 
+    /// Starts what may start, in order of arrival. Costs O(started + busy), never O(waiting):
+    /// it stops as soon as every slot is taken.
     async fn dispatch(
         &self,
         waiting: &mut Waiting,
         busy: &mut HashSet<Key>,
         running: &mut JoinSet<Key>,
     ) {
-        let mut still_waiting = VecDeque::new();
-        while let Some(key) = waiting.order.pop_front() {
-            if busy.contains(&key) || running.len() >= self.max_running {
-                still_waiting.push_back(key);
+        // Environments with a deployment running keep their place in line.
+        let mut busy_waiting = Vec::new();
+        while running.len() < self.max_running {
+            let Some(key) = waiting.order.pop_front() else {
+                break;
+            };
+            if busy.contains(&key) {
+                busy_waiting.push(key);
                 continue;
             }
             let mut list = waiting.by_key.remove(&key).unwrap_or_default();
@@ -149,6 +155,8 @@ impl Scheduler {
                 key
             });
         }
-        waiting.order = still_waiting;
+        for key in busy_waiting.into_iter().rev() {
+            waiting.order.push_front(key);
+        }
     }
 }

@@ -52,6 +52,8 @@ pub struct ApiError {
     pub retriable: bool,
     /// What GitHub asked for (`Retry-After`, or the rate-limit reset).
     pub retry_after: Option<Duration>,
+    /// GitHub could not be reached at all (no HTTP answer).
+    pub unreachable: bool,
 }
 
 /// A deployment status, as `POST /repos/{owner}/{repo}/deployments/{id}/statuses` takes it.
@@ -147,6 +149,7 @@ impl Github {
                 message: "the delivery has no installation id, which a GitHub App needs".into(),
                 retriable: false,
                 retry_after: None,
+                unreachable: false,
             });
         };
         let mut clients = self.installations.lock().await;
@@ -161,11 +164,13 @@ impl Github {
                 message: format!("GitHub App installation {id}: {e}"),
                 retriable: false,
                 retry_after: None,
+                unreachable: false,
             })?;
         client.installation_token().await.map_err(|e| ApiError {
             message: format!("fetching an installation token for installation {id}: {e}"),
             retriable: true,
             retry_after: None,
+            unreachable: false,
         })?;
         clients.insert(id, client.clone());
         Ok(client)
@@ -249,11 +254,13 @@ impl ManifestSource for Github {
                 message: format!("fetching {path} at {sha}: unexpected response: {e}"),
                 retriable: false,
                 retry_after: None,
+                unreachable: false,
             })?;
             let text = decode_content(&file).map_err(|message| ApiError {
                 message: format!("{path} at {sha}: {message}"),
                 retriable: false,
                 retry_after: None,
+                unreachable: false,
             })?;
             return Ok(Some(ManifestFile {
                 path: path.to_string(),
@@ -311,6 +318,7 @@ fn transport_error(error: octocrab::Error) -> ApiError {
         message: format!("cannot reach GitHub: {error}"),
         retriable: true,
         retry_after: None,
+        unreachable: true,
     }
 }
 
@@ -355,6 +363,7 @@ fn api_error(
         ),
         retriable: status.is_server_error() || rate_limited,
         retry_after,
+        unreachable: false,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use super::{Github, StatusBody};
 use crate::store::{OutboxItem, Store, now_ms};
@@ -15,6 +16,16 @@ use crate::store::{OutboxItem, Store, now_ms};
 const MAX_ATTEMPTS: i64 = 25;
 /// The longest the worker sleeps without looking at the store.
 const IDLE_POLL: Duration = Duration::from_secs(30);
+/// Statuses attempted per round; a full round is followed by another at once.
+const ROUND: i64 = 64;
+
+/// What became of one attempt.
+enum Attempt {
+    Delivered,
+    /// GitHub gave no HTTP answer at all.
+    Unreachable,
+    Other,
+}
 
 /// Runs until `shutdown` resolves. `wake` is notified whenever a status is enqueued.
 pub async fn run_outbox(
@@ -26,24 +37,52 @@ pub async fn run_outbox(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    // Rounds in a row in which GitHub could not be reached at all: while it is down, the whole
+    // outbox backs off instead of trying every pending status.
+    let mut unreachable_rounds: u32 = 0;
     loop {
         // Register interest before reading the store, so a status enqueued meanwhile wakes us.
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        match store.due_statuses(now_ms()).await {
+        let mut full_round = false;
+        match store.due_statuses(now_ms(), ROUND).await {
             Ok(due) => {
-                // One status per deployment per round, so deployments go concurrently and each
-                // deployment's statuses stay in order.
-                futures::stream::iter(due)
-                    .for_each_concurrent(16, |item| {
-                        deliver(&*store, &github, item, retry_base, retry_max)
-                    })
+                full_round = due.len() as i64 == ROUND;
+                // The first pending status of each deployment only, so deployments go
+                // concurrently and each deployment's statuses stay in order.
+                let attempts: Vec<Attempt> = futures::stream::iter(due)
+                    .map(|item| deliver(&*store, &github, item, retry_base, retry_max))
+                    .buffer_unordered(16)
+                    .collect()
                     .await;
+                if attempts.iter().any(|a| matches!(a, Attempt::Delivered)) {
+                    unreachable_rounds = 0;
+                } else if !attempts.is_empty()
+                    && attempts.iter().all(|a| matches!(a, Attempt::Unreachable))
+                {
+                    unreachable_rounds += 1;
+                }
             }
             Err(error) => {
                 tracing::error!(error = format!("{error:#}"), "reading the status outbox")
             }
+        }
+        if unreachable_rounds > 0 {
+            let pause = retry_base
+                .saturating_mul(2u32.saturating_pow(unreachable_rounds.min(16) - 1))
+                .min(retry_max);
+            tracing::warn!(
+                pause_ms = pause.as_millis() as u64,
+                "GitHub is unreachable; pausing status delivery"
+            );
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(pause) => continue,
+            }
+        }
+        if full_round {
+            continue;
         }
         let wait = match store.next_status_due().await {
             Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64).min(IDLE_POLL),
@@ -67,69 +106,55 @@ async fn deliver(
     item: OutboxItem,
     retry_base: Duration,
     retry_max: Duration,
-) {
-    let deployment = match store.deployment(item.deployment_id).await {
-        Ok(Some(deployment)) => deployment,
-        Ok(None) => {
-            let _ = store.status_failed(item.id, "the deployment is gone").await;
-            return;
+) -> Attempt {
+    let span =
+        tracing::info_span!("status", deployment.id = item.deployment_id, state = %item.state);
+    async {
+        let deployment = match store.deployment(item.deployment_id).await {
+            Ok(Some(deployment)) => deployment,
+            Ok(None) => {
+                let _ = store.status_failed(item.id, "the deployment is gone").await;
+                return Attempt::Other;
+            }
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "reading a deployment for its status");
+                return Attempt::Other;
+            }
+        };
+        let Some(github_id) = deployment.github_id else {
+            let _ = store.status_failed(item.id, "not a GitHub deployment").await;
+            return Attempt::Other;
+        };
+        let body = StatusBody {
+            state: &item.state,
+            log_url: item.log_url.as_deref(),
+            environment_url: item.environment_url.as_deref(),
+            description: &item.description,
+            environment: &deployment.environment,
+        };
+        let result = github.post_status(&deployment.repo, github_id, deployment.installation_id, &body).await;
+        let (attempt, recorded) = match result {
+            Ok(()) => {
+                tracing::info!("status posted");
+                (Attempt::Delivered, store.status_delivered(item.id).await)
+            }
+            Err(error) if error.retriable && item.attempts + 1 < MAX_ATTEMPTS => {
+                let backoff = retry_base.saturating_mul(2u32.saturating_pow(item.attempts.min(20) as u32)).min(retry_max);
+                let wait = error.retry_after.unwrap_or(backoff).max(backoff.min(retry_base));
+                tracing::warn!(error = %error.message, retry_in_ms = wait.as_millis() as u64, "status post failed; will retry");
+                let attempt = if error.unreachable { Attempt::Unreachable } else { Attempt::Other };
+                (attempt, store.status_retry(item.id, now_ms() + wait.as_millis() as i64, &error.message).await)
+            }
+            Err(error) => {
+                tracing::error!(error = %error.message, "status post failed; giving up on it");
+                (Attempt::Other, store.status_failed(item.id, &error.message).await)
+            }
+        };
+        if let Err(error) = recorded {
+            tracing::error!(error = format!("{error:#}"), "recording a status delivery");
         }
-        Err(error) => {
-            tracing::error!(
-                error = format!("{error:#}"),
-                "reading a deployment for its status"
-            );
-            return;
-        }
-    };
-    let Some(github_id) = deployment.github_id else {
-        let _ = store
-            .status_failed(item.id, "not a GitHub deployment")
-            .await;
-        return;
-    };
-    let body = StatusBody {
-        state: &item.state,
-        log_url: item.log_url.as_deref(),
-        environment_url: item.environment_url.as_deref(),
-        description: &item.description,
-        environment: &deployment.environment,
-    };
-    let span = tracing::info_span!("status", deployment.id = deployment.id, state = %item.state);
-    let _enter = span.enter();
-    let result = github
-        .post_status(
-            &deployment.repo,
-            github_id,
-            deployment.installation_id,
-            &body,
-        )
-        .await;
-    drop(_enter);
-    let outcome = match result {
-        Ok(()) => {
-            tracing::info!(parent: &span, "status posted");
-            store.status_delivered(item.id).await
-        }
-        Err(error) if error.retriable && item.attempts + 1 < MAX_ATTEMPTS => {
-            let backoff = retry_base
-                .saturating_mul(2u32.saturating_pow(item.attempts.min(20) as u32))
-                .min(retry_max);
-            let wait = error
-                .retry_after
-                .unwrap_or(backoff)
-                .max(backoff.min(retry_base));
-            tracing::warn!(parent: &span, error = %error.message, retry_in_ms = wait.as_millis() as u64, "status post failed; will retry");
-            store
-                .status_retry(item.id, now_ms() + wait.as_millis() as i64, &error.message)
-                .await
-        }
-        Err(error) => {
-            tracing::error!(parent: &span, error = %error.message, "status post failed; giving up on it");
-            store.status_failed(item.id, &error.message).await
-        }
-    };
-    if let Err(error) = outcome {
-        tracing::error!(error = format!("{error:#}"), "recording a status delivery");
+        attempt
     }
+    .instrument(span.clone())
+    .await
 }

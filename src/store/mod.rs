@@ -292,8 +292,9 @@ pub trait Store: Send + Sync + fmt::Debug {
         limit: i64,
     ) -> anyhow::Result<Vec<LogLine>>;
     async fn last_log_seq(&self, deployment_id: i64) -> anyhow::Result<i64>;
-    /// For each deployment, its first status not yet delivered nor given up on, if due by `now`.
-    async fn due_statuses(&self, now: Millis) -> anyhow::Result<Vec<OutboxItem>>;
+    /// Statuses due by `now` that are the first still pending of their deployment, soonest
+    /// first, at most `limit`.
+    async fn due_statuses(&self, now: Millis, limit: i64) -> anyhow::Result<Vec<OutboxItem>>;
     /// When the next pending status is due, if any is pending.
     async fn next_status_due(&self) -> anyhow::Result<Option<Millis>>;
     async fn status_delivered(&self, id: i64) -> anyhow::Result<()>;

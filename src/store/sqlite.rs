@@ -1,10 +1,11 @@
-//! [`Store`] on SQLite: WAL, migrations embedded; `synchronous = FULL` for webhook intake,
-//! `NORMAL` (crash-safe in WAL mode) for the engine's bookkeeping.
+//! [`Store`] on SQLite: WAL, `synchronous = FULL`, one writer connection and a pool of
+//! read-only ones, migrations embedded.
 //!
 //! Webhook intake is group-committed: concurrent deliveries queue into one writer task that
 //! writes a batch in one transaction and answers each caller after the commit, so every
 //! acknowledged delivery is on disk while the fsync cost is shared.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,7 +26,10 @@ use super::{
 const INTAKE_BATCH: usize = 256;
 
 pub struct Sqlite {
+    /// Read-only connections.
     pool: SqlitePool,
+    /// The one connection that writes.
+    writer: SqlitePool,
     intake: mpsc::Sender<IntakeJob>,
 }
 
@@ -55,18 +59,31 @@ impl Sqlite {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
+        // One writer connection: SQLite has one writer at a time, and a second connection that
+        // wants to write waits in SQLite's busy handler, which sleeps. Queued in the pool instead,
+        // writers take turns without sleeping.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
             .await
             .with_context(|| format!("opening database {}", path.display()))?;
         sqlx::migrate!("./migrations")
-            .run(&pool)
+            .run(&writer)
             .await
             .context("running database migrations")?;
+        // Readers never wait for the writer in WAL mode. Few of them: each is a thread.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .with_context(|| format!("opening database {}", path.display()))?;
         let (intake, jobs) = mpsc::channel(4 * INTAKE_BATCH);
-        tokio::spawn(intake_writer(pool.clone(), jobs));
-        Ok(Sqlite { pool, intake })
+        tokio::spawn(intake_writer(writer.clone(), jobs));
+        Ok(Sqlite {
+            pool,
+            writer,
+            intake,
+        })
     }
 }
 
@@ -92,92 +109,131 @@ async fn intake_writer(pool: SqlitePool, mut jobs: mpsc::Receiver<IntakeJob>) {
     }
 }
 
+/// Writes a batch in one transaction with a few multi-row statements (not a few per row):
+/// SQLite is fast, but every statement is a hop to the connection's thread.
 async fn write_batch(
     pool: &SqlitePool,
     batch: &mut [IntakeJob],
 ) -> anyhow::Result<Vec<Option<Inserted>>> {
+    let now = now_ms();
     let mut tx = pool.begin().await?;
-    let mut results = Vec::with_capacity(batch.len());
-    for job in batch.iter_mut() {
-        let mut delivery = job.delivery.take();
-        let inserted = match job.deployment.take() {
-            None => None,
-            Some((new, status)) => {
-                let row = sqlx::query(
-                    "INSERT INTO deployments (github_id, repo, environment, task, git_ref, sha, payload, description,
-                        creator, installation_id, transient, production, token, state, created_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)
-                     ON CONFLICT (github_id) DO NOTHING
-                     RETURNING *",
-                )
-                .bind(new.github_id)
-                .bind(&new.repo)
-                .bind(&new.environment)
-                .bind(&new.task)
-                .bind(&new.git_ref)
-                .bind(&new.sha)
-                .bind(new.payload.to_string())
-                .bind(&new.description)
-                .bind(&new.creator)
-                .bind(new.installation_id)
-                .bind(new.transient)
-                .bind(new.production)
-                .bind(&new.token)
-                .bind(now_ms())
-                .fetch_optional(&mut *tx)
-                .await?;
-                let inserted = match row {
-                    Some(row) => {
-                        let deployment = deployment_from_row(&row)?;
-                        if let Some(status) = status {
-                            insert_status(&mut tx, deployment.id, &status(&deployment)).await?;
-                        }
-                        Inserted::New(deployment)
-                    }
-                    None => {
-                        let row = sqlx::query("SELECT * FROM deployments WHERE github_id = ?")
-                            .bind(new.github_id)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        Inserted::Duplicate(deployment_from_row(&row)?)
-                    }
-                };
-                if let Some(delivery) = delivery.as_mut() {
-                    let (id, result) = match &inserted {
-                        Inserted::New(d) => (d.id, "accepted"),
-                        Inserted::Duplicate(d) => (d.id, "duplicate"),
-                    };
-                    delivery.deployment_id = Some(id);
-                    delivery.result = result;
-                }
-                Some(inserted)
-            }
-        };
-        if let Some(delivery) = delivery {
-            insert_delivery(&mut tx, &delivery).await?;
+    let mut results: Vec<Option<Inserted>> = vec![None; batch.len()];
+    let new: Vec<(usize, NewDeployment, Option<StatusFn>)> = batch
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, job)| job.deployment.take().map(|(d, status)| (i, d, status)))
+        .collect();
+    if !new.is_empty() {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO deployments (github_id, repo, environment, task, git_ref, sha, payload, description,
+                creator, installation_id, transient, production, token, state, created_at) ",
+        );
+        insert.push_values(&new, |mut row, (_, d, _)| {
+            row.push_bind(d.github_id)
+                .push_bind(&d.repo)
+                .push_bind(&d.environment)
+                .push_bind(&d.task)
+                .push_bind(&d.git_ref)
+                .push_bind(&d.sha)
+                .push_bind(d.payload.to_string())
+                .push_bind(&d.description)
+                .push_bind(&d.creator)
+                .push_bind(d.installation_id)
+                .push_bind(d.transient)
+                .push_bind(d.production)
+                .push_bind(&d.token)
+                .push_bind("queued")
+                .push_bind(now);
+        });
+        insert.push(" ON CONFLICT (github_id) DO NOTHING RETURNING *");
+        // RETURNING's order is unspecified: match rows by their unique token.
+        let mut inserted: HashMap<String, Deployment> = HashMap::new();
+        for row in insert.build().fetch_all(&mut *tx).await? {
+            let deployment = deployment_from_row(&row)?;
+            inserted.insert(deployment.token.clone(), deployment);
         }
-        results.push(inserted);
+        let duplicate_ids: Vec<i64> = new
+            .iter()
+            .filter(|(_, d, _)| !inserted.contains_key(&d.token))
+            .filter_map(|(_, d, _)| d.github_id)
+            .collect();
+        let mut duplicates: HashMap<i64, Deployment> = HashMap::new();
+        if !duplicate_ids.is_empty() {
+            let mut select =
+                sqlx::QueryBuilder::new("SELECT * FROM deployments WHERE github_id IN (");
+            let mut ids = select.separated(", ");
+            for id in &duplicate_ids {
+                ids.push_bind(*id);
+            }
+            select.push(")");
+            for row in select.build().fetch_all(&mut *tx).await? {
+                let deployment = deployment_from_row(&row)?;
+                duplicates.insert(deployment.github_id.unwrap_or_default(), deployment);
+            }
+        }
+        let mut statuses: Vec<(i64, StatusDraft)> = Vec::new();
+        for (index, d, status) in new {
+            let outcome = match inserted.remove(&d.token) {
+                Some(deployment) => {
+                    if let Some(status) = status {
+                        statuses.push((deployment.id, status(&deployment)));
+                    }
+                    Inserted::New(deployment)
+                }
+                None => {
+                    let github_id = d
+                        .github_id
+                        .context("a deployment without a GitHub id was not inserted")?;
+                    let existing = duplicates.get(&github_id).cloned();
+                    Inserted::Duplicate(existing.context("a duplicate deployment vanished")?)
+                }
+            };
+            if let Some(delivery) = batch[index].delivery.as_mut() {
+                let (id, result) = match &outcome {
+                    Inserted::New(d) => (d.id, "accepted"),
+                    Inserted::Duplicate(d) => (d.id, "duplicate"),
+                };
+                delivery.deployment_id = Some(id);
+                delivery.result = result;
+            }
+            results[index] = Some(outcome);
+        }
+        if !statuses.is_empty() {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO status_outbox (deployment_id, state, description, log_url, environment_url, next_attempt_at, created_at) ",
+            );
+            insert.push_values(&statuses, |mut row, (id, status)| {
+                row.push_bind(*id)
+                    .push_bind(status.state)
+                    .push_bind(&status.description)
+                    .push_bind(&status.log_url)
+                    .push_bind(&status.environment_url)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+    }
+    let deliveries: Vec<&Delivery> = batch
+        .iter()
+        .filter_map(|job| job.delivery.as_ref())
+        .collect();
+    if !deliveries.is_empty() {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO deliveries (delivery_id, event, action, result, deployment_id, received_at) ",
+        );
+        insert.push_values(&deliveries, |mut row, delivery| {
+            row.push_bind(&delivery.delivery_id)
+                .push_bind(&delivery.event)
+                .push_bind(&delivery.action)
+                .push_bind(delivery.result)
+                .push_bind(delivery.deployment_id)
+                .push_bind(now);
+        });
+        insert.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(results)
-}
-
-async fn insert_delivery(
-    tx: &mut sqlx::SqliteConnection,
-    delivery: &Delivery,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO deliveries (delivery_id, event, action, result, deployment_id, received_at) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&delivery.delivery_id)
-    .bind(&delivery.event)
-    .bind(&delivery.action)
-    .bind(delivery.result)
-    .bind(delivery.deployment_id)
-    .bind(now_ms())
-    .execute(tx)
-    .await?;
-    Ok(())
 }
 
 async fn insert_status(
@@ -337,7 +393,7 @@ impl Store for Sqlite {
 
     async fn transition(&self, id: i64, t: Transition) -> anyhow::Result<()> {
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let github_id: Option<Option<i64>> =
             sqlx::query_scalar("UPDATE deployments SET state = ?, state_description = ?,
                     environment_url = COALESCE(?, environment_url),
@@ -381,7 +437,7 @@ impl Store for Sqlite {
         .bind(&step.message)
         .bind(step.started_at)
         .bind(step.finished_at)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -400,7 +456,7 @@ impl Store for Sqlite {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         for line in lines {
             sqlx::query(
                 "INSERT OR IGNORE INTO log_lines (deployment_id, seq, at, server, step, stream, line) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -457,24 +513,27 @@ impl Store for Sqlite {
         Ok(seq.unwrap_or(0))
     }
 
-    async fn due_statuses(&self, now: Millis) -> anyhow::Result<Vec<OutboxItem>> {
+    async fn due_statuses(&self, now: Millis, limit: i64) -> anyhow::Result<Vec<OutboxItem>> {
         let rows = sqlx::query(
             "SELECT o.* FROM status_outbox o
-             JOIN (SELECT deployment_id, MIN(id) AS id FROM status_outbox
-                   WHERE delivered_at IS NULL AND failed_at IS NULL GROUP BY deployment_id) first ON first.id = o.id
-             WHERE o.next_attempt_at <= ? ORDER BY o.id",
+             WHERE o.delivered_at IS NULL AND o.failed_at IS NULL AND o.next_attempt_at <= ?
+               AND NOT EXISTS (SELECT 1 FROM status_outbox earlier
+                               WHERE earlier.deployment_id = o.deployment_id AND earlier.id < o.id
+                                 AND earlier.delivered_at IS NULL AND earlier.failed_at IS NULL)
+             ORDER BY o.next_attempt_at, o.id LIMIT ?",
         )
         .bind(now)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(outbox_from_row).collect()
     }
 
     async fn next_status_due(&self) -> anyhow::Result<Option<Millis>> {
+        // The earliest pending attempt; it may belong to a status waiting behind an earlier one,
+        // which only means one early look.
         let next: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(o.next_attempt_at) FROM status_outbox o
-             JOIN (SELECT deployment_id, MIN(id) AS id FROM status_outbox
-                   WHERE delivered_at IS NULL AND failed_at IS NULL GROUP BY deployment_id) first ON first.id = o.id",
+            "SELECT MIN(next_attempt_at) FROM status_outbox WHERE delivered_at IS NULL AND failed_at IS NULL",
         )
         .fetch_one(&self.pool)
         .await?;
@@ -487,7 +546,7 @@ impl Store for Sqlite {
         )
         .bind(now_ms())
         .bind(id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -502,7 +561,7 @@ impl Store for Sqlite {
             .bind(next_attempt_at)
             .bind(error)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }
@@ -512,7 +571,7 @@ impl Store for Sqlite {
             .bind(now_ms())
             .bind(error)
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(())
     }

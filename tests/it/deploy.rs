@@ -182,7 +182,7 @@ async fn a_deployment_on_three_servers_succeeds_with_ordered_statuses_and_stored
         .json()
         .await
         .unwrap();
-    assert_eq!(detail["state"], "success");
+    assert_eq!(detail["state"], "success", "{detail}");
     assert_eq!(detail["steps"].as_array().unwrap().len(), 3 + 1 + 3 + 1);
     assert!(!detail.to_string().contains("hunter2"));
 
