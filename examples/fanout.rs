@@ -17,7 +17,12 @@ struct File(ManifestFile);
 
 #[async_trait]
 impl ManifestSource for File {
-    async fn manifest(&self, _: &str, _: &str, _: Option<i64>) -> Result<Option<ManifestFile>, ApiError> {
+    async fn manifest(
+        &self,
+        _: &str,
+        _: &str,
+        _: Option<i64>,
+    ) -> Result<Option<ManifestFile>, ApiError> {
         Ok(Some(self.0.clone()))
     }
 }
@@ -44,7 +49,11 @@ async fn once(engine: &dropship::deploy::Engine, environment: &str) -> anyhow::R
     let started = Instant::now();
     let outcome = engine.run(deployment).await?;
     let elapsed = started.elapsed();
-    anyhow::ensure!(outcome.state == State::Success, "run failed: {}", outcome.description);
+    anyhow::ensure!(
+        outcome.state == State::Success,
+        "run failed: {}",
+        outcome.description
+    );
     Ok(elapsed)
 }
 
@@ -57,7 +66,10 @@ async fn main() -> anyhow::Result<()> {
     let runs: usize = runs.parse()?;
     let config = Arc::new(Config::load(Some(config.as_ref()))?);
     let text = std::fs::read_to_string(manifest)?;
-    let source: Arc<dyn ManifestSource> = Arc::new(File(ManifestFile { path: "dropship.yml".into(), text }));
+    let source: Arc<dyn ManifestSource> = Arc::new(File(ManifestFile {
+        path: "dropship.yml".into(),
+        text,
+    }));
     let mut times = Vec::new();
     match mode.as_str() {
         "cold" => {

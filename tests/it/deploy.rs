@@ -42,7 +42,7 @@ tasks:
 struct World {
     server: TestServer,
     github: FakeGithub,
-    _sshds: Vec<Sshd>,
+    sshds: Vec<Sshd>,
     _key: ClientKey,
 }
 
@@ -73,7 +73,7 @@ async fn world(manifest: &str, pin: impl Fn(usize, &Sshd) -> String) -> Option<W
     Some(World {
         server,
         github,
-        _sshds: sshds,
+        sshds,
         _key: key,
     })
 }
@@ -382,4 +382,29 @@ async fn a_step_that_outlives_its_timeout_is_killed_on_the_server() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_dropped_master_connection_is_reopened_for_the_next_deployment() {
+    let Some(mut world) = world(MANIFEST, pinned).await else {
+        return;
+    };
+    let (_, statuses) = deploy(&world, 1008, None).await;
+    assert_eq!(statuses.last().unwrap().state(), "success");
+    // web-1's machine restarts: the master connection Dropship kept warm is gone.
+    world.sshds[0].restart();
+    let (id, statuses) = deploy(&world, 1009, None).await;
+    assert_eq!(
+        states(&statuses),
+        ["queued", "in_progress", "success"],
+        "{statuses:#?}"
+    );
+    let log = world
+        .server
+        .api(&format!("/api/deployments/{id}/log"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains("restarted web-1"), "{log}");
 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use std::io::{BufRead, BufReader};
 
@@ -100,6 +100,7 @@ pub fn available() -> Option<()> {
 /// One running `sshd -D`.
 pub struct Sshd {
     child: Child,
+    config: PathBuf,
     pub port: u16,
     /// `ssh-ed25519 AAAA...`: what an operator pins.
     pub host_key: String,
@@ -140,48 +141,30 @@ impl Sshd {
                 ),
             )
             .unwrap();
-            let mut child = Command::new("/usr/sbin/sshd")
-                .args(["-D", "-e", "-f"])
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("starting sshd");
-            let stderr = child.stderr.take().unwrap();
-            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line.contains("Server listening on") {
-                        let _ = ready_tx.send(true);
-                    } else if line.contains("Address already in use")
-                        || line.contains("Cannot bind")
-                    {
-                        let _ = ready_tx.send(false);
-                    }
-                }
-            });
-            let started = Instant::now();
-            match ready_rx.recv_timeout(Duration::from_secs(10)) {
-                Ok(true) => {
-                    return Sshd {
-                        child,
-                        port,
-                        host_key,
-                        _dir: dir,
-                    };
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    assert!(
-                        started.elapsed() < Duration::from_secs(10),
-                        "sshd did not start within 10 s"
-                    );
-                }
+            if let Some(child) = launch(&config) {
+                return Sshd {
+                    child,
+                    port,
+                    host_key,
+                    config,
+                    _dir: dir,
+                };
             }
         }
         panic!("sshd could not bind a port after 5 attempts");
+    }
+
+    /// Kills the server and every connection it holds, then starts it again on the same port
+    /// with the same keys: what a rebooted machine looks like.
+    pub fn restart(&mut self) {
+        self.kill();
+        for _attempt in 0..20 {
+            if let Some(child) = launch(&self.config) {
+                self.child = child;
+                return;
+            }
+        }
+        panic!("sshd did not come back on port {}", self.port);
     }
 
     /// The `[[servers]]` entry for this server.
@@ -205,9 +188,67 @@ impl Sshd {
     }
 }
 
+/// Starts `sshd -D` in its own process group; `None` if it could not bind its port.
+fn launch(config: &Path) -> Option<Child> {
+    let mut child = Command::new("/usr/sbin/sshd")
+        .args(["-D", "-e", "-f"])
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting sshd");
+    let stderr = child.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("Server listening on") {
+                let _ = ready_tx.send(true);
+            } else if line.contains("Address already in use") || line.contains("Cannot bind") {
+                let _ = ready_tx.send(false);
+            }
+        }
+    });
+    match ready_rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(true) => Some(child),
+        Ok(false) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+        Err(_) => panic!("sshd neither started nor failed within 10 s"),
+    }
+}
+
+impl Sshd {
+    /// Kills the listener and its connections (each connection's process starts a session of
+    /// its own, so a process-group kill would miss it).
+    fn kill(&mut self) {
+        // Children first, walking down: each connection is a monitor, its unprivileged child
+        // (which holds the socket) and the session's processes.
+        let mut pending = vec![self.child.id()];
+        let mut all = Vec::new();
+        while let Some(pid) = pending.pop() {
+            all.push(pid);
+            let children = Command::new("ps")
+                .args(["-o", "pid=", "--ppid", &pid.to_string()])
+                .output();
+            if let Ok(out) = children {
+                pending.extend(
+                    String::from_utf8_lossy(&out.stdout)
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<u32>().ok()),
+                );
+            }
+        }
+        let pids: Vec<String> = all.iter().map(u32::to_string).collect();
+        let _ = Command::new("kill").arg("-KILL").args(&pids).status();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Sshd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
