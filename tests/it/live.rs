@@ -175,3 +175,36 @@ async fn a_github_app_fetches_one_installation_token_and_reuses_it() {
     );
     assert_eq!(requests[0].0, 1);
 }
+
+#[tokio::test]
+async fn rate_limited_status_posts_wait_as_github_asks() {
+    let manifest = "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: hello\n      run: echo hello\n";
+    let (server, github) = start(manifest, LOCAL).await;
+    // A secondary rate limit (403) and a 429, each asking for one second; the test config's
+    // own backoff is 50 ms, so only honouring Retry-After explains a one-second wait.
+    github.refuse_next_status(
+        StatusCode::FORBIDDEN,
+        Some(1),
+        "You have exceeded a secondary rate limit",
+    );
+    github.refuse_next_status(
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(1),
+        "API rate limit exceeded",
+    );
+    deliver(&server, 7001).await;
+    let statuses = github.wait_final(7001, Duration::from_secs(30)).await;
+    let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
+    assert_eq!(states, ["queued", "in_progress", "success"]);
+    let refused = github.refused_at();
+    let accepted = github.accepted_at();
+    assert_eq!(refused.len(), 2);
+    assert!(
+        refused[1] - refused[0] >= Duration::from_secs(1),
+        "retried before Retry-After"
+    );
+    assert!(
+        accepted[0] - refused[1] >= Duration::from_secs(1),
+        "retried before Retry-After"
+    );
+}

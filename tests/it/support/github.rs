@@ -110,8 +110,12 @@ struct Inner {
     files: HashMap<(String, String, String), String>,
     statuses: Vec<PostedStatus>,
     violations: Vec<String>,
-    /// Status posts still to answer with 502.
-    failures_left: usize,
+    /// Answers to give the next status posts instead of accepting them:
+    /// (status, Retry-After seconds, message).
+    refusals: std::collections::VecDeque<(StatusCode, Option<u64>, &'static str)>,
+    /// When each refused post came, and when each accepted one did.
+    refused_at: Vec<std::time::Instant>,
+    accepted_at: Vec<std::time::Instant>,
     failed_posts: usize,
     next_id: i64,
     /// Installation token requests: (installation id, Authorization header).
@@ -159,7 +163,33 @@ impl FakeGithub {
 
     /// The next `n` status posts are answered 502.
     pub fn fail_next_statuses(&self, n: usize) {
-        self.inner.lock().unwrap().failures_left = n;
+        for _ in 0..n {
+            self.refuse_next_status(StatusCode::BAD_GATEWAY, None, "Server Error");
+        }
+    }
+
+    /// The next status post is answered `status`, with `Retry-After` if given.
+    pub fn refuse_next_status(
+        &self,
+        status: StatusCode,
+        retry_after: Option<u64>,
+        message: &'static str,
+    ) {
+        self.inner
+            .lock()
+            .unwrap()
+            .refusals
+            .push_back((status, retry_after, message));
+    }
+
+    /// When each accepted status post arrived.
+    pub fn accepted_at(&self) -> Vec<std::time::Instant> {
+        self.inner.lock().unwrap().accepted_at.clone()
+    }
+
+    /// When each refused status post arrived.
+    pub fn refused_at(&self) -> Vec<std::time::Instant> {
+        self.inner.lock().unwrap().refused_at.clone()
     }
 
     pub fn failed_posts(&self) -> usize {
@@ -356,15 +386,22 @@ async fn create_status(
     }
     let response = {
         let mut inner = fake.inner.lock().unwrap();
-        if inner.failures_left > 0 {
-            inner.failures_left -= 1;
+        if let Some((status, retry_after, message)) = inner.refusals.pop_front() {
             inner.failed_posts += 1;
+            inner.refused_at.push(std::time::Instant::now());
             drop(inner);
             fake.changed.notify_waiters();
-            return error(StatusCode::BAD_GATEWAY, "Server Error");
+            let mut response = error(status, message);
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert("retry-after", seconds.to_string().parse().unwrap());
+            }
+            return response;
         }
         let status_id = inner.next_id;
         inner.next_id += 1;
+        inner.accepted_at.push(std::time::Instant::now());
         inner.statuses.push(PostedStatus {
             repo: format!("{owner}/{repo}"),
             deployment_id: id,
