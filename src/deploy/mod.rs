@@ -36,6 +36,27 @@ pub struct Engine {
     pub outbox: Arc<Notify>,
 }
 
+/// The URL of a deployment's page under `public_url`, with its capability token.
+pub fn log_url(public_url: &str, deployment: &Deployment) -> String {
+    format!(
+        "{public_url}/deployments/{}?token={}",
+        deployment.id, deployment.token
+    )
+}
+
+/// The `queued` status of a new deployment.
+pub fn queued_status(public_url: &str, deployment: &Deployment) -> StatusDraft {
+    StatusDraft {
+        state: "queued",
+        description: status_description(&format!(
+            "queued: {} to {}",
+            deployment.task, deployment.environment
+        )),
+        log_url: Some(log_url(public_url, deployment)),
+        environment_url: None,
+    }
+}
+
 /// How a deployment ended, with the description GitHub shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -61,25 +82,7 @@ enum ServerResult {
 impl Engine {
     /// The URL of a deployment's page, with its capability token.
     pub fn log_url(&self, deployment: &Deployment) -> String {
-        format!(
-            "{}/deployments/{}?token={}",
-            self.config.public_url(),
-            deployment.id,
-            deployment.token
-        )
-    }
-
-    /// The `queued` status of a new deployment.
-    pub fn queued_status(&self, deployment: &Deployment) -> StatusDraft {
-        StatusDraft {
-            state: "queued",
-            description: status_description(&format!(
-                "queued: {} to {}",
-                deployment.task, deployment.environment
-            )),
-            log_url: Some(self.log_url(deployment)),
-            environment_url: None,
-        }
+        log_url(self.config.public_url(), deployment)
     }
 
     /// Changes state, enqueues the matching GitHub status and tells listeners.

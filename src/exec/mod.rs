@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 
 pub use local::Local;
@@ -110,7 +110,8 @@ pub trait Executor: Send + Sync + fmt::Debug {
 /// The executors of every configured server, by name.
 #[derive(Debug, Clone, Default)]
 pub struct Fleet {
-    executors: HashMap<String, Arc<dyn Executor>>,
+    /// Shared: the engine (and so the fleet) is cloned into every deployment task.
+    executors: Arc<HashMap<String, Arc<dyn Executor>>>,
 }
 
 impl Fleet {
@@ -124,7 +125,9 @@ impl Fleet {
             };
             executors.insert(server.name.clone(), executor);
         }
-        Ok(Fleet { executors })
+        Ok(Fleet {
+            executors: Arc::new(executors),
+        })
     }
 
     pub fn get(&self, server: &str) -> Option<Arc<dyn Executor>> {
@@ -200,8 +203,6 @@ pub(crate) fn exit_from(status: std::process::ExitStatus, elapsed: Duration, job
         None => Exit::Signal,
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 #[cfg(test)]
 mod tests {

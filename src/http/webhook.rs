@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{AppState, HttpError};
+use crate::deploy::queued_status;
 use crate::store::{Delivery, Inserted, NewDeployment, new_token};
 use crate::webhook::{self, Event};
 
@@ -100,8 +101,8 @@ pub(super) async fn github(
         production: deployment.production_environment,
         token: new_token(),
     };
-    let engine = state.engine.clone();
-    let queued = Box::new(move |d: &crate::store::Deployment| engine.queued_status(d));
+    let public_url = state.engine.config.public_url().to_string();
+    let queued = Box::new(move |d: &crate::store::Deployment| queued_status(&public_url, d));
     let inserted = state
         .engine
         .store
