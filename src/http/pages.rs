@@ -142,7 +142,7 @@ fn render(deployment: &Deployment, steps: &[StepRun], lines: &[LogLine], token: 
                     p {
                         span #state class={"badge " (state_class(deployment.state.as_str()))} { (deployment.state.as_str()) }
                         " " span #description { (deployment.state_description.as_deref().unwrap_or("")) }
-                        " " span #duration { (duration) }
+                        @if !duration.is_empty() { " " span #duration.meta { "· took " (duration) } }
                     }
                     @if let Some(url) = &deployment.environment_url {
                         p { "environment: " a href=(url) { (url) } }
