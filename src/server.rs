@@ -68,7 +68,9 @@ pub async fn run(
         config.github.retry_max,
         shutdown.clone().cancelled_owned(),
     ));
-    let (scheduler, queue) = Scheduler::new(engine.clone(), config.server.max_running_deployments);
+    let (scheduler, queue) = Scheduler::load(engine.clone(), config.server.max_running_deployments)
+        .await
+        .context("reading queued deployments")?;
     let scheduler = tokio::spawn(scheduler.run(shutdown.clone().cancelled_owned()));
     let state = AppState {
         engine,

@@ -85,14 +85,15 @@ impl Engine {
         log_url(self.config.public_url(), deployment)
     }
 
-    /// Changes state, enqueues the matching GitHub status and tells listeners.
+    /// Changes state, enqueues the matching GitHub status and tells listeners. Returns false
+    /// (and changes nothing) when a deployment that is not queued is asked to start.
     pub async fn transition(
         &self,
         deployment: &Deployment,
         state: State,
         description: &str,
         environment_url: Option<String>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let description = status_description(description);
         let status = StatusDraft {
             state: state.github_state(),
@@ -100,7 +101,8 @@ impl Engine {
             log_url: Some(self.log_url(deployment)),
             environment_url: environment_url.clone(),
         };
-        self.store
+        let applied = self
+            .store
             .transition(
                 deployment.id,
                 Transition {
@@ -111,13 +113,16 @@ impl Engine {
                 },
             )
             .await?;
+        if !applied {
+            return Ok(false);
+        }
         self.outbox.notify_one();
         self.bus.publish(Event::State {
             deployment_id: deployment.id,
             state,
             description: Some(description),
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Finishes deployments left `running` by a previous process as `error`.
@@ -169,16 +174,26 @@ impl Engine {
             .get(..7)
             .unwrap_or(&deployment.sha)
             .to_string();
-        self.transition(
-            &deployment,
-            State::Running,
-            &format!(
-                "running {} on {} at {short_sha}",
-                deployment.task, deployment.environment
-            ),
-            None,
-        )
-        .await?;
+        let started = self
+            .transition(
+                &deployment,
+                State::Running,
+                &format!(
+                    "running {} on {} at {short_sha}",
+                    deployment.task, deployment.environment
+                ),
+                None,
+            )
+            .await?;
+        if !started {
+            // Another task started it, or it ended (superseded) meanwhile: never run twice.
+            tracing::warn!("deployment is no longer queued; not running it again");
+            let current = self.store.deployment(deployment.id).await?;
+            return Ok(Outcome {
+                state: current.map_or(State::Error, |d| d.state),
+                description: "not queued any more".into(),
+            });
+        }
         log.note(format!(
             "deployment {} of {}@{} ({short_sha}) to {}, task {}",
             deployment.public_id(),

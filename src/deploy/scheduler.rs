@@ -36,10 +36,12 @@ pub struct Scheduler {
     engine: Engine,
     receiver: mpsc::UnboundedReceiver<Deployment>,
     max_running: usize,
+    /// The queued deployments read from the store at start.
+    waiting: Waiting,
 }
 
 /// What is waiting, in order of arrival of each environment's oldest waiting deployment.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Waiting {
     by_key: HashMap<Key, Vec<Deployment>>,
     order: VecDeque<Key>,
@@ -57,29 +59,29 @@ impl Waiting {
 }
 
 impl Scheduler {
-    pub fn new(engine: Engine, max_running: usize) -> (Scheduler, Queue) {
+    /// Reads the queued deployments from the store. Call it before intake starts: a deployment
+    /// recorded after this read reaches the scheduler only through the [`Queue`], so none is
+    /// seen twice.
+    pub async fn load(engine: Engine, max_running: usize) -> anyhow::Result<(Scheduler, Queue)> {
+        let mut waiting = Waiting::default();
+        for deployment in engine.store.queued().await? {
+            waiting.push(deployment);
+        }
         let (sender, receiver) = mpsc::unbounded_channel();
-        (
-            Scheduler {
-                engine,
-                receiver,
-                max_running: max_running.max(1),
-            },
-            Queue { sender },
-        )
+        let scheduler = Scheduler {
+            engine,
+            receiver,
+            max_running: max_running.max(1),
+            waiting,
+        };
+        Ok((scheduler, Queue { sender }))
     }
 
     /// Runs until `shutdown` resolves; running deployments are then abandoned, and the next
     /// start finishes them as interrupted.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut waiting = Waiting::default();
-        match self.engine.store.queued().await {
-            Ok(queued) => queued.into_iter().for_each(|d| waiting.push(d)),
-            Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "reading queued deployments")
-            }
-        }
+        let mut waiting = std::mem::take(&mut self.waiting);
         let mut busy: HashSet<Key> = HashSet::new();
         let mut running: JoinSet<Key> = JoinSet::new();
         loop {

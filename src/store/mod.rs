@@ -280,8 +280,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Queued deployments, oldest first.
     async fn queued(&self) -> anyhow::Result<Vec<Deployment>>;
     async fn running(&self) -> anyhow::Result<Vec<Deployment>>;
-    /// Changes a deployment's state and enqueues its status in one transaction.
-    async fn transition(&self, id: i64, transition: Transition) -> anyhow::Result<()>;
+    /// Changes a deployment's state and enqueues its status in one transaction. Moving to
+    /// `running` succeeds only from `queued`, so no deployment runs twice. Returns whether the
+    /// change was made.
+    async fn transition(&self, id: i64, transition: Transition) -> anyhow::Result<bool>;
     async fn save_step(&self, step: &StepRun) -> anyhow::Result<()>;
     async fn steps(&self, deployment_id: i64) -> anyhow::Result<Vec<StepRun>>;
     async fn append_logs(&self, lines: &[LogLine]) -> anyhow::Result<()>;

@@ -391,7 +391,7 @@ impl Store for Sqlite {
         rows.iter().map(deployment_from_row).collect()
     }
 
-    async fn transition(&self, id: i64, t: Transition) -> anyhow::Result<()> {
+    async fn transition(&self, id: i64, t: Transition) -> anyhow::Result<bool> {
         let now = now_ms();
         let mut tx = self.writer.begin().await?;
         let github_id: Option<Option<i64>> =
@@ -399,7 +399,7 @@ impl Store for Sqlite {
                     environment_url = COALESCE(?, environment_url),
                     started_at = CASE WHEN ? = 'running' THEN ? ELSE started_at END,
                     finished_at = CASE WHEN ? IN ('success', 'failure', 'error') THEN ? ELSE finished_at END
-                 WHERE id = ? RETURNING github_id")
+                 WHERE id = ? AND (? != 'running' OR state = 'queued') RETURNING github_id")
                 .bind(t.state.as_str())
                 .bind(&t.description)
                 .bind(&t.environment_url)
@@ -408,16 +408,18 @@ impl Store for Sqlite {
                 .bind(t.state.as_str())
                 .bind(now)
                 .bind(id)
+                .bind(t.state.as_str())
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some(github_id) = github_id else {
-            anyhow::bail!("deployment {id} does not exist");
+            // Gone, or (moving to running) no longer queued: nothing changes.
+            return Ok(false);
         };
         if let (Some(_), Some(status)) = (github_id, &t.status) {
             insert_status(&mut tx, id, status).await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn save_step(&self, step: &StepRun) -> anyhow::Result<()> {
@@ -582,5 +584,103 @@ impl Store for Sqlite {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(outbox_from_row).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_deployment(github_id: i64) -> NewDeployment {
+        NewDeployment {
+            github_id: Some(github_id),
+            repo: "acme/shop".into(),
+            environment: "production".into(),
+            task: "deploy".into(),
+            git_ref: "main".into(),
+            sha: "abc".into(),
+            payload: serde_json::json!({"v": 1}),
+            description: None,
+            creator: Some("octocat".into()),
+            installation_id: None,
+            transient: false,
+            production: true,
+            token: crate::store::new_token(),
+        }
+    }
+
+    fn running() -> Transition {
+        Transition {
+            state: State::Running,
+            description: Some("running".into()),
+            environment_url: None,
+            status: None,
+        }
+    }
+
+    /// A story of using the store: record, redeliver, start once, finish, post statuses in order.
+    #[tokio::test]
+    async fn a_deployment_is_recorded_once_started_once_and_its_statuses_kept_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Sqlite::open(&dir.path().join("dropship.db")).await.unwrap();
+        let status = |state: &'static str| StatusDraft {
+            state,
+            description: state.to_string(),
+            log_url: None,
+            environment_url: None,
+        };
+        let queued: StatusFn = Box::new(move |_d: &Deployment| status("queued"));
+        let Inserted::New(first) = store
+            .insert_deployment(new_deployment(7), Some(queued), None)
+            .await
+            .unwrap()
+        else {
+            panic!("not new");
+        };
+        let again = store
+            .insert_deployment(new_deployment(7), None, None)
+            .await
+            .unwrap();
+        assert_eq!(again, Inserted::Duplicate(first.clone()));
+        assert_eq!(store.queued().await.unwrap(), vec![first.clone()]);
+
+        assert!(store.transition(first.id, running()).await.unwrap());
+        assert!(
+            !store.transition(first.id, running()).await.unwrap(),
+            "started twice"
+        );
+        let done = Transition {
+            state: State::Success,
+            description: Some("done".into()),
+            environment_url: Some("https://shop.example.com".into()),
+            status: Some(status("success")),
+        };
+        assert!(store.transition(first.id, done).await.unwrap());
+        let stored = store.deployment(first.id).await.unwrap().unwrap();
+        assert_eq!(stored.state, State::Success);
+        assert_eq!(
+            stored.environment_url.as_deref(),
+            Some("https://shop.example.com")
+        );
+        assert!(stored.started_at.is_some() && stored.finished_at.is_some());
+
+        // The outbox hands out one status per deployment at a time, oldest first.
+        let due = store.due_statuses(now_ms(), 10).await.unwrap();
+        assert_eq!(
+            due.iter().map(|s| s.state.as_str()).collect::<Vec<_>>(),
+            ["queued"]
+        );
+        store.status_delivered(due[0].id).await.unwrap();
+        let due = store.due_statuses(now_ms(), 10).await.unwrap();
+        assert_eq!(
+            due.iter().map(|s| s.state.as_str()).collect::<Vec<_>>(),
+            ["success"]
+        );
+        store
+            .status_retry(due[0].id, now_ms() + 60_000, "502")
+            .await
+            .unwrap();
+        assert!(store.due_statuses(now_ms(), 10).await.unwrap().is_empty());
+        assert!(store.next_status_due().await.unwrap().unwrap() > now_ms());
     }
 }
