@@ -1,11 +1,12 @@
 //! [`Store`] on SQLite: WAL, `synchronous = FULL`, one writer connection and a pool of
 //! read-only ones, migrations embedded.
 //!
-//! Webhook intake is group-committed: concurrent deliveries queue into one writer task that
-//! writes a batch in one transaction and answers each caller after the commit, so every
-//! acknowledged delivery is on disk while the fsync cost is shared.
+//! Every write goes through one writer task ([`writer`]), which group-commits what queued up
+//! meanwhile, deliveries first; reads use a pool of read-only connections, which never wait for
+//! the writer in WAL mode.
 
-use std::collections::HashMap;
+mod writer;
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -16,33 +17,24 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
+use writer::{StatusChange, Writer};
 
 use super::{
     Delivery, Deployment, Inserted, ListFilter, LogLine, Millis, NewDeployment, OutboxItem, State,
-    StatusDraft, StatusFn, StepRun, StepState, Store, Transition, now_ms,
+    StatusFn, StepRun, StepState, Store, Transition,
 };
-
-const INTAKE_BATCH: usize = 256;
 
 pub struct Sqlite {
     /// Read-only connections.
     pool: SqlitePool,
-    /// The one connection that writes.
-    writer: SqlitePool,
-    intake: mpsc::Sender<IntakeJob>,
+    /// The task that owns the one connection that writes.
+    writer: Writer,
 }
 
 impl std::fmt::Debug for Sqlite {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sqlite").finish_non_exhaustive()
     }
-}
-
-struct IntakeJob {
-    deployment: Option<(NewDeployment, Option<StatusFn>)>,
-    delivery: Option<Delivery>,
-    reply: oneshot::Sender<anyhow::Result<Option<Inserted>>>,
 }
 
 impl Sqlite {
@@ -77,185 +69,11 @@ impl Sqlite {
             .connect_with(options.read_only(true))
             .await
             .with_context(|| format!("opening database {}", path.display()))?;
-        let (intake, jobs) = mpsc::channel(4 * INTAKE_BATCH);
-        tokio::spawn(intake_writer(writer.clone(), jobs));
         Ok(Sqlite {
             pool,
-            writer,
-            intake,
+            writer: Writer::start(writer),
         })
     }
-}
-
-async fn intake_writer(pool: SqlitePool, mut jobs: mpsc::Receiver<IntakeJob>) {
-    let mut batch = Vec::with_capacity(INTAKE_BATCH);
-    while jobs.recv_many(&mut batch, INTAKE_BATCH).await > 0 {
-        let results = write_batch(&pool, &mut batch).await;
-        match results {
-            Ok(results) => {
-                for (job, result) in batch.drain(..).zip(results) {
-                    let _ = job.reply.send(Ok(result));
-                }
-            }
-            Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "writing webhook intake batch");
-                for job in batch.drain(..) {
-                    let _ = job.reply.send(Err(anyhow::anyhow!(
-                        "recording the delivery failed: {error:#}"
-                    )));
-                }
-            }
-        }
-    }
-}
-
-/// Writes a batch in one transaction with a few multi-row statements (not a few per row):
-/// SQLite is fast, but every statement is a hop to the connection's thread.
-async fn write_batch(
-    pool: &SqlitePool,
-    batch: &mut [IntakeJob],
-) -> anyhow::Result<Vec<Option<Inserted>>> {
-    let now = now_ms();
-    let mut tx = pool.begin().await?;
-    let mut results: Vec<Option<Inserted>> = vec![None; batch.len()];
-    let new: Vec<(usize, NewDeployment, Option<StatusFn>)> = batch
-        .iter_mut()
-        .enumerate()
-        .filter_map(|(i, job)| job.deployment.take().map(|(d, status)| (i, d, status)))
-        .collect();
-    if !new.is_empty() {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO deployments (github_id, repo, environment, task, git_ref, sha, payload, description,
-                creator, installation_id, transient, production, token, state, created_at) ",
-        );
-        insert.push_values(&new, |mut row, (_, d, _)| {
-            row.push_bind(d.github_id)
-                .push_bind(&d.repo)
-                .push_bind(&d.environment)
-                .push_bind(&d.task)
-                .push_bind(&d.git_ref)
-                .push_bind(&d.sha)
-                .push_bind(d.payload.to_string())
-                .push_bind(&d.description)
-                .push_bind(&d.creator)
-                .push_bind(d.installation_id)
-                .push_bind(d.transient)
-                .push_bind(d.production)
-                .push_bind(&d.token)
-                .push_bind("queued")
-                .push_bind(now);
-        });
-        insert.push(" ON CONFLICT (github_id) DO NOTHING RETURNING *");
-        // RETURNING's order is unspecified: match rows by their unique token.
-        let mut inserted: HashMap<String, Deployment> = HashMap::new();
-        for row in insert.build().fetch_all(&mut *tx).await? {
-            let deployment = deployment_from_row(&row)?;
-            inserted.insert(deployment.token.clone(), deployment);
-        }
-        let duplicate_ids: Vec<i64> = new
-            .iter()
-            .filter(|(_, d, _)| !inserted.contains_key(&d.token))
-            .filter_map(|(_, d, _)| d.github_id)
-            .collect();
-        let mut duplicates: HashMap<i64, Deployment> = HashMap::new();
-        if !duplicate_ids.is_empty() {
-            let mut select =
-                sqlx::QueryBuilder::new("SELECT * FROM deployments WHERE github_id IN (");
-            let mut ids = select.separated(", ");
-            for id in &duplicate_ids {
-                ids.push_bind(*id);
-            }
-            select.push(")");
-            for row in select.build().fetch_all(&mut *tx).await? {
-                let deployment = deployment_from_row(&row)?;
-                duplicates.insert(deployment.github_id.unwrap_or_default(), deployment);
-            }
-        }
-        let mut statuses: Vec<(i64, StatusDraft)> = Vec::new();
-        for (index, d, status) in new {
-            let outcome = match inserted.remove(&d.token) {
-                Some(deployment) => {
-                    if let Some(status) = status {
-                        statuses.push((deployment.id, status(&deployment)));
-                    }
-                    Inserted::New(deployment)
-                }
-                None => {
-                    let github_id = d
-                        .github_id
-                        .context("a deployment without a GitHub id was not inserted")?;
-                    let existing = duplicates.get(&github_id).cloned();
-                    Inserted::Duplicate(existing.context("a duplicate deployment vanished")?)
-                }
-            };
-            if let Some(delivery) = batch[index].delivery.as_mut() {
-                let (id, result) = match &outcome {
-                    Inserted::New(d) => (d.id, "accepted"),
-                    Inserted::Duplicate(d) => (d.id, "duplicate"),
-                };
-                delivery.deployment_id = Some(id);
-                delivery.result = result;
-            }
-            results[index] = Some(outcome);
-        }
-        if !statuses.is_empty() {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO status_outbox (deployment_id, state, description, log_url, environment_url, next_attempt_at, created_at) ",
-            );
-            insert.push_values(&statuses, |mut row, (id, status)| {
-                row.push_bind(*id)
-                    .push_bind(status.state)
-                    .push_bind(&status.description)
-                    .push_bind(&status.log_url)
-                    .push_bind(&status.environment_url)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-    }
-    let deliveries: Vec<&Delivery> = batch
-        .iter()
-        .filter_map(|job| job.delivery.as_ref())
-        .collect();
-    if !deliveries.is_empty() {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO deliveries (delivery_id, event, action, result, deployment_id, received_at) ",
-        );
-        insert.push_values(&deliveries, |mut row, delivery| {
-            row.push_bind(&delivery.delivery_id)
-                .push_bind(&delivery.event)
-                .push_bind(&delivery.action)
-                .push_bind(delivery.result)
-                .push_bind(delivery.deployment_id)
-                .push_bind(now);
-        });
-        insert.build().execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(results)
-}
-
-async fn insert_status(
-    tx: &mut sqlx::SqliteConnection,
-    deployment_id: i64,
-    status: &StatusDraft,
-) -> anyhow::Result<()> {
-    let now = now_ms();
-    sqlx::query(
-        "INSERT INTO status_outbox (deployment_id, state, description, log_url, environment_url, next_attempt_at, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(deployment_id)
-    .bind(status.state)
-    .bind(&status.description)
-    .bind(&status.log_url)
-    .bind(&status.environment_url)
-    .bind(now)
-    .bind(now)
-    .execute(tx)
-    .await?;
-    Ok(())
 }
 
 fn deployment_from_row(row: &SqliteRow) -> anyhow::Result<Deployment> {
@@ -320,18 +138,7 @@ fn step_from_row(row: &SqliteRow) -> anyhow::Result<StepRun> {
 #[async_trait]
 impl Store for Sqlite {
     async fn record_delivery(&self, delivery: Delivery) -> anyhow::Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.intake
-            .send(IntakeJob {
-                deployment: None,
-                delivery: Some(delivery),
-                reply,
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("the database writer has stopped"))?;
-        answer
-            .await
-            .map_err(|_| anyhow::anyhow!("the database writer has stopped"))??;
+        self.writer.intake(None, Some(delivery)).await?;
         Ok(())
     }
 
@@ -341,18 +148,10 @@ impl Store for Sqlite {
         status: Option<StatusFn>,
         delivery: Option<Delivery>,
     ) -> anyhow::Result<Inserted> {
-        let (reply, answer) = oneshot::channel();
-        self.intake
-            .send(IntakeJob {
-                deployment: Some((deployment, status)),
-                delivery,
-                reply,
-            })
-            .await
-            .map_err(|_| anyhow::anyhow!("the database writer has stopped"))?;
-        let inserted = answer
-            .await
-            .map_err(|_| anyhow::anyhow!("the database writer has stopped"))??;
+        let inserted = self
+            .writer
+            .intake(Some((deployment, status)), delivery)
+            .await?;
         inserted.context("the database writer returned no deployment")
     }
 
@@ -392,58 +191,11 @@ impl Store for Sqlite {
     }
 
     async fn transition(&self, id: i64, t: Transition) -> anyhow::Result<bool> {
-        let now = now_ms();
-        let mut tx = self.writer.begin().await?;
-        let github_id: Option<Option<i64>> =
-            sqlx::query_scalar("UPDATE deployments SET state = ?, state_description = ?,
-                    environment_url = COALESCE(?, environment_url),
-                    started_at = CASE WHEN ? = 'running' THEN ? ELSE started_at END,
-                    finished_at = CASE WHEN ? IN ('success', 'failure', 'error') THEN ? ELSE finished_at END
-                 WHERE id = ? AND (? != 'running' OR state = 'queued') RETURNING github_id")
-                .bind(t.state.as_str())
-                .bind(&t.description)
-                .bind(&t.environment_url)
-                .bind(t.state.as_str())
-                .bind(now)
-                .bind(t.state.as_str())
-                .bind(now)
-                .bind(id)
-                .bind(t.state.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(github_id) = github_id else {
-            // Gone, or (moving to running) no longer queued: nothing changes.
-            return Ok(false);
-        };
-        if let (Some(_), Some(status)) = (github_id, &t.status) {
-            insert_status(&mut tx, id, status).await?;
-        }
-        tx.commit().await?;
-        Ok(true)
+        self.writer.transition(id, t).await
     }
-
     async fn save_step(&self, step: &StepRun) -> anyhow::Result<()> {
-        sqlx::query(
-            "INSERT INTO step_runs (deployment_id, step_index, step, server, state, exit_code, message, started_at, finished_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-             ON CONFLICT (deployment_id, step_index, server) DO UPDATE SET
-                state = excluded.state, exit_code = excluded.exit_code, message = excluded.message,
-                started_at = excluded.started_at, finished_at = excluded.finished_at",
-        )
-        .bind(step.deployment_id)
-        .bind(step.step_index)
-        .bind(&step.step)
-        .bind(&step.server)
-        .bind(step.state.as_str())
-        .bind(step.exit_code)
-        .bind(&step.message)
-        .bind(step.started_at)
-        .bind(step.finished_at)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.writer.step(step.clone()).await
     }
-
     async fn steps(&self, deployment_id: i64) -> anyhow::Result<Vec<StepRun>> {
         let rows = sqlx::query(
             "SELECT * FROM step_runs WHERE deployment_id = ? ORDER BY step_index, server",
@@ -458,25 +210,8 @@ impl Store for Sqlite {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut tx = self.writer.begin().await?;
-        for line in lines {
-            sqlx::query(
-                "INSERT OR IGNORE INTO log_lines (deployment_id, seq, at, server, step, stream, line) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(line.deployment_id)
-            .bind(line.seq)
-            .bind(line.at)
-            .bind(&line.server)
-            .bind(&line.step)
-            .bind(&line.stream)
-            .bind(&line.line)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.writer.logs(lines.to_vec()).await
     }
-
     async fn logs(
         &self,
         deployment_id: i64,
@@ -543,41 +278,34 @@ impl Store for Sqlite {
     }
 
     async fn status_delivered(&self, id: i64) -> anyhow::Result<()> {
-        sqlx::query(
-            "UPDATE status_outbox SET delivered_at = ?, attempts = attempts + 1 WHERE id = ?",
-        )
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.writer.status(id, StatusChange::Delivered).await
     }
-
     async fn status_retry(
         &self,
         id: i64,
         next_attempt_at: Millis,
         error: &str,
     ) -> anyhow::Result<()> {
-        sqlx::query("UPDATE status_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?")
-            .bind(next_attempt_at)
-            .bind(error)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        self.writer
+            .status(
+                id,
+                StatusChange::Retry {
+                    at: next_attempt_at,
+                    error: error.to_string(),
+                },
+            )
+            .await
     }
-
     async fn status_failed(&self, id: i64, error: &str) -> anyhow::Result<()> {
-        sqlx::query("UPDATE status_outbox SET failed_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?")
-            .bind(now_ms())
-            .bind(error)
-            .bind(id)
-            .execute(&self.writer)
-            .await?;
-        Ok(())
+        self.writer
+            .status(
+                id,
+                StatusChange::Failed {
+                    error: error.to_string(),
+                },
+            )
+            .await
     }
-
     async fn statuses(&self, deployment_id: i64) -> anyhow::Result<Vec<OutboxItem>> {
         let rows = sqlx::query("SELECT * FROM status_outbox WHERE deployment_id = ? ORDER BY id")
             .bind(deployment_id)
@@ -590,6 +318,7 @@ impl Store for Sqlite {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{StatusDraft, now_ms};
 
     fn new_deployment(github_id: i64) -> NewDeployment {
         NewDeployment {

@@ -1,0 +1,488 @@
+//! The one writer: every write to the database goes through this task. Each cycle takes what
+//! has queued up (deliveries first), applies it all in one transaction and answers every caller
+//! only after that transaction's single commit (`synchronous = FULL`). Under load that is one
+//! fsync for hundreds of writes; idle, a write commits at once.
+
+use std::collections::HashMap;
+
+use anyhow::Context;
+use sqlx::{SqliteConnection, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::deployment_from_row;
+use crate::store::{
+    Delivery, Deployment, Inserted, LogLine, Millis, NewDeployment, StatusDraft, StatusFn, StepRun,
+    Transition, now_ms,
+};
+
+/// Writes taken in one cycle at most.
+const CYCLE: usize = 512;
+
+/// A delivery (and maybe its deployment) to record.
+pub(super) struct IntakeJob {
+    pub(super) deployment: Option<(NewDeployment, Option<StatusFn>)>,
+    pub(super) delivery: Option<Delivery>,
+    pub(super) reply: oneshot::Sender<anyhow::Result<Option<Inserted>>>,
+}
+
+pub(super) enum StatusChange {
+    Delivered,
+    Retry { at: Millis, error: String },
+    Failed { error: String },
+}
+
+enum Write {
+    Intake(Box<IntakeJob>),
+    Transition {
+        id: i64,
+        transition: Transition,
+        reply: oneshot::Sender<anyhow::Result<bool>>,
+    },
+    Step {
+        step: StepRun,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
+    Logs {
+        lines: Vec<LogLine>,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
+    Status {
+        id: i64,
+        change: StatusChange,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
+}
+
+/// What a cycle owes one caller once the commit is known.
+enum Answer {
+    Bool(oneshot::Sender<anyhow::Result<bool>>, anyhow::Result<bool>),
+    Unit(oneshot::Sender<anyhow::Result<()>>, anyhow::Result<()>),
+}
+
+/// The handle every write method uses.
+#[derive(Debug, Clone)]
+pub(super) struct Writer {
+    sender: mpsc::UnboundedSender<Write>,
+}
+
+fn stopped() -> anyhow::Error {
+    anyhow::anyhow!("the database writer has stopped")
+}
+
+impl Writer {
+    /// Starts the writer task on `pool`, whose one connection is the only one that writes.
+    pub(super) fn start(pool: SqlitePool) -> Writer {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(run(pool, receiver));
+        Writer { sender }
+    }
+
+    pub(super) async fn intake(
+        &self,
+        deployment: Option<(NewDeployment, Option<StatusFn>)>,
+        delivery: Option<Delivery>,
+    ) -> anyhow::Result<Option<Inserted>> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Write::Intake(Box::new(IntakeJob {
+                deployment,
+                delivery,
+                reply,
+            })))
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub(super) async fn transition(&self, id: i64, transition: Transition) -> anyhow::Result<bool> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Write::Transition {
+                id,
+                transition,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub(super) async fn step(&self, step: StepRun) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Write::Step { step, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub(super) async fn logs(&self, lines: Vec<LogLine>) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Write::Logs { lines, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub(super) async fn status(&self, id: i64, change: StatusChange) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Write::Status { id, change, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn run(pool: SqlitePool, mut receiver: mpsc::UnboundedReceiver<Write>) {
+    let mut writes = Vec::with_capacity(CYCLE);
+    while receiver.recv_many(&mut writes, CYCLE).await > 0 {
+        let mut intake = Vec::new();
+        let mut others = Vec::new();
+        for write in writes.drain(..) {
+            match write {
+                Write::Intake(job) => intake.push(*job),
+                other => others.push(other),
+            }
+        }
+        match cycle(&pool, &mut intake, others).await {
+            Ok((inserted, answers)) => {
+                for (job, result) in intake.into_iter().zip(inserted) {
+                    let _ = job.reply.send(Ok(result));
+                }
+                for answer in answers {
+                    match answer {
+                        Answer::Bool(reply, result) => drop(reply.send(result)),
+                        Answer::Unit(reply, result) => drop(reply.send(result)),
+                    }
+                }
+            }
+            Err((error, answers)) => {
+                tracing::error!(error = format!("{error:#}"), "database write failed");
+                for job in intake {
+                    let _ = job
+                        .reply
+                        .send(Err(anyhow::anyhow!("recording failed: {error:#}")));
+                }
+                for answer in answers {
+                    match answer {
+                        Answer::Bool(reply, _) => {
+                            drop(reply.send(Err(anyhow::anyhow!("write failed: {error:#}"))))
+                        }
+                        Answer::Unit(reply, _) => {
+                            drop(reply.send(Err(anyhow::anyhow!("write failed: {error:#}"))))
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+type CycleResult = Result<(Vec<Option<Inserted>>, Vec<Answer>), (anyhow::Error, Vec<Answer>)>;
+
+/// One transaction: deliveries, then every other write in arrival order. A write that fails
+/// on its own is answered with its error and leaves nothing behind (SQLite undoes the failed
+/// statement; a transition's two statements share a savepoint); only a failed commit fails
+/// everyone.
+async fn cycle(pool: &SqlitePool, intake: &mut [IntakeJob], others: Vec<Write>) -> CycleResult {
+    let mut answers = Vec::with_capacity(others.len());
+    let mut tx = match pool.begin().await {
+        Ok(tx) => tx,
+        Err(error) => {
+            return Err((
+                error.into(),
+                others.into_iter().filter_map(unanswered).collect(),
+            ));
+        }
+    };
+    let inserted = if intake.is_empty() {
+        Vec::new()
+    } else {
+        match write_intake(&mut tx, intake).await {
+            Ok(inserted) => inserted,
+            Err(error) => return Err((error, others.into_iter().filter_map(unanswered).collect())),
+        }
+    };
+    for write in others {
+        let answer = match write {
+            Write::Transition {
+                id,
+                transition,
+                reply,
+            } => Answer::Bool(reply, apply_transition(&mut tx, id, &transition).await),
+            Write::Step { step, reply } => Answer::Unit(reply, save_step(&mut tx, &step).await),
+            Write::Logs { lines, reply } => Answer::Unit(reply, append_logs(&mut tx, &lines).await),
+            Write::Status { id, change, reply } => {
+                Answer::Unit(reply, change_status(&mut tx, id, &change).await)
+            }
+            Write::Intake(_) => unreachable!("deliveries are split off before the cycle"),
+        };
+        answers.push(answer);
+    }
+    match tx.commit().await {
+        Ok(()) => Ok((inserted, answers)),
+        Err(error) => Err((error.into(), answers)),
+    }
+}
+
+/// The reply channel of a write that never ran.
+fn unanswered(write: Write) -> Option<Answer> {
+    Some(match write {
+        Write::Transition { reply, .. } => Answer::Bool(reply, Ok(false)),
+        Write::Step { reply, .. } | Write::Logs { reply, .. } | Write::Status { reply, .. } => {
+            Answer::Unit(reply, Ok(()))
+        }
+        Write::Intake(_) => return None,
+    })
+}
+
+async fn apply_transition(
+    tx: &mut SqliteConnection,
+    id: i64,
+    t: &Transition,
+) -> anyhow::Result<bool> {
+    use sqlx::Connection;
+    let now = now_ms();
+    let mut savepoint = tx.begin().await?;
+    let github_id: Option<Option<i64>> = sqlx::query_scalar(
+        "UPDATE deployments SET state = ?, state_description = ?,
+            environment_url = COALESCE(?, environment_url),
+            started_at = CASE WHEN ? = 'running' THEN ? ELSE started_at END,
+            finished_at = CASE WHEN ? IN ('success', 'failure', 'error') THEN ? ELSE finished_at END
+         WHERE id = ? AND (? != 'running' OR state = 'queued') RETURNING github_id",
+    )
+    .bind(t.state.as_str())
+    .bind(&t.description)
+    .bind(&t.environment_url)
+    .bind(t.state.as_str())
+    .bind(now)
+    .bind(t.state.as_str())
+    .bind(now)
+    .bind(id)
+    .bind(t.state.as_str())
+    .fetch_optional(&mut *savepoint)
+    .await?;
+    let Some(github_id) = github_id else {
+        // Gone, or (moving to running) no longer queued: nothing changes.
+        return Ok(false);
+    };
+    if let (Some(_), Some(status)) = (github_id, &t.status) {
+        insert_status(&mut savepoint, id, status).await?;
+    }
+    savepoint.commit().await?;
+    Ok(true)
+}
+
+async fn save_step(tx: &mut SqliteConnection, step: &StepRun) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO step_runs (deployment_id, step_index, step, server, state, exit_code, message, started_at, finished_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT (deployment_id, step_index, server) DO UPDATE SET
+            state = excluded.state, exit_code = excluded.exit_code, message = excluded.message,
+            started_at = excluded.started_at, finished_at = excluded.finished_at",
+    )
+    .bind(step.deployment_id)
+    .bind(step.step_index)
+    .bind(&step.step)
+    .bind(&step.server)
+    .bind(step.state.as_str())
+    .bind(step.exit_code)
+    .bind(&step.message)
+    .bind(step.started_at)
+    .bind(step.finished_at)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+async fn append_logs(tx: &mut SqliteConnection, lines: &[LogLine]) -> anyhow::Result<()> {
+    // Multi-row statements, a few hundred lines each (SQLite's bound-parameter limit).
+    for chunk in lines.chunks(500) {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT OR IGNORE INTO log_lines (deployment_id, seq, at, server, step, stream, line) ",
+        );
+        insert.push_values(chunk, |mut row, line| {
+            row.push_bind(line.deployment_id)
+                .push_bind(line.seq)
+                .push_bind(line.at)
+                .push_bind(&line.server)
+                .push_bind(&line.step)
+                .push_bind(&line.stream)
+                .push_bind(&line.line);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    Ok(())
+}
+
+async fn change_status(
+    tx: &mut SqliteConnection,
+    id: i64,
+    change: &StatusChange,
+) -> anyhow::Result<()> {
+    let query = match change {
+        StatusChange::Delivered => {
+            sqlx::query("UPDATE status_outbox SET delivered_at = ?, attempts = attempts + 1 WHERE id = ?")
+                .bind(now_ms())
+                .bind(id)
+        }
+        StatusChange::Retry { at, error } => sqlx::query(
+            "UPDATE status_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
+        )
+        .bind(*at)
+        .bind(error.clone())
+        .bind(id),
+        StatusChange::Failed { error } => sqlx::query(
+            "UPDATE status_outbox SET failed_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
+        )
+        .bind(now_ms())
+        .bind(error.clone())
+        .bind(id),
+    };
+    query.execute(tx).await?;
+    Ok(())
+}
+
+async fn insert_status(
+    tx: &mut SqliteConnection,
+    deployment_id: i64,
+    status: &StatusDraft,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    sqlx::query(
+        "INSERT INTO status_outbox (deployment_id, state, description, log_url, environment_url, next_attempt_at, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(deployment_id)
+    .bind(status.state)
+    .bind(&status.description)
+    .bind(&status.log_url)
+    .bind(&status.environment_url)
+    .bind(now)
+    .bind(now)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes a batch of deliveries with a few multi-row statements (not a few per row):
+/// SQLite is fast, but every statement is a hop to the connection's thread.
+async fn write_intake(
+    tx: &mut SqliteConnection,
+    batch: &mut [IntakeJob],
+) -> anyhow::Result<Vec<Option<Inserted>>> {
+    let now = now_ms();
+    let mut results: Vec<Option<Inserted>> = vec![None; batch.len()];
+    let new: Vec<(usize, NewDeployment, Option<StatusFn>)> = batch
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(i, job)| job.deployment.take().map(|(d, status)| (i, d, status)))
+        .collect();
+    if !new.is_empty() {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO deployments (github_id, repo, environment, task, git_ref, sha, payload, description,
+                creator, installation_id, transient, production, token, state, created_at) ",
+        );
+        insert.push_values(&new, |mut row, (_, d, _)| {
+            row.push_bind(d.github_id)
+                .push_bind(&d.repo)
+                .push_bind(&d.environment)
+                .push_bind(&d.task)
+                .push_bind(&d.git_ref)
+                .push_bind(&d.sha)
+                .push_bind(d.payload.to_string())
+                .push_bind(&d.description)
+                .push_bind(&d.creator)
+                .push_bind(d.installation_id)
+                .push_bind(d.transient)
+                .push_bind(d.production)
+                .push_bind(&d.token)
+                .push_bind("queued")
+                .push_bind(now);
+        });
+        insert.push(" ON CONFLICT (github_id) DO NOTHING RETURNING *");
+        // RETURNING's order is unspecified: match rows by their unique token.
+        let mut inserted: HashMap<String, Deployment> = HashMap::new();
+        for row in insert.build().fetch_all(&mut *tx).await? {
+            let deployment = deployment_from_row(&row)?;
+            inserted.insert(deployment.token.clone(), deployment);
+        }
+        let duplicate_ids: Vec<i64> = new
+            .iter()
+            .filter(|(_, d, _)| !inserted.contains_key(&d.token))
+            .filter_map(|(_, d, _)| d.github_id)
+            .collect();
+        let mut duplicates: HashMap<i64, Deployment> = HashMap::new();
+        if !duplicate_ids.is_empty() {
+            let mut select =
+                sqlx::QueryBuilder::new("SELECT * FROM deployments WHERE github_id IN (");
+            let mut ids = select.separated(", ");
+            for id in &duplicate_ids {
+                ids.push_bind(*id);
+            }
+            select.push(")");
+            for row in select.build().fetch_all(&mut *tx).await? {
+                let deployment = deployment_from_row(&row)?;
+                duplicates.insert(deployment.github_id.unwrap_or_default(), deployment);
+            }
+        }
+        let mut statuses: Vec<(i64, StatusDraft)> = Vec::new();
+        for (index, d, status) in new {
+            let outcome = match inserted.remove(&d.token) {
+                Some(deployment) => {
+                    if let Some(status) = status {
+                        statuses.push((deployment.id, status(&deployment)));
+                    }
+                    Inserted::New(deployment)
+                }
+                None => {
+                    let github_id = d
+                        .github_id
+                        .context("a deployment without a GitHub id was not inserted")?;
+                    let existing = duplicates.get(&github_id).cloned();
+                    Inserted::Duplicate(existing.context("a duplicate deployment vanished")?)
+                }
+            };
+            if let Some(delivery) = batch[index].delivery.as_mut() {
+                let (id, result) = match &outcome {
+                    Inserted::New(d) => (d.id, "accepted"),
+                    Inserted::Duplicate(d) => (d.id, "duplicate"),
+                };
+                delivery.deployment_id = Some(id);
+                delivery.result = result;
+            }
+            results[index] = Some(outcome);
+        }
+        if !statuses.is_empty() {
+            let mut insert = sqlx::QueryBuilder::new(
+                "INSERT INTO status_outbox (deployment_id, state, description, log_url, environment_url, next_attempt_at, created_at) ",
+            );
+            insert.push_values(&statuses, |mut row, (id, status)| {
+                row.push_bind(*id)
+                    .push_bind(status.state)
+                    .push_bind(&status.description)
+                    .push_bind(&status.log_url)
+                    .push_bind(&status.environment_url)
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+    }
+    let deliveries: Vec<&Delivery> = batch
+        .iter()
+        .filter_map(|job| job.delivery.as_ref())
+        .collect();
+    if !deliveries.is_empty() {
+        let mut insert = sqlx::QueryBuilder::new(
+            "INSERT INTO deliveries (delivery_id, event, action, result, deployment_id, received_at) ",
+        );
+        insert.push_values(&deliveries, |mut row, delivery| {
+            row.push_bind(&delivery.delivery_id)
+                .push_bind(&delivery.event)
+                .push_bind(&delivery.action)
+                .push_bind(delivery.result)
+                .push_bind(delivery.deployment_id)
+                .push_bind(now);
+        });
+        insert.build().execute(&mut *tx).await?;
+    }
+    Ok(results)
+}
