@@ -7,25 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use dropship::config::Config;
-use dropship::github::{ApiError, ManifestFile, ManifestSource};
+use dropship::github::{FixedManifest, ManifestFile, ManifestSource};
 use dropship::store::{Inserted, NewDeployment, State, new_token};
-
-#[derive(Debug)]
-struct File(ManifestFile);
-
-#[async_trait]
-impl ManifestSource for File {
-    async fn manifest(
-        &self,
-        _: &str,
-        _: &str,
-        _: Option<i64>,
-    ) -> Result<Option<ManifestFile>, ApiError> {
-        Ok(Some(self.0.clone()))
-    }
-}
 
 async fn once(engine: &dropship::deploy::Engine, environment: &str) -> anyhow::Result<Duration> {
     let new = NewDeployment {
@@ -66,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let runs: usize = runs.parse()?;
     let config = Arc::new(Config::load(Some(config.as_ref()))?);
     let text = std::fs::read_to_string(manifest)?;
-    let source: Arc<dyn ManifestSource> = Arc::new(File(ManifestFile {
+    let source: Arc<dyn ManifestSource> = Arc::new(FixedManifest(ManifestFile {
         path: "dropship.yml".into(),
         text,
     }));

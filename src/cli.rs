@@ -8,12 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_trait::async_trait;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
-use crate::github::{ApiError, ManifestFile, ManifestSource};
+use crate::github::{FixedManifest, ManifestFile};
 use crate::logs::Event;
 use crate::manifest::{FILE_NAMES, Inventory, InventoryServer, Manifest};
 use crate::store::{Inserted, NewDeployment, State};
@@ -250,22 +249,6 @@ fn validate(
     }
 }
 
-/// A manifest read from a local file, whatever repository or sha is asked for.
-#[derive(Debug)]
-struct LocalManifest(ManifestFile);
-
-#[async_trait]
-impl ManifestSource for LocalManifest {
-    async fn manifest(
-        &self,
-        _repo: &str,
-        _sha: &str,
-        _installation: Option<i64>,
-    ) -> Result<Option<ManifestFile>, ApiError> {
-        Ok(Some(self.0.clone()))
-    }
-}
-
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// The manifest environment to deploy to.
@@ -334,7 +317,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .git_ref
         .or_else(|| git(&["rev-parse", "--abbrev-ref", "HEAD"], &directory))
         .unwrap_or_else(|| "local".into());
-    let manifests = Arc::new(LocalManifest(ManifestFile { path: name, text }));
+    let manifests = Arc::new(FixedManifest(ManifestFile { path: name, text }));
     let engine = crate::server::engine(config.clone(), manifests).await?;
     let new = NewDeployment {
         github_id: None,

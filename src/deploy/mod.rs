@@ -314,19 +314,14 @@ impl Engine {
         let mut soft_failures = Vec::new();
         for (index, step) in plan.steps.iter().enumerate() {
             if stopped.is_some() {
-                for server in &step.servers {
-                    self.save_step(
-                        deployment,
-                        index,
-                        step,
-                        server,
-                        StepState::Skipped,
-                        None,
-                        Some("skipped: an earlier step failed"),
-                        None,
-                    )
-                    .await?;
-                }
+                self.skip(
+                    deployment,
+                    index,
+                    step,
+                    &step.servers,
+                    "skipped: an earlier step failed",
+                )
+                .await?;
                 continue;
             }
             for server in &step.servers {
@@ -382,19 +377,14 @@ impl Engine {
                 if unreachable.is_some() || (!failed.is_empty() && !step.continue_on_error) {
                     // Later batches of this step never start.
                     for later in batches.iter().skip(batch_index + 1) {
-                        for server in *later {
-                            self.save_step(
-                                deployment,
-                                index,
-                                step,
-                                server,
-                                StepState::Skipped,
-                                None,
-                                Some("skipped: an earlier batch failed"),
-                                None,
-                            )
-                            .await?;
-                        }
+                        self.skip(
+                            deployment,
+                            index,
+                            step,
+                            later,
+                            "skipped: an earlier batch failed",
+                        )
+                        .await?;
                     }
                     break;
                 }
@@ -608,6 +598,31 @@ impl Engine {
             working_dir: step.working_dir.clone(),
             timeout: step.timeout,
         }
+    }
+
+    /// Records `step` as skipped on `servers`.
+    async fn skip(
+        &self,
+        deployment: &Deployment,
+        index: usize,
+        step: &PlannedStep,
+        servers: &[String],
+        why: &str,
+    ) -> anyhow::Result<()> {
+        for server in servers {
+            self.save_step(
+                deployment,
+                index,
+                step,
+                server,
+                StepState::Skipped,
+                None,
+                Some(why),
+                None,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

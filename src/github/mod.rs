@@ -80,6 +80,23 @@ pub trait ManifestSource: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<ManifestFile>, ApiError>;
 }
 
+/// A manifest read from a local file, whatever repository or sha is asked for
+/// (`dropship run`, benchmarks).
+#[derive(Debug, Clone)]
+pub struct FixedManifest(pub ManifestFile);
+
+#[async_trait]
+impl ManifestSource for FixedManifest {
+    async fn manifest(
+        &self,
+        _repo: &str,
+        _sha: &str,
+        _installation: Option<i64>,
+    ) -> Result<Option<ManifestFile>, ApiError> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
 /// The GitHub client: a token, or a GitHub App whose installation clients (with their cached
 /// tokens) are kept per installation.
 pub struct Github {

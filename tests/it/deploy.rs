@@ -148,13 +148,7 @@ async fn a_deployment_on_three_servers_succeeds_with_ordered_statuses_and_stored
             .all(|s| s.body["environment"] == "production" && s.repo == "acme/shop")
     );
 
-    let log = world
-        .server
-        .api(&format!("/api/deployments/{id}/log"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let log = world.server.log(id).await;
     for server in ["web-1", "web-2", "web-3"] {
         assert!(
             log.contains(&format!(
@@ -175,13 +169,7 @@ async fn a_deployment_on_three_servers_succeeds_with_ordered_statuses_and_stored
     );
     assert!(!log.contains("hunter2"), "a secret reached the log");
 
-    let detail: Value = world
-        .server
-        .api(&format!("/api/deployments/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let detail: Value = world.server.deployment(id).await;
     assert_eq!(detail["state"], "success", "{detail}");
     assert_eq!(detail["steps"].as_array().unwrap().len(), 3 + 1 + 3 + 1);
     assert!(!detail.to_string().contains("hunter2"));
@@ -216,13 +204,7 @@ async fn a_step_failing_on_one_server_ends_failure_naming_it_and_skips_the_rest(
         statuses[2].description(),
         "step restart failed on web-2 (exit 1)"
     );
-    let detail: Value = world
-        .server
-        .api(&format!("/api/deployments/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let detail: Value = world.server.deployment(id).await;
     let steps = detail["steps"].as_array().unwrap();
     let announce = steps.iter().find(|s| s["name"] == "announce").unwrap();
     assert_eq!(announce["state"], "skipped");
@@ -277,13 +259,7 @@ async fn a_server_with_a_changed_host_key_is_refused() {
         statuses[2].description(),
         "step build: web-3: host key verification failed: the server's key does not match the pinned host_key"
     );
-    let log = world
-        .server
-        .api(&format!("/api/deployments/{id}/log"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let log = world.server.log(id).await;
     assert!(
         !log.contains("web-3 build stdout"),
         "nothing may run on a server whose key changed"
@@ -343,13 +319,7 @@ async fn a_step_that_outlives_its_timeout_is_killed_on_the_server() {
         statuses[2].description(),
         "step slow failed on web-1 and 2 more (timed out)"
     );
-    let detail: Value = world
-        .server
-        .api(&format!("/api/deployments/{id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let detail: Value = world.server.deployment(id).await;
     assert!(
         detail["steps"]
             .as_array()
@@ -358,13 +328,7 @@ async fn a_step_that_outlives_its_timeout_is_killed_on_the_server() {
             .all(|s| s["state"] == "timed_out"),
         "{detail}"
     );
-    let log = world
-        .server
-        .api(&format!("/api/deployments/{id}/log"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let log = world.server.log(id).await;
     assert!(
         log.contains("going to sleep") && !log.contains("woke up"),
         "{log}"
@@ -399,12 +363,6 @@ async fn a_dropped_master_connection_is_reopened_for_the_next_deployment() {
         ["queued", "in_progress", "success"],
         "{statuses:#?}"
     );
-    let log = world
-        .server
-        .api(&format!("/api/deployments/{id}/log"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let log = world.server.log(id).await;
     assert!(log.contains("restarted web-1"), "{log}");
 }

@@ -93,12 +93,7 @@ async fn a_newer_queued_deployment_supersedes_older_queued_ones() {
         Duration::from_secs(30),
         "the first deployment to run",
         || async {
-            let detail: Value = server
-                .api(&format!("/api/deployments/{first}"))
-                .await
-                .json()
-                .await
-                .unwrap();
+            let detail: Value = server.deployment(first).await;
             detail["state"] == "running"
         },
     )

@@ -146,6 +146,24 @@ impl TestServer {
             .await
             .unwrap()
     }
+
+    /// `GET /api/deployments/{id}` as JSON.
+    pub async fn deployment(&self, id: i64) -> serde_json::Value {
+        self.api(&format!("/api/deployments/{id}"))
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /api/deployments/{id}/log` as text.
+    pub async fn log(&self, id: i64) -> String {
+        self.api(&format!("/api/deployments/{id}/log"))
+            .await
+            .text()
+            .await
+            .unwrap()
+    }
 }
 
 impl Drop for TestServer {
