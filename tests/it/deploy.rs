@@ -366,3 +366,40 @@ async fn a_dropped_master_connection_is_reopened_for_the_next_deployment() {
     let log = world.server.log(id).await;
     assert!(log.contains("restarted web-1"), "{log}");
 }
+
+#[tokio::test]
+async fn a_rolling_deployment_stops_at_the_first_failing_batch() {
+    let rolling = MANIFEST.replace(
+        "    url: https://shop.example.com\n",
+        "    url: https://shop.example.com\n    strategy: rolling\n    batch: 1\n",
+    );
+    let Some(world) = world(&rolling, pinned).await else {
+        return;
+    };
+    let (id, statuses) = deploy(&world, 1010, Some(serde_json::json!({"fail_on": "web-1"}))).await;
+    assert_eq!(
+        statuses.last().unwrap().description(),
+        "step restart failed on web-1 (exit 1)"
+    );
+    let detail = world.server.deployment(id).await;
+    let restart: Vec<(&str, &str)> = detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == "restart")
+        .map(|s| (s["server"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        restart,
+        [
+            ("web-1", "failure"),
+            ("web-2", "skipped"),
+            ("web-3", "skipped")
+        ]
+    );
+    let log = world.server.log(id).await;
+    assert!(
+        !log.contains("restarted web-2") && !log.contains("restarted web-3"),
+        "{log}"
+    );
+}

@@ -203,3 +203,21 @@ async fn rate_limited_status_posts_wait_as_github_asks() {
         "retried before Retry-After"
     );
 }
+
+#[tokio::test]
+async fn the_manifest_may_live_in_dot_github() {
+    let github = FakeGithub::start().await;
+    let manifest = "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: hello\n      run: echo from dot-github\n";
+    github.add_file("acme/shop", SHA, ".github/dropship.yml", manifest);
+    let data = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&config_toml(data.path(), &github.url, LOCAL)).unwrap();
+    let server = TestServer::start(config, Some(data)).await;
+    let id = deliver(&server, 8001).await["id"].as_i64().unwrap();
+    let statuses = github.wait_final(8001, Duration::from_secs(30)).await;
+    assert_eq!(statuses.last().unwrap().state(), "success");
+    let log = server.log(id).await;
+    assert!(
+        log.contains("read .github/dropship.yml at") && log.contains("from dot-github"),
+        "{log}"
+    );
+}
