@@ -60,7 +60,11 @@ pub async fn run(
             "finished deployments interrupted by the last shutdown as error"
         );
     }
-    let outbox = tokio::spawn(run_outbox(
+    // Deployments and status posts run on a runtime of their own at a lower OS priority, so a
+    // burst of webhooks is answered first; with the machine idle they get every core anyway.
+    let background = Background(Some(background_runtime()?));
+    let work = background.handle();
+    let outbox = work.spawn(run_outbox(
         engine.store.clone(),
         github,
         engine.outbox.clone(),
@@ -71,7 +75,7 @@ pub async fn run(
     let (scheduler, queue) = Scheduler::load(engine.clone(), config.server.max_running_deployments)
         .await
         .context("reading queued deployments")?;
-    let scheduler = tokio::spawn(scheduler.run(shutdown.clone().cancelled_owned()));
+    let scheduler = work.spawn(scheduler.run(shutdown.clone().cancelled_owned()));
     let state = AppState {
         engine,
         scheduler: queue,
@@ -86,4 +90,49 @@ pub async fn run(
     let _ = scheduler.await;
     let _ = outbox.await;
     Ok(())
+}
+
+/// Owns the background runtime; dropping it (also on an early return, or when a test's
+/// runtime drops this future) stops it without blocking, which a plain drop inside an async
+/// context would not allow.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Background {
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the runtime lives until drop")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Niceness of the background runtime's threads: about a tenth of the CPU against intake when
+/// both are busy (Linux CFS weights), all of it when intake is idle.
+const BACKGROUND_PRIORITY: u8 = 23; // thread-priority's 0–99 scale: 23 is nice 9
+
+/// The runtime that runs deployments and the status outbox.
+fn background_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name("dropship-work")
+        .on_thread_start(|| {
+            let priority = thread_priority::ThreadPriorityValue::try_from(BACKGROUND_PRIORITY)
+                .map(thread_priority::ThreadPriority::Crossplatform);
+            if let Ok(priority) = priority {
+                if let Err(error) = thread_priority::set_current_thread_priority(priority) {
+                    tracing::debug!(error = ?error, "could not lower the background threads' priority");
+                }
+            }
+        })
+        .enable_all()
+        .build()
+        .context("starting the background runtime")
 }
