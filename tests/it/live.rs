@@ -221,3 +221,18 @@ async fn the_manifest_may_live_in_dot_github() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn a_github_enterprise_api_url_with_a_path_works() {
+    let github = FakeGithub::start_at("/api/v3").await;
+    assert!(github.url.ends_with("/api/v3"));
+    let manifest = "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: hello\n      run: echo enterprise\n";
+    github.add_file("acme/shop", SHA, "dropship.yml", manifest);
+    let data = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&config_toml(data.path(), &github.url, LOCAL)).unwrap();
+    let server = TestServer::start(config, Some(data)).await;
+    deliver(&server, 9001).await;
+    let statuses = github.wait_final(9001, Duration::from_secs(30)).await;
+    let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
+    assert_eq!(states, ["queued", "in_progress", "success"]);
+}

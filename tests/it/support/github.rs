@@ -131,6 +131,12 @@ pub struct FakeGithub {
 
 impl FakeGithub {
     pub async fn start() -> FakeGithub {
+        FakeGithub::start_at("").await
+    }
+
+    /// Serves the API under `prefix`, as GitHub Enterprise Server does (`/api/v3`); `url`
+    /// includes the prefix.
+    pub async fn start_at(prefix: &str) -> FakeGithub {
         let fake = FakeGithub {
             inner: Arc::new(Mutex::new(Inner {
                 next_id: 1,
@@ -147,8 +153,13 @@ impl FakeGithub {
             )
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .with_state(fake.clone());
+        let app = if prefix.is_empty() {
+            app
+        } else {
+            axum::Router::new().nest(prefix, app)
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let url = format!("http://{}{prefix}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         FakeGithub { url, ..fake }
     }
