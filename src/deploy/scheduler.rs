@@ -40,21 +40,23 @@ pub struct Scheduler {
     waiting: Waiting,
 }
 
-/// What is waiting, in order of arrival of each environment's oldest waiting deployment.
+/// What is waiting: deployment ids per environment, in order of arrival of each environment's
+/// oldest waiting deployment. Only ids: a flood of webhooks must not hold every record in
+/// memory; a record is read from the store when it starts.
 #[derive(Debug, Default)]
 struct Waiting {
-    by_key: HashMap<Key, Vec<Deployment>>,
+    by_key: HashMap<Key, Vec<i64>>,
     order: VecDeque<Key>,
 }
 
 impl Waiting {
-    fn push(&mut self, deployment: Deployment) {
+    fn push(&mut self, deployment: &Deployment) {
         let key = (deployment.repo.clone(), deployment.environment.clone());
         let list = self.by_key.entry(key.clone()).or_default();
         if list.is_empty() {
             self.order.push_back(key);
         }
-        list.push(deployment);
+        list.push(deployment.id);
     }
 }
 
@@ -65,7 +67,7 @@ impl Scheduler {
     pub async fn load(engine: Engine, max_running: usize) -> anyhow::Result<(Scheduler, Queue)> {
         let mut waiting = Waiting::default();
         for deployment in engine.store.queued().await? {
-            waiting.push(deployment);
+            waiting.push(&deployment);
         }
         let (sender, receiver) = mpsc::unbounded_channel();
         let scheduler = Scheduler {
@@ -92,10 +94,10 @@ impl Scheduler {
                     return;
                 }
                 Some(deployment) = self.receiver.recv() => {
-                    waiting.push(deployment);
+                    waiting.push(&deployment);
                     // Take everything already sent before dispatching once.
                     while let Ok(deployment) = self.receiver.try_recv() {
-                        waiting.push(deployment);
+                        waiting.push(&deployment);
                     }
                 }
                 Some(finished) = running.join_next(), if !running.is_empty() => {
@@ -128,9 +130,36 @@ impl Scheduler {
                 busy_waiting.push(key);
                 continue;
             }
-            let mut list = waiting.by_key.remove(&key).unwrap_or_default();
-            let Some(newest) = list.pop() else { continue };
-            for older in list {
+            let mut ids = waiting.by_key.remove(&key).unwrap_or_default();
+            let Some(newest_id) = ids.pop() else { continue };
+            let newest = match self.engine.store.deployment(newest_id).await {
+                Ok(Some(deployment)) => deployment,
+                Ok(None) => continue,
+                Err(error) => {
+                    // Try again at the next event; keep the environment's place.
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        "reading a deployment to start it"
+                    );
+                    ids.push(newest_id);
+                    waiting.by_key.insert(key.clone(), ids);
+                    busy_waiting.push(key);
+                    break;
+                }
+            };
+            for older_id in ids {
+                let older = match self.engine.store.deployment(older_id).await {
+                    Ok(Some(older)) if older.state == State::Queued => older,
+                    Ok(_) => continue,
+                    Err(error) => {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            deployment.id = older_id,
+                            "reading a deployment to supersede it"
+                        );
+                        continue;
+                    }
+                };
                 let description = format!("superseded by deployment {}", newest.public_id());
                 if let Ok(log) = self.engine.logs.open(older.id).await {
                     log.note(&description);
