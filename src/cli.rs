@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Config};
 use crate::github::{FixedManifest, ManifestFile};
 use crate::logs::Event;
-use crate::manifest::{FILE_NAMES, Inventory, InventoryServer, Manifest};
+use crate::manifest::{Diagnostic, Diagnostics, FILE_NAMES, Inventory, InventoryServer, Manifest};
 use crate::store::{Inserted, NewDeployment, State};
 
 #[derive(Debug, Parser)]
@@ -205,21 +205,13 @@ fn validate(
     let (name, text) = read_manifest(&path)?;
     let result = Manifest::parse(&name, &text).and_then(|manifest| {
         if config_path.is_some() || repo.is_some() {
+            let config_file = config_path
+                .map_or_else(|| config::DEFAULT_PATH.into(), |p| p.display().to_string());
             let config = Config::load(config_path).map_err(|e| {
-                crate::manifest::Diagnostics(vec![crate::manifest::Diagnostic {
-                    file: config_path
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| config::DEFAULT_PATH.into()),
-                    position: None,
-                    message: format!("{e:#}"),
-                }])
+                Diagnostics(vec![Diagnostic::about_file(config_file, format!("{e:#}"))])
             })?;
             let inventory = inventory(&config, repo).map_err(|e| {
-                crate::manifest::Diagnostics(vec![crate::manifest::Diagnostic {
-                    file: name.clone(),
-                    position: None,
-                    message: format!("{e:#}"),
-                }])
+                Diagnostics(vec![Diagnostic::about_file(name.clone(), format!("{e:#}"))])
             })?;
             manifest.check_against(&inventory)?;
         }

@@ -36,6 +36,21 @@ pub struct Engine {
     pub outbox: Arc<Notify>,
 }
 
+/// What `${{ }}` expressions and the `DROPSHIP_*` variables see of a deployment.
+pub fn context(deployment: &Deployment) -> Context {
+    let (owner, name) = deployment.repo_parts();
+    Context {
+        deployment_id: deployment.public_id(),
+        sha: deployment.sha.clone(),
+        git_ref: deployment.git_ref.clone(),
+        environment: deployment.environment.clone(),
+        task: deployment.task.clone(),
+        payload: deployment.payload.clone(),
+        repo_owner: owner.to_string(),
+        repo_name: name.to_string(),
+    }
+}
+
 /// The URL of a deployment's page under `public_url`, with its capability token.
 pub fn log_url(public_url: &str, deployment: &Deployment) -> String {
     format!(
@@ -279,17 +294,7 @@ impl Engine {
                 .collect(),
             secrets: repo.secrets.keys().cloned().collect(),
         };
-        let (owner, name) = deployment.repo_parts();
-        let context = Context {
-            deployment_id: deployment.public_id(),
-            sha: deployment.sha.clone(),
-            git_ref: deployment.git_ref.clone(),
-            environment: deployment.environment.clone(),
-            task: deployment.task.clone(),
-            payload: deployment.payload.clone(),
-            repo_owner: owner.to_string(),
-            repo_name: name.to_string(),
-        };
+        let context = context(deployment);
         let plan = Manifest::parse(&file.path, &file.text)
             .and_then(|manifest| manifest.plan(&context, &inventory));
         match plan {
@@ -361,7 +366,7 @@ impl Engine {
                 }
                 let runs = servers
                     .iter()
-                    .map(|server| self.run_step_on(deployment, plan, index, step, server, log));
+                    .map(|server| self.run_step_on(deployment, index, step, server, log));
                 let results = futures::future::join_all(runs).await;
                 for (server, result) in servers.iter().zip(results) {
                     match result? {
@@ -436,7 +441,6 @@ impl Engine {
     async fn run_step_on(
         &self,
         deployment: &Deployment,
-        plan: &Plan,
         index: usize,
         step: &PlannedStep,
         server: &str,
@@ -477,7 +481,7 @@ impl Engine {
             let result = match self.fleet.get(server) {
                 Some(executor) => {
                     executor
-                        .run(&self.job(deployment, plan, step, server), sender)
+                        .run(&self.job(deployment, step, server), sender)
                         .await
                 }
                 None => Err(ExecError::Io {
@@ -561,19 +565,8 @@ impl Engine {
         .await
     }
 
-    fn job(&self, deployment: &Deployment, plan: &Plan, step: &PlannedStep, server: &str) -> Job {
-        let (owner, name) = deployment.repo_parts();
-        let context = Context {
-            deployment_id: deployment.public_id(),
-            sha: deployment.sha.clone(),
-            git_ref: deployment.git_ref.clone(),
-            environment: plan.environment.clone(),
-            task: plan.task.clone(),
-            payload: deployment.payload.clone(),
-            repo_owner: owner.to_string(),
-            repo_name: name.to_string(),
-        };
-        let mut env = context.environment_variables();
+    fn job(&self, deployment: &Deployment, step: &PlannedStep, server: &str) -> Job {
+        let mut env = context(deployment).environment_variables();
         env.push(("DROPSHIP_SERVER".into(), server.to_string()));
         env.push(("DROPSHIP_STEP".into(), step.name.clone()));
         env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));

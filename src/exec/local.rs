@@ -31,10 +31,6 @@ impl Local {
 
 #[async_trait]
 impl Executor for Local {
-    fn server(&self) -> &str {
-        &self.name
-    }
-
     async fn run(&self, job: &Job, output: Output) -> Result<Exit, ExecError> {
         let (command, stdin) = render(job);
         let started = Instant::now();

@@ -98,7 +98,6 @@ pub type Output = mpsc::UnboundedSender<(Stream, String)>;
 /// Runs commands on one server.
 #[async_trait]
 pub trait Executor: Send + Sync + fmt::Debug {
-    fn server(&self) -> &str;
     /// Runs `job`, sending its output line by line, until it exits or times out.
     async fn run(&self, job: &Job, output: Output) -> Result<Exit, ExecError>;
     /// Connects (if needed) and describes the server (`Linux 6.1.0`).

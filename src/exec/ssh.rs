@@ -283,10 +283,6 @@ impl Drop for InFlight<'_> {
 
 #[async_trait]
 impl Executor for Ssh {
-    fn server(&self) -> &str {
-        &self.name
-    }
-
     async fn run(&self, job: &Job, output: Output) -> Result<Exit, ExecError> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let _guard = InFlight(&self.in_flight);

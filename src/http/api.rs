@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use super::{AppState, HttpError, same};
+use super::{AppState, HttpError, all_logs, same};
 use crate::store::{
     Deployment, ListFilter, LogLine, Millis, OutboxItem, State as DeploymentState, StepRun,
 };
@@ -199,15 +199,9 @@ pub(super) async fn log(
         require_token(&state, &headers)?;
     }
     let mut text = String::new();
-    let mut after = 0;
-    loop {
-        let lines = state.engine.store.logs(id, after, 5000).await?;
-        let Some(last) = lines.last() else { break };
-        after = last.seq;
-        for line in &lines {
-            text.push_str(&format_line(line));
-            text.push('\n');
-        }
+    for line in all_logs(&*state.engine.store, id, 0).await? {
+        text.push_str(&format_line(&line));
+        text.push('\n');
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }

@@ -19,6 +19,7 @@ use subtle::ConstantTimeEq;
 pub use error::HttpError;
 
 use crate::deploy::{Engine, Queue};
+use crate::store::{LogLine, Store};
 
 /// What handlers share.
 #[derive(Debug, Clone)]
@@ -42,6 +43,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/deployments/{id}/log", get(api::log))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
+}
+
+/// Every log line of a deployment after `after`, read in pages.
+async fn all_logs(store: &dyn Store, id: i64, mut after: i64) -> anyhow::Result<Vec<LogLine>> {
+    let mut lines = Vec::new();
+    loop {
+        let page = store.logs(id, after, 5000).await?;
+        let Some(last) = page.last() else {
+            return Ok(lines);
+        };
+        after = last.seq;
+        lines.extend(page);
+    }
 }
 
 /// Constant-time string equality, for tokens.

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::api::time;
-use super::{AppState, HttpError, same};
+use super::{AppState, HttpError, all_logs, same};
 use crate::deploy::format_elapsed;
 use crate::logs::Event;
 use crate::store::{Deployment, LogLine, StepRun, StepState};
@@ -58,18 +58,7 @@ pub(super) async fn deployment(
 ) -> Result<Markup, HttpError> {
     let deployment = authorize(&state, &headers, id, query.token.as_deref()).await?;
     let steps = state.engine.store.steps(id).await?;
-    let mut lines = Vec::new();
-    loop {
-        let batch = state
-            .engine
-            .store
-            .logs(id, lines.last().map_or(0, |l: &LogLine| l.seq), 5000)
-            .await?;
-        if batch.is_empty() {
-            break;
-        }
-        lines.extend(batch);
-    }
+    let lines = all_logs(&*state.engine.store, id, 0).await?;
     Ok(render(
         &deployment,
         &steps,
@@ -276,9 +265,10 @@ async fn follow(
     // `seq` drops the second copy.
     let mut events = state.engine.bus.subscribe();
     let id = deployment.id;
+    let store = state.engine.store.clone();
     let catch_up = |after: i64| {
-        let store = state.engine.store.clone();
-        async move { store.logs(id, after, 100_000).await.unwrap_or_default() }
+        let store = store.clone();
+        async move { all_logs(&*store, id, after).await.unwrap_or_default() }
     };
     for line in catch_up(after).await {
         after = line.seq;

@@ -37,6 +37,17 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+impl Diagnostic {
+    /// A problem with a whole file, with no position in it.
+    pub fn about_file(file: impl Into<String>, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: file.into(),
+            position: None,
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {
@@ -279,10 +290,6 @@ impl Manifest {
             raw,
             positions,
         })
-    }
-
-    pub fn file(&self) -> &str {
-        &self.file
     }
 
     pub fn environment_names(&self) -> impl Iterator<Item = &str> {
