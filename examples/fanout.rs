@@ -50,7 +50,7 @@ async fn main() -> anyhow::Result<()> {
     let runs: usize = runs.parse()?;
     let config = Arc::new(Config::load(Some(config.as_ref()))?);
     let text = std::fs::read_to_string(manifest)?;
-    let source: Arc<dyn ManifestSource> = Arc::new(FixedManifest(ManifestFile {
+    let source: Arc<dyn ManifestSource> = Arc::new(FixedManifest::new(ManifestFile {
         path: "dropship.yml".into(),
         text,
     }));

@@ -309,7 +309,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .git_ref
         .or_else(|| git(&["rev-parse", "--abbrev-ref", "HEAD"], &directory))
         .unwrap_or_else(|| "local".into());
-    let manifests = Arc::new(FixedManifest(ManifestFile { path: name, text }));
+    let manifests = Arc::new(FixedManifest {
+        manifest: ManifestFile { path: name, text },
+        root: Some(directory.clone()),
+    });
     let engine = crate::server::engine(config.clone(), manifests).await?;
     let new = NewDeployment {
         github_id: None,

@@ -42,6 +42,11 @@ pub struct Config {
     /// Which repositories may deploy, where, and with which secrets.
     #[serde(default)]
     pub repos: Vec<RepoEntry>,
+    /// Credentials for image registries, used to pull and push.
+    #[serde(default)]
+    pub registries: Vec<RegistryEntry>,
+    #[serde(default)]
+    pub containers: ContainersSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +129,77 @@ pub struct ServerEntry {
     pub host_key: Option<String>,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// How Dropship reaches the server's Docker engine: `ssh` (the default for SSH servers:
+    /// the engine's socket forwarded over the SSH connection), `local` (this machine's socket,
+    /// the default for `host = "local"`), `tcp://HOST:PORT` (with `docker_tls`), or `none`.
+    pub docker: Option<String>,
+    /// The engine's socket on the server (`ssh`) or here (`local`).
+    #[serde(default = "default_docker_socket")]
+    pub docker_socket: String,
+    /// Client certificates for `docker = "tcp://..."`.
+    pub docker_tls: Option<DockerTls>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Where a server's Docker engine is, resolved from `docker`, `docker_socket` and `docker_tls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DockerEndpoint {
+    /// The socket at this path on the server, forwarded over SSH.
+    Ssh {
+        socket: String,
+    },
+    /// The socket at this path on this machine.
+    Local {
+        socket: String,
+    },
+    /// TCP with TLS client certificates.
+    Tcp {
+        address: String,
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryEntry {
+    /// The registry's host (and port) as image names spell it: `ghcr.io`, `127.0.0.1:5000`.
+    pub server: String,
+    pub username: String,
+    pub password: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainersSection {
+    /// Compose projects are copied into ROOT/PROJECT on each server, nowhere else.
+    #[serde(default = "default_compose_root")]
+    pub compose_root: String,
+    /// Stored container log bytes per app and environment; the oldest lines go first.
+    #[serde(default = "default_log_retention_bytes")]
+    pub log_retention_bytes: i64,
+    /// Where images built on a `builder` server are pushed for the other servers to pull
+    /// (`127.0.0.1:5000/acme`); credentials come from `[[registries]]`.
+    pub build_registry: Option<String>,
+}
+
+impl Default for ContainersSection {
+    fn default() -> Self {
+        ContainersSection {
+            compose_root: default_compose_root(),
+            log_retention_bytes: default_log_retention_bytes(),
+            build_registry: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -175,6 +251,43 @@ impl ServerEntry {
                 self.host
             ),
         }
+    }
+}
+
+impl ServerEntry {
+    pub fn docker_endpoint(&self) -> anyhow::Result<DockerEndpoint> {
+        let socket = self.docker_socket.clone();
+        let kind = self
+            .docker
+            .as_deref()
+            .unwrap_or(if self.is_local() { "local" } else { "ssh" });
+        Ok(match kind {
+            "ssh" if self.is_local() => bail!(
+                "server `{}`: docker = \"ssh\" needs an SSH server; this one is local (use \"local\")",
+                self.name
+            ),
+            "ssh" => DockerEndpoint::Ssh { socket },
+            "local" => DockerEndpoint::Local { socket },
+            "none" => DockerEndpoint::None,
+            url if url.starts_with("tcp://") => {
+                let Some(tls) = &self.docker_tls else {
+                    bail!(
+                        "server `{}`: docker = \"{url}\" needs docker_tls = {{ ca, cert, key }}: Dropship does not speak to an engine over plain TCP",
+                        self.name
+                    );
+                };
+                DockerEndpoint::Tcp {
+                    address: url.trim_start_matches("tcp://").to_string(),
+                    ca: tls.ca.clone(),
+                    cert: tls.cert.clone(),
+                    key: tls.key.clone(),
+                }
+            }
+            other => bail!(
+                "server `{}`: docker = \"{other}\" is not one of ssh, local, none or tcp://HOST:PORT",
+                self.name
+            ),
+        })
     }
 }
 
@@ -251,6 +364,7 @@ impl Config {
             if !server.is_local() {
                 server.host_key()?;
             }
+            server.docker_endpoint()?;
         }
         if self.github.token.is_some() && self.github.app.is_some() {
             bail!("github: set either `token` or `[github.app]`, not both");
@@ -267,6 +381,12 @@ impl Config {
     /// The first repo entry that matches `full_name`, if any.
     pub fn repo(&self, full_name: &str) -> Option<&RepoEntry> {
         self.repos.iter().find(|r| r.matches_repo(full_name))
+    }
+
+    /// Credentials for the registry that `image` names, if the operator gave any.
+    pub fn registry_for(&self, image: &str) -> Option<&RegistryEntry> {
+        let registry = crate::containers::registry_of(image);
+        self.registries.iter().find(|r| r.server == registry)
     }
 
     pub fn database_path(&self) -> PathBuf {
@@ -351,6 +471,15 @@ fn default_idle_timeout() -> Duration {
 fn default_ssh_port() -> u16 {
     22
 }
+fn default_docker_socket() -> String {
+    "/var/run/docker.sock".to_string()
+}
+fn default_compose_root() -> String {
+    "/var/lib/dropship/compose".to_string()
+}
+fn default_log_retention_bytes() -> i64 {
+    16 * 1024 * 1024
+}
 fn default_all() -> Vec<String> {
     vec!["*".to_string()]
 }
@@ -425,11 +554,11 @@ mod tests {
     #[test]
     fn secrets_are_redacted_in_debug() {
         let config = Config::from_toml(
-            "[github]\ntoken = \"ghp_supersecret\"\nwebhook_secrets = [\"whsec\"]\n[[repos]]\nname = \"o/r\"\nsecrets = { DB = \"hunter2\" }\n",
+            "[github]\ntoken = \"ghp_supersecret\"\nwebhook_secrets = [\"whsec\"]\n[[repos]]\nname = \"o/r\"\nsecrets = { DB = \"hunter2\" }\n[[registries]]\nserver = \"r.example\"\nusername = \"u\"\npassword = \"regpass\"\n",
         )
         .unwrap();
         let debug = format!("{config:?}");
-        for secret in ["ghp_supersecret", "whsec", "hunter2"] {
+        for secret in ["ghp_supersecret", "whsec", "hunter2", "regpass"] {
             assert!(!debug.contains(secret), "{secret} leaked in {debug}");
         }
     }

@@ -9,6 +9,7 @@
 //! - [`manifest`]: pure parsing and validation of `dropship.yml` into a [`manifest::Plan`].
 //! - [`deploy`]: the engine that runs a plan, and the scheduler that orders deployments.
 //! - [`exec`]: command runners: SSH (through the system OpenSSH client) and local.
+//! - [`containers`]: each server's Docker engine (bollard), reached over SSH, locally or TLS.
 //! - [`github`]: the GitHub API client, manifest fetching and the status outbox.
 //! - [`logs`]: the live event bus that pages and the CLI follow.
 //! - [`server`]: wires the pieces into the running service.
@@ -16,6 +17,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod containers;
 pub mod deploy;
 pub mod exec;
 pub mod github;

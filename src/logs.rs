@@ -104,14 +104,66 @@ impl Logs {
         Logs { sender, store }
     }
 
-    /// A writer for one deployment, numbering after the lines it already has.
-    pub async fn open(&self, deployment_id: i64) -> anyhow::Result<DeploymentLog> {
+    /// A writer for one deployment, numbering after the lines it already has, that masks
+    /// every value `redactor` knows.
+    pub async fn open(
+        &self,
+        deployment_id: i64,
+        redactor: Redactor,
+    ) -> anyhow::Result<DeploymentLog> {
         let last = self.store.last_log_seq(deployment_id).await?;
         Ok(DeploymentLog {
             deployment_id,
             seq: Arc::new(AtomicI64::new(last)),
             sender: self.sender.clone(),
+            redactor,
         })
+    }
+}
+
+/// Masks secret values in text as `***`, the way CI systems mask theirs: whatever a script or
+/// a container prints, a secret's value never reaches the store, a page or the API.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    matcher: Option<Arc<aho_corasick::AhoCorasick>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field(
+                "patterns",
+                &self.matcher.as_ref().map_or(0, |m| m.patterns_len()),
+            )
+            .finish()
+    }
+}
+
+impl Redactor {
+    /// Masks each of `values`; values shorter than 4 characters are left alone (masking
+    /// `1` or `no` everywhere would garble the log without hiding anything).
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Redactor {
+        let values: Vec<&str> = values.into_iter().filter(|v| v.len() >= 4).collect();
+        if values.is_empty() {
+            return Redactor::default();
+        }
+        let matcher = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(values)
+            .expect("literal patterns always build");
+        Redactor {
+            matcher: Some(Arc::new(matcher)),
+        }
+    }
+
+    pub fn redact(&self, text: String) -> String {
+        match &self.matcher {
+            Some(matcher) if matcher.is_match(&text) => {
+                let masks = vec!["***"; matcher.patterns_len()];
+                matcher.replace_all(&text, &masks)
+            }
+            _ => text,
+        }
     }
 }
 
@@ -121,6 +173,7 @@ pub struct DeploymentLog {
     deployment_id: i64,
     seq: Arc<AtomicI64>,
     sender: mpsc::UnboundedSender<Command>,
+    redactor: Redactor,
 }
 
 impl DeploymentLog {
@@ -138,7 +191,7 @@ impl DeploymentLog {
             server: server.map(str::to_string),
             step: step.map(str::to_string),
             stream: stream.to_string(),
-            line: text.into(),
+            line: self.redactor.redact(text.into()),
         };
         let _ = self.sender.send(Command::Line(line));
     }
@@ -148,11 +201,31 @@ impl DeploymentLog {
         self.line(None, None, "dropship", text);
     }
 
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
     /// Waits until every line written so far is stored and published.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         if self.sender.send(Command::Flush(done)).is_ok() {
             let _ = wait.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Redactor;
+
+    #[test]
+    fn secrets_are_masked_wherever_they_appear() {
+        let redactor = Redactor::new(["hunter2", "s3cr3t-token", "no"]);
+        assert_eq!(
+            redactor.redact("password=hunter2 token=s3cr3t-token;hunter2".into()),
+            "password=*** token=***;***"
+        );
+        assert_eq!(redactor.redact("no secret here".into()), "no secret here");
+        assert_eq!(Redactor::default().redact("hunter2".into()), "hunter2");
     }
 }

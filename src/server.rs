@@ -9,6 +9,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::containers::Hosts;
+use crate::containers::follow::Followers;
 use crate::deploy::{Engine, Scheduler};
 use crate::exec::Fleet;
 use crate::github::{Github, ManifestSource, run_outbox};
@@ -25,11 +27,15 @@ pub async fn engine(
     let bus = Bus::default();
     let logs = Logs::start(store.clone(), bus.clone());
     let fleet = Fleet::from_config(&config)?;
+    let hosts = Hosts::from_config(&config, &fleet)?;
+    let followers = Followers::new(hosts.clone(), store.clone(), config.clone());
     Ok(Engine {
         config,
         store,
         manifests,
         fleet,
+        hosts,
+        followers,
         logs,
         bus,
         outbox: Arc::new(Notify::new()),
@@ -76,6 +82,15 @@ pub async fn run(
         .await
         .context("reading queued deployments")?;
     let scheduler = work.spawn(scheduler.run(shutdown.clone().cancelled_owned()));
+    let followers = engine.followers.clone();
+    work.spawn(async move {
+        if let Err(error) = followers.resume().await {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "resuming container log followers"
+            );
+        }
+    });
     let state = AppState {
         engine,
         scheduler: queue,

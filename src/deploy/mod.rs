@@ -5,23 +5,31 @@
 //! traits, never SQL, octocrab or openssh types. A failed step is an outcome (`failure`);
 //! `Err` from [`Engine::run`] means the engine itself could not work (the store is down).
 
+mod compose;
+mod container;
 mod scheduler;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{Notify, mpsc};
 use tracing::Instrument;
 
 pub use scheduler::{Queue, Scheduler};
 
 use crate::config::Config;
+use crate::containers::Hosts;
+use crate::containers::follow::Followers;
 use crate::exec::{ExecError, Exit, Fleet, Job};
 use crate::github::{ManifestSource, status_description};
-use crate::logs::{Bus, DeploymentLog, Event, Logs};
-use crate::manifest::{Context, Inventory, InventoryServer, Manifest, Plan, PlannedStep, Strategy};
+use crate::logs::{Bus, DeploymentLog, Event, Logs, Redactor};
+use crate::manifest::{
+    Action, Context, Inventory, InventoryServer, Manifest, Plan, PlannedStep, Strategy,
+};
+
 use crate::store::{Deployment, State, StatusDraft, StepRun, StepState, Store, Transition, now_ms};
+use container::{AppResult, Say, StepShared};
 
 /// Everything a deployment needs.
 #[derive(Debug, Clone)]
@@ -30,6 +38,9 @@ pub struct Engine {
     pub store: Arc<dyn Store>,
     pub manifests: Arc<dyn ManifestSource>,
     pub fleet: Fleet,
+    pub hosts: Hosts,
+    /// Follows the containers' own logs after their deployments.
+    pub followers: Followers,
     pub logs: Logs,
     pub bus: Bus,
     /// Wakes the status outbox when a status is enqueued.
@@ -91,10 +102,25 @@ impl Outcome {
 /// What one step did on one server.
 enum ServerResult {
     Exit(Exit),
+    /// A failure that is not a command's exit (an unhealthy container), with its reason.
+    Failed(String),
     Unreachable(ExecError),
 }
 
 impl Engine {
+    /// Masks the values of every secret the deployment's repository may use.
+    pub fn redactor(&self, deployment: &Deployment) -> Redactor {
+        match self.config.repo(&deployment.repo) {
+            Some(repo) => Redactor::new(repo.secrets.values().map(|s| s.expose_secret())),
+            None => Redactor::default(),
+        }
+    }
+
+    /// Follows the logs of the containers on `server` from now on (and after restarts).
+    pub fn watch_logs(&self, server: &str) {
+        self.followers.watch(server);
+    }
+
     /// The URL of a deployment's page, with its capability token.
     pub fn log_url(&self, deployment: &Deployment) -> String {
         log_url(self.config.public_url(), deployment)
@@ -144,7 +170,10 @@ impl Engine {
     pub async fn recover_interrupted(&self) -> anyhow::Result<usize> {
         let interrupted = self.store.running().await?;
         for deployment in &interrupted {
-            let log = self.logs.open(deployment.id).await?;
+            let log = self
+                .logs
+                .open(deployment.id, self.redactor(deployment))
+                .await?;
             log.note("interrupted: dropship restarted while this deployment was running");
             log.flush().await;
             for mut step in self.store.steps(deployment.id).await? {
@@ -183,7 +212,10 @@ impl Engine {
     }
 
     async fn run_inner(&self, deployment: Deployment) -> anyhow::Result<Outcome> {
-        let log = self.logs.open(deployment.id).await?;
+        let log = self
+            .logs
+            .open(deployment.id, self.redactor(&deployment))
+            .await?;
         let short_sha = deployment
             .sha
             .get(..7)
@@ -351,6 +383,7 @@ impl Engine {
             };
             let mut failed: Vec<(String, String)> = Vec::new();
             let mut unreachable: Option<ExecError> = None;
+            let shared = StepShared::default();
             for (batch_index, servers) in batches.iter().enumerate() {
                 if batch_index > 0 {
                     if let Strategy::Rolling {
@@ -366,7 +399,7 @@ impl Engine {
                 }
                 let runs = servers
                     .iter()
-                    .map(|server| self.run_step_on(deployment, index, step, server, log));
+                    .map(|server| self.run_step_on(deployment, index, step, server, &shared, log));
                 let results = futures::future::join_all(runs).await;
                 for (server, result) in servers.iter().zip(results) {
                     match result? {
@@ -374,6 +407,7 @@ impl Engine {
                         ServerResult::Exit(exit) => {
                             failed.push((server.clone(), describe_exit(exit)))
                         }
+                        ServerResult::Failed(why) => failed.push((server.clone(), why)),
                         ServerResult::Unreachable(error) => {
                             unreachable.get_or_insert(error);
                         }
@@ -444,9 +478,10 @@ impl Engine {
         index: usize,
         step: &PlannedStep,
         server: &str,
+        shared: &StepShared,
         log: &DeploymentLog,
     ) -> anyhow::Result<ServerResult> {
-        let span = tracing::info_span!("step", step = %step.name, server = %server);
+        let span = tracing::info_span!("step", step = %step.name, server = %server, kind = step.action.kind());
         async {
             let started = now_ms();
             let clock = Instant::now();
@@ -467,32 +502,40 @@ impl Engine {
                 "dropship",
                 format!("▶ {} on {server}", step.name),
             );
-            let (sender, mut lines) = mpsc::unbounded_channel::<(crate::exec::Stream, String)>();
-            let forward = {
-                let log = log.clone();
-                let server = server.to_string();
-                let step = step.name.clone();
-                tokio::spawn(async move {
-                    while let Some((stream, line)) = lines.recv().await {
-                        log.line(Some(&server), Some(&step), stream.as_str(), line);
-                    }
-                })
+            let say = Say {
+                log,
+                server,
+                step: &step.name,
             };
-            let result = match self.fleet.get(server) {
-                Some(executor) => {
-                    executor
-                        .run(&self.job(deployment, step, server), sender)
+            let result = match &step.action {
+                Action::Shell => self
+                    .run_script(server, &self.job(deployment, step, server), &say)
+                    .await
+                    .map(ServerResult::Exit),
+                Action::Container(plan) => Ok(self
+                    .deploy_app(deployment, plan, server, shared, &say)
+                    .await
+                    .into()),
+                Action::Rollback { app, stop_timeout } => Ok(self
+                    .rollback_app(deployment, app, *stop_timeout, server, &say)
+                    .await
+                    .into()),
+                Action::StopApp { app, stop_timeout } => Ok(self
+                    .stop_app(deployment, app, *stop_timeout, server, &say)
+                    .await
+                    .into()),
+                Action::Compose(plan) => {
+                    self.compose(deployment, step, plan, true, server, &say)
                         .await
                 }
-                None => Err(ExecError::Io {
-                    server: server.to_string(),
-                    detail: "no such server in the operator config".into(),
-                }),
+                Action::ComposeDown(plan) => {
+                    self.compose(deployment, step, plan, false, server, &say)
+                        .await
+                }
             };
-            let _ = forward.await;
             let elapsed = format_elapsed(clock.elapsed());
             let result = match result {
-                Ok(Exit::Code(0)) => {
+                Ok(ServerResult::Exit(Exit::Code(0))) => {
                     log.line(
                         Some(server),
                         Some(&step.name),
@@ -512,7 +555,47 @@ impl Engine {
                     .await?;
                     ServerResult::Exit(Exit::Code(0))
                 }
-                Ok(exit) => {
+                Ok(ServerResult::Failed(why)) => {
+                    log.line(
+                        Some(server),
+                        Some(&step.name),
+                        "dropship",
+                        format!("✘ {} on {server}: {why} ({elapsed})", step.name),
+                    );
+                    self.save_step(
+                        deployment,
+                        index,
+                        step,
+                        server,
+                        StepState::Failure,
+                        None,
+                        Some(&why),
+                        Some(started),
+                    )
+                    .await?;
+                    ServerResult::Failed(why)
+                }
+                Ok(ServerResult::Unreachable(error)) | Err(error) => {
+                    log.line(
+                        Some(server),
+                        Some(&step.name),
+                        "dropship",
+                        format!("✘ {error}"),
+                    );
+                    self.save_step(
+                        deployment,
+                        index,
+                        step,
+                        server,
+                        StepState::Error,
+                        None,
+                        Some(&error.to_string()),
+                        Some(started),
+                    )
+                    .await?;
+                    ServerResult::Unreachable(error)
+                }
+                Ok(ServerResult::Exit(exit)) => {
                     let why = describe_exit(exit);
                     log.line(
                         Some(server),
@@ -538,31 +621,35 @@ impl Engine {
                     .await?;
                     ServerResult::Exit(exit)
                 }
-                Err(error) => {
-                    log.line(
-                        Some(server),
-                        Some(&step.name),
-                        "dropship",
-                        format!("✘ {error}"),
-                    );
-                    self.save_step(
-                        deployment,
-                        index,
-                        step,
-                        server,
-                        StepState::Error,
-                        None,
-                        Some(&error.to_string()),
-                        Some(started),
-                    )
-                    .await?;
-                    ServerResult::Unreachable(error)
-                }
             };
             Ok(result)
         }
         .instrument(span)
         .await
+    }
+
+    /// Runs a script on `server`, its output going to the step's log.
+    async fn run_script(&self, server: &str, job: &Job, say: &Say<'_>) -> Result<Exit, ExecError> {
+        let (sender, mut lines) = mpsc::unbounded_channel::<(crate::exec::Stream, String)>();
+        let forward = {
+            let log = say.log.clone();
+            let server = server.to_string();
+            let step = say.step.to_string();
+            tokio::spawn(async move {
+                while let Some((stream, line)) = lines.recv().await {
+                    log.line(Some(&server), Some(&step), stream.as_str(), line);
+                }
+            })
+        };
+        let result = match self.fleet.get(server) {
+            Some(executor) => executor.run(job, sender).await,
+            None => Err(ExecError::Io {
+                server: server.to_string(),
+                detail: "no such server in the operator config".into(),
+            }),
+        };
+        let _ = forward.await;
+        result
     }
 
     fn job(&self, deployment: &Deployment, step: &PlannedStep, server: &str) -> Job {
@@ -672,5 +759,26 @@ pub fn format_elapsed(elapsed: Duration) -> String {
         format!("{:.1}s", elapsed.as_secs_f64())
     } else {
         format!("{}m{:02}s", elapsed.as_secs() / 60, elapsed.as_secs() % 60)
+    }
+}
+
+impl From<AppResult> for ServerResult {
+    fn from(result: AppResult) -> Self {
+        match result {
+            AppResult::Done => ServerResult::Exit(Exit::Code(0)),
+            AppResult::Failed(why) => ServerResult::Failed(why),
+            AppResult::Unreachable(error) => ServerResult::Unreachable(ExecError::Io {
+                server: match &error {
+                    crate::containers::ContainerError::Unreachable { server, .. }
+                    | crate::containers::ContainerError::Engine { server, .. } => server.clone(),
+                },
+                detail: match error {
+                    crate::containers::ContainerError::Unreachable { detail, .. } => {
+                        format!("cannot reach the container engine: {detail}")
+                    }
+                    crate::containers::ContainerError::Engine { detail, .. } => detail,
+                },
+            }),
+        }
     }
 }

@@ -161,7 +161,12 @@ impl Scheduler {
                     }
                 };
                 let description = format!("superseded by deployment {}", newest.public_id());
-                if let Ok(log) = self.engine.logs.open(older.id).await {
+                if let Ok(log) = self
+                    .engine
+                    .logs
+                    .open(older.id, self.engine.redactor(&older))
+                    .await
+                {
                     log.note(&description);
                     log.flush().await;
                 }

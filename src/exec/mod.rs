@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 
 pub use local::Local;
-pub use ssh::Ssh;
+pub use ssh::{Forward, Lease, Remote, Ssh};
 
 use crate::config::Config;
 use crate::manifest::shell_quote;
@@ -111,22 +111,33 @@ pub trait Executor: Send + Sync + fmt::Debug {
 pub struct Fleet {
     /// Shared: the engine (and so the fleet) is cloned into every deployment task.
     executors: Arc<HashMap<String, Arc<dyn Executor>>>,
+    /// The SSH connections among them, which also carry the Docker engines' sockets.
+    ssh: Arc<HashMap<String, Arc<Ssh>>>,
 }
 
 impl Fleet {
     pub fn from_config(config: &Config) -> anyhow::Result<Fleet> {
         let mut executors: HashMap<String, Arc<dyn Executor>> = HashMap::new();
+        let mut connections = HashMap::new();
         for server in &config.servers {
             let executor: Arc<dyn Executor> = if server.is_local() {
                 Arc::new(Local::new(&server.name))
             } else {
-                Ssh::new(server, &config.server.data_dir, &config.ssh)?
+                let ssh = Ssh::new(server, &config.server.data_dir, &config.ssh)?;
+                connections.insert(server.name.clone(), ssh.clone());
+                ssh
             };
             executors.insert(server.name.clone(), executor);
         }
         Ok(Fleet {
             executors: Arc::new(executors),
+            ssh: Arc::new(connections),
         })
+    }
+
+    /// The SSH connection of an SSH server.
+    pub fn ssh(&self, server: &str) -> Option<Arc<Ssh>> {
+        self.ssh.get(server).cloned()
     }
 
     pub fn get(&self, server: &str) -> Option<Arc<dyn Executor>> {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket, Stdio};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
@@ -278,6 +278,119 @@ struct InFlight<'a>(&'a AtomicUsize);
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Keeps the master connection from being closed as idle while held (a container log stream,
+/// a health wait).
+#[derive(Debug)]
+pub struct Lease(Arc<Ssh>);
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A Unix socket here that leads to a socket on the server, through the master connection.
+/// It lasts as long as that connection: [`Forward::is_current`] tells whether it still does.
+#[derive(Debug)]
+pub struct Forward {
+    pub local: PathBuf,
+    session: std::sync::Weak<Session>,
+}
+
+impl Forward {
+    /// Whether the master connection that carries it is still the live one.
+    pub fn is_current(&self, ssh: &Ssh) -> bool {
+        let Ok(guard) = ssh.session.try_lock() else {
+            return true;
+        };
+        match (guard.as_ref(), self.session.upgrade()) {
+            (Some((live, _)), Some(mine)) => Arc::ptr_eq(live, &mine),
+            _ => false,
+        }
+    }
+}
+
+/// Where a forward leads on the server.
+#[derive(Debug, Clone)]
+pub enum Remote {
+    Unix(String),
+    Tcp(String, u16),
+}
+
+impl Remote {
+    fn socket(&self) -> Socket<'_> {
+        match self {
+            Remote::Unix(path) => Socket::UnixSocket {
+                path: Path::new(path).into(),
+            },
+            Remote::Tcp(host, port) => Socket::TcpSocket {
+                host: host.as_str().into(),
+                port: *port,
+            },
+        }
+    }
+}
+
+impl Ssh {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Checks the master connection, reopening it if it dropped.
+    pub async fn connected(&self) -> Result<(), ExecError> {
+        self.session().await.map(|_| ())
+    }
+
+    /// Holds the connection open (not idle) until the lease is dropped.
+    pub fn lease(self: &Arc<Self>) -> Lease {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        Lease(self.clone())
+    }
+
+    /// Opens a Unix socket at `local` that leads to `remote` on the server, over the master
+    /// connection (opening it first if needed). A stale socket file at `local` is replaced.
+    pub async fn forward(&self, local: &Path, remote: &Remote) -> Result<Forward, ExecError> {
+        let session = self.session().await?;
+        let _ = std::fs::remove_file(local);
+        session
+            .request_port_forward(
+                ForwardType::Local,
+                Socket::UnixSocket { path: local.into() },
+                remote.socket(),
+            )
+            .await
+            .map_err(|e| ExecError::Io {
+                server: self.name.clone(),
+                detail: format!("forwarding {remote:?} over SSH: {e}"),
+            })?;
+        Ok(Forward {
+            local: local.to_path_buf(),
+            session: Arc::downgrade(&session),
+        })
+    }
+
+    /// Closes a forward opened by [`Ssh::forward`] (if its connection still exists).
+    pub async fn close_forward(&self, forward: Forward, remote: &Remote) {
+        if let Some(session) = forward.session.upgrade() {
+            let _ = session
+                .close_port_forward(
+                    ForwardType::Local,
+                    Socket::UnixSocket {
+                        path: forward.local.as_path().into(),
+                    },
+                    remote.socket(),
+                )
+                .await;
+        }
+        let _ = std::fs::remove_file(&forward.local);
+    }
+
+    /// A directory for forwarded sockets, short enough for Unix socket paths.
+    pub fn socket_dir(&self) -> &Path {
+        &self.control_dir
     }
 }
 

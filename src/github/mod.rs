@@ -68,32 +68,123 @@ pub struct StatusBody<'a> {
     pub environment: &'a str,
 }
 
-/// Where manifests come from: GitHub's contents API, or a local file for `dropship run`.
+/// Where a repository's files come from at a commit: GitHub's contents and tarball APIs, or a
+/// local checkout for `dropship run`.
 #[async_trait]
 pub trait ManifestSource: Send + Sync + std::fmt::Debug {
+    /// The text file at `path` in `repo` at `sha`: `Ok(None)` when it does not exist. A
+    /// symlink or directory there is an error.
+    async fn file(
+        &self,
+        repo: &str,
+        sha: &str,
+        path: &str,
+        installation: Option<i64>,
+    ) -> Result<Option<ManifestFile>, ApiError>;
+
+    /// The repository at `sha` as GitHub's tarball endpoint serves it: a gzipped tar whose
+    /// entries sit under one top directory (`owner-repo-sha/`).
+    async fn tarball(
+        &self,
+        repo: &str,
+        sha: &str,
+        installation: Option<i64>,
+    ) -> Result<Vec<u8>, ApiError>;
+
     /// The manifest of `repo` at `sha`: `Ok(None)` when neither file name exists.
     async fn manifest(
         &self,
         repo: &str,
         sha: &str,
         installation: Option<i64>,
-    ) -> Result<Option<ManifestFile>, ApiError>;
+    ) -> Result<Option<ManifestFile>, ApiError> {
+        for path in FILE_NAMES {
+            if let Some(file) = self.file(repo, sha, path, installation).await? {
+                return Ok(Some(file));
+            }
+        }
+        Ok(None)
+    }
 }
 
-/// A manifest read from a local file, whatever repository or sha is asked for
-/// (`dropship run`, benchmarks).
+/// A manifest read from a local file, whatever repository or sha is asked for, with the
+/// checkout it sits in for other files (`dropship run`, benchmarks).
 #[derive(Debug, Clone)]
-pub struct FixedManifest(pub ManifestFile);
+pub struct FixedManifest {
+    pub manifest: ManifestFile,
+    /// The checkout's root; without one only the manifest exists.
+    pub root: Option<std::path::PathBuf>,
+}
+
+impl FixedManifest {
+    pub fn new(manifest: ManifestFile) -> FixedManifest {
+        FixedManifest {
+            manifest,
+            root: None,
+        }
+    }
+}
+
+fn local_error(message: String) -> ApiError {
+    ApiError {
+        message,
+        retriable: false,
+        retry_after: None,
+        unreachable: false,
+    }
+}
 
 #[async_trait]
 impl ManifestSource for FixedManifest {
-    async fn manifest(
+    async fn file(
+        &self,
+        _repo: &str,
+        _sha: &str,
+        path: &str,
+        _installation: Option<i64>,
+    ) -> Result<Option<ManifestFile>, ApiError> {
+        if FILE_NAMES.contains(&path) {
+            return Ok(Some(self.manifest.clone()));
+        }
+        let Some(root) = &self.root else {
+            return Ok(None);
+        };
+        let full = root.join(path);
+        match std::fs::symlink_metadata(&full) {
+            Err(_) => Ok(None),
+            Ok(meta) if !meta.is_file() => {
+                Err(local_error(format!("{path} is not a regular file")))
+            }
+            Ok(_) => std::fs::read_to_string(&full)
+                .map(|text| {
+                    Some(ManifestFile {
+                        path: path.to_string(),
+                        text,
+                    })
+                })
+                .map_err(|e| local_error(format!("reading {}: {e}", full.display()))),
+        }
+    }
+
+    async fn tarball(
         &self,
         _repo: &str,
         _sha: &str,
         _installation: Option<i64>,
-    ) -> Result<Option<ManifestFile>, ApiError> {
-        Ok(Some(self.0.clone()))
+    ) -> Result<Vec<u8>, ApiError> {
+        let Some(root) = self.root.clone() else {
+            return Err(local_error("no checkout to build from".into()));
+        };
+        tokio::task::spawn_blocking(move || {
+            let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            let mut archive = tar::Builder::new(encoder);
+            archive.follow_symlinks(false);
+            archive.append_dir_all("checkout", &root)?;
+            archive.into_inner()?.finish()
+        })
+        .await
+        .map_err(|e| local_error(e.to_string()))?
+        .map_err(|e| local_error(format!("packing the checkout: {e}")))
     }
 }
 
@@ -235,56 +326,86 @@ struct ContentFile {
 
 #[async_trait]
 impl ManifestSource for Github {
-    async fn manifest(
+    async fn file(
+        &self,
+        repo: &str,
+        sha: &str,
+        path: &str,
+        installation: Option<i64>,
+    ) -> Result<Option<ManifestFile>, ApiError> {
+        let client = self.client(installation).await?;
+        let route = format!(
+            "/repos/{}/contents/{}?ref={}",
+            encode_repo(repo),
+            path.split('/')
+                .map(encode_segment)
+                .collect::<Vec<_>>()
+                .join("/"),
+            encode_segment(sha)
+        );
+        let response = client._get(route).await.map_err(transport_error)?;
+        let status = response.status();
+        if status == http::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let body = client.body_to_string(response).await.unwrap_or_default();
+            return Err(api_error(
+                status,
+                &headers,
+                &body,
+                &format!("fetching {path} at {sha}"),
+            ));
+        }
+        let body = client
+            .body_to_string(response)
+            .await
+            .map_err(transport_error)?;
+        // A directory answers with a list.
+        let file: ContentFile = serde_json::from_str(&body)
+            .map_err(|_| local_error(format!("{path} at {sha} is not a file")))?;
+        let text = decode_content(&file)
+            .map_err(|message| local_error(format!("{path} at {sha}: {message}")))?;
+        Ok(Some(ManifestFile {
+            path: path.to_string(),
+            text,
+        }))
+    }
+
+    async fn tarball(
         &self,
         repo: &str,
         sha: &str,
         installation: Option<i64>,
-    ) -> Result<Option<ManifestFile>, ApiError> {
+    ) -> Result<Vec<u8>, ApiError> {
         let client = self.client(installation).await?;
-        for path in FILE_NAMES {
-            let route = format!(
-                "/repos/{}/contents/{path}?ref={}",
-                encode_repo(repo),
-                encode_segment(sha)
-            );
-            let response = client._get(route).await.map_err(transport_error)?;
-            let status = response.status();
-            if status == http::StatusCode::NOT_FOUND {
-                continue;
-            }
-            if !status.is_success() {
-                let headers = response.headers().clone();
-                let body = client.body_to_string(response).await.unwrap_or_default();
-                return Err(api_error(
-                    status,
-                    &headers,
-                    &body,
-                    &format!("fetching {path} at {sha}"),
-                ));
-            }
-            let body = client
-                .body_to_string(response)
-                .await
-                .map_err(transport_error)?;
-            let file: ContentFile = serde_json::from_str(&body).map_err(|e| ApiError {
-                message: format!("fetching {path} at {sha}: unexpected response: {e}"),
-                retriable: false,
-                retry_after: None,
-                unreachable: false,
-            })?;
-            let text = decode_content(&file).map_err(|message| ApiError {
-                message: format!("{path} at {sha}: {message}"),
-                retriable: false,
-                retry_after: None,
-                unreachable: false,
-            })?;
-            return Ok(Some(ManifestFile {
-                path: path.to_string(),
-                text,
-            }));
+        let route = format!(
+            "/repos/{}/tarball/{}",
+            encode_repo(repo),
+            encode_segment(sha)
+        );
+        // octocrab follows the redirect to codeload.
+        let response = client._get(route).await.map_err(transport_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let body = client.body_to_string(response).await.unwrap_or_default();
+            return Err(api_error(
+                status,
+                &headers,
+                &body,
+                &format!("downloading the tarball of {repo} at {sha}"),
+            ));
         }
-        Ok(None)
+        use http_body_util::BodyExt;
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(transport_error)?
+            .to_bytes();
+        Ok(bytes.to_vec())
     }
 }
 

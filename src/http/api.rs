@@ -57,6 +57,8 @@ pub(super) struct DeploymentDetailJson {
     #[serde(flatten)]
     deployment: DeploymentJson,
     steps: Vec<StepJson>,
+    /// Compose services as the deployment left them.
+    services: Vec<crate::store::Service>,
     github_statuses: Vec<StatusJson>,
 }
 
@@ -171,9 +173,11 @@ pub(super) async fn show(
     let deployment = find(&state, id).await?;
     let steps = state.engine.store.steps(id).await?;
     let statuses = state.engine.store.statuses(id).await?;
+    let services = state.engine.store.services(id).await?;
     Ok(Json(DeploymentDetailJson {
         deployment: DeploymentJson::new(&state, &deployment),
         steps: steps.iter().map(StepJson::from).collect(),
+        services,
         github_statuses: statuses.iter().map(StatusJson::from).collect(),
     }))
 }

@@ -5,6 +5,7 @@
 //! converted from the store's records, so a column rename cannot break the API.
 
 mod api;
+mod apps;
 mod error;
 mod pages;
 mod webhook;
@@ -41,6 +42,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/deployments", get(api::list))
         .route("/api/deployments/{id}", get(api::show))
         .route("/api/deployments/{id}/log", get(api::log))
+        .route("/apps/{owner}/{repo}/{environment}/logs", get(apps::page))
+        .route(
+            "/apps/{owner}/{repo}/{environment}/logs/events",
+            get(apps::events),
+        )
+        .route(
+            "/api/apps/{owner}/{repo}/{environment}/logs",
+            get(apps::api),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }

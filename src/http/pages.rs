@@ -21,7 +21,7 @@ use super::api::time;
 use super::{AppState, HttpError, all_logs, same};
 use crate::deploy::format_elapsed;
 use crate::logs::Event;
-use crate::store::{Deployment, LogLine, StepRun, StepState};
+use crate::store::{Deployment, LogLine, Service, StepRun, StepState};
 
 #[derive(Debug, Deserialize)]
 pub(super) struct PageQuery {
@@ -58,10 +58,12 @@ pub(super) async fn deployment(
 ) -> Result<Markup, HttpError> {
     let deployment = authorize(&state, &headers, id, query.token.as_deref()).await?;
     let steps = state.engine.store.steps(id).await?;
+    let services = state.engine.store.services(id).await?;
     let lines = all_logs(&*state.engine.store, id, 0).await?;
     Ok(render(
         &deployment,
         &steps,
+        &services,
         &lines,
         query.token.as_deref().unwrap_or_default(),
     ))
@@ -90,7 +92,13 @@ fn step_cell(step: &StepRun) -> String {
     text
 }
 
-fn render(deployment: &Deployment, steps: &[StepRun], lines: &[LogLine], token: &str) -> Markup {
+fn render(
+    deployment: &Deployment,
+    steps: &[StepRun],
+    services: &[Service],
+    lines: &[LogLine],
+    token: &str,
+) -> Markup {
     let mut servers: Vec<&str> = Vec::new();
     let mut rows: Vec<(i64, &str)> = Vec::new();
     for step in steps {
@@ -151,6 +159,23 @@ fn render(deployment: &Deployment, steps: &[StepRun], lines: &[LogLine], token: 
                                             Some(step) => td id={"cell-" (index) "-" (server)} class=(state_class(step.state.as_str())) { (step_cell(step)) },
                                             None => td id={"cell-" (index) "-" (server)} { "" },
                                         }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                @if !services.is_empty() {
+                    section {
+                        h2 { "Services" }
+                        table #services {
+                            thead { tr { th { "server" } th { "project" } th { "service" } th { "container" } th { "state" } } }
+                            tbody {
+                                @for service in services {
+                                    tr {
+                                        td { (service.server) } td { (service.project) } td { (service.service) }
+                                        td { code { (service.container) } }
+                                        td class=(if service.state == "running" { "ok" } else { "bad" }) { (service.state) " · " (service.status) }
                                     }
                                 }
                             }

@@ -8,6 +8,7 @@
 //!
 //! Architecture invariant: this module does no IO. It receives text and returns values.
 
+mod containers;
 mod expr;
 mod positions;
 mod raw;
@@ -16,6 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
+pub use containers::{
+    BuildPlan, ComposePlan, ContainerPlan, DEFAULT_COMPOSE_FILE, ImageSource, default_app,
+    safe_relative_path, valid_project,
+};
 pub use expr::{Context, shell_quote};
 pub use positions::Position;
 
@@ -145,10 +150,46 @@ impl Batch {
     }
 }
 
+/// What a step does on each of its servers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Runs `script` (a `run:` step).
+    Shell,
+    /// Replaces a container app behind its health check.
+    Container(Box<ContainerPlan>),
+    /// Copies a Compose stack and brings it up.
+    Compose(ComposePlan),
+    /// Starts the previous successful version of an app kept on the server (`task: rollback`).
+    Rollback { app: String, stop_timeout: Duration },
+    /// Stops an app's running containers, keeping them as retired versions (`task: stop`).
+    StopApp { app: String, stop_timeout: Duration },
+    /// Brings a Compose stack down (`task: stop`).
+    ComposeDown(ComposePlan),
+}
+
+impl Action {
+    /// A word for logs and pages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Shell => "run",
+            Action::Container(_) => "container",
+            Action::Compose(_) => "compose",
+            Action::Rollback { .. } => "rollback",
+            Action::StopApp { .. } => "stop",
+            Action::ComposeDown(_) => "compose down",
+        }
+    }
+}
+
+/// The tasks Dropship plans itself from the `deploy` task when the manifest does not define
+/// them.
+pub const BUILT_IN_TASKS: [&str; 2] = ["rollback", "stop"];
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannedStep {
     pub name: String,
-    /// The script with every expression substituted (shell-quoted).
+    pub action: Action,
+    /// The script with every expression substituted (shell-quoted); empty unless `Shell`.
     pub script: String,
     /// The servers it runs on, in environment order.
     pub servers: Vec<String>,
@@ -343,29 +384,21 @@ impl Manifest {
             );
             return Err(c.finish(()).unwrap_err());
         };
-        let Some(steps) = self.raw.tasks.get(&context.task) else {
-            let known = self
-                .raw
-                .tasks
-                .keys()
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(", ");
-            c.at_key(
-                "tasks",
-                format!("task `{}` is not defined (defined: {known})", context.task),
-            );
-            return Err(c.finish(()).unwrap_err());
-        };
         let servers = resolve_environment_servers(
             &mut c,
             inventory,
             &context.environment,
             &environment.servers,
         );
+        let steps = match self.steps_for(context, environment) {
+            Ok(steps) => steps,
+            Err((path, message)) => {
+                c.at_key(&path, message);
+                return Err(c.finish(()).unwrap_err());
+            }
+        };
         let mut planned = Vec::new();
-        for (i, step) in steps.iter().enumerate() {
-            let path = format!("tasks.{}[{i}]", context.task);
+        for (path, step, action) in steps {
             check_secrets(&mut c, inventory, &path, step);
             let on = step.on.as_deref().unwrap_or("all");
             let step_servers: Vec<String> = match on {
@@ -392,9 +425,38 @@ impl Manifest {
                     ),
                 );
             }
-            let script = step.run.as_deref().unwrap_or_default();
+            if let Action::Container(plan) = &action {
+                if let ImageSource::Build(BuildPlan {
+                    builder: Some(builder),
+                    ..
+                }) = &plan.image
+                {
+                    if !servers.contains(builder)
+                        && !inventory
+                            .servers
+                            .iter()
+                            .any(|s| &s.name == builder && s.allowed)
+                    {
+                        c.at_value(
+                            &format!("{path}.container.build.builder"),
+                            format!("builder `{builder}` is not a server this repository may use"),
+                        );
+                    }
+                }
+            }
+            let script = match action {
+                Action::Shell => step.run.as_deref().unwrap_or_default(),
+                _ => "",
+            };
+            let name = match &action {
+                Action::Rollback { app, .. } => format!("rollback {app}"),
+                Action::StopApp { app, .. } => format!("stop {app}"),
+                Action::ComposeDown(plan) => format!("compose down {}", plan.project),
+                _ => step.name.clone(),
+            };
             planned.push(PlannedStep {
-                name: step.name.clone(),
+                name,
+                action,
                 script: substitute(script, context, Quoting::Shell),
                 servers: step_servers,
                 timeout: step.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
@@ -434,11 +496,176 @@ impl Manifest {
     }
 }
 
+/// The steps of one task, with the path of each in the manifest and what it does.
+type TaskSteps<'a> = Vec<(String, &'a RawStep, Action)>;
+
+impl Manifest {
+    /// The steps to run for `context.task`: the manifest's own, the built-in `rollback` and
+    /// `stop` derived from `deploy`, or one container step for a payload's image. `Err` holds
+    /// the path and message of why there are none.
+    fn steps_for<'a>(
+        &'a self,
+        context: &Context,
+        environment: &raw::RawEnvironment,
+    ) -> Result<TaskSteps<'a>, (String, String)> {
+        let env_path = format!("environments.{}", context.environment);
+        match containers::plan_payload_image(context) {
+            Err(message) => return Err((env_path, format!("deployment payload: {message}"))),
+            Ok(Some(plan)) if context.task == "deploy" => {
+                if !environment.allow_payload_image {
+                    return Err((
+                        env_path,
+                        format!(
+                            "the deployment's payload carries an image, but environment `{}` does not set allow_payload_image: true",
+                            context.environment
+                        ),
+                    ));
+                }
+                static PAYLOAD_STEP: std::sync::OnceLock<RawStep> = std::sync::OnceLock::new();
+                let step = PAYLOAD_STEP.get_or_init(|| RawStep {
+                    name: "payload image".into(),
+                    run: None,
+                    container: None,
+                    compose: None,
+                    on: None,
+                    timeout: None,
+                    env: BTreeMap::new(),
+                    secrets: Vec::new(),
+                    working_dir: None,
+                    continue_on_error: false,
+                });
+                return Ok(vec![(env_path, step, Action::Container(Box::new(plan)))]);
+            }
+            Ok(_) => {}
+        }
+        let actions = |task: &str, steps: &'a [RawStep]| -> TaskSteps<'a> {
+            steps
+                .iter()
+                .enumerate()
+                .map(|(i, step)| {
+                    let action = match (&step.container, &step.compose) {
+                        (Some(container), _) => Action::Container(Box::new(
+                            containers::plan_container(container, context),
+                        )),
+                        (None, Some(compose)) => {
+                            Action::Compose(containers::plan_compose(compose, context))
+                        }
+                        (None, None) => Action::Shell,
+                    };
+                    (format!("tasks.{task}[{i}]"), step, action)
+                })
+                .collect()
+        };
+        if let Some(steps) = self.raw.tasks.get(&context.task) {
+            return Ok(actions(&context.task, steps));
+        }
+        let defined = || {
+            self.raw
+                .tasks
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !BUILT_IN_TASKS.contains(&context.task.as_str()) {
+            return Err((
+                "tasks".into(),
+                format!(
+                    "task `{}` is not defined (defined: {})",
+                    context.task,
+                    defined()
+                ),
+            ));
+        }
+        let deploy = self
+            .raw
+            .tasks
+            .get("deploy")
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let derived: TaskSteps<'a> = actions("deploy", deploy)
+            .into_iter()
+            .filter_map(|(path, step, action)| {
+                let action = match (context.task.as_str(), action) {
+                    ("rollback", Action::Container(plan)) => Action::Rollback {
+                        app: plan.app,
+                        stop_timeout: plan.stop_timeout,
+                    },
+                    ("stop", Action::Container(plan)) => Action::StopApp {
+                        app: plan.app,
+                        stop_timeout: plan.stop_timeout,
+                    },
+                    ("stop", Action::Compose(plan)) => Action::ComposeDown(plan),
+                    _ => return None,
+                };
+                Some((path, step, action))
+            })
+            .collect();
+        if derived.is_empty() {
+            return Err((
+                "tasks".into(),
+                format!(
+                    "task `{}` is not defined (defined: {}), and the deploy task has no container{} steps to derive it from",
+                    context.task,
+                    defined(),
+                    if context.task == "stop" {
+                        " or compose"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        Ok(derived)
+    }
+}
+
 fn check_step(c: &mut Collector<'_>, text: &str, path: &str, step: &RawStep) {
+    let kinds = [
+        step.run.is_some(),
+        step.container.is_some(),
+        step.compose.is_some(),
+    ];
+    if kinds.iter().filter(|k| **k).count() > 1 {
+        c.at_key(
+            path,
+            format!(
+                "step `{}` has more than one of `run`, `container` and `compose`; give one",
+                step.name
+            ),
+        );
+    }
+    if let Some(container) = &step.container {
+        containers::check_container(c, &format!("{path}.container"), container);
+        check_container_env(c, text, &format!("{path}.container"), container);
+        for (key, set) in [
+            ("env", !step.env.is_empty()),
+            ("secrets", !step.secrets.is_empty()),
+            ("working_dir", step.working_dir.is_some()),
+        ] {
+            if set {
+                c.at_key(
+                    &format!("{path}.{key}"),
+                    format!("`{key}` belongs inside `container:` for a container step"),
+                );
+            }
+        }
+        return;
+    }
+    if let Some(compose) = &step.compose {
+        containers::check_compose(c, &format!("{path}.compose"), compose);
+        for (key, value) in &compose.env {
+            check_expressions(c, text, &format!("{path}.compose.env.{key}"), value);
+        }
+        return;
+    }
     match &step.run {
         None => c.at_key(
             path,
-            format!("step `{}` needs `run` (a shell script)", step.name),
+            format!(
+                "step `{}` needs `run` (a shell script), `container` or `compose`",
+                step.name
+            ),
         ),
         Some(run) if run.trim().is_empty() => c.at_value(
             &format!("{path}.run"),
@@ -484,6 +711,26 @@ fn check_step(c: &mut Collector<'_>, text: &str, path: &str, step: &RawStep) {
                 &format!("{path}.working_dir"),
                 "working_dir cannot be empty",
             );
+        }
+    }
+}
+
+fn check_container_env(c: &mut Collector<'_>, text: &str, path: &str, raw: &raw::RawContainer) {
+    for (key, value) in &raw.env {
+        check_expressions(c, text, &format!("{path}.env.{key}"), value);
+    }
+    for (key, value) in &raw.labels {
+        check_expressions(c, text, &format!("{path}.labels.{key}"), value);
+    }
+    if let Some(image) = &raw.image {
+        check_expressions(c, text, &format!("{path}.image"), image);
+    }
+    if let Some(tag) = &raw.tag {
+        check_expressions(c, text, &format!("{path}.tag"), tag);
+    }
+    if let Some(build) = &raw.build {
+        for (key, value) in &build.args {
+            check_expressions(c, text, &format!("{path}.build.args.{key}"), value);
         }
     }
 }
@@ -597,7 +844,11 @@ fn resolve_environment_servers(
 }
 
 fn check_secrets(c: &mut Collector<'_>, inventory: &Inventory, path: &str, step: &RawStep) {
-    for (i, secret) in step.secrets.iter().enumerate() {
+    let (path, secrets) = match &step.container {
+        Some(container) => (format!("{path}.container"), &container.secrets),
+        None => (path.to_string(), &step.secrets),
+    };
+    for (i, secret) in secrets.iter().enumerate() {
         if valid_env_name(secret) && !inventory.secrets.contains(secret) {
             c.at_value(
                 &format!("{path}.secrets[{i}]"),

@@ -39,6 +39,10 @@ pub(crate) struct RawEnvironment {
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
     pub(crate) pause: Option<Duration>,
+    /// Lets a deployment whose payload carries `{"image": ..., "port": ..., "env": {...},
+    /// "cmd": ...}` deploy that image here instead of running the task's steps.
+    #[serde(default)]
+    pub(crate) allow_payload_image: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -63,6 +67,10 @@ pub(crate) struct RawStep {
     pub(crate) name: String,
     /// A shell script (`sh`), run on each of the step's servers.
     pub(crate) run: Option<String>,
+    /// Instead of `run`: a container app, replaced on each server behind a health check.
+    pub(crate) container: Option<RawContainer>,
+    /// Instead of `run`: a Compose stack, copied to each server and brought up.
+    pub(crate) compose: Option<RawCompose>,
     /// `all` (default) of the environment's servers, the `first` one, a server name or a role.
     pub(crate) on: Option<String>,
     /// The longest the step may run on one server (`10m` by default); then it is killed.
@@ -81,4 +89,122 @@ pub(crate) struct RawStep {
     /// A failure here is recorded but does not stop the task.
     #[serde(default)]
     pub(crate) continue_on_error: bool,
+}
+
+/// A string, or a list of strings (an exec-form command).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub(crate) enum RawCommand {
+    Shell(String),
+    Exec(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawContainer {
+    /// The app's name on the server (default: the repository's name). Containers are named
+    /// `APP-ENVIRONMENT-DEPLOYMENT-REPLICA`.
+    pub(crate) name: Option<String>,
+    /// The image to pull (`registry/name`); the tag comes from `tag`. Or use `build`.
+    pub(crate) image: Option<String>,
+    /// Build the image from the repository at the deployment's sha instead of pulling one.
+    pub(crate) build: Option<RawBuild>,
+    /// The image tag (default: the deployment's sha).
+    pub(crate) tag: Option<String>,
+    /// Overrides the image's command: a string (run with `sh -c`) or a list.
+    pub(crate) command: Option<RawCommand>,
+    /// Environment variables. Expressions are allowed in values.
+    #[serde(default)]
+    pub(crate) env: BTreeMap<String, String>,
+    /// Secrets from the operator config, passed as environment variables, never shown.
+    #[serde(default)]
+    pub(crate) secrets: Vec<String>,
+    /// `CONTAINER`, `HOST:CONTAINER` or `IP:HOST:CONTAINER`, with an optional `/udp`.
+    #[serde(default)]
+    pub(crate) ports: Vec<String>,
+    /// `SOURCE:TARGET[:ro]`: a named volume or a path on the server.
+    #[serde(default)]
+    pub(crate) volumes: Vec<String>,
+    /// Extra labels (Dropship's own `dropship.*` labels are always set).
+    #[serde(default)]
+    pub(crate) labels: BTreeMap<String, String>,
+    /// `no`, `always`, `unless-stopped` (default) or `on-failure`.
+    pub(crate) restart: Option<String>,
+    /// A memory limit: `512m`, `2g`.
+    pub(crate) memory: Option<String>,
+    /// A CPU limit, in CPUs: `0.5`.
+    pub(crate) cpus: Option<f64>,
+    /// A Docker network to join; it is created if missing.
+    pub(crate) network: Option<String>,
+    /// Containers per server (default 1).
+    pub(crate) replicas: Option<u32>,
+    /// How a new container proves it is ready before the old one stops.
+    pub(crate) healthcheck: Option<RawHealthcheck>,
+    /// Retired versions kept (stopped) on each server for rollback (default 3).
+    pub(crate) keep: Option<u32>,
+    /// How long an old container gets to stop before it is killed (default `10s`).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub(crate) stop_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBuild {
+    /// The build context, a directory of the repository (default `.`).
+    pub(crate) context: Option<String>,
+    /// The Dockerfile, relative to the context (default `Dockerfile`).
+    pub(crate) dockerfile: Option<String>,
+    /// Build arguments. Expressions are allowed in values.
+    #[serde(default)]
+    pub(crate) args: BTreeMap<String, String>,
+    /// A build stage to stop at.
+    pub(crate) target: Option<String>,
+    /// Build once on this server and push to the operator's `containers.build_registry`;
+    /// the others pull. Default: every server builds for itself.
+    pub(crate) builder: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealthcheck {
+    /// An HTTP path (`/up`) requested on `port`; 2xx and 3xx are healthy.
+    pub(crate) path: Option<String>,
+    /// The container port for `path` (default: the first of `ports`).
+    pub(crate) port: Option<u16>,
+    /// Or a command run inside the container; exit 0 is healthy.
+    pub(crate) command: Option<RawCommand>,
+    /// Between probes (default `1s`).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub(crate) interval: Option<Duration>,
+    /// For one probe (default `5s`).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub(crate) timeout: Option<Duration>,
+    /// Failed probes in a row after `start_period` that mean unhealthy (default 10).
+    pub(crate) retries: Option<u32>,
+    /// A grace period in which failures do not count (default `0s`).
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub(crate) start_period: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCompose {
+    /// Compose file(s) in the repository (default `docker-compose.yml`).
+    pub(crate) file: Option<RawFiles>,
+    /// The Compose project name (default: REPO-ENVIRONMENT): letters, digits, `_` and `-`.
+    pub(crate) project: Option<String>,
+    /// Variables for Compose's interpolation. Expressions are allowed in values.
+    #[serde(default)]
+    pub(crate) env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub(crate) enum RawFiles {
+    One(String),
+    Many(Vec<String>),
 }

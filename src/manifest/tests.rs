@@ -137,14 +137,14 @@ fn batch_sizes() {
 fn diagnostics() {
     check(
         "version: 1\nenvironments:\n  production:\n    serverz: [web-1]\ntasks: {}\n",
-        expect![[
-            r#"dropship.yml:4:5: environments.production: unknown field `serverz`, expected one of `servers`, `url`, `strategy`, `batch`, `pause`"#
-        ]],
+        expect![
+            "dropship.yml:4:5: environments.production: unknown field `serverz`, expected one of `servers`, `url`, `strategy`, `batch`, `pause`, `allow_payload_image`"
+        ],
     );
     check(
         "version: 1\nenvironments:\n  production: {a\n  b: c\n",
         expect![
-            "dropship.yml:3:16: environments.production: unknown field `a b`, expected one of `servers`, `url`, `strategy`, `batch`, `pause`"
+            "dropship.yml:3:16: environments.production: unknown field `a b`, expected one of `servers`, `url`, `strategy`, `batch`, `pause`, `allow_payload_image`"
         ],
     );
     check(
@@ -193,7 +193,7 @@ fn diagnostics() {
         "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    batch: 2\ntasks:\n  deploy:\n    - name: a\n    - name: a\n      run: x\n      env:\n        DROPSHIP_X: y\n        9x: z\n",
         expect![[r#"
             dropship.yml:5:5: `batch` needs `strategy: rolling`
-            dropship.yml:8:11: step `a` needs `run` (a shell script)
+            dropship.yml:8:11: step `a` needs `run` (a shell script), `container` or `compose`
             dropship.yml:9:13: step name `a` is used twice in task `deploy`
             dropship.yml:12:9: `DROPSHIP_X`: names starting with DROPSHIP_ are set by dropship
             dropship.yml:13:9: `9x` is not a valid environment variable name"#]],
@@ -224,4 +224,123 @@ fn schema_lists_every_key() {
         );
     }
     assert!(schema.contains("\"additionalProperties\": false"));
+}
+
+const CONTAINERS: &str = r#"version: 1
+environments:
+  production:
+    servers: [web-1]
+tasks:
+  deploy:
+    - name: web
+      container:
+        image: ghcr.io/acme/shop
+        env:
+          RELEASE: ${{ deployment.sha }}
+        secrets: [DATABASE_URL]
+        ports: ["127.0.0.1:9000:8080"]
+        memory: 256m
+        cpus: 0.5
+        healthcheck:
+          path: /up
+    - name: stack
+      compose:
+        file: [deploy/a.yml, deploy/b.yml]
+"#;
+
+#[test]
+fn container_and_compose_steps_plan_and_derive_rollback_and_stop() {
+    let manifest = Manifest::parse("dropship.yml", CONTAINERS).unwrap();
+    let plan = manifest
+        .plan(&context("production", "deploy"), &inventory())
+        .unwrap();
+    let Action::Container(web) = &plan.steps[0].action else {
+        panic!("{:?}", plan.steps[0].action)
+    };
+    assert_eq!(web.app, "shop");
+    assert_eq!(
+        web.image,
+        ImageSource::Pull("ghcr.io/acme/shop:0123abc".into())
+    );
+    assert_eq!(web.env["RELEASE"], "0123abc");
+    assert_eq!(web.memory_bytes, Some(256 << 20));
+    assert_eq!(web.nano_cpus, Some(500_000_000));
+    assert_eq!(
+        web.health.probe,
+        crate::containers::Probe::Http {
+            path: "/up".into(),
+            port: 8080
+        }
+    );
+    let Action::Compose(stack) = &plan.steps[1].action else {
+        panic!()
+    };
+    assert_eq!(stack.project, "shop-production");
+    assert_eq!(stack.files, ["deploy/a.yml", "deploy/b.yml"]);
+
+    let rollback = manifest
+        .plan(&context("production", "rollback"), &inventory())
+        .unwrap();
+    assert_eq!(rollback.steps.len(), 1);
+    assert_eq!(rollback.steps[0].name, "rollback shop");
+    let stop = manifest
+        .plan(&context("production", "stop"), &inventory())
+        .unwrap();
+    let kinds: Vec<&str> = stop.steps.iter().map(|s| s.action.kind()).collect();
+    assert_eq!(kinds, ["stop", "compose down"]);
+}
+
+#[test]
+fn a_payload_image_needs_the_environment_to_allow_it() {
+    let manifest = Manifest::parse("dropship.yml", CONTAINERS).unwrap();
+    let mut ctx = context("production", "deploy");
+    ctx.payload =
+        serde_json::json!({"image": "acme/app:2", "port": 3000, "env": {"A": 1}, "cmd": "serve"});
+    let error = manifest.plan(&ctx, &inventory()).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "dropship.yml:3:3: the deployment's payload carries an image, but environment `production` does not set allow_payload_image: true"
+    );
+    let allowed = CONTAINERS.replace(
+        "    servers: [web-1]\n",
+        "    servers: [web-1]\n    allow_payload_image: true\n",
+    );
+    let plan = Manifest::parse("dropship.yml", &allowed)
+        .unwrap()
+        .plan(&ctx, &inventory())
+        .unwrap();
+    let Action::Container(app) = &plan.steps[0].action else {
+        panic!()
+    };
+    assert_eq!(app.image, ImageSource::Pull("acme/app:2".into()));
+    assert_eq!(app.env["A"], "1");
+    assert_eq!(
+        app.command.as_deref(),
+        Some(&["sh".to_string(), "-c".into(), "serve".into()][..])
+    );
+}
+
+#[test]
+fn container_and_compose_mistakes() {
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: a\n      run: x\n      container:\n        image: a\n        build: {}\n        ports: [http]\n        restart: sometimes\n        healthcheck:\n          path: up\n",
+        expect![[r#"
+            dropship.yml:7:11: step `a` has more than one of `run`, `container` and `compose`; give one
+            dropship.yml:11:9: give `image` or `build`, not both
+            dropship.yml:12:17: port `http`: `http` is not a port number
+            dropship.yml:13:18: restart `sometimes`: use no, always, unless-stopped or on-failure
+            dropship.yml:14:9: an HTTP health check needs `port` (or a first entry in `ports`)
+            dropship.yml:15:17: `up` must start with `/`"#]],
+    );
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: a\n      container:\n        image: a\n        secrets: [NOPE]\n        volumes: [data]\n    - name: b\n      compose:\n        project: ../x\n        file: /etc/passwd\n",
+        expect![[r#"
+            dropship.yml:11:19: volume `data`: expected SOURCE:/TARGET or SOURCE:/TARGET:ro
+            dropship.yml:14:18: project `../x`: must match ^[a-zA-Z0-9][a-zA-Z0-9_-]*$ (it names a directory on the server)
+            dropship.yml:15:15: `/etc/passwd` is absolute; give a path inside the repository"#]],
+    );
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: a\n      run: x\n",
+        expect!["ok"],
+    );
 }

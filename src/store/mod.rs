@@ -263,6 +263,43 @@ pub struct ListFilter {
     pub limit: i64,
 }
 
+/// A Compose service as a deployment left it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Service {
+    pub deployment_id: i64,
+    pub server: String,
+    pub project: String,
+    pub service: String,
+    pub container: String,
+    pub state: String,
+    pub status: String,
+}
+
+/// A line written by a container Dropship runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AppLogLine {
+    /// Assigned by the store; 0 before.
+    pub id: i64,
+    pub repo: String,
+    pub environment: String,
+    pub app: String,
+    pub server: String,
+    pub container: String,
+    /// Docker's timestamp, nanoseconds since the epoch.
+    pub ts: i64,
+    pub stream: String,
+    pub line: String,
+}
+
+/// Where following a container's log resumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogCursor {
+    /// The newest timestamp stored.
+    pub ts: i64,
+    /// How many stored lines carry exactly `ts`.
+    pub at_ts: i64,
+}
+
 /// The store's contract. Implementations: [`Sqlite`].
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
@@ -308,4 +345,25 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> anyhow::Result<()>;
     async fn status_failed(&self, id: i64, error: &str) -> anyhow::Result<()>;
     async fn statuses(&self, deployment_id: i64) -> anyhow::Result<Vec<OutboxItem>>;
+    async fn save_services(&self, services: &[Service]) -> anyhow::Result<()>;
+    async fn services(&self, deployment_id: i64) -> anyhow::Result<Vec<Service>>;
+    /// Stores container log lines (assigning ids, in order) and moves each container's cursor,
+    /// in one transaction; then drops each app's oldest lines beyond `retention_bytes`.
+    async fn append_app_logs(
+        &self,
+        lines: Vec<AppLogLine>,
+        retention_bytes: i64,
+    ) -> anyhow::Result<Vec<AppLogLine>>;
+    /// Lines of `repo`'s `environment` after `after_id`, oldest first, at most `limit`.
+    async fn app_logs(
+        &self,
+        repo: &str,
+        environment: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<AppLogLine>>;
+    async fn log_cursor(&self, container: &str) -> anyhow::Result<Option<LogCursor>>;
+    /// Remembers that `server`'s containers are followed.
+    async fn add_container_host(&self, server: &str) -> anyhow::Result<()>;
+    async fn container_hosts(&self) -> anyhow::Result<Vec<String>>;
 }

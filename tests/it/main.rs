@@ -4,6 +4,7 @@
 #![allow(unreachable_pub)]
 
 mod cli;
+mod containers;
 mod deploy;
 mod intake;
 mod live;

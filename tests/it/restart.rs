@@ -1,59 +1,19 @@
 //! The `dropship` binary itself: killed mid-deployment and started again; `dropship run`.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use std::process::Command;
 
 use serde_json::Value;
 
 use crate::support::github::FakeGithub;
 use crate::support::sshd::{self, ClientKey, Sshd};
-use crate::support::{API_TOKEN, WEBHOOK_SECRET, config_toml, deployment_payload, eventually};
+use crate::support::{
+    API_TOKEN, WEBHOOK_SECRET, config_toml, deployment_payload, eventually, free_port, healthy,
+    serve,
+};
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
-
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn serve(config: &std::path::Path) -> Process {
-    Process(
-        Command::new(env!("CARGO_BIN_EXE_dropship"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting dropship serve"),
-    )
-}
-
-async fn healthy(client: &reqwest::Client, base: &str) {
-    eventually(
-        Duration::from_secs(30),
-        "dropship to answer /healthz",
-        || async {
-            client
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        },
-    )
-    .await;
-}
 
 #[tokio::test]
 async fn a_deployment_interrupted_by_a_crash_ends_error_with_one_final_status() {

@@ -20,8 +20,8 @@ use sqlx::{Row, SqlitePool};
 use writer::{StatusChange, Writer};
 
 use super::{
-    Delivery, Deployment, Inserted, ListFilter, LogLine, Millis, NewDeployment, OutboxItem, State,
-    StatusFn, StepRun, StepState, Store, Transition,
+    AppLogLine, Delivery, Deployment, Inserted, ListFilter, LogCursor, LogLine, Millis,
+    NewDeployment, OutboxItem, Service, State, StatusFn, StepRun, StepState, Store, Transition,
 };
 
 pub struct Sqlite {
@@ -312,6 +312,102 @@ impl Store for Sqlite {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(outbox_from_row).collect()
+    }
+
+    async fn save_services(&self, services: &[Service]) -> anyhow::Result<()> {
+        self.writer.services(services.to_vec()).await
+    }
+
+    async fn services(&self, deployment_id: i64) -> anyhow::Result<Vec<Service>> {
+        let rows = sqlx::query(
+            "SELECT * FROM compose_services WHERE deployment_id = ? ORDER BY server, project, service, container",
+        )
+        .bind(deployment_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Service {
+                    deployment_id: row.try_get("deployment_id")?,
+                    server: row.try_get("server")?,
+                    project: row.try_get("project")?,
+                    service: row.try_get("service")?,
+                    container: row.try_get("container")?,
+                    state: row.try_get("state")?,
+                    status: row.try_get("status")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn append_app_logs(
+        &self,
+        lines: Vec<AppLogLine>,
+        retention_bytes: i64,
+    ) -> anyhow::Result<Vec<AppLogLine>> {
+        if lines.is_empty() {
+            return Ok(lines);
+        }
+        self.writer.app_logs(lines, retention_bytes).await
+    }
+
+    async fn app_logs(
+        &self,
+        repo: &str,
+        environment: &str,
+        after_id: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<AppLogLine>> {
+        let rows = sqlx::query(
+            "SELECT * FROM app_logs WHERE repo = ? AND environment = ? AND id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(repo)
+        .bind(environment)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AppLogLine {
+                    id: row.try_get("id")?,
+                    repo: row.try_get("repo")?,
+                    environment: row.try_get("environment")?,
+                    app: row.try_get("app")?,
+                    server: row.try_get("server")?,
+                    container: row.try_get("container")?,
+                    ts: row.try_get("ts")?,
+                    stream: row.try_get("stream")?,
+                    line: row.try_get("line")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn log_cursor(&self, container: &str) -> anyhow::Result<Option<LogCursor>> {
+        let row = sqlx::query("SELECT ts, at_ts FROM log_cursors WHERE container = ?")
+            .bind(container)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(LogCursor {
+                ts: row.try_get("ts")?,
+                at_ts: row.try_get("at_ts")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn add_container_host(&self, server: &str) -> anyhow::Result<()> {
+        self.writer.container_host(server.to_string()).await
+    }
+
+    async fn container_hosts(&self) -> anyhow::Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT server FROM container_hosts ORDER BY server")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 }
 

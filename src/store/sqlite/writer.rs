@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::deployment_from_row;
 use crate::store::{
-    Delivery, Deployment, Inserted, LogLine, Millis, NewDeployment, StatusDraft, StatusFn, StepRun,
-    Transition, now_ms,
+    AppLogLine, Delivery, Deployment, Inserted, LogLine, Millis, NewDeployment, Service,
+    StatusDraft, StatusFn, StepRun, Transition, now_ms,
 };
 
 /// Writes taken in one cycle at most.
@@ -51,12 +51,29 @@ enum Write {
         change: StatusChange,
         reply: oneshot::Sender<anyhow::Result<()>>,
     },
+    Services {
+        services: Vec<Service>,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
+    AppLogs {
+        lines: Vec<AppLogLine>,
+        retention_bytes: i64,
+        reply: oneshot::Sender<anyhow::Result<Vec<AppLogLine>>>,
+    },
+    ContainerHost {
+        server: String,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
 }
 
 /// What a cycle owes one caller once the commit is known.
 enum Answer {
     Bool(oneshot::Sender<anyhow::Result<bool>>, anyhow::Result<bool>),
     Unit(oneshot::Sender<anyhow::Result<()>>, anyhow::Result<()>),
+    Lines(
+        oneshot::Sender<anyhow::Result<Vec<AppLogLine>>>,
+        anyhow::Result<Vec<AppLogLine>>,
+    ),
 }
 
 /// The handle every write method uses.
@@ -121,6 +138,38 @@ impl Writer {
         answer.await.map_err(|_| stopped())?
     }
 
+    pub(super) async fn services(&self, services: Vec<Service>) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Write::Services { services, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub(super) async fn app_logs(
+        &self,
+        lines: Vec<AppLogLine>,
+        retention_bytes: i64,
+    ) -> anyhow::Result<Vec<AppLogLine>> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Write::AppLogs {
+                lines,
+                retention_bytes,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub(super) async fn container_host(&self, server: String) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Write::ContainerHost { server, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     pub(super) async fn status(&self, id: i64, change: StatusChange) -> anyhow::Result<()> {
         let (reply, answer) = oneshot::channel();
         self.sender
@@ -150,6 +199,7 @@ async fn run(pool: SqlitePool, mut receiver: mpsc::UnboundedReceiver<Write>) {
                     match answer {
                         Answer::Bool(reply, result) => drop(reply.send(result)),
                         Answer::Unit(reply, result) => drop(reply.send(result)),
+                        Answer::Lines(reply, result) => drop(reply.send(result)),
                     }
                 }
             }
@@ -166,6 +216,9 @@ async fn run(pool: SqlitePool, mut receiver: mpsc::UnboundedReceiver<Write>) {
                             drop(reply.send(Err(anyhow::anyhow!("write failed: {error:#}"))))
                         }
                         Answer::Unit(reply, _) => {
+                            drop(reply.send(Err(anyhow::anyhow!("write failed: {error:#}"))))
+                        }
+                        Answer::Lines(reply, _) => {
                             drop(reply.send(Err(anyhow::anyhow!("write failed: {error:#}"))))
                         }
                     }
@@ -212,6 +265,26 @@ async fn cycle(pool: &SqlitePool, intake: &mut [IntakeJob], others: Vec<Write>) 
             Write::Status { id, change, reply } => {
                 Answer::Unit(reply, change_status(&mut tx, id, &change).await)
             }
+            Write::Services { services, reply } => {
+                Answer::Unit(reply, save_services(&mut tx, &services).await)
+            }
+            Write::AppLogs {
+                lines,
+                retention_bytes,
+                reply,
+            } => Answer::Lines(
+                reply,
+                append_app_logs(&mut tx, lines, retention_bytes).await,
+            ),
+            Write::ContainerHost { server, reply } => Answer::Unit(
+                reply,
+                sqlx::query("INSERT OR IGNORE INTO container_hosts (server) VALUES (?)")
+                    .bind(&server)
+                    .execute(&mut *tx)
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into),
+            ),
             Write::Intake(_) => unreachable!("deliveries are split off before the cycle"),
         };
         answers.push(answer);
@@ -226,9 +299,12 @@ async fn cycle(pool: &SqlitePool, intake: &mut [IntakeJob], others: Vec<Write>) 
 fn unanswered(write: Write) -> Option<Answer> {
     Some(match write {
         Write::Transition { reply, .. } => Answer::Bool(reply, Ok(false)),
-        Write::Step { reply, .. } | Write::Logs { reply, .. } | Write::Status { reply, .. } => {
-            Answer::Unit(reply, Ok(()))
-        }
+        Write::Step { reply, .. }
+        | Write::Logs { reply, .. }
+        | Write::Status { reply, .. }
+        | Write::Services { reply, .. }
+        | Write::ContainerHost { reply, .. } => Answer::Unit(reply, Ok(())),
+        Write::AppLogs { reply, .. } => Answer::Lines(reply, Ok(Vec::new())),
         Write::Intake(_) => return None,
     })
 }
@@ -310,6 +386,111 @@ async fn append_logs(tx: &mut SqliteConnection, lines: &[LogLine]) -> anyhow::Re
         insert.build().execute(&mut *tx).await?;
     }
     Ok(())
+}
+
+async fn save_services(tx: &mut SqliteConnection, services: &[Service]) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut tx = tx.begin().await?;
+    for s in services {
+        sqlx::query(
+            "INSERT OR REPLACE INTO compose_services (deployment_id, server, project, service, container, state, status)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(s.deployment_id)
+        .bind(&s.server)
+        .bind(&s.project)
+        .bind(&s.service)
+        .bind(&s.container)
+        .bind(&s.state)
+        .bind(&s.status)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn append_app_logs(
+    tx: &mut SqliteConnection,
+    mut lines: Vec<AppLogLine>,
+    retention_bytes: i64,
+) -> anyhow::Result<Vec<AppLogLine>> {
+    use sqlx::Connection;
+    // A savepoint: all of the batch, cursors included, or none of it.
+    let mut tx = tx.begin().await?;
+    let mut totals: HashMap<(String, String, String), i64> = HashMap::new();
+    let mut cursors: HashMap<String, (i64, i64)> = HashMap::new();
+    for line in &mut lines {
+        let key = (
+            line.repo.clone(),
+            line.environment.clone(),
+            line.app.clone(),
+        );
+        let total = match totals.get(&key) {
+            Some(total) => *total,
+            None => {
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT COALESCE(MAX(total_bytes), 0) FROM app_logs WHERE repo = ? AND environment = ? AND app = ?",
+                )
+                .bind(&key.0)
+                .bind(&key.1)
+                .bind(&key.2)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        let total = total + line.line.len() as i64 + 1;
+        totals.insert(key, total);
+        line.id = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO app_logs (repo, environment, app, server, container, ts, stream, line, total_bytes)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&line.repo)
+        .bind(&line.environment)
+        .bind(&line.app)
+        .bind(&line.server)
+        .bind(&line.container)
+        .bind(line.ts)
+        .bind(&line.stream)
+        .bind(&line.line)
+        .bind(total)
+        .fetch_one(&mut *tx)
+        .await?;
+        let cursor = cursors.entry(line.container.clone()).or_insert((0, 0));
+        if line.ts > cursor.0 {
+            *cursor = (line.ts, 1);
+        } else if line.ts == cursor.0 {
+            cursor.1 += 1;
+        }
+    }
+    for (container, (ts, count)) in cursors {
+        // A batch that continues at the stored timestamp adds to its count.
+        sqlx::query(
+            "INSERT INTO log_cursors (container, ts, at_ts) VALUES (?, ?, ?)
+             ON CONFLICT (container) DO UPDATE SET
+                at_ts = CASE WHEN excluded.ts = log_cursors.ts THEN log_cursors.at_ts + excluded.at_ts ELSE excluded.at_ts END,
+                ts = MAX(log_cursors.ts, excluded.ts)
+             WHERE excluded.ts >= log_cursors.ts",
+        )
+        .bind(&container)
+        .bind(ts)
+        .bind(count)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for ((repo, environment, app), total) in totals {
+        sqlx::query(
+            "DELETE FROM app_logs WHERE repo = ? AND environment = ? AND app = ? AND total_bytes <= ?",
+        )
+        .bind(&repo)
+        .bind(&environment)
+        .bind(&app)
+        .bind(total - retention_bytes)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(lines)
 }
 
 async fn change_status(

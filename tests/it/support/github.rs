@@ -108,6 +108,8 @@ impl PostedStatus {
 struct Inner {
     /// (repo, sha, path) → file text.
     files: HashMap<(String, String, String), String>,
+    /// Repository tarballs (gzip), by (repo, sha).
+    tarballs: HashMap<(String, String), Vec<u8>>,
     statuses: Vec<PostedStatus>,
     violations: Vec<String>,
     /// Answers to give the next status posts instead of accepting them:
@@ -152,6 +154,11 @@ impl FakeGithub {
                 post(create_status),
             )
             .route("/app/installations/{id}/access_tokens", post(access_token))
+            .route("/repos/{owner}/{repo}/tarball/{*reference}", get(tarball))
+            .route(
+                "/_codeload/{owner}/{repo}/legacy.tar.gz/{*reference}",
+                get(codeload),
+            )
             .with_state(fake.clone());
         let app = if prefix.is_empty() {
             app
@@ -170,6 +177,46 @@ impl FakeGithub {
             .unwrap()
             .files
             .insert((repo.into(), sha.into(), path.into()), text.into());
+    }
+
+    /// Serves `files` (path, contents, mode) as the repository's tarball at `sha`, shaped like
+    /// GitHub's: gzip, a global pax header carrying the commit id, and every entry under one
+    /// top directory `owner-repo-sha7/`.
+    pub fn add_tarball(&self, repo: &str, sha: &str, files: &[(&str, Vec<u8>, u32)]) {
+        let top = format!("{}-{}", repo.replace('/', "-"), &sha[..7]);
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let comment = format!("comment={sha}\n");
+        let record = format!("{} {comment}", comment.len() + 3);
+        let mut global = tar::Header::new_ustar();
+        global.set_entry_type(tar::EntryType::XGlobalHeader);
+        global.set_path("pax_global_header").unwrap();
+        global.set_size(record.len() as u64);
+        global.set_cksum();
+        builder.append(&global, record.as_bytes()).unwrap();
+        let mut dir = tar::Header::new_ustar();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o775);
+        dir.set_size(0);
+        builder
+            .append_data(&mut dir, format!("{top}/"), std::io::empty())
+            .unwrap();
+        for (path, body, mode) in files {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(body.len() as u64);
+            header.set_mode(*mode);
+            builder
+                .append_data(&mut header, format!("{top}/{path}"), body.as_slice())
+                .unwrap();
+        }
+        let gz = builder.into_inner().unwrap().finish().unwrap();
+        self.inner
+            .lock()
+            .unwrap()
+            .tarballs
+            .insert((repo.into(), sha.into()), gz);
     }
 
     /// The next `n` status posts are answered 502.
@@ -260,6 +307,51 @@ impl FakeGithub {
 fn error(status: StatusCode, message: &str) -> Response {
     let body = json!({ "message": message, "documentation_url": "https://docs.github.com/rest" });
     (status, Json(body)).into_response()
+}
+
+/// `repos/download-tarball-archive`: GitHub answers 302 with the codeload URL in `Location`
+/// (see SOURCES.md: the operation is not in the OpenAPI subset).
+async fn tarball(
+    State(fake): State<FakeGithub>,
+    Path((owner, repo, reference)): Path<(String, String, String)>,
+) -> Response {
+    let base = fake.url.trim_end_matches('/');
+    // codeload is another host on GitHub; here it is a path of the same server, outside the
+    // API prefix.
+    let root = match base.find("/api/") {
+        Some(i) => &base[..i],
+        None => base,
+    };
+    (
+        StatusCode::FOUND,
+        [(
+            axum::http::header::LOCATION,
+            format!("{root}/_codeload/{owner}/{repo}/legacy.tar.gz/{reference}"),
+        )],
+    )
+        .into_response()
+}
+
+async fn codeload(
+    State(fake): State<FakeGithub>,
+    Path((owner, repo, reference)): Path<(String, String, String)>,
+) -> Response {
+    let body = fake
+        .inner
+        .lock()
+        .unwrap()
+        .tarballs
+        .get(&(format!("{owner}/{repo}"), reference))
+        .cloned();
+    match body {
+        Some(body) => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/x-gzip")],
+            body,
+        )
+            .into_response(),
+        None => error(StatusCode::NOT_FOUND, "Not Found"),
+    }
 }
 
 async fn contents(

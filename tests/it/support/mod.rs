@@ -1,11 +1,14 @@
 //! Test support: real services started per test, cleaned up on drop.
 
+pub mod docker;
 pub mod github;
 pub mod sshd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use std::process::{Child, Command, Stdio};
 
 use dropship::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -170,4 +173,49 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A `dropship serve` process, killed (SIGKILL) when dropped.
+pub struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn serve(config: &std::path::Path) -> Process {
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_dropship"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting dropship serve"),
+    )
+}
+
+pub async fn healthy(client: &reqwest::Client, base: &str) {
+    eventually(
+        Duration::from_secs(30),
+        "dropship to answer /healthz",
+        || async {
+            client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
 }

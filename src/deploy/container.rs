@@ -1,0 +1,812 @@
+//! Container steps on one server: the health-gated replacement, rollback and stop.
+//!
+//! Replacement: get the image (pull, or build), start the new containers beside the old ones,
+//! wait for every new one to pass its health check, and only then stop the old ones, which stay
+//! on the server, stopped, as retired versions; versions beyond `keep` are removed. A new
+//! version that never gets healthy is removed and the old one keeps running.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use tokio::sync::OnceCell;
+
+use super::{Engine, format_elapsed};
+use crate::containers::{
+    BuildSpec, ContainerError, ContainerHost, ContainerInfo, ContainerSpec, HealthCheck, LABEL_APP,
+    LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_HEALTH, LABEL_MANAGED, LABEL_REPLICA, LABEL_REPO,
+    LABEL_SHA, Probe, RegistryAuth, build_context,
+};
+use crate::exec::Output;
+use crate::logs::DeploymentLog;
+use crate::manifest::{BuildPlan, ContainerPlan, ImageSource};
+use crate::store::{Deployment, State};
+
+/// Lines of a failed container's log shown in the diagnosis.
+pub(super) const DIAGNOSIS_LINES: usize = 50;
+
+/// How a container step ended on one server, when the engine itself worked.
+#[derive(Debug)]
+pub(super) enum AppResult {
+    Done,
+    /// A recorded failure, with a short reason for the status description.
+    Failed(String),
+    /// The engine could not be reached or refused: the deployment ends `error`.
+    Unreachable(ContainerError),
+}
+
+impl From<ContainerError> for AppResult {
+    fn from(error: ContainerError) -> Self {
+        match error {
+            ContainerError::Unreachable { .. } => AppResult::Unreachable(error),
+            ContainerError::Engine { server, detail } => {
+                AppResult::Failed(format!("{server}: {detail}"))
+            }
+        }
+    }
+}
+
+/// What a step's servers share: the build context and a builder's image are made once.
+#[derive(Debug, Default)]
+pub(super) struct StepShared {
+    context: OnceCell<Result<bytes::Bytes, String>>,
+    built: OnceCell<Result<String, String>>,
+}
+
+/// Writes a step's lines for one server.
+#[derive(Clone)]
+pub(super) struct Say<'a> {
+    pub(super) log: &'a DeploymentLog,
+    pub server: &'a str,
+    pub step: &'a str,
+}
+
+impl Say<'_> {
+    pub(super) fn note(&self, text: impl Into<String>) {
+        self.log
+            .line(Some(self.server), Some(self.step), "dropship", text);
+    }
+
+    pub(super) fn output(&self, stream: &str, text: impl Into<String>) {
+        self.log
+            .line(Some(self.server), Some(self.step), stream, text);
+    }
+
+    /// A channel whose lines go to this step's log (pull and build progress).
+    fn progress(&self) -> (Output, tokio::task::JoinHandle<()>) {
+        let (sender, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        let log = self.log.clone();
+        let server = self.server.to_string();
+        let step = self.step.to_string();
+        let task = tokio::spawn(async move {
+            while let Some((stream, line)) = lines.recv().await {
+                let stream: crate::exec::Stream = stream;
+                log.line(Some(&server), Some(&step), stream.as_str(), line);
+            }
+        });
+        (sender, task)
+    }
+}
+
+/// The labels that find one app's containers.
+fn app_labels<'a>(deployment: &'a Deployment, app: &'a str) -> [(&'static str, &'a str); 3] {
+    [
+        (LABEL_REPO, deployment.repo.as_str()),
+        (LABEL_ENVIRONMENT, deployment.environment.as_str()),
+        (LABEL_APP, app),
+    ]
+}
+
+/// Docker names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]`.
+fn name_part(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// Containers grouped by the deployment that made them, newest first.
+fn versions(containers: Vec<ContainerInfo>) -> Vec<(i64, Vec<ContainerInfo>)> {
+    let mut by: BTreeMap<i64, Vec<ContainerInfo>> = BTreeMap::new();
+    for container in containers {
+        by.entry(container.deployment().unwrap_or(0))
+            .or_default()
+            .push(container);
+    }
+    by.into_iter().rev().collect()
+}
+
+fn port_in_use(error: &ContainerError) -> bool {
+    let text = error.to_string();
+    text.contains("port is already allocated") || text.contains("address already in use")
+}
+
+impl Engine {
+    fn host(&self, server: &str) -> Result<Arc<dyn ContainerHost>, ContainerError> {
+        self.hosts
+            .get(server)
+            .ok_or_else(|| ContainerError::Unreachable {
+                server: server.to_string(),
+                detail: "no Docker engine is configured for this server (docker = \"none\")".into(),
+            })
+    }
+
+    fn registry_auth(&self, image: &str) -> Option<RegistryAuth> {
+        self.config.registry_for(image).map(|r| RegistryAuth {
+            server: r.server.clone(),
+            username: r.username.clone(),
+            password: r.password.clone(),
+        })
+    }
+
+    /// Replaces `plan`'s app on `server` behind its health check.
+    pub(super) async fn deploy_app(
+        &self,
+        deployment: &Deployment,
+        plan: &ContainerPlan,
+        server: &str,
+        shared: &StepShared,
+        say: &Say<'_>,
+    ) -> AppResult {
+        match self
+            .deploy_app_inner(deployment, plan, server, shared, say)
+            .await
+        {
+            Ok(result) => result,
+            Err(error) => error.into(),
+        }
+    }
+
+    async fn deploy_app_inner(
+        &self,
+        deployment: &Deployment,
+        plan: &ContainerPlan,
+        server: &str,
+        shared: &StepShared,
+        say: &Say<'_>,
+    ) -> Result<AppResult, ContainerError> {
+        let host = self.host(server)?;
+        let clock = Instant::now();
+        let image = match self
+            .image(deployment, plan, server, &host, shared, say)
+            .await?
+        {
+            Ok(image) => image,
+            Err(why) => return Ok(AppResult::Failed(why)),
+        };
+        say.note(format!(
+            "image {image} ready ({})",
+            format_elapsed(clock.elapsed())
+        ));
+        if let Some(network) = &plan.network {
+            host.ensure_network(network).await?;
+        }
+        let labels = app_labels(deployment, &plan.app);
+        let existing = host.list(&labels).await?;
+        let old: Vec<ContainerInfo> = existing.iter().filter(|c| c.running).cloned().collect();
+        // A container left by an interrupted run of this same deployment is replaced.
+        for stale in existing
+            .iter()
+            .filter(|c| c.deployment() == Some(deployment.id))
+        {
+            host.remove(&stale.id).await?;
+        }
+        let secrets: Vec<(String, SecretString)> = self
+            .config
+            .repo(&deployment.repo)
+            .map(|repo| {
+                plan.secrets
+                    .iter()
+                    .filter_map(|name| repo.secrets.get(name).map(|v| (name.clone(), v.clone())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let health_label = serde_json::to_string(&plan.health).expect("health checks serialize");
+        let mut env: Vec<(String, String)> = crate::deploy::context(deployment)
+            .environment_variables()
+            .into_iter()
+            .filter(|(k, _)| k != "DROPSHIP_PAYLOAD")
+            .collect();
+        env.extend(plan.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let started = Instant::now();
+        let mut new_ids = Vec::new();
+        let mut stopped_old = false;
+        for replica in 0..plan.replicas {
+            let mut labels: BTreeMap<String, String> = plan.labels.clone();
+            labels.extend([
+                (LABEL_MANAGED.to_string(), "true".to_string()),
+                (LABEL_REPO.into(), deployment.repo.clone()),
+                (LABEL_ENVIRONMENT.into(), deployment.environment.clone()),
+                (LABEL_APP.into(), plan.app.clone()),
+                (LABEL_DEPLOYMENT.into(), deployment.id.to_string()),
+                (LABEL_SHA.into(), deployment.sha.clone()),
+                (LABEL_REPLICA.into(), replica.to_string()),
+                (LABEL_HEALTH.into(), health_label.clone()),
+            ]);
+            let spec = ContainerSpec {
+                name: format!(
+                    "{}-{}-{}-{replica}",
+                    plan.app,
+                    name_part(&deployment.environment),
+                    deployment.id
+                ),
+                image: image.clone(),
+                command: plan.command.clone(),
+                env: env.clone(),
+                secrets: secrets.clone(),
+                ports: plan.ports.clone(),
+                volumes: plan.volumes.clone(),
+                labels,
+                restart: Some(plan.restart.clone()),
+                memory_bytes: plan.memory_bytes,
+                nano_cpus: plan.nano_cpus,
+                network: plan.network.clone(),
+            };
+            let id = host.create(&spec).await?;
+            new_ids.push((id.clone(), spec.name.clone()));
+            match host.start(&id).await {
+                Ok(()) => {}
+                Err(error) if port_in_use(&error) && !old.is_empty() && !stopped_old => {
+                    say.note("a published host port is held by the running version: stopping it first (publish no fixed host port to run both side by side)");
+                    self.retire(&host, &old, plan.stop_timeout, say).await?;
+                    stopped_old = true;
+                    host.start(&id).await?;
+                }
+                Err(error) => {
+                    for (id, _) in &new_ids {
+                        let _ = host.remove(id).await;
+                    }
+                    return Err(error);
+                }
+            }
+            say.note(format!(
+                "started {} ({})",
+                spec.name,
+                &id[..12.min(id.len())]
+            ));
+        }
+        let start_time = started.elapsed();
+        let health_clock = Instant::now();
+        let checks = new_ids
+            .iter()
+            .map(|(id, name)| self.wait_healthy(&host, server, id, name, &plan.health, say));
+        let results = futures::future::join_all(checks).await;
+        let health_time = health_clock.elapsed();
+        if let Some(failure) = results.into_iter().find_map(Result::err) {
+            for (id, _) in &new_ids {
+                host.remove(id).await?;
+            }
+            if stopped_old {
+                for container in &old {
+                    host.start(&container.id).await?;
+                }
+                say.note("the previous version was started again");
+            } else if !old.is_empty() {
+                say.note("the previous version keeps running");
+            }
+            return Ok(AppResult::Failed(failure));
+        }
+        let switch_clock = Instant::now();
+        if !stopped_old && !old.is_empty() {
+            self.retire(&host, &old, plan.stop_timeout, say).await?;
+        }
+        self.prune(&host, deployment, &plan.app, plan.keep, say)
+            .await?;
+        say.note(format!(
+            "{} healthy on {server}: start {}, health {}, switch {}",
+            plan.app,
+            format_elapsed(start_time),
+            format_elapsed(health_time),
+            format_elapsed(switch_clock.elapsed())
+        ));
+        self.watch_logs(server);
+        Ok(AppResult::Done)
+    }
+
+    /// The image to run on `server`, pulled or built there (or built once on the builder
+    /// and pulled). `Ok(Err(why))` is a build or pull failure to record.
+    async fn image(
+        &self,
+        deployment: &Deployment,
+        plan: &ContainerPlan,
+        server: &str,
+        host: &Arc<dyn ContainerHost>,
+        shared: &StepShared,
+        say: &Say<'_>,
+    ) -> Result<Result<String, String>, ContainerError> {
+        match &plan.image {
+            ImageSource::Pull(image) => Ok(self
+                .ensure_pulled(host, image, say)
+                .await?
+                .map(|()| image.clone())),
+            ImageSource::Build(build) => {
+                let slug = name_part(&format!(
+                    "{}-{}",
+                    deployment.repo.replace('/', "-"),
+                    plan.app
+                ))
+                .to_ascii_lowercase();
+                match &build.builder {
+                    None => {
+                        let image = format!("dropship/{slug}:{}", build.tag);
+                        if host.image_present(&image).await? {
+                            say.note(format!("{image} is already built on {server}"));
+                            return Ok(Ok(image));
+                        }
+                        let result = self
+                            .build_on(deployment, build, &image, server, host, shared, say)
+                            .await?;
+                        Ok(result.map(|()| image))
+                    }
+                    Some(builder) => {
+                        let Some(registry) = &self.config.containers.build_registry else {
+                            return Ok(Err(format!(
+                                "build.builder needs containers.build_registry in the operator config (where {builder} pushes the image)"
+                            )));
+                        };
+                        let image =
+                            format!("{}/{slug}:{}", registry.trim_end_matches('/'), build.tag);
+                        let built = shared
+                            .built
+                            .get_or_init(|| async {
+                                let builder_host = match self.host(builder) {
+                                    Ok(host) => host,
+                                    Err(e) => return Err(e.to_string()),
+                                };
+                                let builder_say = Say {
+                                    server: builder,
+                                    ..say.clone()
+                                };
+                                match builder_host.image_present(&image).await {
+                                    Ok(true) => {}
+                                    Ok(false) => match self
+                                        .build_on(
+                                            deployment,
+                                            build,
+                                            &image,
+                                            builder,
+                                            &builder_host,
+                                            shared,
+                                            &builder_say,
+                                        )
+                                        .await
+                                    {
+                                        Ok(Ok(())) => {}
+                                        Ok(Err(why)) => return Err(why),
+                                        Err(e) => return Err(e.to_string()),
+                                    },
+                                    Err(e) => return Err(e.to_string()),
+                                }
+                                builder_say.note(format!("pushing {image}"));
+                                let (progress, pump) = builder_say.progress();
+                                let pushed = builder_host
+                                    .push(&image, self.registry_auth(&image).as_ref(), &progress)
+                                    .await;
+                                drop(progress);
+                                let _ = pump.await;
+                                pushed.map(|()| image.clone()).map_err(|e| e.to_string())
+                            })
+                            .await
+                            .clone();
+                        match built {
+                            Ok(image) => {
+                                Ok(self.ensure_pulled(host, &image, say).await?.map(|()| image))
+                            }
+                            Err(why) => Ok(Err(why)),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pulls `image` unless the server has it (a `latest` tag is always pulled again).
+    async fn ensure_pulled(
+        &self,
+        host: &Arc<dyn ContainerHost>,
+        image: &str,
+        say: &Say<'_>,
+    ) -> Result<Result<(), String>, ContainerError> {
+        let mutable = image.ends_with(":latest");
+        if !mutable && host.image_present(image).await? {
+            return Ok(Ok(()));
+        }
+        say.note(format!("pulling {image}"));
+        let (progress, pump) = say.progress();
+        let pulled = host
+            .pull(image, self.registry_auth(image).as_ref(), &progress)
+            .await;
+        drop(progress);
+        let _ = pump.await;
+        match pulled {
+            Ok(()) => Ok(Ok(())),
+            Err(ContainerError::Engine { detail, .. }) => {
+                Ok(Err(format!("pulling {image} failed: {detail}")))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn build_on(
+        &self,
+        deployment: &Deployment,
+        build: &BuildPlan,
+        image: &str,
+        server: &str,
+        host: &Arc<dyn ContainerHost>,
+        shared: &StepShared,
+        say: &Say<'_>,
+    ) -> Result<Result<(), String>, ContainerError> {
+        let context = shared
+            .context
+            .get_or_init(|| async {
+                say.note(format!(
+                    "fetching {} at {} for the build context `{}`",
+                    deployment.repo, deployment.sha, build.context
+                ));
+                let tarball = self
+                    .manifests
+                    .tarball(
+                        &deployment.repo,
+                        &deployment.sha,
+                        deployment.installation_id,
+                    )
+                    .await
+                    .map_err(|e| format!("cannot fetch the repository: {e}"))?;
+                let context = build.context.clone();
+                tokio::task::spawn_blocking(move || build_context(&tarball, &context))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map(bytes::Bytes::from)
+            })
+            .await
+            .clone();
+        let context = match context {
+            Ok(context) => context,
+            Err(why) => return Ok(Err(why)),
+        };
+        say.note(format!(
+            "building {image} on {server} ({} KiB of context)",
+            context.len() / 1024
+        ));
+        let spec = BuildSpec {
+            context,
+            dockerfile: build.dockerfile.clone(),
+            args: build.args.clone(),
+            target: build.target.clone(),
+            tag: image.to_string(),
+        };
+        let (progress, pump) = say.progress();
+        let built = host.build(&spec, &progress).await;
+        drop(progress);
+        let _ = pump.await;
+        match built {
+            Ok(()) => Ok(Ok(())),
+            Err(ContainerError::Engine { detail, .. }) => {
+                Ok(Err(format!("building {image} on {server}: {detail}")))
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Probes a new container until it passes or has failed `retries` times after its start
+    /// period. `Err` is the diagnosis (its first line is short enough for a status).
+    async fn wait_healthy(
+        &self,
+        host: &Arc<dyn ContainerHost>,
+        server: &str,
+        id: &str,
+        name: &str,
+        check: &HealthCheck,
+        say: &Say<'_>,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let what = match &check.probe {
+            Probe::Http { path, port } => format!("GET {path} on port {port}"),
+            Probe::Command { command } => format!("`{}`", command.join(" ")),
+            Probe::Running => "running".to_string(),
+        };
+        let mut failures = 0;
+        let mut last;
+        loop {
+            let state = match host.state(id).await {
+                Ok(state) => state,
+                Err(e) => {
+                    return Err(self
+                        .diagnose(host, server, id, name, &what, &e.to_string(), say)
+                        .await);
+                }
+            };
+            if !state.running && !state.restarting {
+                let why = match (state.exit_code, &state.error) {
+                    (_, Some(error)) => format!("the container could not run: {error}"),
+                    (Some(code), None) => format!("the container exited with code {code}"),
+                    (None, None) => "the container stopped".to_string(),
+                };
+                return Err(self
+                    .diagnose(host, server, id, name, &what, &why, say)
+                    .await);
+            }
+            let passed = match &check.probe {
+                Probe::Running => {
+                    // Running through one interval counts as up.
+                    if started.elapsed() >= check.interval.max(check.start_period) {
+                        Ok(())
+                    } else {
+                        Err("starting".to_string())
+                    }
+                }
+                Probe::Http { path, port } => {
+                    match host.http_get(id, *port, path, check.timeout).await {
+                        Ok(answer) if (200..400).contains(&answer.status) => Ok(()),
+                        Ok(answer) => Err(format!(
+                            "HTTP {}{}",
+                            answer.status,
+                            if answer.body.is_empty() {
+                                String::new()
+                            } else {
+                                format!(": {}", answer.body.lines().next().unwrap_or_default())
+                            }
+                        )),
+                        Err(e) => Err(match e {
+                            ContainerError::Engine { detail, .. } => detail,
+                            other => other.to_string(),
+                        }),
+                    }
+                }
+                Probe::Command { command } => match host.exec(id, command, check.timeout).await {
+                    Ok(answer) if answer.exit_code == 0 => Ok(()),
+                    Ok(answer) => Err(format!(
+                        "exit code {}{}",
+                        answer.exit_code,
+                        if answer.output.trim().is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", answer.output.trim())
+                        }
+                    )),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            match passed {
+                Ok(()) => {
+                    say.note(format!(
+                        "{name} is healthy ({what}, {})",
+                        format_elapsed(started.elapsed())
+                    ));
+                    return Ok(());
+                }
+                Err(why) => last = why,
+            }
+            if matches!(check.probe, Probe::Running) {
+                tokio::time::sleep(check.interval.min(Duration::from_millis(200))).await;
+                continue;
+            }
+            if started.elapsed() >= check.start_period {
+                failures += 1;
+                if failures >= check.retries {
+                    let why = format!("failed {failures} health checks, last: {last}");
+                    return Err(self
+                        .diagnose(host, server, id, name, &what, &why, say)
+                        .await);
+                }
+            }
+            // The probe interval: waiting for the next probe is what a health check is.
+            tokio::time::sleep(check.interval).await;
+        }
+    }
+
+    /// Logs the diagnosis of an unhealthy container (with its last log lines) and returns the
+    /// short form for the status.
+    #[allow(clippy::too_many_arguments)]
+    async fn diagnose(
+        &self,
+        host: &Arc<dyn ContainerHost>,
+        server: &str,
+        id: &str,
+        name: &str,
+        what: &str,
+        why: &str,
+        say: &Say<'_>,
+    ) -> String {
+        let state = host.state(id).await.ok();
+        let target = match state.as_ref().and_then(|s| s.ip.clone()) {
+            Some(ip) => format!("{what} at {ip}"),
+            None => what.to_string(),
+        };
+        say.note(format!(
+            "✘ {name} on {server} is not healthy: {target}: {why}"
+        ));
+        match host.tail(id, DIAGNOSIS_LINES).await {
+            Ok(lines) if !lines.is_empty() => {
+                say.note(format!("last {} lines of {name}:", lines.len()));
+                for entry in lines {
+                    say.output(entry.stream, entry.line);
+                }
+            }
+            Ok(_) => say.note(format!("{name} wrote no log lines")),
+            Err(e) => say.note(format!("cannot read {name}'s log: {e}")),
+        }
+        format!("{name} unhealthy ({target}: {why})")
+    }
+
+    /// Stops `containers`; they stay on the server as a retired version.
+    async fn retire(
+        &self,
+        host: &Arc<dyn ContainerHost>,
+        containers: &[ContainerInfo],
+        timeout: Duration,
+        say: &Say<'_>,
+    ) -> Result<(), ContainerError> {
+        let stops = containers.iter().map(|c| host.stop(&c.id, timeout));
+        for (container, result) in containers
+            .iter()
+            .zip(futures::future::join_all(stops).await)
+        {
+            result?;
+            say.note(format!("stopped {} (kept for rollback)", container.name));
+        }
+        Ok(())
+    }
+
+    /// Removes retired versions of `app` beyond the newest `keep`.
+    async fn prune(
+        &self,
+        host: &Arc<dyn ContainerHost>,
+        deployment: &Deployment,
+        app: &str,
+        keep: u32,
+        say: &Say<'_>,
+    ) -> Result<(), ContainerError> {
+        let all = host.list(&app_labels(deployment, app)).await?;
+        let retired: Vec<ContainerInfo> = versions(all)
+            .into_iter()
+            .filter(|(_, containers)| containers.iter().all(|c| !c.running))
+            .skip(keep as usize)
+            .flat_map(|(_, containers)| containers)
+            .collect();
+        for container in retired {
+            host.remove(&container.id).await?;
+            say.note(format!("removed {} (beyond keep: {keep})", container.name));
+        }
+        Ok(())
+    }
+
+    /// Starts the newest earlier successful version of `app` kept on `server`, health-checked,
+    /// then retires the running one.
+    pub(super) async fn rollback_app(
+        &self,
+        deployment: &Deployment,
+        app: &str,
+        stop_timeout: Duration,
+        server: &str,
+        say: &Say<'_>,
+    ) -> AppResult {
+        let run = async {
+            let host = self.host(server)?;
+            let all = host.list(&app_labels(deployment, app)).await?;
+            let groups = versions(all);
+            let current: Vec<ContainerInfo> = groups
+                .iter()
+                .flat_map(|(_, c)| c.iter().filter(|c| c.running).cloned())
+                .collect();
+            let current_id = current.iter().filter_map(ContainerInfo::deployment).max();
+            let mut target = None;
+            for (id, containers) in &groups {
+                if current_id.is_some_and(|c| *id >= c) || containers.iter().any(|c| c.running) {
+                    continue;
+                }
+                // Only a version whose deployment succeeded; one this store does not know
+                // (an older database) is trusted.
+                let succeeded = match self.store.deployment(*id).await {
+                    Ok(Some(d)) => d.state == State::Success,
+                    Ok(None) => true,
+                    Err(_) => false,
+                };
+                if succeeded {
+                    target = Some((*id, containers.clone()));
+                    break;
+                }
+            }
+            let Some((target_id, containers)) = target else {
+                return Ok(AppResult::Failed(format!(
+                    "no earlier successful version of {app} is kept on {server}"
+                )));
+            };
+            let sha = containers
+                .first()
+                .and_then(|c| c.label(LABEL_SHA))
+                .unwrap_or_default()
+                .to_string();
+            say.note(format!(
+                "rolling {app} back to deployment {target_id} ({})",
+                sha.get(..7).unwrap_or(&sha)
+            ));
+            let mut stopped_current = false;
+            for container in &containers {
+                match host.start(&container.id).await {
+                    Ok(()) => {}
+                    Err(error) if port_in_use(&error) && !stopped_current => {
+                        say.note("a published host port is held by the running version: stopping it first");
+                        self.retire(&host, &current, stop_timeout, say).await?;
+                        stopped_current = true;
+                        host.start(&container.id).await?;
+                    }
+                    Err(error) => return Err(error),
+                }
+                say.note(format!("started {}", container.name));
+            }
+            for container in &containers {
+                let check: HealthCheck = container
+                    .label(LABEL_HEALTH)
+                    .and_then(|h| serde_json::from_str(h).ok())
+                    .unwrap_or(HealthCheck {
+                        probe: Probe::Running,
+                        interval: Duration::from_secs(1),
+                        timeout: Duration::from_secs(5),
+                        retries: 3,
+                        start_period: Duration::ZERO,
+                    });
+                if let Err(failure) = self
+                    .wait_healthy(&host, server, &container.id, &container.name, &check, say)
+                    .await
+                {
+                    for container in &containers {
+                        host.stop(&container.id, stop_timeout).await?;
+                    }
+                    if stopped_current {
+                        for container in &current {
+                            host.start(&container.id).await?;
+                        }
+                    }
+                    return Ok(AppResult::Failed(failure));
+                }
+            }
+            if !stopped_current {
+                self.retire(&host, &current, stop_timeout, say).await?;
+            }
+            self.watch_logs(server);
+            Ok(AppResult::Done)
+        };
+        match run.await {
+            Ok(result) => result,
+            Err(error) => error.into(),
+        }
+    }
+
+    /// Stops every running container of `app` (they stay, retired).
+    pub(super) async fn stop_app(
+        &self,
+        deployment: &Deployment,
+        app: &str,
+        stop_timeout: Duration,
+        server: &str,
+        say: &Say<'_>,
+    ) -> AppResult {
+        let run = async {
+            let host = self.host(server)?;
+            let running: Vec<ContainerInfo> = host
+                .list(&app_labels(deployment, app))
+                .await?
+                .into_iter()
+                .filter(|c| c.running)
+                .collect();
+            if running.is_empty() {
+                say.note(format!("{app} is not running on {server}"));
+            }
+            self.retire(&host, &running, stop_timeout, say).await?;
+            Ok::<_, ContainerError>(AppResult::Done)
+        };
+        match run.await {
+            Ok(result) => result,
+            Err(error) => error.into(),
+        }
+    }
+}

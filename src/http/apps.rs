@@ -1,0 +1,326 @@
+//! Container logs per app: `GET /api/apps/{owner}/{repo}/{environment}/logs` (NDJSON, with
+//! `since`, `after` and `follow`) and the live page `GET /apps/{owner}/{repo}/{environment}/logs`
+//! (server-sent events at `.../logs/events`). Both need an API token (bearer, or `?token=` for
+//! a browser).
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{AppState, HttpError, same};
+use crate::store::AppLogLine;
+
+/// Lines read from the store per page.
+const PAGE: i64 = 5000;
+
+#[derive(Debug, Deserialize)]
+pub(super) struct LogsQuery {
+    /// Lines at or after this time: RFC 3339 (`2026-11-22T10:00:00Z`) or Unix seconds.
+    since: Option<String>,
+    /// Lines after this id (a previous answer's last `id`).
+    after: Option<i64>,
+    /// Keep the answer open and send new lines as they come.
+    #[serde(default)]
+    follow: bool,
+    token: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct LineJson<'a> {
+    id: i64,
+    time: String,
+    app: &'a str,
+    server: &'a str,
+    container: &'a str,
+    stream: &'a str,
+    line: &'a str,
+}
+
+fn to_json(line: &AppLogLine) -> String {
+    let time = chrono::DateTime::from_timestamp_nanos(line.ts)
+        .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    let mut text = serde_json::to_string(&LineJson {
+        id: line.id,
+        time,
+        app: &line.app,
+        server: &line.server,
+        container: line.container.get(..12).unwrap_or(&line.container),
+        stream: &line.stream,
+        line: &line.line,
+    })
+    .expect("log lines serialize");
+    text.push('\n');
+    text
+}
+
+fn parse_since(since: Option<&str>) -> Result<i64, HttpError> {
+    let Some(text) = since else {
+        return Ok(i64::MIN);
+    };
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds.saturating_mul(1_000_000_000));
+    }
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .ok_or_else(|| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "since `{text}` is neither RFC 3339 (2026-11-22T10:00:00Z) nor Unix seconds"
+                ),
+            )
+        })
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(), HttpError> {
+    let by_query = token.is_some_and(|given| {
+        state
+            .engine
+            .config
+            .api
+            .tokens
+            .iter()
+            .any(|t| same(secrecy::ExposeSecret::expose_secret(t), given))
+    });
+    if by_query || state.has_api_token(headers) {
+        Ok(())
+    } else {
+        Err(HttpError::new(
+            StatusCode::UNAUTHORIZED,
+            "an API token is required (Authorization: Bearer ..., or ?token= in a browser)",
+        ))
+    }
+}
+
+/// Sends `repo`'s lines after `after` (and at or after `since`) to `sender`, then, when
+/// `follow`, new lines as they are stored. Ends when the client leaves.
+async fn feed(
+    state: AppState,
+    repo: String,
+    environment: String,
+    mut after: i64,
+    since: i64,
+    follow: bool,
+    sender: mpsc::Sender<AppLogLine>,
+) {
+    // Subscribe before reading the store; ids drop what arrives twice.
+    let mut live = state.engine.followers.subscribe();
+    let store = state.engine.store.clone();
+    let catch_up = |after: i64| {
+        let store = store.clone();
+        let (repo, environment) = (repo.clone(), environment.clone());
+        async move {
+            let mut lines = Vec::new();
+            let mut after = after;
+            loop {
+                let page = store
+                    .app_logs(&repo, &environment, after, PAGE)
+                    .await
+                    .unwrap_or_default();
+                let Some(last) = page.last() else {
+                    return lines;
+                };
+                after = last.id;
+                lines.extend(page);
+            }
+        }
+    };
+    for line in catch_up(after).await {
+        after = line.id;
+        if line.ts >= since && sender.send(line).await.is_err() {
+            return;
+        }
+    }
+    if !follow {
+        return;
+    }
+    loop {
+        let lines = match live.recv().await {
+            Ok(line) => vec![(*line).clone()],
+            Err(RecvError::Lagged(_)) => catch_up(after).await,
+            Err(RecvError::Closed) => return,
+        };
+        for line in lines {
+            if line.id <= after || line.repo != repo || line.environment != environment {
+                continue;
+            }
+            after = line.id;
+            if line.ts >= since && sender.send(line).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// NDJSON: one JSON object per line.
+pub(super) async fn api(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((owner, name, environment)): Path<(String, String, String)>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Response, HttpError> {
+    authorize(&state, &headers, query.token.as_deref())?;
+    let since = parse_since(query.since.as_deref())?;
+    let (sender, receiver) = mpsc::channel(1024);
+    tokio::spawn(feed(
+        state,
+        format!("{owner}/{name}"),
+        environment,
+        query.after.unwrap_or(0),
+        since,
+        query.follow,
+        sender,
+    ));
+    let body = futures::StreamExt::map(ReceiverStream::new(receiver), |line| {
+        Ok::<_, Infallible>(to_json(&line))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// The live page.
+pub(super) async fn page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((owner, name, environment)): Path<(String, String, String)>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Markup, HttpError> {
+    authorize(&state, &headers, query.token.as_deref())?;
+    let repo = format!("{owner}/{name}");
+    // The newest lines (retention bounds them all): the page shows the tail and follows.
+    let all = state
+        .engine
+        .store
+        .app_logs(&repo, &environment, 0, i64::MAX)
+        .await?;
+    let lines = &all[all.len().saturating_sub(1000)..];
+    let after = lines.last().map_or(0, |l| l.id);
+    let token = query.token.unwrap_or_default();
+    Ok(html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (repo) " · " (environment) " logs — dropship" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { (repo) " → " (environment) }
+                p.meta { "container logs, newest last; live" }
+                pre #log {
+                    @for line in lines {
+                        span class={"line " (line.stream)} {
+                            span.app { (line.app) "@" (line.server) }
+                            " " (line.line) "\n"
+                        }
+                    }
+                }
+                script {
+                    (PreEscaped(format!(
+                        "const EVENTS={events};let AFTER={after};",
+                        events = serde_json::to_string(&format!(
+                            "/apps/{owner}/{name}/{environment}/logs/events?token={}",
+                            urlencode(&token)
+                        ))
+                        .unwrap_or_default(),
+                    )))
+                    (PreEscaped(SCRIPT))
+                }
+            }
+        }
+    })
+}
+
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// Server-sent `line` events for the page.
+pub(super) async fn events(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((owner, name, environment)): Path<(String, String, String)>,
+    Query(query): Query<LogsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, HttpError> {
+    authorize(&state, &headers, query.token.as_deref())?;
+    let after = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .or(query.after)
+        .unwrap_or(0);
+    let (sender, receiver) = mpsc::channel(1024);
+    tokio::spawn(feed(
+        state,
+        format!("{owner}/{name}"),
+        environment,
+        after,
+        i64::MIN,
+        true,
+        sender,
+    ));
+    let stream = futures::StreamExt::map(ReceiverStream::new(receiver), |line| {
+        Ok(SseEvent::default()
+            .event("line")
+            .id(line.id.to_string())
+            .data(to_json(&line).trim_end()))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+const STYLE: &str = r#"
+body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1rem;color:#1b1f24}
+h1{font-size:1.3rem;margin:.2rem 0}.meta{color:#57606a}
+pre{background:#0d1117;color:#e6edf3;padding:.7rem;border-radius:6px;overflow-x:auto;font-size:13px;line-height:1.4}
+.line.stderr{color:#ffa198}.app{color:#8b949e}
+"#;
+
+const SCRIPT: &str = r#"
+(function(){
+  const log=document.getElementById('log');
+  const src=new EventSource(EVENTS+'&after='+AFTER);
+  src.addEventListener('line',e=>{const l=JSON.parse(e.data);if(l.id<=AFTER)return;AFTER=l.id;
+    const s=document.createElement('span');s.className='line '+l.stream;
+    const a=document.createElement('span');a.className='app';a.textContent=l.app+'@'+l.server;
+    s.appendChild(a);s.appendChild(document.createTextNode(' '+l.line+'\n'));log.appendChild(s);
+    window.scrollTo(0,document.body.scrollHeight);});
+})();
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_rfc3339_or_unix_seconds() {
+        assert_eq!(parse_since(Some("10")).unwrap(), 10_000_000_000);
+        assert_eq!(
+            parse_since(Some("1970-01-01T00:00:01.5Z")).unwrap(),
+            1_500_000_000
+        );
+        assert!(parse_since(Some("yesterday")).is_err());
+        assert_eq!(parse_since(None).unwrap(), i64::MIN);
+    }
+}

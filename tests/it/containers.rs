@@ -1,0 +1,707 @@
+//! Container deployments against the machine's real Docker engine, reached through a real
+//! sshd (the engine's socket forwarded over SSH), with images pulled from a real registry
+//! with basic auth.
+
+use std::time::Duration;
+
+use dropship::config::Config;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::support::docker::{self, Cleanup, Registry};
+use crate::support::github::{FakeGithub, PostedStatus};
+use crate::support::sshd::{self, ClientKey, Sshd};
+use crate::support::{
+    TestServer, config_toml, deployment_payload, eventually, free_port, healthy, serve,
+};
+
+const SECRET: &str = "tok-very-secret-4711";
+
+/// A sha per version, in order.
+fn sha(n: u32) -> String {
+    format!("{n:07}{}", "a".repeat(33))
+}
+
+struct World {
+    server: TestServer,
+    github: FakeGithub,
+    registry: Option<Registry>,
+    repo: String,
+    _sshd: Sshd,
+    _key: ClientKey,
+    _cleanup: Cleanup,
+    data: tempfile::TempDir,
+    config: String,
+}
+
+/// One sshd server `box` whose Docker engine is reached over SSH; `repo`'s manifest (the same
+/// at every sha given) from a fake GitHub; a registry when `registry` is set.
+async fn world(
+    repo: &str,
+    manifest: &str,
+    shas: &[String],
+    with_registry: bool,
+    extra: &str,
+) -> Option<World> {
+    sshd::available()?;
+    docker::available()?;
+    let registry = if with_registry {
+        Some(Registry::start()?)
+    } else {
+        None
+    };
+    let cleanup = Cleanup::new(repo);
+    let key = ClientKey::new();
+    let sshd = Sshd::start(&key);
+    let github = FakeGithub::start().await;
+    // REGISTRY in the manifest and in `extra` stands for the registry's address.
+    let (manifest, extra) = match &registry {
+        Some(r) => (
+            manifest.replace("REGISTRY", &r.address),
+            extra.replace("REGISTRY", &r.address),
+        ),
+        None => (manifest.to_string(), extra.to_string()),
+    };
+    for sha in shas {
+        github.add_file(repo, sha, "dropship.yml", &manifest);
+    }
+    let data = tempfile::tempdir().unwrap();
+    let text = config_toml(
+        data.path(),
+        &github.url,
+        &format!(
+            "{server}{registries}[[repos]]\nname = \"{repo}\"\nservers = [\"box\"]\n[repos.secrets]\nAPI_TOKEN = \"{SECRET}\"\n{extra}",
+            server = sshd.server_toml("box", &["app"], &key, &sshd.host_key),
+            registries = registry.as_ref().map(Registry::toml).unwrap_or_default(),
+        ),
+    );
+    let server = TestServer::start(Config::from_toml(&text).unwrap(), None).await;
+    Some(World {
+        server,
+        github,
+        registry,
+        repo: repo.to_string(),
+        _sshd: sshd,
+        _key: key,
+        _cleanup: cleanup,
+        data,
+        config: text,
+    })
+}
+
+impl World {
+    /// The `line` of every stored container log line of the app's environment.
+    async fn app_lines(&self) -> Vec<String> {
+        app_lines(&self.server, &self.repo).await
+    }
+
+    async fn deploy(
+        &self,
+        github_id: i64,
+        sha: &str,
+        task: &str,
+        payload: Value,
+    ) -> (i64, Vec<PostedStatus>) {
+        let mut body: Value = serde_json::from_slice(&deployment_payload(
+            github_id,
+            &self.repo,
+            sha,
+            "production",
+            task,
+        ))
+        .unwrap();
+        body["deployment"]["payload"] = payload;
+        let response = self
+            .server
+            .deliver(
+                "deployment",
+                &format!("d-{github_id}"),
+                &serde_json::to_vec(&body).unwrap(),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let answer: Value = response.json().await.unwrap();
+        let statuses = self
+            .github
+            .wait_final(github_id, Duration::from_secs(120))
+            .await;
+        (answer["id"].as_i64().unwrap(), statuses)
+    }
+}
+
+async fn app_lines(server: &TestServer, repo: &str) -> Vec<String> {
+    let response = server
+        .api(&format!("/api/apps/{repo}/production/logs"))
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let value: Value = serde_json::from_str(l).unwrap();
+            value["line"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn last(statuses: &[PostedStatus]) -> (&str, &str) {
+    let status = statuses.last().unwrap();
+    (status.state(), status.description())
+}
+
+const IMAGE_MANIFEST: &str = r#"version: 1
+environments:
+  production:
+    servers: [box]
+tasks:
+  deploy:
+    - name: web
+      container:
+        image: REGISTRY/acme/web
+        env:
+          VERSION: ${{ deployment.sha }}
+          HEALTHY: ${{ deployment.payload.healthy }}
+        secrets: [API_TOKEN]
+        ports: ["8080"]
+        keep: 2
+        healthcheck:
+          path: /up
+          interval: 200ms
+          retries: 10
+"#;
+
+#[tokio::test]
+async fn image_deploys_replace_behind_health_checks_keep_retired_versions_and_roll_back() {
+    let shas: Vec<String> = (1..=4).map(sha).collect();
+    let Some(w) = world("acme/web", IMAGE_MANIFEST, &shas, true, "").await else {
+        return;
+    };
+    let registry = w.registry.as_ref().unwrap();
+    for sha in &shas {
+        registry.push("acme/web", sha);
+    }
+
+    // v1: pulled with the registry's credentials, started, healthy.
+    let (first, statuses) = w.deploy(1, &shas[0], "deploy", serde_json::json!({})).await;
+    assert_eq!(
+        last(&statuses).0,
+        "success",
+        "{statuses:#?}\n{}",
+        w.server.log(first).await
+    );
+    let seen = docker::containers("acme/web", "web");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].running && seen[0].sha == shas[0]);
+    assert_eq!(
+        docker::fetch(&seen[0].id, "/version").await.as_deref(),
+        Some(shas[0].as_str())
+    );
+
+    // v2 replaces v1, which stays, stopped, for rollback.
+    let (_, statuses) = w.deploy(2, &shas[1], "deploy", serde_json::json!({})).await;
+    assert_eq!(last(&statuses).0, "success");
+    let seen = docker::containers("acme/web", "web");
+    assert_eq!(
+        seen.iter()
+            .map(|s| (s.sha.as_str(), s.running))
+            .collect::<Vec<_>>(),
+        [(shas[1].as_str(), true), (shas[0].as_str(), false)]
+    );
+
+    // v3 and v4: with keep: 2, v1 is pruned.
+    for (i, sha) in shas.iter().enumerate().skip(2) {
+        let (_, statuses) = w
+            .deploy(i as i64 + 1, sha, "deploy", serde_json::json!({}))
+            .await;
+        assert_eq!(last(&statuses).0, "success");
+    }
+    let seen = docker::containers("acme/web", "web");
+    assert_eq!(
+        seen.iter()
+            .map(|s| (s.sha.as_str(), s.running))
+            .collect::<Vec<_>>(),
+        [
+            (shas[3].as_str(), true),
+            (shas[2].as_str(), false),
+            (shas[1].as_str(), false)
+        ]
+    );
+
+    // task: rollback returns to v3 through the same health check; v4 is retired.
+    let (rollback, statuses) = w
+        .deploy(10, &shas[3], "rollback", serde_json::json!({}))
+        .await;
+    assert_eq!(
+        last(&statuses).0,
+        "success",
+        "{}",
+        w.server.log(rollback).await
+    );
+    let seen = docker::containers("acme/web", "web");
+    let running: Vec<&str> = seen
+        .iter()
+        .filter(|s| s.running)
+        .map(|s| s.sha.as_str())
+        .collect();
+    assert_eq!(running, [shas[2].as_str()]);
+    let serving = seen.iter().find(|s| s.running).unwrap();
+    assert_eq!(
+        docker::fetch(&serving.id, "/version").await.as_deref(),
+        Some(shas[2].as_str())
+    );
+    let log = w.server.log(rollback).await;
+    assert!(log.contains("rolling web back to deployment"), "{log}");
+
+    // The secret went into the container (it printed it), but no stored line, status or API
+    // answer carries it.
+    for id in [first, rollback] {
+        let log = w.server.log(id).await;
+        assert!(!log.contains(SECRET), "{log}");
+    }
+    let logs = w.app_lines().await;
+    assert!(
+        logs.iter().any(|l| l.ends_with("starting (token ***)")),
+        "{logs:?}"
+    );
+    assert!(!logs.iter().any(|l| l.contains(SECRET)));
+    let everything = format!("{:?}", w.github.statuses(1));
+    assert!(!everything.contains(SECRET));
+    let db = std::fs::read(w.data.path().join("dropship.db")).unwrap();
+    assert!(
+        !db.windows(SECRET.len())
+            .any(|window| window == SECRET.as_bytes()),
+        "the secret is in the database file"
+    );
+}
+
+#[tokio::test]
+async fn an_unhealthy_version_is_removed_and_the_old_one_keeps_serving() {
+    let shas: Vec<String> = (1..=2).map(sha).collect();
+    let Some(w) = world(
+        "acme/sick",
+        &IMAGE_MANIFEST
+            .replace("acme/web", "acme/sick")
+            .replace("retries: 10", "retries: 5"),
+        &shas,
+        true,
+        "",
+    )
+    .await
+    else {
+        return;
+    };
+    let registry = w.registry.as_ref().unwrap();
+    for sha in &shas {
+        registry.push("acme/sick", sha);
+    }
+    let (_, statuses) = w.deploy(1, &shas[0], "deploy", serde_json::json!({})).await;
+    assert_eq!(last(&statuses).0, "success");
+
+    let (id, statuses) = w
+        .deploy(2, &shas[1], "deploy", serde_json::json!({"healthy": "no"}))
+        .await;
+    let (state, description) = last(&statuses);
+    assert_eq!(state, "failure", "{statuses:#?}");
+    // The diagnosis: server, container, health check, last answer.
+    assert!(description.contains("on box"), "{description}");
+    assert!(description.contains("sick-production-2-0"), "{description}");
+    assert!(
+        description.contains("GET /up on port 8080"),
+        "{description}"
+    );
+    let log = w.server.log(id).await;
+    assert!(log.contains("HTTP 404"), "{log}");
+    assert!(log.contains("last "), "{log}");
+    assert!(
+        log.contains(&format!("web {} serving", shas[1])),
+        "the container's own lines: {log}"
+    );
+    assert!(log.contains("the previous version keeps running"), "{log}");
+
+    let seen = docker::containers("acme/sick", "sick");
+    assert_eq!(
+        seen.len(),
+        1,
+        "the unhealthy container is removed: {seen:?}"
+    );
+    assert!(seen[0].running && seen[0].sha == shas[0]);
+    assert_eq!(
+        docker::fetch(&seen[0].id, "/version").await.as_deref(),
+        Some(shas[0].as_str())
+    );
+}
+
+#[tokio::test]
+async fn container_logs_are_kept_live_and_resume_after_a_crash_without_loss_or_repeats() {
+    let shas = vec![sha(1)];
+    let manifest = IMAGE_MANIFEST
+        .replace("acme/web", "acme/chatty")
+        .replace(
+            "          HEALTHY:",
+            "          LINES: \"40\"\n          HEALTHY:",
+        )
+        .replace("retries: 10", "retries: 100");
+    let Some(w) = world("acme/chatty", &manifest, &shas, true, "").await else {
+        return;
+    };
+    w.registry.as_ref().unwrap().push("acme/chatty", &shas[0]);
+    // This test runs the real binary, so that it can be killed (SIGKILL) mid-stream.
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = w.data.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        w.config
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
+            .replace(
+                &w.data.path().display().to_string(),
+                &w.data.path().join("serve").display().to_string(),
+            ),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let first = serve(&config);
+    healthy(&client, &base).await;
+    let body = deployment_payload(1, "acme/chatty", &shas[0], "production", "deploy");
+    let response = client
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "deployment")
+        .header(
+            "X-Hub-Signature-256",
+            dropship::webhook::sign(crate::support::WEBHOOK_SECRET.as_bytes(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let statuses = w.github.wait_final(1, Duration::from_secs(120)).await;
+    assert_eq!(last(&statuses).0, "success", "{statuses:#?}");
+
+    let lines = |client: reqwest::Client, base: String| async move {
+        let text = client
+            .get(format!("{base}/api/apps/acme/chatty/production/logs"))
+            .bearer_auth(crate::support::API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["line"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect::<Vec<String>>()
+    };
+    // Lines are stored while the container writes them...
+    eventually(Duration::from_secs(30), "the first lines", || {
+        let lines = lines(client.clone(), base.clone());
+        async move { lines.await.iter().any(|l| l == "line 3") }
+    })
+    .await;
+    // ...and Dropship is killed while it goes on writing.
+    drop(first);
+    let container = docker::containers("acme/chatty", "chatty").remove(0);
+    eventually(
+        Duration::from_secs(30),
+        "the container to finish its lines",
+        || async { docker::run(&["logs", &container.id]).contains("serving") },
+    )
+    .await;
+    let _second = serve(&config);
+    healthy(&client, &base).await;
+    eventually(
+        Duration::from_secs(30),
+        "the lines written while Dropship was down",
+        || {
+            let lines = lines(client.clone(), base.clone());
+            async move { lines.await.iter().any(|l| l.ends_with("serving")) }
+        },
+    )
+    .await;
+    // A restarted container's new lines follow; none of the old ones comes twice.
+    docker::run(&["restart", "-t", "1", &container.id]);
+    eventually(
+        Duration::from_secs(30),
+        "the restarted container's lines",
+        || {
+            let lines = lines(client.clone(), base.clone());
+            async move {
+                lines
+                    .await
+                    .iter()
+                    .filter(|l| l.ends_with("serving"))
+                    .count()
+                    == 2
+            }
+        },
+    )
+    .await;
+    let all = lines(client.clone(), base.clone()).await;
+    for i in 0..40 {
+        let wanted = format!("line {i}");
+        assert_eq!(
+            all.iter().filter(|l| **l == wanted).count(),
+            2,
+            "{wanted} once per run of the container: {all:#?}"
+        );
+    }
+    assert_eq!(
+        all.iter()
+            .filter(|l| l.ends_with("starting (token ***)"))
+            .count(),
+        2,
+        "{all:#?}"
+    );
+}
+
+const BUILD_MANIFEST: &str = r#"version: 1
+environments:
+  production:
+    servers: [box]
+tasks:
+  deploy:
+    - name: web
+      container:
+        name: built
+        build:
+          context: .
+          builder: box
+        env:
+          VERSION: ${{ deployment.sha }}
+        ports: ["8080"]
+        healthcheck:
+          path: /up
+          interval: 200ms
+          retries: 50
+"#;
+
+#[tokio::test]
+async fn a_build_deploy_builds_the_repository_tarball_on_the_builder_and_pushes_it() {
+    let shas = vec![sha(7)];
+    // The operator's build registry is where the builder pushes.
+    let extra = "[containers]\nbuild_registry = \"REGISTRY/builds\"\n";
+    let Some(w) = world("acme/built", BUILD_MANIFEST, &shas, true, extra).await else {
+        return;
+    };
+    w.github
+        .add_tarball("acme/built", &shas[0], &docker::build_files());
+    let registry = w.registry.as_ref().unwrap();
+    let (id, statuses) = w.deploy(1, &shas[0], "deploy", serde_json::json!({})).await;
+    let log = w.server.log(id).await;
+    assert_eq!(last(&statuses).0, "success", "{statuses:#?}\n{log}");
+    assert!(log.contains("fetching acme/built at"), "{log}");
+    assert!(log.contains("building"), "{log}");
+    assert!(log.contains("pushing"), "{log}");
+    let seen = docker::containers("acme/built", "built");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0].running && seen[0].name == "built-production-1-0",
+        "{seen:?}"
+    );
+    assert_eq!(
+        docker::fetch(&seen[0].id, "/version").await.as_deref(),
+        Some(shas[0].as_str())
+    );
+    // The image is in the registry for other servers to pull.
+    let tags: Value = reqwest::Client::new()
+        .get(format!(
+            "http://{}/v2/builds/acme-built-built/tags/list",
+            registry.address
+        ))
+        .basic_auth(registry.user, Some(registry.password))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tags["tags"], serde_json::json!([shas[0]]), "{tags}");
+}
+
+const COMPOSE_MANIFEST: &str = r#"version: 1
+environments:
+  production:
+    servers: [box]
+tasks:
+  deploy:
+    - name: stack
+      compose:
+        file: deploy/compose.yml
+        project: shop-stack
+        env:
+          VERSION: ${{ deployment.sha }}
+"#;
+
+const COMPOSE_FILE: &str = r#"version: "3"
+services:
+  web:
+    image: dropship-test/web:base
+    environment:
+      VERSION: "${VERSION}"
+"#;
+
+fn compose_containers(project: &str) -> Vec<String> {
+    docker::run(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=com.docker.compose.project={project}"),
+        "--format",
+        "{{.Names}} {{.State}}",
+    ])
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[tokio::test]
+async fn a_compose_stack_comes_up_in_its_project_directory_and_stops() {
+    let shas = vec![sha(3)];
+    let root = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let extra = format!(
+        "[containers]\ncompose_root = \"{}/compose\"\n",
+        root.path().display()
+    );
+    let Some(w) = world("acme/stack", COMPOSE_MANIFEST, &shas, false, &extra).await else {
+        return;
+    };
+    w.github
+        .add_file("acme/stack", &shas[0], "deploy/compose.yml", COMPOSE_FILE);
+    let _down = ComposeDown("shop-stack");
+
+    let (id, statuses) = w.deploy(1, &shas[0], "deploy", serde_json::json!({})).await;
+    let log = w.server.log(id).await;
+    assert_eq!(last(&statuses).0, "success", "{statuses:#?}\n{log}");
+    let written = root.path().join("compose/shop-stack/deploy/compose.yml");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), COMPOSE_FILE);
+    let running = compose_containers("shop-stack");
+    assert_eq!(running.len(), 1, "{running:?}");
+    assert!(running[0].ends_with(" running"), "{running:?}");
+    // The page shows the stack's services and their states.
+    let detail = w.server.deployment(id).await;
+    assert_eq!(detail["services"][0]["service"], "web", "{detail}");
+    assert_eq!(detail["services"][0]["state"], "running", "{detail}");
+
+    // task: stop brings it down.
+    let (_, statuses) = w.deploy(2, &shas[0], "stop", serde_json::json!({})).await;
+    assert_eq!(last(&statuses).0, "success", "{statuses:#?}");
+    assert!(compose_containers("shop-stack").is_empty());
+}
+
+/// `docker-compose down` for a project, whatever the test's outcome.
+struct ComposeDown(&'static str);
+
+impl Drop for ComposeDown {
+    fn drop(&mut self) {
+        let ids = docker::run(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.0),
+        ]);
+        for id in ids.split_whitespace() {
+            let _ = docker::docker().args(["rm", "-f", id]).output();
+        }
+    }
+}
+
+#[tokio::test]
+async fn compose_paths_that_escape_their_directory_are_refused_with_file_line_and_key() {
+    let shas = vec![sha(4)];
+    let escaping = COMPOSE_MANIFEST
+        .replace("project: shop-stack", "project: ../../etc")
+        .replace("file: deploy/compose.yml", "file: ../../../etc/passwd");
+    let Some(w) = world("acme/escape", &escaping, &shas, false, "").await else {
+        return;
+    };
+    let (id, statuses) = w.deploy(1, &shas[0], "deploy", serde_json::json!({})).await;
+    let (state, description) = last(&statuses);
+    assert_eq!(state, "error", "{statuses:#?}");
+    assert!(
+        description.starts_with("dropship.yml:9:15: `../../../etc/passwd` climbs out with `..`"),
+        "{description}"
+    );
+    let log = w.server.log(id).await;
+    assert!(
+        log.contains(
+            "dropship.yml:10:18: project `../../etc`: must match ^[a-zA-Z0-9][a-zA-Z0-9_-]*$"
+        ),
+        "{log}"
+    );
+}
+
+const PAYLOAD_MANIFEST: &str = r#"version: 1
+environments:
+  production:
+    servers: [box]
+    allow_payload_image: true
+  staging:
+    servers: [box]
+tasks:
+  deploy:
+    - name: nothing
+      run: "true"
+"#;
+
+#[tokio::test]
+async fn a_payload_image_deploys_where_the_manifest_allows_it_and_errors_elsewhere() {
+    let shas = vec![sha(5)];
+    let Some(w) = world("acme/gitship", PAYLOAD_MANIFEST, &shas, true, "").await else {
+        return;
+    };
+    let image = w.registry.as_ref().unwrap().push("acme/gitship", "v9");
+    let payload = serde_json::json!({
+        "image": image,
+        "port": 8080,
+        "env": {"VERSION": "from-payload"},
+    });
+    let (id, statuses) = w.deploy(1, &shas[0], "deploy", payload.clone()).await;
+    assert_eq!(
+        last(&statuses).0,
+        "success",
+        "{statuses:#?}\n{}",
+        w.server.log(id).await
+    );
+    let seen = docker::containers("acme/gitship", "gitship");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(
+        docker::fetch(&seen[0].id, "/version").await.as_deref(),
+        Some("from-payload")
+    );
+
+    // staging does not allow it.
+    let mut body: Value = serde_json::from_slice(&deployment_payload(
+        2,
+        "acme/gitship",
+        &shas[0],
+        "staging",
+        "deploy",
+    ))
+    .unwrap();
+    body["deployment"]["payload"] = payload;
+    let response = w
+        .server
+        .deliver(
+            "deployment",
+            "d-staging",
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let statuses = w.github.wait_final(2, Duration::from_secs(60)).await;
+    let (state, description) = last(&statuses);
+    assert_eq!(state, "error");
+    assert!(
+        description.contains("environment `staging` does not set allow_payload_image: true"),
+        "{description}"
+    );
+}
