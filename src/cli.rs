@@ -58,7 +58,8 @@ enum Command {
     },
     /// Run a task from a local manifest, without GitHub, printing live progress.
     Run(RunArgs),
-    /// Connect to every configured server and report reachability and host-key status.
+    /// Connect to every configured server and report reachability, host-key status and the
+    /// version of its Docker engine.
     Check {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -400,22 +401,51 @@ async fn print_progress(mut events: tokio::sync::broadcast::Receiver<Arc<Event>>
 async fn check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
     let fleet = crate::exec::Fleet::from_config(&config)?;
+    let hosts = crate::containers::Hosts::from_config(&config, &fleet)?;
     let mut failed = 0;
+    let limit = Duration::from_secs(30);
     let checks = config.servers.iter().map(|server| {
         let executor = fleet.get(&server.name);
+        let host = hosts.get(&server.name);
         async move {
             let executor = executor?;
-            let result = tokio::time::timeout(Duration::from_secs(30), executor.check()).await;
-            Some((server.name.clone(), executor.host_key_status(), result))
+            let result = tokio::time::timeout(limit, executor.check()).await;
+            // The engine only once the server answers: its socket comes over that connection.
+            let docker = match (&result, host) {
+                (Ok(Ok(_)), Some(host)) => Some(tokio::time::timeout(limit, host.version()).await),
+                _ => None,
+            };
+            Some((server, executor.host_key_status(), result, docker))
         }
     });
-    for (name, host_key, result) in futures::future::join_all(checks)
+    for (server, host_key, result, docker) in futures::future::join_all(checks)
         .await
         .into_iter()
         .flatten()
     {
+        let name = &server.name;
+        let docker = match docker {
+            None => String::new(),
+            Some(Ok(Ok(version))) => format!("   docker: {version}"),
+            Some(outcome) => {
+                let why = match outcome {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "no answer within 30s".to_string(),
+                };
+                if server.docker.is_some() {
+                    failed += 1;
+                    format!("   docker: FAILED {why}")
+                } else {
+                    format!(
+                        "   docker: not reachable ({why}); set docker = \"none\" if this server runs no containers"
+                    )
+                }
+            }
+        };
         match result {
-            Ok(Ok(system)) => println!("{name:<16} ok      {system:<28} host key: {host_key}"),
+            Ok(Ok(system)) => {
+                println!("{name:<16} ok      {system:<28} host key: {host_key}{docker}")
+            }
             Ok(Err(error)) => {
                 failed += 1;
                 println!("{name:<16} FAILED  {error}   host key: {host_key}");

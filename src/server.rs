@@ -36,6 +36,7 @@ pub async fn engine(
         fleet,
         hosts,
         followers,
+        retiring: Default::default(),
         logs,
         bus,
         outbox: Arc::new(Notify::new()),

@@ -507,6 +507,7 @@ impl ContainerHost for DockerHost {
                 memory: spec.memory_bytes,
                 nano_cpus: spec.nano_cpus,
                 network_mode: spec.network.clone(),
+                init: spec.init.then_some(true),
                 ..Default::default()
             }),
             ..Default::default()

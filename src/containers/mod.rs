@@ -116,6 +116,8 @@ pub struct ContainerSpec {
     pub memory_bytes: Option<i64>,
     pub nano_cpus: Option<i64>,
     pub network: Option<String>,
+    /// Docker's init as PID 1.
+    pub init: bool,
 }
 
 impl fmt::Debug for ContainerSpec {

@@ -78,7 +78,7 @@ impl Engine {
         plan: &ComposePlan,
         up: bool,
         server: &str,
-        say: &Say<'_>,
+        say: &Say,
     ) -> Result<ServerResult, crate::exec::ExecError> {
         // Checked when the manifest was read; checked again here, right before use.
         if !valid_project(&plan.project) {
@@ -150,7 +150,7 @@ impl Engine {
         deployment: &Deployment,
         server: &str,
         project: &str,
-        say: &Say<'_>,
+        say: &Say,
     ) {
         let Some(host) = self.hosts.get(server) else {
             return;

@@ -5,7 +5,7 @@
 //! on the server, stopped, as retired versions; versions beyond `keep` are removed. A new
 //! version that never gets healthy is removed and the old one keeps running.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,21 +56,21 @@ pub(super) struct StepShared {
 
 /// Writes a step's lines for one server.
 #[derive(Clone)]
-pub(super) struct Say<'a> {
-    pub(super) log: &'a DeploymentLog,
-    pub server: &'a str,
-    pub step: &'a str,
+pub(super) struct Say {
+    pub(super) log: DeploymentLog,
+    pub(super) server: String,
+    pub(super) step: String,
 }
 
-impl Say<'_> {
+impl Say {
     pub(super) fn note(&self, text: impl Into<String>) {
         self.log
-            .line(Some(self.server), Some(self.step), "dropship", text);
+            .line(Some(&self.server), Some(&self.step), "dropship", text);
     }
 
     pub(super) fn output(&self, stream: &str, text: impl Into<String>) {
         self.log
-            .line(Some(self.server), Some(self.step), stream, text);
+            .line(Some(&self.server), Some(&self.step), stream, text);
     }
 
     /// A channel whose lines go to this step's log (pull and build progress).
@@ -86,6 +86,38 @@ impl Say<'_> {
             }
         });
         (sender, task)
+    }
+}
+
+/// Old versions being stopped in the background, per app and server: the next container step
+/// for the same app waits for them, so it always sees settled state.
+#[derive(Debug, Clone, Default)]
+pub struct Retiring {
+    locks: Arc<std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl Retiring {
+    fn lock(
+        &self,
+        deployment: &Deployment,
+        app: &str,
+        server: &str,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        let key = format!(
+            "{}\0{}\0{app}\0{server}",
+            deployment.repo, deployment.environment
+        );
+        self.locks
+            .lock()
+            .expect("not poisoned")
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    /// Waits until earlier background stops of this app on this server have finished.
+    async fn settle(&self, deployment: &Deployment, app: &str, server: &str) {
+        let _ = self.lock(deployment, app, server).lock().await;
     }
 }
 
@@ -152,7 +184,7 @@ impl Engine {
         plan: &ContainerPlan,
         server: &str,
         shared: &StepShared,
-        say: &Say<'_>,
+        say: &Say,
     ) -> AppResult {
         match self
             .deploy_app_inner(deployment, plan, server, shared, say)
@@ -169,9 +201,10 @@ impl Engine {
         plan: &ContainerPlan,
         server: &str,
         shared: &StepShared,
-        say: &Say<'_>,
+        say: &Say,
     ) -> Result<AppResult, ContainerError> {
         let host = self.host(server)?;
+        self.retiring.settle(deployment, &plan.app, server).await;
         let clock = Instant::now();
         let image = match self
             .image(deployment, plan, server, &host, shared, say)
@@ -180,9 +213,10 @@ impl Engine {
             Ok(image) => image,
             Err(why) => return Ok(AppResult::Failed(why)),
         };
+        let image_time = clock.elapsed();
         say.note(format!(
             "image {image} ready ({})",
-            format_elapsed(clock.elapsed())
+            format_elapsed(image_time)
         ));
         if let Some(network) = &plan.network {
             host.ensure_network(network).await?;
@@ -247,6 +281,7 @@ impl Engine {
                 memory_bytes: plan.memory_bytes,
                 nano_cpus: plan.nano_cpus,
                 network: plan.network.clone(),
+                init: plan.init,
             };
             let id = host.create(&spec).await?;
             new_ids.push((id.clone(), spec.name.clone()));
@@ -293,17 +328,25 @@ impl Engine {
             return Ok(AppResult::Failed(failure));
         }
         let switch_clock = Instant::now();
-        if !stopped_old && !old.is_empty() {
-            self.retire(&host, &old, plan.stop_timeout, say).await?;
-        }
-        self.prune(&host, deployment, &plan.app, plan.keep, say)
-            .await?;
+        let old = if stopped_old { Vec::new() } else { old };
+        self.retire_in_background(
+            &host,
+            deployment,
+            &plan.app,
+            old,
+            plan.stop_timeout,
+            plan.keep,
+            say,
+        )
+        .await;
+        let ms = |d: Duration| d.as_millis();
         say.note(format!(
-            "{} healthy on {server}: start {}, health {}, switch {}",
+            "{} replaced on {server} in ms: image {}, start {}, health {}, switch {}",
             plan.app,
-            format_elapsed(start_time),
-            format_elapsed(health_time),
-            format_elapsed(switch_clock.elapsed())
+            ms(image_time),
+            ms(start_time),
+            ms(health_time),
+            ms(switch_clock.elapsed())
         ));
         self.watch_logs(server);
         Ok(AppResult::Done)
@@ -318,7 +361,7 @@ impl Engine {
         server: &str,
         host: &Arc<dyn ContainerHost>,
         shared: &StepShared,
-        say: &Say<'_>,
+        say: &Say,
     ) -> Result<Result<String, String>, ContainerError> {
         match &plan.image {
             ImageSource::Pull(image) => Ok(self
@@ -360,7 +403,7 @@ impl Engine {
                                     Err(e) => return Err(e.to_string()),
                                 };
                                 let builder_say = Say {
-                                    server: builder,
+                                    server: builder.to_string(),
                                     ..say.clone()
                                 };
                                 match builder_host.image_present(&image).await {
@@ -411,7 +454,7 @@ impl Engine {
         &self,
         host: &Arc<dyn ContainerHost>,
         image: &str,
-        say: &Say<'_>,
+        say: &Say,
     ) -> Result<Result<(), String>, ContainerError> {
         let mutable = image.ends_with(":latest");
         if !mutable && host.image_present(image).await? {
@@ -442,7 +485,7 @@ impl Engine {
         server: &str,
         host: &Arc<dyn ContainerHost>,
         shared: &StepShared,
-        say: &Say<'_>,
+        say: &Say,
     ) -> Result<Result<(), String>, ContainerError> {
         let context = shared
             .context
@@ -505,7 +548,7 @@ impl Engine {
         id: &str,
         name: &str,
         check: &HealthCheck,
-        say: &Say<'_>,
+        say: &Say,
     ) -> Result<(), String> {
         let started = Instant::now();
         let what = match &check.probe {
@@ -614,7 +657,7 @@ impl Engine {
         name: &str,
         what: &str,
         why: &str,
-        say: &Say<'_>,
+        say: &Say,
     ) -> String {
         let state = host.state(id).await.ok();
         let target = match state.as_ref().and_then(|s| s.ip.clone()) {
@@ -637,13 +680,69 @@ impl Engine {
         format!("{name} unhealthy ({target}: {why})")
     }
 
+    /// Stops `old` (gracefully, up to `timeout`) and then prunes versions beyond `keep`, in
+    /// the background: the new version is already serving, and an app that takes its whole
+    /// stop timeout to drain should not hold up the deployment's status. The next step for
+    /// this app on this server waits for it ([`Retiring`]).
+    #[allow(clippy::too_many_arguments)]
+    async fn retire_in_background(
+        &self,
+        host: &Arc<dyn ContainerHost>,
+        deployment: &Deployment,
+        app: &str,
+        old: Vec<ContainerInfo>,
+        timeout: Duration,
+        keep: u32,
+        say: &Say,
+    ) {
+        let guard = self
+            .retiring
+            .lock(deployment, app, &say.server)
+            .lock_owned()
+            .await;
+        for container in &old {
+            say.note(format!(
+                "stopping {} (stop timeout {})",
+                container.name,
+                humantime::format_duration(timeout)
+            ));
+        }
+        let (engine, host, deployment, app, say) = (
+            self.clone(),
+            host.clone(),
+            deployment.clone(),
+            app.to_string(),
+            say.clone(),
+        );
+        tokio::spawn(async move {
+            let clock = Instant::now();
+            let result = async {
+                engine.retire(&host, &old, timeout, &say).await?;
+                engine.prune(&host, &deployment, &app, keep, &say).await
+            }
+            .await;
+            match result {
+                Ok(()) if !old.is_empty() => say.note(format!(
+                    "old version of {app} stopped in {} ms",
+                    clock.elapsed().as_millis()
+                )),
+                Ok(()) => {}
+                Err(error) => {
+                    tracing::warn!(%error, app, "retiring the old version");
+                    say.note(format!("✘ retiring the old version of {app}: {error}"));
+                }
+            }
+            drop(guard);
+        });
+    }
+
     /// Stops `containers`; they stay on the server as a retired version.
     async fn retire(
         &self,
         host: &Arc<dyn ContainerHost>,
         containers: &[ContainerInfo],
         timeout: Duration,
-        say: &Say<'_>,
+        say: &Say,
     ) -> Result<(), ContainerError> {
         let stops = containers.iter().map(|c| host.stop(&c.id, timeout));
         for (container, result) in containers
@@ -663,7 +762,7 @@ impl Engine {
         deployment: &Deployment,
         app: &str,
         keep: u32,
-        say: &Say<'_>,
+        say: &Say,
     ) -> Result<(), ContainerError> {
         let all = host.list(&app_labels(deployment, app)).await?;
         let retired: Vec<ContainerInfo> = versions(all)
@@ -687,10 +786,11 @@ impl Engine {
         app: &str,
         stop_timeout: Duration,
         server: &str,
-        say: &Say<'_>,
+        say: &Say,
     ) -> AppResult {
         let run = async {
             let host = self.host(server)?;
+            self.retiring.settle(deployment, app, server).await;
             let all = host.list(&app_labels(deployment, app)).await?;
             let groups = versions(all);
             let current: Vec<ContainerInfo> = groups
@@ -788,10 +888,11 @@ impl Engine {
         app: &str,
         stop_timeout: Duration,
         server: &str,
-        say: &Say<'_>,
+        say: &Say,
     ) -> AppResult {
         let run = async {
             let host = self.host(server)?;
+            self.retiring.settle(deployment, app, server).await;
             let running: Vec<ContainerInfo> = host
                 .list(&app_labels(deployment, app))
                 .await?

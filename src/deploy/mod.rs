@@ -29,6 +29,7 @@ use crate::manifest::{
 };
 
 use crate::store::{Deployment, State, StatusDraft, StepRun, StepState, Store, Transition, now_ms};
+pub use container::Retiring;
 use container::{AppResult, Say, StepShared};
 
 /// Everything a deployment needs.
@@ -41,6 +42,8 @@ pub struct Engine {
     pub hosts: Hosts,
     /// Follows the containers' own logs after their deployments.
     pub followers: Followers,
+    /// Old container versions being stopped in the background.
+    pub retiring: Retiring,
     pub logs: Logs,
     pub bus: Bus,
     /// Wakes the status outbox when a status is enqueued.
@@ -503,9 +506,9 @@ impl Engine {
                 format!("▶ {} on {server}", step.name),
             );
             let say = Say {
-                log,
-                server,
-                step: &step.name,
+                log: log.clone(),
+                server: server.to_string(),
+                step: step.name.clone(),
             };
             let result = match &step.action {
                 Action::Shell => self
@@ -629,7 +632,7 @@ impl Engine {
     }
 
     /// Runs a script on `server`, its output going to the step's log.
-    async fn run_script(&self, server: &str, job: &Job, say: &Say<'_>) -> Result<Exit, ExecError> {
+    async fn run_script(&self, server: &str, job: &Job, say: &Say) -> Result<Exit, ExecError> {
         let (sender, mut lines) = mpsc::unbounded_channel::<(crate::exec::Stream, String)>();
         let forward = {
             let log = say.log.clone();

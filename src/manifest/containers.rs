@@ -28,6 +28,7 @@ pub struct ContainerPlan {
     pub memory_bytes: Option<i64>,
     pub nano_cpus: Option<i64>,
     pub network: Option<String>,
+    pub init: bool,
     pub replicas: u32,
     pub health: HealthCheck,
     pub keep: u32,
@@ -479,6 +480,7 @@ pub(super) fn plan_container(raw: &RawContainer, context: &Context) -> Container
         memory_bytes: raw.memory.as_deref().and_then(parse_memory),
         nano_cpus: raw.cpus.map(|c| (c * 1e9) as i64),
         network: raw.network.clone(),
+        init: raw.init,
         replicas: raw.replicas.unwrap_or(1),
         health,
         keep: raw.keep.unwrap_or(DEFAULT_KEEP),
@@ -578,6 +580,7 @@ pub(super) fn plan_payload_image(context: &Context) -> Result<Option<ContainerPl
         memory_bytes: None,
         nano_cpus: None,
         network: None,
+        init: false,
         replicas: 1,
         health: HealthCheck {
             probe: match port {

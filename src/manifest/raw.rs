@@ -136,6 +136,10 @@ pub(crate) struct RawContainer {
     pub(crate) cpus: Option<f64>,
     /// A Docker network to join; it is created if missing.
     pub(crate) network: Option<String>,
+    /// Run Docker's init as PID 1, which passes signals on and reaps zombies: an app that
+    /// ignores SIGTERM as PID 1 then stops at once instead of after `stop_timeout`.
+    #[serde(default)]
+    pub(crate) init: bool,
     /// Containers per server (default 1).
     pub(crate) replicas: Option<u32>,
     /// How a new container proves it is ready before the old one stops.

@@ -23,6 +23,7 @@ fn check_reports_reachability_and_host_key_status_per_server() {
     if sshd::available().is_none() {
         return;
     }
+    let docker = crate::support::docker::available().is_some();
     let key = ClientKey::new();
     let good = Sshd::start(&key);
     let swapped = Sshd::start(&key);
@@ -59,6 +60,10 @@ fn check_reports_reachability_and_host_key_status_per_server() {
         "{text}"
     );
     assert!(text.contains("2 servers checked, 1 failed"), "{text}");
+    if docker {
+        // The engine's socket, forwarded over the SSH connection, answers with its version.
+        assert!(line("web-1").contains("docker: Docker "), "{text}");
+    }
 }
 
 #[test]

@@ -146,6 +146,23 @@ async fn app_lines(server: &TestServer, repo: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits until `app`'s containers are exactly `expected` (sha, running), newest deployment
+/// first.
+async fn settled(repo: &str, app: &str, expected: &[(&str, bool)]) {
+    eventually(
+        Duration::from_secs(30),
+        "the containers to settle",
+        || async {
+            let seen = docker::containers(repo, app);
+            seen.iter()
+                .map(|s| (s.sha.as_str(), s.running))
+                .collect::<Vec<_>>()
+                == expected
+        },
+    )
+    .await;
+}
+
 fn last(statuses: &[PostedStatus]) -> (&str, &str) {
     let status = statuses.last().unwrap();
     (status.state(), status.description())
@@ -202,13 +219,8 @@ async fn image_deploys_replace_behind_health_checks_keep_retired_versions_and_ro
     // v2 replaces v1, which stays, stopped, for rollback.
     let (_, statuses) = w.deploy(2, &shas[1], "deploy", serde_json::json!({})).await;
     assert_eq!(last(&statuses).0, "success");
-    let seen = docker::containers("acme/web", "web");
-    assert_eq!(
-        seen.iter()
-            .map(|s| (s.sha.as_str(), s.running))
-            .collect::<Vec<_>>(),
-        [(shas[1].as_str(), true), (shas[0].as_str(), false)]
-    );
+    // The old version stops in the background, after the status.
+    settled("acme/web", "web", &[(&shas[1], true), (&shas[0], false)]).await;
 
     // v3 and v4: with keep: 2, v1 is pruned.
     for (i, sha) in shas.iter().enumerate().skip(2) {
@@ -217,17 +229,12 @@ async fn image_deploys_replace_behind_health_checks_keep_retired_versions_and_ro
             .await;
         assert_eq!(last(&statuses).0, "success");
     }
-    let seen = docker::containers("acme/web", "web");
-    assert_eq!(
-        seen.iter()
-            .map(|s| (s.sha.as_str(), s.running))
-            .collect::<Vec<_>>(),
-        [
-            (shas[3].as_str(), true),
-            (shas[2].as_str(), false),
-            (shas[1].as_str(), false)
-        ]
-    );
+    settled(
+        "acme/web",
+        "web",
+        &[(&shas[3], true), (&shas[2], false), (&shas[1], false)],
+    )
+    .await;
 
     // task: rollback returns to v3 through the same health check; v4 is retired.
     let (rollback, statuses) = w
@@ -239,13 +246,13 @@ async fn image_deploys_replace_behind_health_checks_keep_retired_versions_and_ro
         "{}",
         w.server.log(rollback).await
     );
+    settled(
+        "acme/web",
+        "web",
+        &[(&shas[3], false), (&shas[2], true), (&shas[1], false)],
+    )
+    .await;
     let seen = docker::containers("acme/web", "web");
-    let running: Vec<&str> = seen
-        .iter()
-        .filter(|s| s.running)
-        .map(|s| s.sha.as_str())
-        .collect();
-    assert_eq!(running, [shas[2].as_str()]);
     let serving = seen.iter().find(|s| s.running).unwrap();
     assert_eq!(
         docker::fetch(&serving.id, "/version").await.as_deref(),
