@@ -64,6 +64,22 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Roll an environment back: creates a GitHub deployment with task `rollback`, which
+    /// Dropship runs when GitHub delivers it (each server starts the previous successful
+    /// version it keeps).
+    Rollback {
+        /// The repository, `owner/name`.
+        #[arg(long)]
+        repo: String,
+        #[arg(long)]
+        environment: String,
+        /// The commit whose manifest names the apps (default: that of the environment's newest
+        /// deployment on GitHub).
+        #[arg(long = "ref")]
+        git_ref: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Print the commented example operator config.
     DefaultConfig,
     /// Print the manifest's JSON Schema.
@@ -113,6 +129,12 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => run(args).await,
         Command::Check { config } => check(config.as_deref()).await,
+        Command::Rollback {
+            repo,
+            environment,
+            git_ref,
+            config,
+        } => rollback(&repo, &environment, git_ref.as_deref(), config.as_deref()).await,
         Command::DefaultConfig => {
             print!("{}", config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
@@ -122,6 +144,56 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn rollback(
+    repo: &str,
+    environment: &str,
+    git_ref: Option<&str>,
+    path: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    if !repo.contains('/') {
+        anyhow::bail!("--repo must be owner/name, not `{repo}`");
+    }
+    let github = crate::github::Github::from_config(&config.github)?;
+    let installation = github.installation_for(repo).await?;
+    let git_ref = match git_ref {
+        Some(git_ref) => git_ref.to_string(),
+        None => match github
+            .latest_deployment(repo, environment, installation)
+            .await?
+        {
+            Some(latest) => latest.sha,
+            None => anyhow::bail!(
+                "GitHub has no deployment of {repo} to {environment}; give --ref to say which commit's manifest to use"
+            ),
+        },
+    };
+    let created = github
+        .create_deployment(
+            repo,
+            &crate::github::NewGithubDeployment {
+                git_ref: &git_ref,
+                task: "rollback",
+                environment,
+                description: "rollback (dropship rollback)",
+                auto_merge: false,
+                required_contexts: Vec::new(),
+                payload: serde_json::json!({}),
+            },
+            installation,
+        )
+        .await?;
+    println!(
+        "created GitHub deployment {} of {repo} to {environment}: task rollback at {}",
+        created.id,
+        created.sha.get(..7).unwrap_or(&created.sha)
+    );
+    println!(
+        "Dropship runs it when GitHub delivers the webhook; its statuses show on GitHub's Environments page"
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(path: Option<&Path>) -> anyhow::Result<ExitCode> {

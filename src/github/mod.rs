@@ -316,6 +316,125 @@ impl Github {
     }
 }
 
+/// A GitHub deployment, as the deployments API answers (the fields Dropship reads).
+#[derive(Debug, Clone, Deserialize)]
+pub struct GithubDeployment {
+    pub id: i64,
+    pub sha: String,
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    pub task: String,
+    pub environment: String,
+}
+
+/// `POST /repos/{owner}/{repo}/deployments`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NewGithubDeployment<'a> {
+    #[serde(rename = "ref")]
+    pub git_ref: &'a str,
+    pub task: &'a str,
+    pub environment: &'a str,
+    pub description: &'a str,
+    /// Dropship decides what to run; GitHub must not merge or wait for checks first.
+    pub auto_merge: bool,
+    pub required_contexts: Vec<String>,
+    pub payload: serde_json::Value,
+}
+
+impl Github {
+    /// The installation of a GitHub App on `repo` (`None` when using a token).
+    pub async fn installation_for(&self, repo: &str) -> Result<Option<i64>, ApiError> {
+        if !self.is_app {
+            return Ok(None);
+        }
+        #[derive(Deserialize)]
+        struct Installation {
+            id: i64,
+        }
+        let route = format!("/repos/{}/installation", encode_repo(repo));
+        let installation: Installation = self
+            .send(
+                &self.root,
+                http::Method::GET,
+                &route,
+                None::<&()>,
+                "finding the App's installation",
+            )
+            .await?;
+        Ok(Some(installation.id))
+    }
+
+    /// The newest deployment of `repo` to `environment`, if GitHub has any.
+    pub async fn latest_deployment(
+        &self,
+        repo: &str,
+        environment: &str,
+        installation: Option<i64>,
+    ) -> Result<Option<GithubDeployment>, ApiError> {
+        let client = self.client(installation).await?;
+        let route = format!(
+            "/repos/{}/deployments?environment={}&per_page=1",
+            encode_repo(repo),
+            encode_segment(environment)
+        );
+        let list: Vec<GithubDeployment> = self
+            .send(
+                &client,
+                http::Method::GET,
+                &route,
+                None::<&()>,
+                "listing deployments",
+            )
+            .await?;
+        Ok(list.into_iter().next())
+    }
+
+    /// Creates a deployment; GitHub then delivers its `deployment` webhook.
+    pub async fn create_deployment(
+        &self,
+        repo: &str,
+        deployment: &NewGithubDeployment<'_>,
+        installation: Option<i64>,
+    ) -> Result<GithubDeployment, ApiError> {
+        let client = self.client(installation).await?;
+        let route = format!("/repos/{}/deployments", encode_repo(repo));
+        self.send(
+            &client,
+            http::Method::POST,
+            &route,
+            Some(deployment),
+            "creating the deployment",
+        )
+        .await
+    }
+
+    async fn send<T: serde::de::DeserializeOwned, B: serde::Serialize + ?Sized>(
+        &self,
+        client: &Octocrab,
+        method: http::Method,
+        route: &str,
+        body: Option<&B>,
+        what: &str,
+    ) -> Result<T, ApiError> {
+        let response = match method {
+            http::Method::POST => client._post(route, body).await,
+            _ => client._get(route).await,
+        }
+        .map_err(transport_error)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = client
+            .body_to_string(response)
+            .await
+            .map_err(transport_error)?;
+        if !status.is_success() {
+            return Err(api_error(status, &headers, &text, what));
+        }
+        serde_json::from_str(&text)
+            .map_err(|e| local_error(format!("{what}: unexpected answer from GitHub: {e}")))
+    }
+}
+
 #[derive(Deserialize)]
 struct ContentFile {
     #[serde(rename = "type")]

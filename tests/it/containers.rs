@@ -236,10 +236,62 @@ async fn image_deploys_replace_behind_health_checks_keep_retired_versions_and_ro
     )
     .await;
 
-    // task: rollback returns to v3 through the same health check; v4 is retired.
-    let (rollback, statuses) = w
-        .deploy(10, &shas[3], "rollback", serde_json::json!({}))
+    // `dropship rollback` creates a GitHub deployment with task rollback at the environment's
+    // newest sha; GitHub delivers it and Dropship returns to v3 through the same health check.
+    for (i, sha) in shas.iter().enumerate() {
+        w.github
+            .add_deployment("acme/web", i as i64 + 1, sha, "production", "deploy");
+    }
+    w.github.deliver_to(
+        &w.server.url("/webhooks/github"),
+        crate::support::WEBHOOK_SECRET,
+    );
+    let config = w.data.path().join("cli.toml");
+    std::fs::write(&config, &w.config).unwrap();
+    // tokio's Command: this test's runtime must go on serving the fake GitHub meanwhile.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dropship"))
+        .args([
+            "rollback",
+            "--repo",
+            "acme/web",
+            "--environment",
+            "production",
+            "--config",
+        ])
+        .arg(&config)
+        .output()
+        .await
+        .unwrap();
+    let printed = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{printed}");
+    let created = w.github.created_deployments("acme/web");
+    assert_eq!(created.len(), 1, "{printed}");
+    assert_eq!(created[0]["task"], "rollback");
+    assert_eq!(created[0]["sha"], shas[3].as_str());
+    let created_id = created[0]["id"].as_i64().unwrap();
+    assert!(
+        printed.contains(&format!("created GitHub deployment {created_id}")),
+        "{printed}"
+    );
+    let statuses = w
+        .github
+        .wait_final(created_id, Duration::from_secs(120))
         .await;
+    let rollback = w
+        .server
+        .api("/api/deployments")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["github_deployment_id"] == created_id)
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
     assert_eq!(
         last(&statuses).0,
         "success",

@@ -108,6 +108,10 @@ impl PostedStatus {
 struct Inner {
     /// (repo, sha, path) → file text.
     files: HashMap<(String, String, String), String>,
+    /// Deployments created through the API: (repo, deployment), oldest first.
+    deployments: Vec<(String, Value)>,
+    /// Where created deployments' webhooks go, and the secret that signs them.
+    hook: Option<(String, String)>,
     /// Repository tarballs (gzip), by (repo, sha).
     tarballs: HashMap<(String, String), Vec<u8>>,
     statuses: Vec<PostedStatus>,
@@ -155,6 +159,10 @@ impl FakeGithub {
             )
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .route("/repos/{owner}/{repo}/tarball/{*reference}", get(tarball))
+            .route(
+                "/repos/{owner}/{repo}/deployments",
+                get(list_deployments).post(create_deployment),
+            )
             .route(
                 "/_codeload/{owner}/{repo}/legacy.tar.gz/{*reference}",
                 get(codeload),
@@ -217,6 +225,40 @@ impl FakeGithub {
             .unwrap()
             .tarballs
             .insert((repo.into(), sha.into()), gz);
+    }
+
+    /// Delivers a signed `deployment` webhook to `url` for each deployment created through
+    /// the API, as GitHub does.
+    pub fn deliver_to(&self, url: &str, secret: &str) {
+        self.inner.lock().unwrap().hook = Some((url.into(), secret.into()));
+    }
+
+    /// Records a deployment as if created earlier (what `GET .../deployments` lists).
+    pub fn add_deployment(&self, repo: &str, id: i64, sha: &str, environment: &str, task: &str) {
+        let mut deployment = openapi()["components"]["examples"]["deployment"]["value"].clone();
+        deployment["id"] = id.into();
+        deployment["sha"] = sha.into();
+        deployment["ref"] = "main".into();
+        deployment["environment"] = environment.into();
+        deployment["original_environment"] = environment.into();
+        deployment["task"] = task.into();
+        self.inner
+            .lock()
+            .unwrap()
+            .deployments
+            .push((repo.into(), deployment));
+    }
+
+    /// Deployments created through the API for `repo`.
+    pub fn created_deployments(&self, repo: &str) -> Vec<Value> {
+        self.inner
+            .lock()
+            .unwrap()
+            .deployments
+            .iter()
+            .filter(|(r, d)| r == repo && d["description"] == "rollback (dropship rollback)")
+            .map(|(_, d)| d.clone())
+            .collect()
     }
 
     /// The next `n` status posts are answered 502.
@@ -534,6 +576,132 @@ async fn create_status(
     }
     fake.changed.notify_waiters();
     (StatusCode::CREATED, Json(response)).into_response()
+}
+
+async fn list_deployments(
+    State(fake): State<FakeGithub>,
+    Path((owner, repo)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let op = op_pointer("/repos/{owner}/{repo}/deployments", "get");
+    let full = format!("{owner}/{repo}");
+    let mut list: Vec<Value> = fake
+        .inner
+        .lock()
+        .unwrap()
+        .deployments
+        .iter()
+        .filter(|(r, d)| {
+            *r == full
+                && query
+                    .get("environment")
+                    .is_none_or(|e| d["environment"] == **e)
+        })
+        .map(|(_, d)| d.clone())
+        .collect();
+    // Newest first, as GitHub lists them.
+    list.reverse();
+    if let Some(n) = query.get("per_page").and_then(|n| n.parse::<usize>().ok()) {
+        list.truncate(n);
+    }
+    let list = Value::Array(list);
+    if let Err(e) = validate(
+        &format!("{op}/responses/200/content/application~1json/schema"),
+        &list,
+    ) {
+        fake.violation(format!("fake's own deployment list: {e}"));
+    }
+    (StatusCode::OK, Json(list)).into_response()
+}
+
+async fn create_deployment(
+    State(fake): State<FakeGithub>,
+    Path((owner, repo)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let op = op_pointer("/repos/{owner}/{repo}/deployments", "post");
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            fake.violation(format!("deployment body is not JSON: {e}"));
+            return error(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+        }
+    };
+    if let Err(e) = validate(
+        &format!("{op}/requestBody/content/application~1json/schema"),
+        &body,
+    ) {
+        fake.violation(format!("deployment request: {e}"));
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    }
+    let full = format!("{owner}/{repo}");
+    let (deployment, hook) = {
+        let mut inner = fake.inner.lock().unwrap();
+        let id = 900_000 + inner.next_id;
+        inner.next_id += 1;
+        let mut deployment = openapi()["components"]["examples"]["deployment"]["value"].clone();
+        let git_ref = body["ref"].as_str().unwrap_or_default().to_string();
+        deployment["id"] = id.into();
+        deployment["ref"] = git_ref.clone().into();
+        // A full sha stands for itself; this fake resolves no branch names.
+        deployment["sha"] = git_ref.into();
+        deployment["task"] = body.get("task").cloned().unwrap_or_else(|| "deploy".into());
+        deployment["environment"] = body
+            .get("environment")
+            .cloned()
+            .unwrap_or_else(|| "production".into());
+        deployment["original_environment"] = deployment["environment"].clone();
+        deployment["payload"] = body.get("payload").cloned().unwrap_or_else(|| json!({}));
+        deployment["description"] = body.get("description").cloned().unwrap_or(Value::Null);
+        inner.deployments.push((full.clone(), deployment.clone()));
+        (deployment, inner.hook.clone())
+    };
+    if let Err(e) = validate(
+        &format!("{op}/responses/201/content/application~1json/schema"),
+        &deployment,
+    ) {
+        fake.violation(format!("fake's own deployment: {e}"));
+    }
+    if let Some((url, secret)) = hook {
+        let text =
+            std::fs::read_to_string(super::fixture("github/webhooks/deployment.created.json"))
+                .unwrap();
+        let mut delivery: Value = serde_json::from_str(&text).unwrap();
+        for key in [
+            "id",
+            "sha",
+            "ref",
+            "task",
+            "environment",
+            "payload",
+            "description",
+        ] {
+            delivery["deployment"][key] = deployment[key].clone();
+        }
+        delivery["repository"]["full_name"] = full.into();
+        let bytes = serde_json::to_vec(&delivery).unwrap();
+        let signature = dropship::webhook::sign(secret.as_bytes(), &bytes);
+        tokio::spawn(async move {
+            let _ = reqwest::Client::new()
+                .post(url)
+                .header("X-GitHub-Event", "deployment")
+                .header(
+                    "X-GitHub-Delivery",
+                    format!("fake-{}", deployment_id_of(&delivery)),
+                )
+                .header("X-Hub-Signature-256", signature)
+                .header("Content-Type", "application/json")
+                .body(bytes)
+                .send()
+                .await;
+        });
+    }
+    fake.changed.notify_waiters();
+    (StatusCode::CREATED, Json(deployment)).into_response()
+}
+
+fn deployment_id_of(delivery: &Value) -> i64 {
+    delivery["deployment"]["id"].as_i64().unwrap_or_default()
 }
 
 #[test]
