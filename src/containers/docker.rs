@@ -163,18 +163,23 @@ impl DockerHost {
                 ca,
                 cert,
                 key,
-            } => (
-                Docker::connect_with_ssl(
-                    &format!("https://{address}"),
-                    key,
-                    cert,
-                    ca,
-                    timeout,
-                    version,
+            } => {
+                // bollard builds its TLS config on the process's default provider, which must
+                // be chosen when more than one is compiled in.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                (
+                    Docker::connect_with_ssl(
+                        &format!("https://{address}"),
+                        key,
+                        cert,
+                        ca,
+                        timeout,
+                        version,
+                    )
+                    .map_err(|e| self.unreachable(e))?,
+                    None,
                 )
-                .map_err(|e| self.unreachable(e))?,
-                None,
-            ),
+            }
             DockerEndpoint::None => return Err(self.unreachable("no Docker engine configured")),
         };
         let docker = docker.negotiate_version().await.map_err(|e| {

@@ -288,12 +288,12 @@ impl Hosts {
             if matches!(endpoint, DockerEndpoint::None) {
                 continue;
             }
-            let host = DockerHost::new(
-                &server.name,
-                endpoint,
-                fleet.ssh(&server.name),
-                &config.server.data_dir,
-            )?;
+            // Only an engine reached over SSH needs (and keeps alive) the SSH connection.
+            let ssh = match endpoint {
+                DockerEndpoint::Ssh { .. } => fleet.ssh(&server.name),
+                _ => None,
+            };
+            let host = DockerHost::new(&server.name, endpoint, ssh, &config.server.data_dir)?;
             hosts.insert(server.name.clone(), Arc::new(host));
         }
         Ok(Hosts {

@@ -301,18 +301,8 @@ impl Github {
             ._post(route, Some(body))
             .await
             .map_err(transport_error)?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let headers = response.headers().clone();
-        let body = client.body_to_string(response).await.unwrap_or_default();
-        Err(api_error(
-            status,
-            &headers,
-            &body,
-            "posting the deployment status",
-        ))
+        succeeded(&client, response, "posting the deployment status").await?;
+        Ok(())
     }
 }
 
@@ -421,15 +411,11 @@ impl Github {
             _ => client._get(route).await,
         }
         .map_err(transport_error)?;
-        let status = response.status();
-        let headers = response.headers().clone();
+        let response = succeeded(client, response, what).await?;
         let text = client
             .body_to_string(response)
             .await
             .map_err(transport_error)?;
-        if !status.is_success() {
-            return Err(api_error(status, &headers, &text, what));
-        }
         serde_json::from_str(&text)
             .map_err(|e| local_error(format!("{what}: unexpected answer from GitHub: {e}")))
     }
@@ -467,16 +453,7 @@ impl ManifestSource for Github {
         if status == http::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        if !status.is_success() {
-            let headers = response.headers().clone();
-            let body = client.body_to_string(response).await.unwrap_or_default();
-            return Err(api_error(
-                status,
-                &headers,
-                &body,
-                &format!("fetching {path} at {sha}"),
-            ));
-        }
+        let response = succeeded(&client, response, &format!("fetching {path} at {sha}")).await?;
         let body = client
             .body_to_string(response)
             .await
@@ -506,17 +483,8 @@ impl ManifestSource for Github {
         );
         // octocrab follows the redirect to codeload.
         let response = client._get(route).await.map_err(transport_error)?;
-        let status = response.status();
-        if !status.is_success() {
-            let headers = response.headers().clone();
-            let body = client.body_to_string(response).await.unwrap_or_default();
-            return Err(api_error(
-                status,
-                &headers,
-                &body,
-                &format!("downloading the tarball of {repo} at {sha}"),
-            ));
-        }
+        let what = format!("downloading the tarball of {repo} at {sha}");
+        let response = succeeded(&client, response, &what).await?;
         use http_body_util::BodyExt;
         let bytes = response
             .into_body()
@@ -577,6 +545,20 @@ fn transport_error(error: octocrab::Error) -> ApiError {
         retry_after: None,
         unreachable: true,
     }
+}
+
+type Answer = http::Response<http_body_util::combinators::BoxBody<bytes::Bytes, octocrab::Error>>;
+
+/// The response if it is a success, else the [`ApiError`] it carries (`what` says what was
+/// being done).
+async fn succeeded(client: &Octocrab, response: Answer, what: &str) -> Result<Answer, ApiError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let headers = response.headers().clone();
+    let body = client.body_to_string(response).await.unwrap_or_default();
+    Err(api_error(status, &headers, &body, what))
 }
 
 /// Reads an error response: 5xx and 429 are retriable, and so is a 403 that is a rate limit.

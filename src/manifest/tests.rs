@@ -217,6 +217,16 @@ fn schema_lists_every_key() {
         "strategy",
         "batch",
         "pause",
+        "allow_payload_image",
+        "container",
+        "compose",
+        "healthcheck",
+        "start_period",
+        "builder",
+        "keep",
+        "stop_timeout",
+        "replicas",
+        "project",
     ] {
         assert!(
             schema.contains(&format!("\"{key}\"")),

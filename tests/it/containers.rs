@@ -319,6 +319,30 @@ async fn image_deploys_replace_behind_health_checks_keep_retired_versions_and_ro
         let log = w.server.log(id).await;
         assert!(!log.contains(SECRET), "{log}");
     }
+    let page = w
+        .server
+        .client
+        .get(w.server.url(&format!(
+            "/apps/acme/web/production/logs?token={}",
+            crate::support::API_TOKEN
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("starting (token ***)") && !html.contains(SECRET),
+        "{html}"
+    );
+    let anonymous = w
+        .server
+        .client
+        .get(w.server.url("/apps/acme/web/production/logs"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     let logs = w.app_lines().await;
     assert!(
         logs.iter().any(|l| l.ends_with("starting (token ***)")),
@@ -484,8 +508,41 @@ async fn container_logs_are_kept_live_and_resume_after_a_crash_without_loss_or_r
         },
     )
     .await;
-    // A restarted container's new lines follow; none of the old ones comes twice.
+    // A restarted container's new lines follow; none of the old ones comes twice. A reader
+    // following the API (`follow=true`, only lines from now on) sees them as they come.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut live = client
+        .get(format!(
+            "{base}/api/apps/acme/chatty/production/logs?follow=true&since={now}"
+        ))
+        .bearer_auth(crate::support::API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
     docker::run(&["restart", "-t", "1", &container.id]);
+    let mut streamed = String::new();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        // The restarted run's first and last lines (the answer may begin with the end of
+        // the previous run: `since` counts whole seconds).
+        let restarted = |text: &str| {
+            text.find("starting (token ***)")
+                .is_some_and(|at| text[at..].contains(" serving\""))
+        };
+        while !restarted(&streamed) {
+            let chunk = live
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the followed answer stays open");
+            streamed.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no new lines on the followed answer: {streamed}"));
     eventually(
         Duration::from_secs(30),
         "the restarted container's lines",
@@ -539,6 +596,17 @@ tasks:
           path: /up
           interval: 200ms
           retries: 50
+    - name: plain
+      container:
+        name: plain
+        build:
+          context: .
+        env:
+          VERSION: plain-${{ deployment.sha }}
+        healthcheck:
+          command: ["/bin/busybox", "test", "-f", "/www/up"]
+          interval: 200ms
+          retries: 50
 "#;
 
 #[tokio::test]
@@ -582,6 +650,15 @@ async fn a_build_deploy_builds_the_repository_tarball_on_the_builder_and_pushes_
         .await
         .unwrap();
     assert_eq!(tags["tags"], serde_json::json!([shas[0]]), "{tags}");
+    // Without a builder, the server builds the image itself, from the same context.
+    let plain = docker::containers("acme/built", "plain");
+    assert!(plain.len() == 1 && plain[0].running, "{plain:?}");
+    let image = docker::run(&["inspect", "-f", "{{.Config.Image}}", &plain[0].id]);
+    assert_eq!(image, format!("dropship/acme-built-plain:{}", shas[0]));
+    assert!(
+        log.contains("is healthy (`/bin/busybox test -f /www/up`"),
+        "{log}"
+    );
 }
 
 const COMPOSE_MANIFEST: &str = r#"version: 1
@@ -763,4 +840,151 @@ async fn a_payload_image_deploys_where_the_manifest_allows_it_and_errors_elsewhe
         description.contains("environment `staging` does not set allow_payload_image: true"),
         "{description}"
     );
+}
+
+/// A TLS front for this machine's engine socket that requires a client certificate signed by
+/// its CA: what `dockerd --tlsverify` on a TCP port looks like to a client.
+struct TlsEngine {
+    address: std::net::SocketAddr,
+    dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsEngine {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TlsEngine {
+    async fn start() -> TlsEngine {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&server_key, &issuer)
+            .unwrap();
+        let client_key = KeyPair::generate().unwrap();
+        let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client = client_params.signed_by(&client_key, &issuer).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), client.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), client_key.serialize_pem()).unwrap();
+
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            roots.into(),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(
+                vec![server.der().clone()],
+                rustls::pki_types::PrivateKeyDer::try_from(server_key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A client without a certificate from the CA fails the handshake here.
+                    let Ok(mut tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    if let Ok(mut engine) = tokio::net::UnixStream::connect(docker::SOCKET).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut engine).await;
+                    }
+                });
+            }
+        });
+        TlsEngine { address, dir, task }
+    }
+
+    fn server_toml(&self, name: &str) -> String {
+        let file = |f: &str| self.dir.path().join(f).display().to_string();
+        format!(
+            "[[servers]]\nname = \"{name}\"\nhost = \"127.0.0.1\"\nhost_key = \"accept-new\"\ndocker = \"tcp://{}\"\ndocker_tls = {{ ca = \"{}\", cert = \"{}\", key = \"{}\" }}\n",
+            self.address,
+            file("ca.pem"),
+            file("cert.pem"),
+            file("key.pem"),
+        )
+    }
+}
+
+#[tokio::test]
+async fn an_engine_over_tcp_with_tls_client_certificates_deploys_and_checks_on_published_ports() {
+    if sshd::available().is_none() || docker::available().is_none() {
+        return;
+    }
+    let _cleanup = Cleanup::new("acme/tls");
+    let tls = TlsEngine::start().await;
+    let github = FakeGithub::start().await;
+    let sha = sha(8);
+    github.add_file(
+        "acme/tls",
+        &sha,
+        "dropship.yml",
+        &format!(
+            "version: 1\nenvironments:\n  production:\n    servers: [tls-box]\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: {}\n        env:\n          VERSION: ${{{{ deployment.sha }}}}\n        ports: [\"127.0.0.1::8080\"]\n        init: true\n        healthcheck:\n          path: /up\n          interval: 200ms\n          retries: 50\n",
+            docker::IMAGE
+        ),
+    );
+    let data = tempfile::tempdir().unwrap();
+    let text = config_toml(
+        data.path(),
+        &github.url,
+        &format!(
+            "{}[[repos]]\nname = \"acme/tls\"\nservers = [\"tls-box\"]\n",
+            tls.server_toml("tls-box")
+        ),
+    );
+    let server = TestServer::start(Config::from_toml(&text).unwrap(), None).await;
+    let body = deployment_payload(1, "acme/tls", &sha, "production", "deploy");
+    assert_eq!(
+        server.deliver("deployment", "d-tls", &body).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let statuses = github.wait_final(1, Duration::from_secs(120)).await;
+    assert_eq!(
+        last(&statuses).0,
+        "success",
+        "{statuses:#?}\n{}",
+        server.log(1).await
+    );
+    let seen = docker::containers("acme/tls", "tls");
+    assert!(seen.len() == 1 && seen[0].running, "{seen:?}");
+    assert_eq!(
+        docker::fetch(&seen[0].id, "/version").await.as_deref(),
+        Some(sha.as_str())
+    );
+
+    // The engine refuses a client without a certificate: the deployment went through because
+    // Dropship presented the operator's.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(tls.dir.path().join("ca.pem")).unwrap())
+        .unwrap();
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap()
+        .get(format!("https://{}/version", tls.address))
+        .send()
+        .await;
+    assert!(anonymous.is_err(), "{anonymous:?}");
 }
