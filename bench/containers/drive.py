@@ -44,10 +44,12 @@ for i in range(int(n)):
         log = urllib.request.urlopen(urllib.request.Request(
             f"{dropship}/api/deployments/{answer['id']}/log",
             headers={"Authorization": "Bearer " + token})).read().decode()
+    stopped = re.search(r"old version of \S+ stopped in (\d+) ms", log)
+    rows[-1] += (int(stopped.group(1)) if stopped else 0,)
 print("all times in ms; switch = handing the old version to its background stop")
-print("run  total  image(pull)  start  health  switch  overhead(total-start-health)")
+print("run  total  image(pull)  start  health  switch  overhead(total-start-health)  old stopped after")
 for i, r in enumerate(rows):
-    print(f"{i + 1:>3} {r[0]:>6.0f} {r[1]:>12} {r[2]:>6} {r[3]:>7} {r[4]:>7} {r[5]:>8.0f}")
+    print(f"{i + 1:>3} {r[0]:>6.0f} {r[1]:>12} {r[2]:>6} {r[3]:>7} {r[4]:>7} {r[5]:>8.0f} {r[6]:>25}")
 rows.sort(key=lambda r: r[5])
 median = rows[len(rows) // 2]
 print(f"median overhead {median[5]:.0f} ms (total {median[0]:.0f} ms); worst overhead {rows[-1][5]:.0f} ms")
