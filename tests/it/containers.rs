@@ -603,6 +603,14 @@ tasks:
           context: .
         env:
           VERSION: plain-${{ deployment.sha }}
+        replicas: 2
+        memory: 64m
+        cpus: 0.5
+        restart: "no"
+        labels:
+          team: shop
+        volumes: ["dropship-test-built:/data"]
+        network: dropship-test-built
         healthcheck:
           command: ["/bin/busybox", "test", "-f", "/www/up"]
           interval: 200ms
@@ -652,9 +660,31 @@ async fn a_build_deploy_builds_the_repository_tarball_on_the_builder_and_pushes_
     assert_eq!(tags["tags"], serde_json::json!([shas[0]]), "{tags}");
     // Without a builder, the server builds the image itself, from the same context.
     let plain = docker::containers("acme/built", "plain");
-    assert!(plain.len() == 1 && plain[0].running, "{plain:?}");
+    assert!(
+        plain.len() == 2 && plain.iter().all(|c| c.running),
+        "replicas: {plain:?}"
+    );
     let image = docker::run(&["inspect", "-f", "{{.Config.Image}}", &plain[0].id]);
     assert_eq!(image, format!("dropship/acme-built-plain:{}", shas[0]));
+    let settings = docker::run(&[
+        "inspect",
+        "-f",
+        "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.RestartPolicy.Name}} {{index .Config.Labels \"team\"}} {{range .Mounts}}{{.Name}}:{{.Destination}}{{end}} {{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
+        &plain[1].id,
+    ]);
+    assert_eq!(
+        settings,
+        "67108864 500000000 no shop dropship-test-built:/data dropship-test-built"
+    );
+    let _ = docker::docker()
+        .args(["rm", "-f", &plain[0].id, &plain[1].id])
+        .output();
+    let _ = docker::docker()
+        .args(["network", "rm", "dropship-test-built"])
+        .output();
+    let _ = docker::docker()
+        .args(["volume", "rm", "dropship-test-built"])
+        .output();
     assert!(
         log.contains("is healthy (`/bin/busybox test -f /www/up`"),
         "{log}"
@@ -987,4 +1017,46 @@ async fn an_engine_over_tcp_with_tls_client_certificates_deploys_and_checks_on_p
         .send()
         .await;
     assert!(anonymous.is_err(), "{anonymous:?}");
+}
+
+#[tokio::test]
+async fn a_compose_project_directory_that_is_a_symlink_out_of_the_root_is_refused() {
+    let shas = vec![sha(6)];
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [root.path(), outside.path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    std::fs::create_dir(root.path().join("compose")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), root.path().join("compose/link-stack")).unwrap();
+    let extra = format!(
+        "[containers]\ncompose_root = \"{}/compose\"\n",
+        root.path().display()
+    );
+    let Some(w) = world(
+        "acme/symlink",
+        &COMPOSE_MANIFEST.replace("shop-stack", "link-stack"),
+        &shas,
+        false,
+        &extra,
+    )
+    .await
+    else {
+        return;
+    };
+    w.github
+        .add_file("acme/symlink", &shas[0], "deploy/compose.yml", COMPOSE_FILE);
+    let _down = ComposeDown("link-stack");
+    let (id, statuses) = w.deploy(1, &shas[0], "deploy", serde_json::json!({})).await;
+    let log = w.server.log(id).await;
+    assert_eq!(last(&statuses).0, "failure", "{statuses:#?}\n{log}");
+    assert!(
+        log.contains("refusing") && log.contains("it is a symlink"),
+        "{log}"
+    );
+    assert!(
+        std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "nothing may be written through the symlink"
+    );
 }
