@@ -179,8 +179,15 @@ impl Followers {
         }
     }
 
-    /// Follows one container unless it is followed already.
+    /// Follows one container unless it is followed already. Containers of repositories this
+    /// configuration does not know (another Dropship sharing the engine) are left alone.
     fn follow(&self, server: &str, host: &Arc<dyn ContainerHost>, container: ContainerInfo) {
+        let known = container
+            .label(LABEL_REPO)
+            .is_some_and(|repo| self.inner.config.repo(repo).is_some());
+        if !known {
+            return;
+        }
         if !self
             .inner
             .following
