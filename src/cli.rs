@@ -262,10 +262,15 @@ fn inventory(config: &Config, repo: Option<&str>) -> anyhow::Result<Inventory> {
             .flat_map(|r| r.secrets.keys().cloned())
             .collect(),
     };
+    let hosts: Vec<String> = match entry {
+        Some(e) => e.hosts.clone(),
+        None => config.repos.iter().flat_map(|r| r.hosts.clone()).collect(),
+    };
     Ok(Inventory {
         repo: repo.unwrap_or("this repository").to_string(),
         servers,
         secrets,
+        hosts,
     })
 }
 

@@ -47,6 +47,60 @@ pub struct Config {
     pub registries: Vec<RegistryEntry>,
     #[serde(default)]
     pub containers: ContainersSection,
+    #[serde(default)]
+    pub proxy: ProxySection,
+}
+
+/// The built-in reverse proxy that carries users' traffic to the containers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySection {
+    /// Where the proxy listens for plain HTTP; without it there is no built-in proxy.
+    pub listen: Option<SocketAddr>,
+    /// `round_robin` or `least_in_flight`.
+    #[serde(default)]
+    pub balance: Balance,
+    #[serde(default = "default_proxy_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// For an upstream's response headers.
+    #[serde(default = "default_proxy_response_timeout", with = "humantime_serde")]
+    pub response_timeout: Duration,
+    /// A client connection with no request for this long is closed.
+    #[serde(default = "default_proxy_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long a replaced upstream gets to finish its requests before its container stops.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// An upstream that refused a connection gets no requests for this long.
+    #[serde(default = "default_eject_for", with = "humantime_serde")]
+    pub eject_for: Duration,
+    /// The address on each server where a proxied container's port is published (on a
+    /// port Docker picks); the proxy connects to the server's `host` at that port.
+    #[serde(default = "default_upstream_bind")]
+    pub upstream_bind: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    #[default]
+    RoundRobin,
+    LeastInFlight,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        ProxySection {
+            listen: None,
+            balance: Balance::default(),
+            connect_timeout: default_proxy_connect_timeout(),
+            response_timeout: default_proxy_response_timeout(),
+            idle_timeout: default_proxy_idle_timeout(),
+            drain_timeout: default_drain_timeout(),
+            eject_for: default_eject_for(),
+            upstream_bind: default_upstream_bind(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -216,6 +270,10 @@ pub struct RepoEntry {
     /// Secrets a manifest step may ask for by name.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretString>,
+    /// Host names the repo's manifests may route to their containers through the proxy:
+    /// exact names, or `*.example.com` for any name under a domain.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// How a server's host key is checked.
@@ -300,8 +358,24 @@ impl RepoEntry {
         self.environments.iter().any(|p| glob_match(p, environment))
     }
 
+    /// Whether the repo may claim `host` (`*.example.com` covers `a.example.com`, and
+    /// `b.a.example.com`, not `example.com`).
+    pub fn allows_host(&self, host: &str) -> bool {
+        self.hosts.iter().any(|pattern| host_matches(pattern, host))
+    }
+
     pub fn allows_server(&self, server: &str) -> bool {
         self.servers.iter().any(|p| glob_match(p, server))
+    }
+}
+
+/// Whether `host` is `pattern`, or under its domain for `*.domain` (one or more labels deep,
+/// never the domain itself). Case-insensitive.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    match pattern.strip_prefix("*.") {
+        Some(domain) => host.ends_with(&format!(".{domain}")),
+        None => host == pattern,
     }
 }
 
@@ -480,6 +554,24 @@ fn default_compose_root() -> String {
 fn default_log_retention_bytes() -> i64 {
     16 * 1024 * 1024
 }
+fn default_proxy_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_proxy_response_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_proxy_idle_timeout() -> Duration {
+    Duration::from_secs(90)
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_eject_for() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_upstream_bind() -> String {
+    "0.0.0.0".to_string()
+}
 fn default_all() -> Vec<String> {
     vec!["*".to_string()]
 }
@@ -564,6 +656,19 @@ mod tests {
     }
 
     #[test]
+    fn host_patterns() {
+        let config = Config::from_toml(
+            "[[repos]]\nname = \"acme/shop\"\nhosts = [\"shop.example.com\", \"*.preview.example.com\"]\n",
+        )
+        .unwrap();
+        let repo = config.repo("acme/shop").unwrap();
+        assert!(repo.allows_host("Shop.Example.com"));
+        assert!(repo.allows_host("pr-1.preview.example.com"));
+        assert!(!repo.allows_host("preview.example.com"));
+        assert!(!repo.allows_host("evil.example.com"));
+    }
+
+    #[test]
     fn repo_globs() {
         let config = Config::from_toml(
             "[[repos]]\nname = \"acme/*\"\nenvironments = [\"staging\", \"pr-*\"]\nservers = [\"web-*\"]\n",
@@ -571,6 +676,7 @@ mod tests {
         .unwrap();
         let repo = config.repo("acme/shop").unwrap();
         assert!(repo.allows_environment("pr-12"));
+        assert!(!repo.allows_host("shop.example.com"));
         assert!(!repo.allows_environment("production"));
         assert!(repo.allows_server("web-2"));
         assert!(!repo.allows_server("db-1"));

@@ -16,6 +16,7 @@ use crate::exec::Fleet;
 use crate::github::{Github, ManifestSource, run_outbox};
 use crate::http::{AppState, router};
 use crate::logs::{Bus, Logs};
+use crate::proxy::Proxy;
 use crate::store::{Sqlite, Store};
 
 /// Builds an engine on the configured SQLite store, with manifests from `manifests`.
@@ -29,6 +30,7 @@ pub async fn engine(
     let fleet = Fleet::from_config(&config)?;
     let hosts = Hosts::from_config(&config, &fleet)?;
     let followers = Followers::new(hosts.clone(), store.clone(), config.clone());
+
     Ok(Engine {
         config,
         store,
@@ -37,6 +39,8 @@ pub async fn engine(
         hosts,
         followers,
         retiring: Default::default(),
+        // Set by `run` when it serves the proxy.
+        routes: None,
         logs,
         bus,
         outbox: Arc::new(Notify::new()),
@@ -56,7 +60,25 @@ pub async fn run(
     }
     let config = Arc::new(config);
     let github = Arc::new(Github::from_config(&config.github)?);
-    let engine = engine(config.clone(), github.clone()).await?;
+    let mut engine = engine(config.clone(), github.clone()).await?;
+    let proxy = match config.proxy.listen {
+        Some(address) => {
+            let proxy = Proxy::load(engine.store.clone(), config.proxy.clone())
+                .await
+                .context("loading the proxy's routes")?;
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding the proxy to {address}"))?;
+            tracing::info!(%address, routes = proxy.routes().len(), "proxy is serving");
+            engine.routes = Some(Arc::new(proxy.clone()));
+            Some(tokio::spawn(crate::proxy::serve(
+                listener,
+                proxy,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let interrupted = engine
         .recover_interrupted()
         .await
@@ -105,6 +127,9 @@ pub async fn run(
     shutdown.cancel();
     let _ = scheduler.await;
     let _ = outbox.await;
+    if let Some(proxy) = proxy {
+        let _ = proxy.await;
+    }
     Ok(())
 }
 

@@ -35,6 +35,8 @@ pub const LABEL_SHA: &str = "dropship.sha";
 pub const LABEL_REPLICA: &str = "dropship.replica";
 /// The health check, as JSON, so that a rollback can check a retired version the same way.
 pub const LABEL_HEALTH: &str = "dropship.health";
+/// The proxy route (hosts, path prefix, port), as JSON, so that a rollback routes the same way.
+pub const LABEL_PROXY: &str = "dropship.proxy";
 
 /// The engine could not do what was asked. `detail` is the engine's own message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

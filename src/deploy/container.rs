@@ -15,12 +15,13 @@ use tokio::sync::OnceCell;
 use super::{Engine, format_elapsed};
 use crate::containers::{
     BuildSpec, ContainerError, ContainerHost, ContainerInfo, ContainerSpec, HealthCheck, LABEL_APP,
-    LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_HEALTH, LABEL_MANAGED, LABEL_REPLICA, LABEL_REPO,
-    LABEL_SHA, Probe, RegistryAuth, build_context,
+    LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_HEALTH, LABEL_MANAGED, LABEL_PROXY, LABEL_REPLICA,
+    LABEL_REPO, LABEL_SHA, PortMapping, Probe, RegistryAuth, build_context,
 };
 use crate::exec::Output;
 use crate::logs::DeploymentLog;
-use crate::manifest::{BuildPlan, ContainerPlan, ImageSource};
+use crate::manifest::{BuildPlan, ContainerPlan, ImageSource, ProxyPlan};
+use crate::proxy::{Drain, RouteKey, RouteSpec, UpstreamSpec};
 use crate::store::{Deployment, State};
 
 /// Lines of a failed container's log shown in the diagnosis.
@@ -204,6 +205,12 @@ impl Engine {
         say: &Say,
     ) -> Result<AppResult, ContainerError> {
         let host = self.host(server)?;
+        if plan.proxy.is_some() && self.routes.is_none() {
+            return Ok(AppResult::Failed(format!(
+                "{} routes hosts through the proxy, but the operator config has no [proxy] listen",
+                plan.app
+            )));
+        }
         self.retiring.settle(deployment, &plan.app, server).await;
         let clock = Instant::now();
         let image = match self
@@ -242,6 +249,11 @@ impl Engine {
             })
             .unwrap_or_default();
         let health_label = serde_json::to_string(&plan.health).expect("health checks serialize");
+        let proxy_label = plan
+            .proxy
+            .as_ref()
+            .map(|p| serde_json::to_string(p).expect("routes serialize"));
+        let ports = self.published_ports(plan);
         let mut env: Vec<(String, String)> = crate::deploy::context(deployment)
             .environment_variables()
             .into_iter()
@@ -263,6 +275,9 @@ impl Engine {
                 (LABEL_REPLICA.into(), replica.to_string()),
                 (LABEL_HEALTH.into(), health_label.clone()),
             ]);
+            if let Some(proxy) = &proxy_label {
+                labels.insert(LABEL_PROXY.into(), proxy.clone());
+            }
             let spec = ContainerSpec {
                 name: format!(
                     "{}-{}-{}-{replica}",
@@ -274,7 +289,7 @@ impl Engine {
                 command: plan.command.clone(),
                 env: env.clone(),
                 secrets: secrets.clone(),
-                ports: plan.ports.clone(),
+                ports: ports.clone(),
                 volumes: plan.volumes.clone(),
                 labels,
                 restart: Some(plan.restart.clone()),
@@ -328,12 +343,31 @@ impl Engine {
             return Ok(AppResult::Failed(failure));
         }
         let switch_clock = Instant::now();
+        let drain = match &plan.proxy {
+            Some(proxy) => {
+                let ids: Vec<String> = new_ids.iter().map(|(id, _)| id.clone()).collect();
+                match self
+                    .switch_route(deployment, &plan.app, proxy, server, &host, &ids, say)
+                    .await?
+                {
+                    Ok(drain) => drain,
+                    Err(why) => {
+                        for (id, _) in &new_ids {
+                            host.remove(id).await?;
+                        }
+                        return Ok(AppResult::Failed(why));
+                    }
+                }
+            }
+            None => Drain::default(),
+        };
         let old = if stopped_old { Vec::new() } else { old };
         self.retire_in_background(
             &host,
             deployment,
             &plan.app,
             old,
+            drain,
             plan.stop_timeout,
             plan.keep,
             say,
@@ -691,6 +725,7 @@ impl Engine {
         deployment: &Deployment,
         app: &str,
         old: Vec<ContainerInfo>,
+        drain: Drain,
         timeout: Duration,
         keep: u32,
         say: &Say,
@@ -714,8 +749,15 @@ impl Engine {
             app.to_string(),
             say.clone(),
         );
+        let drain_timeout = self.config.proxy.drain_timeout;
         tokio::spawn(async move {
             let clock = Instant::now();
+            if !drain.is_empty() && !drain.wait(drain_timeout).await {
+                say.note(format!(
+                    "the old upstreams of {app} still had requests after {}; stopping anyway",
+                    humantime::format_duration(drain_timeout)
+                ));
+            }
             let result = async {
                 engine.retire(&host, &old, timeout, &say).await?;
                 engine.prune(&host, &deployment, &app, keep, &say).await
@@ -734,6 +776,92 @@ impl Engine {
             }
             drop(guard);
         });
+    }
+
+    /// The plan's ports, with the proxied port published on `proxy.upstream_bind` at a port
+    /// Docker picks (unless the plan publishes it already).
+    fn published_ports(&self, plan: &ContainerPlan) -> Vec<PortMapping> {
+        let mut ports = plan.ports.clone();
+        if let Some(proxy) = &plan.proxy {
+            let published = ports.iter().any(|p| {
+                p.container_port == proxy.port && (p.host_port.is_some() || p.host_ip.is_some())
+            });
+            if !published {
+                ports.retain(|p| p.container_port != proxy.port);
+                ports.push(PortMapping {
+                    host_ip: Some(self.config.proxy.upstream_bind.clone()),
+                    host_port: None,
+                    container_port: proxy.port,
+                    protocol: "tcp".into(),
+                });
+            }
+        }
+        ports
+    }
+
+    /// Points the app's route at `containers` (their published ports on `server`); the
+    /// previous upstreams drain. `Ok(Err(why))` when a container publishes no port for it.
+    #[allow(clippy::too_many_arguments)]
+    async fn switch_route(
+        &self,
+        deployment: &Deployment,
+        app: &str,
+        proxy: &ProxyPlan,
+        server: &str,
+        host: &Arc<dyn ContainerHost>,
+        containers: &[String],
+        say: &Say,
+    ) -> Result<Result<Drain, String>, ContainerError> {
+        let Some(routes) = &self.routes else {
+            return Ok(Err("the operator config has no [proxy] listen".into()));
+        };
+        let address = match self.config.server(server) {
+            Some(entry) if !entry.is_local() => entry.host.clone(),
+            _ => "127.0.0.1".to_string(),
+        };
+        let mut upstreams = Vec::new();
+        for id in containers {
+            let state = host.state(id).await?;
+            let Some((_, port)) = state.published.iter().find(|(c, _)| *c == proxy.port) else {
+                return Ok(Err(format!(
+                    "{app}: container port {} is not published on {server}",
+                    proxy.port
+                )));
+            };
+            upstreams.push(UpstreamSpec {
+                address: format!("{address}:{port}"),
+                container: id.clone(),
+            });
+        }
+        let route = RouteSpec {
+            key: RouteKey {
+                repo: deployment.repo.clone(),
+                environment: deployment.environment.clone(),
+                app: app.to_string(),
+            },
+            hosts: proxy.hosts.clone(),
+            path_prefix: proxy.path_prefix.clone(),
+        };
+        let targets = upstreams
+            .iter()
+            .map(|u| u.address.clone())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match routes.switch(&route, upstreams).await {
+            Ok(drain) => {
+                say.note(format!(
+                    "routed {}{} to {targets}",
+                    proxy.hosts.join(", "),
+                    if proxy.path_prefix == "/" {
+                        ""
+                    } else {
+                        &proxy.path_prefix
+                    }
+                ));
+                Ok(Ok(drain))
+            }
+            Err(error) => Ok(Err(format!("switching the route of {app}: {error:#}"))),
+        }
     }
 
     /// Stops `containers`; they stay on the server as a retired version.
@@ -869,6 +997,24 @@ impl Engine {
                     return Ok(AppResult::Failed(failure));
                 }
             }
+            // The version rolled back to was routed: it takes the traffic before the current
+            // one drains and stops.
+            let proxy: Option<ProxyPlan> = containers
+                .first()
+                .and_then(|c| c.label(LABEL_PROXY))
+                .and_then(|p| serde_json::from_str(p).ok());
+            if let Some(proxy) = proxy {
+                let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
+                match self
+                    .switch_route(deployment, app, &proxy, server, &host, &ids, say)
+                    .await?
+                {
+                    Ok(drain) => {
+                        drain.wait(self.config.proxy.drain_timeout).await;
+                    }
+                    Err(why) => return Ok(AppResult::Failed(why)),
+                }
+            }
             if !stopped_current {
                 self.retire(&host, &current, stop_timeout, say).await?;
             }
@@ -901,6 +1047,23 @@ impl Engine {
                 .collect();
             if running.is_empty() {
                 say.note(format!("{app} is not running on {server}"));
+            }
+            // A routed app leaves the proxy first: its requests drain, then it stops.
+            if let Some(routes) = &self.routes {
+                if running.iter().any(|c| c.label(LABEL_PROXY).is_some()) {
+                    let key = RouteKey {
+                        repo: deployment.repo.clone(),
+                        environment: deployment.environment.clone(),
+                        app: app.to_string(),
+                    };
+                    match routes.remove(&key).await {
+                        Ok(drain) => {
+                            say.note(format!("removed the route of {app}"));
+                            drain.wait(self.config.proxy.drain_timeout).await;
+                        }
+                        Err(error) => say.note(format!("✘ removing the route of {app}: {error:#}")),
+                    }
+                }
             }
             self.retire(&host, &running, stop_timeout, say).await?;
             Ok::<_, ContainerError>(AppResult::Done)

@@ -44,6 +44,8 @@ pub struct Engine {
     pub followers: Followers,
     /// Old container versions being stopped in the background.
     pub retiring: Retiring,
+    /// Where container steps with `proxy:` point their routes (none without `[proxy]`).
+    pub routes: Option<Arc<dyn crate::proxy::Routes>>,
     pub logs: Logs,
     pub bus: Bus,
     /// Wakes the status outbox when a status is enqueued.
@@ -328,6 +330,7 @@ impl Engine {
                 })
                 .collect(),
             secrets: repo.secrets.keys().cloned().collect(),
+            hosts: repo.hosts.clone(),
         };
         let context = context(deployment);
         let plan = Manifest::parse(&file.path, &file.text)

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::Collector;
 use super::expr::{Context, Quoting, substitute};
-use super::raw::{RawCommand, RawCompose, RawContainer, RawFiles, RawHealthcheck};
+use super::raw::{RawCommand, RawCompose, RawContainer, RawFiles, RawHealthcheck, RawProxy};
 use crate::containers::{HealthCheck, PortMapping, Probe};
 
 pub(super) const DEFAULT_KEEP: u32 = 3;
@@ -33,6 +33,17 @@ pub struct ContainerPlan {
     pub health: HealthCheck,
     pub keep: u32,
     pub stop_timeout: Duration,
+    /// Traffic for these hosts goes to the app's healthy containers.
+    pub proxy: Option<ProxyPlan>,
+}
+
+/// A route through Dropship's proxy.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProxyPlan {
+    /// Lowercase host names.
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub port: u16,
 }
 
 impl ContainerPlan {
@@ -299,6 +310,63 @@ pub(super) fn check_container(c: &mut Collector<'_>, path: &str, raw: &RawContai
     if let Some(health) = &raw.healthcheck {
         check_health(c, &format!("{path}.healthcheck"), raw, health);
     }
+    if let Some(proxy) = &raw.proxy {
+        check_proxy(c, &format!("{path}.proxy"), raw, proxy);
+    }
+}
+
+/// A DNS name: dot-separated labels of letters, digits and `-`, not starting or ending with `-`.
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+fn proxy_port(container: &RawContainer, proxy: &RawProxy) -> Option<u16> {
+    proxy
+        .port
+        .or_else(|| container.healthcheck.as_ref().and_then(|h| h.port))
+        .or_else(|| {
+            container
+                .ports
+                .first()
+                .and_then(|p| parse_port(p).ok())
+                .map(|p| p.container_port)
+        })
+}
+
+fn check_proxy(c: &mut Collector<'_>, path: &str, container: &RawContainer, proxy: &RawProxy) {
+    if proxy.hosts.is_empty() {
+        c.at_key(&format!("{path}.hosts"), "list at least one host");
+    }
+    for (i, host) in proxy.hosts.iter().enumerate() {
+        if !valid_host(host) {
+            c.at_value(
+                &format!("{path}.hosts[{i}]"),
+                format!("`{host}` is not a host name"),
+            );
+        }
+    }
+    if let Some(prefix) = &proxy.path_prefix {
+        if !prefix.starts_with('/') || prefix.contains(['?', '#', ' ']) {
+            c.at_value(
+                &format!("{path}.path_prefix"),
+                format!("path_prefix `{prefix}` must be a path starting with `/`"),
+            );
+        }
+    }
+    if proxy_port(container, proxy).is_none() {
+        c.at_key(
+            path,
+            "the proxy needs `port` (or a health check port, or a first entry in `ports`)",
+        );
+    }
 }
 
 fn check_health(
@@ -485,6 +553,11 @@ pub(super) fn plan_container(raw: &RawContainer, context: &Context) -> Container
         health,
         keep: raw.keep.unwrap_or(DEFAULT_KEEP),
         stop_timeout: raw.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+        proxy: raw.proxy.as_ref().map(|proxy| ProxyPlan {
+            hosts: proxy.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            path_prefix: proxy.path_prefix.clone().unwrap_or_else(|| "/".into()),
+            port: proxy_port(raw, proxy).unwrap_or(80),
+        }),
     }
 }
 
@@ -597,6 +670,7 @@ pub(super) fn plan_payload_image(context: &Context) -> Result<Option<ContainerPl
         },
         keep: DEFAULT_KEEP,
         stop_timeout: DEFAULT_STOP_TIMEOUT,
+        proxy: None,
     }))
 }
 

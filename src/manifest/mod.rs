@@ -18,8 +18,8 @@ use std::fmt;
 use std::time::Duration;
 
 pub use containers::{
-    BuildPlan, ComposePlan, ContainerPlan, DEFAULT_COMPOSE_FILE, ImageSource, default_app,
-    safe_relative_path, valid_project,
+    BuildPlan, ComposePlan, ContainerPlan, DEFAULT_COMPOSE_FILE, ImageSource, ProxyPlan,
+    default_app, safe_relative_path, valid_project,
 };
 pub use expr::{Context, shell_quote};
 pub use positions::Position;
@@ -110,6 +110,16 @@ pub struct Inventory {
     pub servers: Vec<InventoryServer>,
     /// Names of the secrets this repository may use (never their values).
     pub secrets: BTreeSet<String>,
+    /// Host patterns this repository may route (`shop.example.com`, `*.example.com`).
+    pub hosts: Vec<String>,
+}
+
+impl Inventory {
+    fn allows_host(&self, host: &str) -> bool {
+        self.hosts
+            .iter()
+            .any(|pattern| crate::config::host_matches(pattern, host))
+    }
 }
 
 /// What the engine runs: one task in one environment, every name resolved.
@@ -843,7 +853,31 @@ fn resolve_environment_servers(
     resolved
 }
 
+/// Every proxy host of a container step must be one the operator lets this repository claim.
+fn check_hosts(c: &mut Collector<'_>, inventory: &Inventory, path: &str, step: &RawStep) {
+    let Some(proxy) = step.container.as_ref().and_then(|c| c.proxy.as_ref()) else {
+        return;
+    };
+    for (i, host) in proxy.hosts.iter().enumerate() {
+        if !inventory.allows_host(host) {
+            let allowed = if inventory.hosts.is_empty() {
+                "it allows none".to_string()
+            } else {
+                format!("allowed: {}", inventory.hosts.join(", "))
+            };
+            c.at_value(
+                &format!("{path}.container.proxy.hosts[{i}]"),
+                format!(
+                    "host `{host}` is not allowed for {} by the operator config ({allowed})",
+                    inventory.repo
+                ),
+            );
+        }
+    }
+}
+
 fn check_secrets(c: &mut Collector<'_>, inventory: &Inventory, path: &str, step: &RawStep) {
+    check_hosts(c, inventory, path, step);
     let (path, secrets) = match &step.container {
         Some(container) => (format!("{path}.container"), &container.secrets),
         None => (path.to_string(), &step.secrets),

@@ -146,6 +146,9 @@ pub(crate) struct RawContainer {
     pub(crate) healthcheck: Option<RawHealthcheck>,
     /// Retired versions kept (stopped) on each server for rollback (default 3).
     pub(crate) keep: Option<u32>,
+    /// Route users' traffic for these hosts to the app's healthy containers through
+    /// Dropship's proxy.
+    pub(crate) proxy: Option<RawProxy>,
     /// How long an old container gets to stop before it is killed (default `10s`).
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
@@ -211,4 +214,16 @@ pub(crate) struct RawCompose {
 pub(crate) enum RawFiles {
     One(String),
     Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawProxy {
+    /// Host names (the operator config must allow each for this repository).
+    pub(crate) hosts: Vec<String>,
+    /// Only requests under this path (default `/`).
+    pub(crate) path_prefix: Option<String>,
+    /// The container port that serves them (default: the health check's, else the first of
+    /// `ports`).
+    pub(crate) port: Option<u16>,
 }

@@ -44,6 +44,7 @@ fn inventory() -> Inventory {
             server("db-1", &["db"], false),
         ],
         secrets: ["DATABASE_URL".to_string()].into(),
+        hosts: vec!["shop.example.com".into(), "*.preview.example.com".into()],
     }
 }
 
@@ -115,6 +116,7 @@ fn the_example_manifest_is_valid() {
             allowed: true,
         }],
         secrets: BTreeSet::new(),
+        hosts: Vec::new(),
     };
     for environment in manifest.environment_names() {
         for task in manifest.task_names() {
@@ -352,5 +354,38 @@ fn container_and_compose_mistakes() {
     check(
         "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: a\n      run: x\n",
         expect!["ok"],
+    );
+}
+
+#[test]
+fn proxy_hosts_must_be_allowed_for_the_repository() {
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: a\n        ports: [\"3000\"]\n        proxy:\n          hosts: [shop.example.com, pr-1.preview.example.com, evil.example.com]\n",
+        expect![
+            "dropship.yml:12:63: host `evil.example.com` is not allowed for acme/shop by the operator config (allowed: shop.example.com, *.preview.example.com)"
+        ],
+    );
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: a\n        proxy:\n          hosts: [\"not a host\"]\n          path_prefix: api\n",
+        expect![[r#"
+            dropship.yml:10:9: the proxy needs `port` (or a health check port, or a first entry in `ports`)
+            dropship.yml:11:19: `not a host` is not a host name
+            dropship.yml:12:24: path_prefix `api` must be a path starting with `/`"#]],
+    );
+    let text = "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: a\n        healthcheck: { path: /up, port: 3000 }\n        proxy:\n          hosts: [Shop.Example.com]\n          path_prefix: /api\n";
+    let plan = Manifest::parse("dropship.yml", text)
+        .unwrap()
+        .plan(&context("production", "deploy"), &inventory())
+        .unwrap();
+    let Action::Container(web) = &plan.steps[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        web.proxy,
+        Some(ProxyPlan {
+            hosts: vec!["shop.example.com".into()],
+            path_prefix: "/api".into(),
+            port: 3000
+        })
     );
 }

@@ -300,6 +300,17 @@ pub struct LogCursor {
     pub at_ts: i64,
 }
 
+/// A proxy route as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteRecord {
+    pub repo: String,
+    pub environment: String,
+    pub app: String,
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+    pub upstreams: Vec<crate::proxy::UpstreamSpec>,
+}
+
 /// The store's contract. Implementations: [`Sqlite`].
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
@@ -366,4 +377,8 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Remembers that `server`'s containers are followed.
     async fn add_container_host(&self, server: &str) -> anyhow::Result<()>;
     async fn container_hosts(&self) -> anyhow::Result<Vec<String>>;
+    /// Creates or replaces the route of (repo, environment, app).
+    async fn save_route(&self, route: &RouteRecord) -> anyhow::Result<()>;
+    async fn delete_route(&self, repo: &str, environment: &str, app: &str) -> anyhow::Result<()>;
+    async fn routes(&self) -> anyhow::Result<Vec<RouteRecord>>;
 }

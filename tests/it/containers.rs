@@ -18,25 +18,25 @@ use crate::support::{
 const SECRET: &str = "tok-very-secret-4711";
 
 /// A sha per version, in order.
-fn sha(n: u32) -> String {
+pub(crate) fn sha(n: u32) -> String {
     format!("{n:07}{}", "a".repeat(33))
 }
 
-struct World {
-    server: TestServer,
-    github: FakeGithub,
-    registry: Option<Registry>,
+pub(crate) struct World {
+    pub(crate) server: TestServer,
+    pub(crate) github: FakeGithub,
+    pub(crate) registry: Option<Registry>,
     repo: String,
     _sshd: Sshd,
     _key: ClientKey,
     _cleanup: Cleanup,
-    data: tempfile::TempDir,
-    config: String,
+    pub(crate) data: tempfile::TempDir,
+    pub(crate) config: String,
 }
 
 /// One sshd server `box` whose Docker engine is reached over SSH; `repo`'s manifest (the same
 /// at every sha given) from a fake GitHub; a registry when `registry` is set.
-async fn world(
+pub(crate) async fn world(
     repo: &str,
     manifest: &str,
     shas: &[String],
@@ -70,7 +70,7 @@ async fn world(
         data.path(),
         &github.url,
         &format!(
-            "{server}{registries}[[repos]]\nname = \"{repo}\"\nservers = [\"box\"]\n[repos.secrets]\nAPI_TOKEN = \"{SECRET}\"\n{extra}",
+            "{server}{registries}[[repos]]\nname = \"{repo}\"\nservers = [\"box\"]\nhosts = [\"*.test\"]\n[repos.secrets]\nAPI_TOKEN = \"{SECRET}\"\n{extra}",
             server = sshd.server_toml("box", &["app"], &key, &sshd.host_key),
             registries = registry.as_ref().map(Registry::toml).unwrap_or_default(),
         ),
@@ -90,12 +90,18 @@ async fn world(
 }
 
 impl World {
+    /// Stops Dropship and starts it again on the same data and config.
+    pub(crate) async fn restart(&mut self) {
+        self.server.stop().await;
+        self.server = TestServer::start(Config::from_toml(&self.config).unwrap(), None).await;
+    }
+
     /// The `line` of every stored container log line of the app's environment.
     async fn app_lines(&self) -> Vec<String> {
         app_lines(&self.server, &self.repo).await
     }
 
-    async fn deploy(
+    pub(crate) async fn deploy(
         &self,
         github_id: i64,
         sha: &str,
@@ -148,7 +154,7 @@ async fn app_lines(server: &TestServer, repo: &str) -> Vec<String> {
 
 /// Waits until `app`'s containers are exactly `expected` (sha, running), newest deployment
 /// first.
-async fn settled(repo: &str, app: &str, expected: &[(&str, bool)]) {
+pub(crate) async fn settled(repo: &str, app: &str, expected: &[(&str, bool)]) {
     eventually(
         Duration::from_secs(30),
         "the containers to settle",
@@ -163,7 +169,7 @@ async fn settled(repo: &str, app: &str, expected: &[(&str, bool)]) {
     .await;
 }
 
-fn last(statuses: &[PostedStatus]) -> (&str, &str) {
+pub(crate) fn last(statuses: &[PostedStatus]) -> (&str, &str) {
     let status = statuses.last().unwrap();
     (status.state(), status.description())
 }

@@ -8,5 +8,6 @@ mod containers;
 mod deploy;
 mod intake;
 mod live;
+mod proxy;
 mod restart;
 mod support;

@@ -21,7 +21,8 @@ use writer::{StatusChange, Writer};
 
 use super::{
     AppLogLine, Delivery, Deployment, Inserted, ListFilter, LogCursor, LogLine, Millis,
-    NewDeployment, OutboxItem, Service, State, StatusFn, StepRun, StepState, Store, Transition,
+    NewDeployment, OutboxItem, RouteRecord, Service, State, StatusFn, StepRun, StepState, Store,
+    Transition,
 };
 
 pub struct Sqlite {
@@ -400,6 +401,38 @@ impl Store for Sqlite {
 
     async fn add_container_host(&self, server: &str) -> anyhow::Result<()> {
         self.writer.container_host(server.to_string()).await
+    }
+
+    async fn save_route(&self, route: &RouteRecord) -> anyhow::Result<()> {
+        let key = (
+            route.repo.clone(),
+            route.environment.clone(),
+            route.app.clone(),
+        );
+        self.writer.route(key, Some(route.clone())).await
+    }
+
+    async fn delete_route(&self, repo: &str, environment: &str, app: &str) -> anyhow::Result<()> {
+        let key = (repo.to_string(), environment.to_string(), app.to_string());
+        self.writer.route(key, None).await
+    }
+
+    async fn routes(&self) -> anyhow::Result<Vec<RouteRecord>> {
+        let rows = sqlx::query("SELECT * FROM routes ORDER BY repo, environment, app")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RouteRecord {
+                    repo: row.try_get("repo")?,
+                    environment: row.try_get("environment")?,
+                    app: row.try_get("app")?,
+                    hosts: serde_json::from_str(row.try_get("hosts")?)?,
+                    path_prefix: row.try_get("path_prefix")?,
+                    upstreams: serde_json::from_str(row.try_get("upstreams")?)?,
+                })
+            })
+            .collect()
     }
 
     async fn container_hosts(&self) -> anyhow::Result<Vec<String>> {

@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::deployment_from_row;
 use crate::store::{
-    AppLogLine, Delivery, Deployment, Inserted, LogLine, Millis, NewDeployment, Service,
-    StatusDraft, StatusFn, StepRun, Transition, now_ms,
+    AppLogLine, Delivery, Deployment, Inserted, LogLine, Millis, NewDeployment, RouteRecord,
+    Service, StatusDraft, StatusFn, StepRun, Transition, now_ms,
 };
 
 /// Writes taken in one cycle at most.
@@ -62,6 +62,12 @@ enum Write {
     },
     ContainerHost {
         server: String,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
+    /// A route saved, or (with `None`) the route of (repo, environment, app) deleted.
+    Route {
+        key: (String, String, String),
+        route: Option<RouteRecord>,
         reply: oneshot::Sender<anyhow::Result<()>>,
     },
 }
@@ -158,6 +164,18 @@ impl Writer {
                 retention_bytes,
                 reply,
             })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub(super) async fn route(
+        &self,
+        key: (String, String, String),
+        route: Option<RouteRecord>,
+    ) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Write::Route { key, route, reply })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -285,6 +303,9 @@ async fn cycle(pool: &SqlitePool, intake: &mut [IntakeJob], others: Vec<Write>) 
                     .map(|_| ())
                     .map_err(Into::into),
             ),
+            Write::Route { key, route, reply } => {
+                Answer::Unit(reply, write_route(&mut tx, &key, route.as_ref()).await)
+            }
             Write::Intake(_) => unreachable!("deliveries are split off before the cycle"),
         };
         answers.push(answer);
@@ -303,7 +324,8 @@ fn unanswered(write: Write) -> Option<Answer> {
         | Write::Logs { reply, .. }
         | Write::Status { reply, .. }
         | Write::Services { reply, .. }
-        | Write::ContainerHost { reply, .. } => Answer::Unit(reply, Ok(())),
+        | Write::ContainerHost { reply, .. }
+        | Write::Route { reply, .. } => Answer::Unit(reply, Ok(())),
         Write::AppLogs { reply, .. } => Answer::Lines(reply, Ok(Vec::new())),
         Write::Intake(_) => return None,
     })
@@ -491,6 +513,39 @@ async fn append_app_logs(
     }
     tx.commit().await?;
     Ok(lines)
+}
+
+async fn write_route(
+    tx: &mut SqliteConnection,
+    (repo, environment, app): &(String, String, String),
+    route: Option<&RouteRecord>,
+) -> anyhow::Result<()> {
+    match route {
+        Some(route) => {
+            sqlx::query(
+                "INSERT OR REPLACE INTO routes (repo, environment, app, hosts, path_prefix, upstreams, updated_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(repo)
+            .bind(environment)
+            .bind(app)
+            .bind(serde_json::to_string(&route.hosts)?)
+            .bind(&route.path_prefix)
+            .bind(serde_json::to_string(&route.upstreams)?)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
+        None => {
+            sqlx::query("DELETE FROM routes WHERE repo = ? AND environment = ? AND app = ?")
+                .bind(repo)
+                .bind(environment)
+                .bind(app)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 async fn change_status(

@@ -18,6 +18,8 @@ const START: &str = r#"b=/bin/busybox
 $b mkdir -p /www
 echo "$VERSION" > /www/version
 echo "$VERSION" > /www/index.html
+$b mkdir -p /www/api
+echo "$VERSION" > /www/api/version
 [ "$HEALTHY" = "no" ] || echo ok > /www/up
 echo "web $VERSION starting (token $API_TOKEN)"
 i=0

@@ -100,6 +100,7 @@ pub struct TestServer {
     pub address: SocketAddr,
     pub client: reqwest::Client,
     shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
     _data: Option<tempfile::TempDir>,
 }
 
@@ -109,7 +110,7 @@ impl TestServer {
         let address = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(error) = dropship::server::run(config, listener, token).await {
                 panic!("dropship stopped: {error:#}");
             }
@@ -118,7 +119,16 @@ impl TestServer {
             address,
             client: reqwest::Client::new(),
             shutdown,
+            task: Some(task),
             _data: data,
+        }
+    }
+
+    /// Shuts the service down and waits until it has stopped (its listeners are closed).
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
         }
     }
 

@@ -1,0 +1,429 @@
+//! The edge proxy: users' HTTP traffic, by host and path prefix, to the healthy containers of
+//! an app.
+//!
+//! The engine sees only the [`Routes`] trait: it points a route at new upstreams once they are
+//! healthy and gets a [`Drain`] for the old ones, which it waits on before stopping their
+//! containers. [`Proxy`] is the built-in implementation (hyper; routes persisted in the store
+//! and restored on start).
+
+mod serve;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+pub use serve::serve;
+
+use crate::config::{Balance, ProxySection};
+use crate::store::{RouteRecord, Store};
+
+/// Which app a route leads to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct RouteKey {
+    pub repo: String,
+    pub environment: String,
+    pub app: String,
+}
+
+/// A route as a deployment asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec {
+    pub key: RouteKey,
+    /// Lowercase host names.
+    pub hosts: Vec<String>,
+    pub path_prefix: String,
+}
+
+/// One upstream: a container's published port on its server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamSpec {
+    /// `host:port`.
+    pub address: String,
+    pub container: String,
+}
+
+/// The replaced upstreams of a switch: done when none has a request in flight.
+#[derive(Debug, Default)]
+pub struct Drain {
+    upstreams: Vec<Arc<Upstream>>,
+}
+
+impl Drain {
+    /// Waits until the replaced upstreams have no request in flight, or `timeout`. Returns
+    /// whether they drained.
+    pub async fn wait(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for upstream in &self.upstreams {
+            loop {
+                let idle = upstream.idle.notified();
+                if upstream.in_flight.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.upstreams.is_empty()
+    }
+}
+
+/// Where a deployment's traffic goes, as the engine sees it.
+#[async_trait]
+pub trait Routes: Send + Sync + std::fmt::Debug {
+    /// Points `route` at `upstreams` (atomically: every new request from now on goes to them)
+    /// and returns the upstreams it replaced, to wait on before their containers stop.
+    async fn switch(
+        &self,
+        route: &RouteSpec,
+        upstreams: Vec<UpstreamSpec>,
+    ) -> anyhow::Result<Drain>;
+    /// Removes the route of `key` (its upstreams drain).
+    async fn remove(&self, key: &RouteKey) -> anyhow::Result<Drain>;
+}
+
+/// An upstream in use by the proxy.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub(crate) address: String,
+    pub(crate) container: String,
+    in_flight: AtomicUsize,
+    /// Milliseconds since the proxy started before which the upstream gets no requests.
+    ejected_until: AtomicU64,
+    /// Replaced: no new requests.
+    draining: AtomicBool,
+    idle: Notify,
+}
+
+impl Upstream {
+    fn new(spec: &UpstreamSpec) -> Arc<Upstream> {
+        Arc::new(Upstream {
+            address: spec.address.clone(),
+            container: spec.container.clone(),
+            in_flight: AtomicUsize::new(0),
+            ejected_until: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
+            idle: Notify::new(),
+        })
+    }
+}
+
+/// Counts a request in flight on an upstream until dropped.
+pub(crate) struct InFlight(pub(crate) Arc<Upstream>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// One app's upstreams behind a route.
+#[derive(Debug)]
+pub(crate) struct Backend {
+    pub(crate) path_prefix: String,
+    upstreams: Vec<Arc<Upstream>>,
+    next: AtomicUsize,
+}
+
+/// Every route, by host; swapped whole on each change, so a request sees one consistent table.
+#[derive(Debug, Default)]
+struct Table {
+    /// Per host, backends by path prefix, longest first.
+    hosts: HashMap<String, Vec<Arc<Backend>>>,
+    /// Every backend by app, for switches.
+    backends: HashMap<RouteKey, (RouteSpec, Arc<Backend>)>,
+}
+
+/// The built-in proxy's routes and settings.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    inner: Arc<ProxyInner>,
+}
+
+#[derive(Debug)]
+struct ProxyInner {
+    table: ArcSwap<Table>,
+    /// Serializes changes (reads never wait).
+    changes: tokio::sync::Mutex<()>,
+    store: Arc<dyn Store>,
+    pub(crate) settings: ProxySection,
+    started: Instant,
+}
+
+impl Proxy {
+    /// A proxy with the routes stored in `store`.
+    pub async fn load(store: Arc<dyn Store>, settings: ProxySection) -> anyhow::Result<Proxy> {
+        let proxy = Proxy {
+            inner: Arc::new(ProxyInner {
+                table: ArcSwap::from_pointee(Table::default()),
+                changes: tokio::sync::Mutex::new(()),
+                store,
+                settings,
+                started: Instant::now(),
+            }),
+        };
+        let mut table = Table::default();
+        for record in proxy.inner.store.routes().await? {
+            let spec = RouteSpec {
+                key: RouteKey {
+                    repo: record.repo,
+                    environment: record.environment,
+                    app: record.app,
+                },
+                hosts: record.hosts,
+                path_prefix: record.path_prefix,
+            };
+            let upstreams = record.upstreams.iter().map(Upstream::new).collect();
+            table.backends.insert(
+                spec.key.clone(),
+                (
+                    spec.clone(),
+                    Arc::new(Backend {
+                        path_prefix: spec.path_prefix.clone(),
+                        upstreams,
+                        next: AtomicUsize::new(0),
+                    }),
+                ),
+            );
+        }
+        index(&mut table);
+        proxy.inner.table.store(Arc::new(table));
+        Ok(proxy)
+    }
+
+    pub(crate) fn settings(&self) -> &ProxySection {
+        &self.inner.settings
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.started.elapsed().as_millis() as u64
+    }
+
+    /// The backend for a request to `host` at `path`, if any route matches.
+    pub(crate) fn find(&self, host: &str, path: &str) -> Option<Arc<Backend>> {
+        let table = self.inner.table.load();
+        table
+            .hosts
+            .get(host)?
+            .iter()
+            .find(|b| prefix_matches(&b.path_prefix, path))
+            .cloned()
+    }
+
+    /// An upstream of `backend` for the next request, skipping draining and ejected ones;
+    /// `tried` are skipped too (a retry goes elsewhere).
+    pub(crate) fn pick(&self, backend: &Backend, tried: &[String]) -> Option<InFlight> {
+        let now = self.now_ms();
+        let usable: Vec<&Arc<Upstream>> = backend
+            .upstreams
+            .iter()
+            .filter(|u| {
+                !u.draining.load(Ordering::SeqCst)
+                    && u.ejected_until.load(Ordering::SeqCst) <= now
+                    && !tried.contains(&u.address)
+            })
+            .collect();
+        // All ejected: try them anyway rather than fail outright.
+        let usable = if usable.is_empty() {
+            backend
+                .upstreams
+                .iter()
+                .filter(|u| !u.draining.load(Ordering::SeqCst) && !tried.contains(&u.address))
+                .collect()
+        } else {
+            usable
+        };
+        let chosen = match self.inner.settings.balance {
+            Balance::RoundRobin => {
+                if usable.is_empty() {
+                    return None;
+                }
+                let n = backend.next.fetch_add(1, Ordering::Relaxed);
+                usable[n % usable.len()]
+            }
+            Balance::LeastInFlight => *usable
+                .iter()
+                .min_by_key(|u| u.in_flight.load(Ordering::SeqCst))?,
+        };
+        chosen.in_flight.fetch_add(1, Ordering::SeqCst);
+        Some(InFlight(chosen.clone()))
+    }
+
+    /// Passive health: an upstream that refused a connection rests for `eject_for`.
+    pub(crate) fn eject(&self, upstream: &Upstream) {
+        let until = self.now_ms() + self.inner.settings.eject_for.as_millis() as u64;
+        upstream.ejected_until.store(until, Ordering::SeqCst);
+    }
+
+    async fn change(
+        &self,
+        key: &RouteKey,
+        next: Option<(RouteSpec, Vec<UpstreamSpec>)>,
+    ) -> anyhow::Result<Drain> {
+        let _serial = self.inner.changes.lock().await;
+        let current = self.inner.table.load_full();
+        let mut backends = current.backends.clone();
+        let old = backends.remove(key);
+        match &next {
+            Some((spec, upstreams)) => {
+                self.inner
+                    .store
+                    .save_route(&RouteRecord {
+                        repo: key.repo.clone(),
+                        environment: key.environment.clone(),
+                        app: key.app.clone(),
+                        hosts: spec.hosts.clone(),
+                        path_prefix: spec.path_prefix.clone(),
+                        upstreams: upstreams.clone(),
+                    })
+                    .await?;
+                // An upstream that stays (same address) keeps its counters.
+                let kept = |spec: &UpstreamSpec| {
+                    old.as_ref().and_then(|(_, b)| {
+                        b.upstreams
+                            .iter()
+                            .find(|u| u.address == spec.address && u.container == spec.container)
+                            .cloned()
+                    })
+                };
+                let upstreams = upstreams
+                    .iter()
+                    .map(|u| kept(u).unwrap_or_else(|| Upstream::new(u)))
+                    .collect();
+                backends.insert(
+                    key.clone(),
+                    (
+                        spec.clone(),
+                        Arc::new(Backend {
+                            path_prefix: spec.path_prefix.clone(),
+                            upstreams,
+                            next: AtomicUsize::new(0),
+                        }),
+                    ),
+                );
+            }
+            None => {
+                self.inner
+                    .store
+                    .delete_route(&key.repo, &key.environment, &key.app)
+                    .await?
+            }
+        }
+        let mut table = Table {
+            hosts: HashMap::new(),
+            backends,
+        };
+        index(&mut table);
+        let staying: Vec<String> = next
+            .as_ref()
+            .map(|(_, u)| u.iter().map(|u| u.address.clone()).collect())
+            .unwrap_or_default();
+        let replaced: Vec<Arc<Upstream>> = old
+            .map(|(_, b)| {
+                b.upstreams
+                    .iter()
+                    .filter(|u| !staying.contains(&u.address))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for upstream in &replaced {
+            upstream.draining.store(true, Ordering::SeqCst);
+        }
+        self.inner.table.store(Arc::new(table));
+        Ok(Drain {
+            upstreams: replaced,
+        })
+    }
+
+    /// Every route, for pages and tests.
+    pub fn routes(&self) -> Vec<(RouteSpec, Vec<String>)> {
+        self.inner
+            .table
+            .load()
+            .backends
+            .values()
+            .map(|(spec, backend)| {
+                (
+                    spec.clone(),
+                    backend
+                        .upstreams
+                        .iter()
+                        .map(|u| u.address.clone())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Rebuilds the host index from the backends: per host, longest prefix first.
+fn index(table: &mut Table) {
+    table.hosts.clear();
+    for (spec, backend) in table.backends.values() {
+        for host in &spec.hosts {
+            table
+                .hosts
+                .entry(host.clone())
+                .or_default()
+                .push(backend.clone());
+        }
+    }
+    for backends in table.hosts.values_mut() {
+        backends.sort_by_key(|b| std::cmp::Reverse(b.path_prefix.len()));
+    }
+}
+
+/// `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    let prefix = prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || rest.starts_with('?'),
+        None => false,
+    }
+}
+
+#[async_trait]
+impl Routes for Proxy {
+    async fn switch(
+        &self,
+        route: &RouteSpec,
+        upstreams: Vec<UpstreamSpec>,
+    ) -> anyhow::Result<Drain> {
+        self.change(&route.key, Some((route.clone(), upstreams)))
+            .await
+    }
+
+    async fn remove(&self, key: &RouteKey) -> anyhow::Result<Drain> {
+        self.change(key, None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api/", "/api/users"));
+        assert!(prefix_matches("/api", "/api?x=1"));
+        assert!(!prefix_matches("/api", "/apix"));
+        assert!(!prefix_matches("/api", "/"));
+    }
+}

@@ -1,0 +1,169 @@
+//! The edge proxy: real HTTP through Dropship's proxy to busybox `httpd` containers on the
+//! machine's Docker engine (reached over a real sshd).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::containers::{last, settled, sha, world};
+use crate::support::{eventually, free_port};
+
+const MANIFEST: &str = r#"version: 1
+environments:
+  production:
+    servers: [box]
+tasks:
+  deploy:
+    - name: web
+      container:
+        image: REGISTRY/acme/edge
+        env:
+          VERSION: ${{ deployment.sha }}
+          HEALTHY: ${{ deployment.payload.healthy }}
+        ports: ["8080"]
+        init: true
+        stop_timeout: 2s
+        healthcheck:
+          path: /up
+          interval: 100ms
+          retries: 20
+        proxy:
+          hosts: [shop.test]
+    - name: api
+      container:
+        name: edge-api
+        image: REGISTRY/acme/edge
+        env:
+          VERSION: api-${{ deployment.sha }}
+        init: true
+        healthcheck:
+          path: /up
+          port: 8080
+          interval: 100ms
+          retries: 20
+        proxy:
+          hosts: [shop.test]
+          path_prefix: /api
+"#;
+
+/// `GET path` on the proxy with `Host: host`: the status and the body.
+async fn get(client: &reqwest::Client, proxy: &str, host: &str, path: &str) -> (u16, String) {
+    match client
+        .get(format!("http://{proxy}{path}"))
+        .header("host", host)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+    {
+        Ok(response) => (
+            response.status().as_u16(),
+            response.text().await.unwrap_or_default().trim().to_string(),
+        ),
+        Err(error) => (0, error.to_string()),
+    }
+}
+
+#[tokio::test]
+async fn the_proxy_routes_by_host_and_prefix_and_switches_under_load_without_a_failed_request() {
+    let shas: Vec<String> = (1..=3).map(sha).collect();
+    let port = free_port();
+    let proxy = format!("127.0.0.1:{port}");
+    let extra = format!(
+        "[proxy]\nlisten = \"{proxy}\"\nupstream_bind = \"127.0.0.1\"\ndrain_timeout = \"5s\"\n"
+    );
+    let Some(w) = world("acme/edge", MANIFEST, &shas, true, &extra).await else {
+        return;
+    };
+    for sha in &shas {
+        w.registry.as_ref().unwrap().push("acme/edge", sha);
+    }
+    let client = reqwest::Client::new();
+
+    let (id, statuses) = w.deploy(1, &shas[0], "deploy", json!({})).await;
+    assert_eq!(last(&statuses).0, "success", "{}", w.server.log(id).await);
+    assert_eq!(
+        get(&client, &proxy, "shop.test", "/version").await,
+        (200, shas[0].clone())
+    );
+    assert_eq!(
+        get(&client, &proxy, "Shop.Test:80", "/api/version").await,
+        (200, format!("api-{}", shas[0]))
+    );
+    let (status, page) = get(&client, &proxy, "nobody.test", "/").await;
+    assert_eq!(status, 404);
+    assert!(page.contains("No app is served at nobody.test/"), "{page}");
+
+    // A steady load (8 clients, bounded to 60 s and 20,000 requests) while v2 replaces v1.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (stop, sent, client, proxy) =
+            (stop.clone(), sent.clone(), client.clone(), proxy.clone());
+        load.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst)
+                && tokio::time::Instant::now() < deadline
+                && sent.fetch_add(1, Ordering::SeqCst) < 20_000
+            {
+                let (status, body) = get(&client, &proxy, "shop.test", "/version").await;
+                if status != 200 {
+                    failures.push(format!("{status} {body}"));
+                }
+            }
+            failures
+        }));
+    }
+    eventually(Duration::from_secs(10), "the load to start", || async {
+        sent.load(Ordering::SeqCst) > 50
+    })
+    .await;
+    let (id, statuses) = w.deploy(2, &shas[1], "deploy", json!({})).await;
+    assert_eq!(last(&statuses).0, "success", "{}", w.server.log(id).await);
+    // Every response after the switch comes from v2.
+    for _ in 0..20 {
+        assert_eq!(
+            get(&client, &proxy, "shop.test", "/version").await,
+            (200, shas[1].clone())
+        );
+    }
+    // The old version drains, then stops.
+    settled("acme/edge", "edge", &[(&shas[1], true), (&shas[0], false)]).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut failures = Vec::new();
+    for task in load {
+        failures.extend(task.await.unwrap());
+    }
+    let total = sent.load(Ordering::SeqCst);
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {failures:?}",
+        failures.len()
+    );
+    assert!(total > 100, "only {total} requests were sent");
+
+    // A version that fails its health check never touches the route.
+    let (_, statuses) = w
+        .deploy(3, &shas[2], "deploy", json!({"healthy": "no"}))
+        .await;
+    assert_eq!(last(&statuses).0, "failure");
+    assert_eq!(
+        get(&client, &proxy, "shop.test", "/version").await,
+        (200, shas[1].clone())
+    );
+
+    // Routes survive a restart: a new Dropship on the same database serves them at once.
+    let mut w = w;
+    w.restart().await;
+    assert_eq!(
+        get(&client, &proxy, "shop.test", "/version").await,
+        (200, shas[1].clone())
+    );
+    assert_eq!(
+        get(&client, &proxy, "shop.test", "/api/version").await,
+        (200, format!("api-{}", shas[1]))
+    );
+}
