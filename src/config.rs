@@ -57,6 +57,11 @@ pub struct Config {
 pub struct ProxySection {
     /// Where the proxy listens for plain HTTP; without it there is no built-in proxy.
     pub listen: Option<SocketAddr>,
+    /// Where it listens for HTTPS, with the certificate chosen by SNI from `certificates`.
+    pub listen_tls: Option<SocketAddr>,
+    /// Certificates for HTTPS, per host name.
+    #[serde(default)]
+    pub certificates: Vec<CertificateEntry>,
     /// `round_robin` or `least_in_flight`.
     #[serde(default)]
     pub balance: Balance,
@@ -80,6 +85,15 @@ pub struct ProxySection {
     pub upstream_bind: String,
 }
 
+/// A certificate chain and its key (PEM files), served for `hosts`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateEntry {
+    pub hosts: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balance {
@@ -92,6 +106,8 @@ impl Default for ProxySection {
     fn default() -> Self {
         ProxySection {
             listen: None,
+            listen_tls: None,
+            certificates: Vec::new(),
             balance: Balance::default(),
             connect_timeout: default_proxy_connect_timeout(),
             response_timeout: default_proxy_response_timeout(),

@@ -61,33 +61,29 @@ pub async fn run(
     let config = Arc::new(config);
     let github = Arc::new(Github::from_config(&config.github)?);
     let mut engine = engine(config.clone(), github.clone()).await?;
-    let proxy = match config.proxy.listen {
-        Some(address) => {
-            let proxy = Proxy::load(engine.store.clone(), config.proxy.clone())
-                .await
-                .context("loading the proxy's routes")?;
+    let mut proxies = Vec::new();
+    if config.proxy.listen.is_some() || config.proxy.listen_tls.is_some() {
+        let proxy = Proxy::load(engine.store.clone(), config.proxy.clone())
+            .await
+            .context("loading the proxy's routes")?;
+        engine.routes = Some(Arc::new(proxy.clone()));
+        let tls = match config.proxy.listen_tls {
+            Some(_) => Some(crate::proxy::tls_acceptor(&config.proxy.certificates)?),
+            None => None,
+        };
+        for (address, tls) in [(config.proxy.listen, None), (config.proxy.listen_tls, tls)] {
+            let Some(address) = address else { continue };
             let listener = TcpListener::bind(address)
                 .await
                 .with_context(|| format!("binding the proxy to {address}"))?;
-            tracing::info!(%address, routes = proxy.routes().len(), "proxy is serving");
-            engine.routes = Some(Arc::new(proxy.clone()));
-            Some(tokio::spawn(crate::proxy::serve(
+            tracing::info!(%address, tls = tls.is_some(), routes = proxy.routes().len(), "proxy is serving");
+            proxies.push(tokio::spawn(crate::proxy::serve(
                 listener,
-                proxy,
+                proxy.clone(),
+                tls,
                 shutdown.clone(),
-            )))
+            )));
         }
-        None => None,
-    };
-    let interrupted = engine
-        .recover_interrupted()
-        .await
-        .context("finishing interrupted deployments")?;
-    if interrupted > 0 {
-        tracing::warn!(
-            count = interrupted,
-            "finished deployments interrupted by the last shutdown as error"
-        );
     }
     // Deployments and status posts run on a runtime of their own at a lower OS priority, so a
     // burst of webhooks is answered first; with the machine idle they get every core anyway.
@@ -127,7 +123,7 @@ pub async fn run(
     shutdown.cancel();
     let _ = scheduler.await;
     let _ = outbox.await;
-    if let Some(proxy) = proxy {
+    for proxy in proxies {
         let _ = proxy.await;
     }
     Ok(())

@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-pub use serve::serve;
+pub use serve::{serve, tls_acceptor};
 
 use crate::config::{Balance, ProxySection};
 use crate::store::{RouteRecord, Store};

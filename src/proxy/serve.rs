@@ -128,8 +128,49 @@ fn host_of<B>(request: &Request<B>) -> Option<String> {
     Some(host.trim_end_matches('.').to_ascii_lowercase())
 }
 
-/// Serves the proxy on `listener` until `shutdown`.
-pub async fn serve(listener: TcpListener, proxy: Proxy, shutdown: CancellationToken) {
+/// The TLS settings for `[proxy] certificates`: each certificate served for its hosts, chosen
+/// by the client's SNI.
+pub fn tls_acceptor(
+    certificates: &[crate::config::CertificateEntry],
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut resolver = rustls::server::ResolvesServerCertUsingSni::new();
+    for entry in certificates {
+        let chain = CertificateDer::pem_file_iter(&entry.cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .with_context(|| format!("reading certificates from {}", entry.cert.display()))?;
+        let key = PrivateKeyDer::from_pem_file(&entry.key)
+            .with_context(|| format!("reading the private key {}", entry.key.display()))?;
+        let key = provider
+            .key_provider
+            .load_private_key(key)
+            .with_context(|| format!("loading the private key {}", entry.key.display()))?;
+        let certified = rustls::sign::CertifiedKey::new(chain, key);
+        for host in &entry.hosts {
+            resolver
+                .add(&host.to_ascii_lowercase(), certified.clone())
+                .with_context(|| format!("certificate {} for {host}", entry.cert.display()))?;
+        }
+    }
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_cert_resolver(std::sync::Arc::new(resolver));
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// Serves the proxy on `listener` until `shutdown`: plain HTTP, or HTTPS with `tls`.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Proxy,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+) {
     let settings = proxy.settings().clone();
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(settings.connect_timeout));
@@ -138,6 +179,7 @@ pub async fn serve(listener: TcpListener, proxy: Proxy, shutdown: CancellationTo
         .pool_idle_timeout(settings.idle_timeout)
         .pool_timer(TokioTimer::new())
         .build(connector);
+    let scheme = if tls.is_some() { "https" } else { "http" };
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -152,19 +194,44 @@ pub async fn serve(listener: TcpListener, proxy: Proxy, shutdown: CancellationTo
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let client = client.clone();
+        let tls = tls.clone();
         let idle = settings.idle_timeout;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let proxy = proxy.clone();
                 let client = client.clone();
-                async move { Ok::<_, Infallible>(handle(&proxy, &client, remote, request).await) }
+                async move {
+                    Ok::<_, Infallible>(handle(&proxy, &client, remote, scheme, request).await)
+                }
             });
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(idle)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades();
-            if let Err(error) = connection.await {
+            let builder = {
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                builder.timer(TokioTimer::new()).header_read_timeout(idle);
+                builder
+            };
+            let result = match tls {
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, %remote, "TLS handshake");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await
+                }
+                None => {
+                    builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades()
+                        .await
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%error, %remote, "proxy connection");
             }
         });
@@ -175,6 +242,7 @@ async fn handle(
     proxy: &Proxy,
     client: &Client<HttpConnector, ProxyBody>,
     remote: SocketAddr,
+    scheme: &'static str,
     mut request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let Some(host) = host_of(&request) else {
@@ -220,7 +288,7 @@ async fn handle(
     }
     parts
         .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        .insert("x-forwarded-proto", HeaderValue::from_static(scheme));
     if let Ok(value) = HeaderValue::from_str(&host) {
         parts.headers.insert("x-forwarded-host", value);
     }

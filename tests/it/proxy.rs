@@ -167,3 +167,92 @@ async fn the_proxy_routes_by_host_and_prefix_and_switches_under_load_without_a_f
         (200, format!("api-{}", shas[1]))
     );
 }
+
+/// A CA and a certificate for each of `hosts` (PEM files in `dir`), signed by it.
+fn certificates(dir: &std::path::Path, hosts: &[&str]) -> String {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let mut toml = String::new();
+    for host in hosts {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let (cert_path, key_path) = (
+            dir.join(format!("{host}.pem")),
+            dir.join(format!("{host}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        toml.push_str(&format!(
+            "[[proxy.certificates]]\nhosts = [\"{host}\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert_path.display(),
+            key_path.display()
+        ));
+    }
+    toml
+}
+
+#[tokio::test]
+async fn https_picks_each_hosts_certificate_by_sni() {
+    let shas = vec![sha(21)];
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let extra = format!(
+        "[proxy]\nlisten_tls = \"127.0.0.1:{port}\"\nupstream_bind = \"127.0.0.1\"\n{}",
+        certificates(dir.path(), &["shop.test", "other.test"])
+    );
+    let manifest = format!(
+        "version: 1\nenvironments:\n  production:\n    servers: [box]\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: {}\n        env:\n          VERSION: ${{{{ deployment.sha }}}}\n        init: true\n        healthcheck: {{ path: /up, port: 8080, interval: 100ms }}\n        proxy:\n          hosts: [shop.test]\n",
+        crate::support::docker::IMAGE
+    );
+    let Some(w) = world("acme/tls-edge", &manifest, &shas, false, &extra).await else {
+        return;
+    };
+    let (id, statuses) = w.deploy(1, &shas[0], "deploy", json!({})).await;
+    assert_eq!(last(&statuses).0, "success", "{}", w.server.log(id).await);
+    let address: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(dir.path().join("ca.pem")).unwrap())
+                .unwrap(),
+        )
+        .resolve("shop.test", address)
+        .resolve("other.test", address)
+        .build()
+        .unwrap();
+    // Each name verifies against its own certificate, so the proxy chose it by SNI.
+    let shop = client
+        .get(format!("https://shop.test:{port}/version"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shop.status(), 200);
+    assert_eq!(shop.text().await.unwrap().trim(), shas[0]);
+    let other = client
+        .get(format!("https://other.test:{port}/version"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other.status(),
+        404,
+        "TLS for other.test worked; it has no route"
+    );
+    // A name with no certificate gets no TLS session.
+    let unknown = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .resolve("nocert.test", address)
+        .build()
+        .unwrap()
+        .get(format!("https://nocert.test:{port}/"))
+        .send()
+        .await;
+    assert!(unknown.is_err(), "{unknown:?}");
+}
