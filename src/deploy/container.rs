@@ -359,7 +359,30 @@ impl Engine {
                     }
                 }
             }
-            None => Drain::default(),
+            // The app was routed and no longer is: its route goes before its containers.
+            None => match &self.routes {
+                Some(routes) if old.iter().any(|c| c.label(LABEL_PROXY).is_some()) => {
+                    let key = RouteKey {
+                        repo: deployment.repo.clone(),
+                        environment: deployment.environment.clone(),
+                        app: plan.app.clone(),
+                    };
+                    match routes.remove(&key).await {
+                        Ok(drain) => {
+                            say.note(format!(
+                                "removed the route of {} (no proxy: any more)",
+                                plan.app
+                            ));
+                            drain
+                        }
+                        Err(error) => {
+                            say.note(format!("✘ removing the route of {}: {error:#}", plan.app));
+                            Drain::default()
+                        }
+                    }
+                }
+                _ => Drain::default(),
+            },
         };
         let old = if stopped_old { Vec::new() } else { old };
         self.retire_in_background(
