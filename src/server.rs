@@ -61,6 +61,16 @@ pub async fn run(
     let config = Arc::new(config);
     let github = Arc::new(Github::from_config(&config.github)?);
     let mut engine = engine(config.clone(), github.clone()).await?;
+    let interrupted = engine
+        .recover_interrupted()
+        .await
+        .context("finishing interrupted deployments")?;
+    if interrupted > 0 {
+        tracing::warn!(
+            count = interrupted,
+            "finished deployments interrupted by the last shutdown as error"
+        );
+    }
     let mut proxies = Vec::new();
     if config.proxy.listen.is_some() || config.proxy.listen_tls.is_some() {
         let proxy = Proxy::load(engine.store.clone(), config.proxy.clone())
