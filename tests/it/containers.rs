@@ -349,6 +349,36 @@ async fn image_deploys_replace_behind_health_checks_keep_retired_versions_and_ro
         .await
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    // The page follows its server-sent events: the stored lines first, masked.
+    let mut events = w
+        .server
+        .client
+        .get(w.server.url(&format!(
+            "/apps/acme/web/production/logs/events?token={}",
+            crate::support::API_TOKEN
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), StatusCode::OK);
+    let mut received = String::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !received.contains("starting (token ***)") {
+            let chunk = events
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the event stream stays open");
+            received.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no line events: {received}"));
+    assert!(
+        received.starts_with("event: line\n") || received.contains("\nevent: line\n"),
+        "{received}"
+    );
+    assert!(!received.contains(SECRET));
     let logs = w.app_lines().await;
     assert!(
         logs.iter().any(|l| l.ends_with("starting (token ***)")),
