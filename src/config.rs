@@ -55,7 +55,15 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxySection {
-    /// Where the proxy listens for plain HTTP; without it there is no built-in proxy.
+    /// `builtin` (Dropship serves the traffic) or `caddy` (Dropship writes the routes into a
+    /// running Caddy through its admin API).
+    #[serde(default)]
+    pub backend: ProxyBackend,
+    /// With `backend = "caddy"`: Caddy's admin API.
+    #[serde(default = "default_caddy_admin")]
+    pub caddy_admin: String,
+    /// Where the proxy listens for plain HTTP (with Caddy: where Caddy's `dropship` server
+    /// listens); without it (and `listen_tls`) there is no proxy.
     pub listen: Option<SocketAddr>,
     /// Where it listens for HTTPS, with the certificate chosen by SNI from `certificates`.
     pub listen_tls: Option<SocketAddr>,
@@ -96,6 +104,14 @@ pub struct CertificateEntry {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+pub enum ProxyBackend {
+    #[default]
+    Builtin,
+    Caddy,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Balance {
     #[default]
     RoundRobin,
@@ -105,6 +121,8 @@ pub enum Balance {
 impl Default for ProxySection {
     fn default() -> Self {
         ProxySection {
+            backend: ProxyBackend::default(),
+            caddy_admin: default_caddy_admin(),
             listen: None,
             listen_tls: None,
             certificates: Vec::new(),
@@ -584,6 +602,9 @@ fn default_drain_timeout() -> Duration {
 }
 fn default_eject_for() -> Duration {
     Duration::from_secs(10)
+}
+fn default_caddy_admin() -> String {
+    "http://127.0.0.1:2019".to_string()
 }
 fn default_upstream_bind() -> String {
     "0.0.0.0".to_string()

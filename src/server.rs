@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, ProxyBackend};
 use crate::containers::Hosts;
 use crate::containers::follow::Followers;
 use crate::deploy::{Engine, Scheduler};
@@ -72,7 +72,14 @@ pub async fn run(
         );
     }
     let mut proxies = Vec::new();
-    if config.proxy.listen.is_some() || config.proxy.listen_tls.is_some() {
+    let wants_proxy = config.proxy.listen.is_some() || config.proxy.listen_tls.is_some();
+    if wants_proxy && config.proxy.backend == ProxyBackend::Caddy {
+        let caddy = crate::proxy::Caddy::connect(engine.store.clone(), config.proxy.clone())
+            .await
+            .context("the Caddy backend")?;
+        tracing::info!(admin = %config.proxy.caddy_admin, "routes go to Caddy");
+        engine.routes = Some(Arc::new(caddy));
+    } else if wants_proxy {
         let proxy = Proxy::load(engine.store.clone(), config.proxy.clone())
             .await
             .context("loading the proxy's routes")?;

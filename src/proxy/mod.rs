@@ -6,6 +6,7 @@
 //! containers. [`Proxy`] is the built-in implementation (hyper; routes persisted in the store
 //! and restored on start).
 
+mod caddy;
 mod serve;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+pub use caddy::Caddy;
 pub use serve::{serve, tls_acceptor};
 
 use crate::config::{Balance, ProxySection};
@@ -51,12 +53,24 @@ pub struct UpstreamSpec {
 #[derive(Debug, Default)]
 pub struct Drain {
     upstreams: Vec<Arc<Upstream>>,
+    /// Upstreams of an external proxy, asked about their in-flight requests.
+    external: Option<(Caddy, Vec<String>)>,
 }
 
 impl Drain {
+    fn external(caddy: Caddy, addresses: Vec<String>) -> Drain {
+        Drain {
+            upstreams: Vec::new(),
+            external: (!addresses.is_empty()).then_some((caddy, addresses)),
+        }
+    }
+
     /// Waits until the replaced upstreams have no request in flight, or `timeout`. Returns
     /// whether they drained.
     pub async fn wait(&self, timeout: Duration) -> bool {
+        if let Some((caddy, addresses)) = &self.external {
+            return caddy.wait_drained(addresses, timeout).await;
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         for upstream in &self.upstreams {
             loop {
@@ -73,7 +87,7 @@ impl Drain {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.upstreams.is_empty()
+        self.upstreams.is_empty() && self.external.is_none()
     }
 }
 
@@ -344,6 +358,7 @@ impl Proxy {
         self.inner.table.store(Arc::new(table));
         Ok(Drain {
             upstreams: replaced,
+            external: None,
         })
     }
 

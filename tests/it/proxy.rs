@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::containers::{last, settled, sha, world};
+use crate::containers::{World, last, settled, sha, world};
 use crate::support::{eventually, free_port};
 
 const MANIFEST: &str = r#"version: 1
@@ -65,6 +65,82 @@ async fn get(client: &reqwest::Client, proxy: &str, host: &str, path: &str) -> (
     }
 }
 
+/// Deploys `sha` (deployment `github_id`) while 8 clients keep requesting `shop.test/version`
+/// through `proxy` (bounded to 60 s and 20,000 requests): no request may fail, and after the
+/// deployment every response comes from `sha`. With `retry_resets`, a request whose kept-alive
+/// connection was closed under it is sent once more, as browsers do (Caddy closes idle
+/// connections when its configuration changes); an HTTP error still fails.
+async fn switch_under_load(
+    w: &World,
+    client: &reqwest::Client,
+    proxy: &str,
+    github_id: i64,
+    sha: &str,
+    app: &str,
+    retry_resets: bool,
+) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (stop, sent, client, proxy) = (
+            stop.clone(),
+            sent.clone(),
+            client.clone(),
+            proxy.to_string(),
+        );
+        load.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst)
+                && tokio::time::Instant::now() < deadline
+                && sent.fetch_add(1, Ordering::SeqCst) < 20_000
+            {
+                let (mut status, mut body) = get(&client, &proxy, "shop.test", "/version").await;
+                if status == 0 && retry_resets {
+                    (status, body) = get(&client, &proxy, "shop.test", "/version").await;
+                }
+                if status != 200 {
+                    failures.push(format!("{status} {body}"));
+                }
+            }
+            failures
+        }));
+    }
+    eventually(Duration::from_secs(10), "the load to start", || async {
+        sent.load(Ordering::SeqCst) > 50
+    })
+    .await;
+    let (id, statuses) = w.deploy(github_id, sha, "deploy", json!({})).await;
+    assert_eq!(last(&statuses).0, "success", "{}", w.server.log(id).await);
+    for _ in 0..20 {
+        assert_eq!(
+            get(client, proxy, "shop.test", "/version").await,
+            (200, sha.to_string())
+        );
+    }
+    // The old version drains and stops under the load too.
+    let wanted = format!("old version of {app} stopped");
+    eventually(
+        Duration::from_secs(30),
+        "the old version to stop",
+        || async { w.server.log(id).await.contains(&wanted) },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut failures = Vec::new();
+    for task in load {
+        failures.extend(task.await.unwrap());
+    }
+    let total = sent.load(Ordering::SeqCst);
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {failures:?}",
+        failures.len()
+    );
+    assert!(total > 100, "only {total} requests were sent");
+}
+
 #[tokio::test]
 async fn the_proxy_routes_by_host_and_prefix_and_switches_under_load_without_a_failed_request() {
     let shas: Vec<String> = (1..=3).map(sha).collect();
@@ -95,55 +171,10 @@ async fn the_proxy_routes_by_host_and_prefix_and_switches_under_load_without_a_f
     assert_eq!(status, 404);
     assert!(page.contains("No app is served at nobody.test/"), "{page}");
 
-    // A steady load (8 clients, bounded to 60 s and 20,000 requests) while v2 replaces v1.
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicUsize::new(0));
-    let mut load = Vec::new();
-    for _ in 0..8 {
-        let (stop, sent, client, proxy) =
-            (stop.clone(), sent.clone(), client.clone(), proxy.clone());
-        load.push(tokio::spawn(async move {
-            let mut failures = Vec::new();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::SeqCst)
-                && tokio::time::Instant::now() < deadline
-                && sent.fetch_add(1, Ordering::SeqCst) < 20_000
-            {
-                let (status, body) = get(&client, &proxy, "shop.test", "/version").await;
-                if status != 200 {
-                    failures.push(format!("{status} {body}"));
-                }
-            }
-            failures
-        }));
-    }
-    eventually(Duration::from_secs(10), "the load to start", || async {
-        sent.load(Ordering::SeqCst) > 50
-    })
-    .await;
-    let (id, statuses) = w.deploy(2, &shas[1], "deploy", json!({})).await;
-    assert_eq!(last(&statuses).0, "success", "{}", w.server.log(id).await);
-    // Every response after the switch comes from v2.
-    for _ in 0..20 {
-        assert_eq!(
-            get(&client, &proxy, "shop.test", "/version").await,
-            (200, shas[1].clone())
-        );
-    }
-    // The old version drains, then stops.
+    // A steady load while v2 replaces v1: no request fails, and afterwards every response
+    // comes from v2.
+    switch_under_load(&w, &client, &proxy, 2, &shas[1], "edge", false).await;
     settled("acme/edge", "edge", &[(&shas[1], true), (&shas[0], false)]).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut failures = Vec::new();
-    for task in load {
-        failures.extend(task.await.unwrap());
-    }
-    let total = sent.load(Ordering::SeqCst);
-    assert!(
-        failures.is_empty(),
-        "{} of {total} requests failed: {failures:?}",
-        failures.len()
-    );
-    assert!(total > 100, "only {total} requests were sent");
 
     // A version that fails its health check never touches the route.
     let (_, statuses) = w
@@ -255,4 +286,108 @@ async fn https_picks_each_hosts_certificate_by_sni() {
         .send()
         .await;
     assert!(unknown.is_err(), "{unknown:?}");
+}
+
+/// Debian's Caddy, run for the test, with an admin API and a server of the team's own that
+/// Dropship must leave alone.
+struct CaddyProcess {
+    child: std::process::Child,
+    admin: String,
+    listen: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for CaddyProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl CaddyProcess {
+    async fn start() -> Option<CaddyProcess> {
+        if !std::path::Path::new("/usr/bin/caddy").exists() {
+            crate::support::missing("Debian's caddy (/usr/bin/caddy)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (admin, listen, team) = (free_port(), free_port(), free_port());
+        let config = json!({
+            "admin": {"listen": format!("127.0.0.1:{admin}")},
+            "storage": {"module": "file_system", "root": dir.path().join("data")},
+            "apps": {"http": {"servers": {"team": {
+                "listen": [format!("127.0.0.1:{team}")],
+                "routes": [{"handle": [{"handler": "static_response", "body": "team"}]}],
+                "automatic_https": {"disable": true},
+            }}}},
+        });
+        let file = dir.path().join("caddy.json");
+        std::fs::write(&file, config.to_string()).unwrap();
+        let child = std::process::Command::new("/usr/bin/caddy")
+            .args(["run", "--config"])
+            .arg(&file)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting caddy");
+        let caddy = CaddyProcess {
+            child,
+            admin: format!("http://127.0.0.1:{admin}"),
+            listen: format!("127.0.0.1:{listen}"),
+            _dir: dir,
+        };
+        let url = format!("{}/config/", caddy.admin);
+        eventually(Duration::from_secs(20), "caddy's admin API", || async {
+            reqwest::get(&url)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Some(caddy)
+    }
+}
+
+#[tokio::test]
+async fn the_caddy_backend_gets_the_same_routes_and_the_same_zero_failure_switch() {
+    let Some(caddy) = CaddyProcess::start().await else {
+        return;
+    };
+    let shas: Vec<String> = (31..=32).map(sha).collect();
+    let extra = format!(
+        "[proxy]\nbackend = \"caddy\"\ncaddy_admin = \"{}\"\nlisten = \"{}\"\nupstream_bind = \"127.0.0.1\"\ndrain_timeout = \"5s\"\n",
+        caddy.admin, caddy.listen
+    );
+    let manifest = MANIFEST
+        .replace("acme/edge", "acme/caddy-edge")
+        .replace("name: edge-api", "name: caddy-edge-api");
+    let Some(w) = world("acme/caddy-edge", &manifest, &shas, true, &extra).await else {
+        return;
+    };
+    for sha in &shas {
+        w.registry.as_ref().unwrap().push("acme/caddy-edge", sha);
+    }
+    let client = reqwest::Client::new();
+    let (id, statuses) = w.deploy(1, &shas[0], "deploy", json!({})).await;
+    assert_eq!(last(&statuses).0, "success", "{}", w.server.log(id).await);
+    assert_eq!(
+        get(&client, &caddy.listen, "shop.test", "/version").await,
+        (200, shas[0].clone())
+    );
+    assert_eq!(
+        get(&client, &caddy.listen, "shop.test", "/api/version").await,
+        (200, format!("api-{}", shas[0]))
+    );
+    switch_under_load(&w, &client, &caddy.listen, 2, &shas[1], "caddy-edge", true).await;
+    // The team's own server is still there.
+    let team: serde_json::Value =
+        reqwest::get(format!("{}/config/apps/http/servers/team", caddy.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(team["routes"][0]["handle"][0]["body"], "team", "{team}");
 }

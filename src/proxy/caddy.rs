@@ -1,0 +1,240 @@
+//! [`Routes`] written into a running Caddy through its admin API, for teams that keep Caddy at
+//! the edge. Dropship owns one Caddy server, `dropship`, and leaves the rest of Caddy's
+//! configuration alone.
+//!
+//! A switch replaces that server's routes (the routes are kept in Dropship's store, so every
+//! change writes the whole, consistent set); Caddy finishes requests already in flight on the
+//! old configuration. The drain waits until Caddy's `/reverse_proxy/upstreams` reports no
+//! request in flight to the replaced upstreams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+
+use super::{Drain, RouteKey, RouteSpec, Routes, UpstreamSpec};
+use crate::config::{Balance, ProxySection};
+use crate::store::{RouteRecord, Store};
+
+/// The Caddy server Dropship owns.
+const SERVER: &str = "dropship";
+/// Between two looks at Caddy's in-flight counts while draining.
+const DRAIN_POLL: Duration = Duration::from_millis(50);
+
+#[derive(Clone)]
+pub struct Caddy {
+    admin: String,
+    settings: ProxySection,
+    store: Arc<dyn Store>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    /// Serializes changes.
+    changes: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for Caddy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Caddy")
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Caddy {
+    /// Connects to Caddy's admin API and writes the stored routes into it (Caddy may have
+    /// restarted without them).
+    pub async fn connect(store: Arc<dyn Store>, settings: ProxySection) -> anyhow::Result<Caddy> {
+        let caddy = Caddy {
+            admin: settings.caddy_admin.trim_end_matches('/').to_string(),
+            settings,
+            store,
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            changes: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        caddy
+            .write_routes()
+            .await
+            .with_context(|| format!("writing the routes into Caddy at {}", caddy.admin))?;
+        Ok(caddy)
+    }
+
+    async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<String> {
+        let request = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{path}", self.admin))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            )))?;
+        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+            .await
+            .context("Caddy's admin API did not answer in 10 s")?
+            .context("Caddy's admin API")?;
+        let status = response.status();
+        let text =
+            String::from_utf8_lossy(&response.into_body().collect().await?.to_bytes()).into_owned();
+        if !status.is_success() {
+            bail!("{method} {path}: Caddy answered {status}: {}", text.trim());
+        }
+        Ok(text)
+    }
+
+    /// Caddy's JSON for every stored route: longest path prefix first within a host.
+    fn server_config(&self, routes: &[RouteRecord]) -> Value {
+        let mut routes: Vec<&RouteRecord> = routes.iter().collect();
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.trim_end_matches('/').len()));
+        let policy = match self.settings.balance {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastInFlight => "least_conn",
+        };
+        let caddy_routes: Vec<Value> = routes
+            .iter()
+            .filter(|r| !r.upstreams.is_empty())
+            .map(|route| {
+                let prefix = route.path_prefix.trim_end_matches('/');
+                let paths = if prefix.is_empty() {
+                    vec!["/*".to_string()]
+                } else {
+                    vec![prefix.to_string(), format!("{prefix}/*")]
+                };
+                json!({
+                    "@id": format!("dropship-{}-{}-{}", route.repo.replace('/', "-"), route.environment, route.app),
+                    "match": [{"host": route.hosts, "path": paths}],
+                    "handle": [{
+                        "handler": "reverse_proxy",
+                        "upstreams": route.upstreams.iter().map(|u| json!({"dial": u.address})).collect::<Vec<_>>(),
+                        "load_balancing": {
+                            "selection_policy": {"policy": policy},
+                            "try_duration": format!("{}ms", self.settings.connect_timeout.as_millis()),
+                        },
+                        "health_checks": {"passive": {"fail_duration": format!("{}ms", self.settings.eject_for.as_millis())}},
+                    }],
+                    "terminal": true,
+                })
+            })
+            .collect();
+        let listen: Vec<String> = self.settings.listen.iter().map(|a| a.to_string()).collect();
+        json!({
+            "listen": listen,
+            "routes": caddy_routes,
+            "automatic_https": {"disable": true},
+        })
+    }
+
+    async fn write_routes(&self) -> anyhow::Result<()> {
+        let routes = self.store.routes().await?;
+        let server = self.server_config(&routes);
+        let path = format!("/config/apps/http/servers/{SERVER}");
+        if self
+            .call(http::Method::POST, &path, Some(server.clone()))
+            .await
+            .is_err()
+        {
+            // A Caddy without an http app yet: create it, keeping whatever else it has.
+            self.call(
+                http::Method::POST,
+                "/config/apps/http",
+                Some(json!({"servers": {SERVER: server}})),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until Caddy has no request in flight to any of `addresses`.
+    async fn drained(&self, addresses: &[String], timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let busy = match self
+                .call(http::Method::GET, "/reverse_proxy/upstreams", None)
+                .await
+                .ok()
+                .and_then(|t| serde_json::from_str::<Vec<Value>>(&t).ok())
+            {
+                Some(upstreams) => upstreams.iter().any(|u| {
+                    addresses.iter().any(|a| u["address"] == a.as_str())
+                        && u["num_requests"].as_u64().unwrap_or(0) > 0
+                }),
+                None => false,
+            };
+            if !busy {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+
+    async fn change(
+        &self,
+        key: &RouteKey,
+        next: Option<(RouteSpec, Vec<UpstreamSpec>)>,
+    ) -> anyhow::Result<Drain> {
+        let _serial = self.changes.lock().await;
+        let old: Vec<String> = self
+            .store
+            .routes()
+            .await?
+            .into_iter()
+            .find(|r| r.repo == key.repo && r.environment == key.environment && r.app == key.app)
+            .map(|r| r.upstreams.into_iter().map(|u| u.address).collect())
+            .unwrap_or_default();
+        let staying: Vec<String> = match &next {
+            Some((spec, upstreams)) => {
+                self.store
+                    .save_route(&RouteRecord {
+                        repo: key.repo.clone(),
+                        environment: key.environment.clone(),
+                        app: key.app.clone(),
+                        hosts: spec.hosts.clone(),
+                        path_prefix: spec.path_prefix.clone(),
+                        upstreams: upstreams.clone(),
+                    })
+                    .await?;
+                upstreams.iter().map(|u| u.address.clone()).collect()
+            }
+            None => {
+                self.store
+                    .delete_route(&key.repo, &key.environment, &key.app)
+                    .await?;
+                Vec::new()
+            }
+        };
+        self.write_routes().await?;
+        let replaced: Vec<String> = old.into_iter().filter(|a| !staying.contains(a)).collect();
+        Ok(Drain::external(self.clone(), replaced))
+    }
+
+    pub(super) async fn wait_drained(&self, addresses: &[String], timeout: Duration) -> bool {
+        self.drained(addresses, timeout).await
+    }
+}
+
+#[async_trait]
+impl Routes for Caddy {
+    async fn switch(
+        &self,
+        route: &RouteSpec,
+        upstreams: Vec<UpstreamSpec>,
+    ) -> anyhow::Result<Drain> {
+        self.change(&route.key, Some((route.clone(), upstreams)))
+            .await
+    }
+
+    async fn remove(&self, key: &RouteKey) -> anyhow::Result<Drain> {
+        self.change(key, None).await
+    }
+}
