@@ -230,7 +230,11 @@ impl Engine {
         }
         let labels = app_labels(deployment, &plan.app);
         let existing = host.list(&labels).await?;
-        let old: Vec<ContainerInfo> = existing.iter().filter(|c| c.running).cloned().collect();
+        let old: Vec<ContainerInfo> = existing
+            .iter()
+            .filter(|c| c.running && c.deployment() != Some(deployment.id))
+            .cloned()
+            .collect();
         // A container left by an interrupted run of this same deployment is replaced.
         for stale in existing
             .iter()
