@@ -960,8 +960,9 @@ impl Engine {
                 }
                 // Only a version whose deployment succeeded; one this store does not know
                 // (an older database) is trusted.
+                // Inactive: it succeeded, and a later deployment replaced it.
                 let succeeded = match self.store.deployment(*id).await {
-                    Ok(Some(d)) => d.state == State::Success,
+                    Ok(Some(d)) => matches!(d.state, State::Success | State::Inactive),
                     Ok(None) => true,
                     Err(_) => false,
                 };

@@ -121,6 +121,133 @@ impl Engine {
         }
     }
 
+    /// GitHub's `auto_inactive`, mirrored in Dropship's records: when `deployment` succeeds,
+    /// earlier successful deployments to its repository and environment that are neither
+    /// transient nor production become `inactive` (GitHub marks them itself, so no status is
+    /// posted).
+    async fn deactivate_earlier(&self, deployment: &Deployment) -> anyhow::Result<()> {
+        let earlier = self
+            .store
+            .list_deployments(&crate::store::ListFilter {
+                repo: Some(deployment.repo.clone()),
+                environment: Some(deployment.environment.clone()),
+                limit: 1000,
+            })
+            .await?;
+        for old in earlier.iter().filter(|d| {
+            d.id < deployment.id && d.state == State::Success && !d.transient && !d.production
+        }) {
+            let description = format!("superseded by deployment {}", deployment.public_id());
+            let applied = self
+                .store
+                .transition(
+                    old.id,
+                    Transition {
+                        state: State::Inactive,
+                        description: Some(description.clone()),
+                        environment_url: None,
+                        status: None,
+                    },
+                )
+                .await?;
+            if applied {
+                self.bus.publish(Event::State {
+                    deployment_id: old.id,
+                    state: State::Inactive,
+                    description: Some(description),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Tears an environment down: every container Dropship runs for it on any server is
+    /// removed (routed apps leave the proxy and drain first), and its successful deployments
+    /// end `inactive`, the newest with an `inactive` status, which GitHub shows as destroyed.
+    /// Returns how many containers were removed and how many deployments ended inactive.
+    pub async fn teardown(&self, repo: &str, environment: &str) -> anyhow::Result<(usize, usize)> {
+        let mut removed = 0;
+        for server in self.hosts.names().map(str::to_string).collect::<Vec<_>>() {
+            let Some(host) = self.hosts.get(&server) else {
+                continue;
+            };
+            let containers = match host
+                .list(&[
+                    (crate::containers::LABEL_REPO, repo),
+                    (crate::containers::LABEL_ENVIRONMENT, environment),
+                ])
+                .await
+            {
+                Ok(containers) => containers,
+                // A server whose engine cannot be reached holds nothing we can remove now.
+                Err(error) => {
+                    tracing::warn!(server, %error, "tearing down: listing containers");
+                    continue;
+                }
+            };
+            let mut apps: Vec<&str> = containers
+                .iter()
+                .filter(|c| c.label(crate::containers::LABEL_PROXY).is_some())
+                .filter_map(|c| c.label(crate::containers::LABEL_APP))
+                .collect();
+            apps.sort_unstable();
+            apps.dedup();
+            if let Some(routes) = &self.routes {
+                for app in apps {
+                    let key = crate::proxy::RouteKey {
+                        repo: repo.to_string(),
+                        environment: environment.to_string(),
+                        app: app.to_string(),
+                    };
+                    routes
+                        .remove(&key)
+                        .await?
+                        .wait(self.config.proxy.drain_timeout)
+                        .await;
+                }
+            }
+            for container in &containers {
+                host.remove(&container.id).await?;
+                removed += 1;
+            }
+        }
+        let deployments = self
+            .store
+            .list_deployments(&crate::store::ListFilter {
+                repo: Some(repo.to_string()),
+                environment: Some(environment.to_string()),
+                limit: 1000,
+            })
+            .await?;
+        let mut deactivated = 0;
+        for (i, deployment) in deployments
+            .iter()
+            .filter(|d| d.state == State::Success)
+            .enumerate()
+        {
+            let description = "environment torn down";
+            if i == 0 {
+                // The newest: its status tells GitHub the environment is gone.
+                self.transition(deployment, State::Inactive, description, None)
+                    .await?;
+            } else {
+                self.store
+                    .transition(
+                        deployment.id,
+                        Transition {
+                            state: State::Inactive,
+                            description: Some(description.into()),
+                            environment_url: None,
+                            status: None,
+                        },
+                    )
+                    .await?;
+            }
+            deactivated += 1;
+        }
+        Ok((removed, deactivated))
+    }
+
     /// Follows the logs of the containers on `server` from now on (and after restarts).
     pub fn watch_logs(&self, server: &str) {
         self.followers.watch(server);
@@ -274,6 +401,9 @@ impl Engine {
             environment_url,
         )
         .await?;
+        if outcome.state == State::Success {
+            self.deactivate_earlier(&deployment).await?;
+        }
         tracing::info!(state = %outcome.state, description = %outcome.description, "deployment finished");
         Ok(outcome)
     }

@@ -221,3 +221,38 @@ pub(crate) fn format_line(line: &LogLine) -> String {
         line.line
     )
 }
+
+#[derive(Debug, Serialize)]
+pub(super) struct TeardownJson {
+    repo: String,
+    environment: String,
+    removed_containers: usize,
+    inactive_deployments: usize,
+}
+
+/// `DELETE /api/environments/{owner}/{repo}/{environment}`: removes the environment's
+/// containers and routes, and ends its deployments `inactive`.
+pub(super) async fn delete_environment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((owner, name, environment)): Path<(String, String, String)>,
+) -> Result<Json<TeardownJson>, HttpError> {
+    require_token(&state, &headers)?;
+    let repo = format!("{owner}/{name}");
+    if state.engine.config.repo(&repo).is_none() {
+        return Err(HttpError::not_found(format!(
+            "{repo} is not a repository of this Dropship"
+        )));
+    }
+    let (removed, inactive) = state
+        .engine
+        .teardown(&repo, &environment)
+        .await
+        .map_err(|e| HttpError::new(StatusCode::BAD_GATEWAY, format!("tearing down: {e:#}")))?;
+    Ok(Json(TeardownJson {
+        repo,
+        environment,
+        removed_containers: removed,
+        inactive_deployments: inactive,
+    }))
+}

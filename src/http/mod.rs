@@ -51,6 +51,10 @@ pub fn router(state: AppState) -> Router {
             "/api/apps/{owner}/{repo}/{environment}/logs",
             get(apps::api),
         )
+        .route(
+            "/api/environments/{owner}/{repo}/{environment}",
+            axum::routing::delete(api::delete_environment),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .with_state(state)
 }

@@ -36,6 +36,9 @@ pub enum State {
     Success,
     Failure,
     Error,
+    /// A successful deployment no longer live: a later one replaced it, or its environment was
+    /// torn down.
+    Inactive,
 }
 
 impl State {
@@ -46,6 +49,7 @@ impl State {
             State::Success => "success",
             State::Failure => "failure",
             State::Error => "error",
+            State::Inactive => "inactive",
         }
     }
 
@@ -56,12 +60,16 @@ impl State {
             "success" => State::Success,
             "failure" => State::Failure,
             "error" => State::Error,
+            "inactive" => State::Inactive,
             _ => return None,
         })
     }
 
     pub fn is_final(self) -> bool {
-        matches!(self, State::Success | State::Failure | State::Error)
+        matches!(
+            self,
+            State::Success | State::Failure | State::Error | State::Inactive
+        )
     }
 
     /// The GitHub deployment status state this corresponds to.
@@ -72,6 +80,7 @@ impl State {
             State::Success => "success",
             State::Failure => "failure",
             State::Error => "error",
+            State::Inactive => "inactive",
         }
     }
 }

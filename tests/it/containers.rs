@@ -393,6 +393,36 @@ async fn image_deploys_replace_behind_health_checks_keep_retired_versions_and_ro
             .any(|window| window == SECRET.as_bytes()),
         "the secret is in the database file"
     );
+
+    // GitHub's auto_inactive, mirrored: the first deployment was replaced.
+    assert_eq!(w.server.deployment(first).await["state"], "inactive");
+
+    // Tearing the environment down removes every container and ends it inactive on GitHub.
+    let teardown = w
+        .server
+        .client
+        .delete(w.server.url("/api/environments/acme/web/production"))
+        .bearer_auth(crate::support::API_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(teardown.status(), StatusCode::OK);
+    let teardown: Value = teardown.json().await.unwrap();
+    assert_eq!(teardown["removed_containers"], 3, "{teardown}");
+    assert!(docker::containers("acme/web", "web").is_empty());
+    assert_eq!(w.server.deployment(rollback).await["state"], "inactive");
+    eventually(Duration::from_secs(30), "the inactive status", || async {
+        w.github
+            .statuses(created_id)
+            .iter()
+            .any(|s| s.state() == "inactive")
+    })
+    .await;
+    assert!(
+        w.github.violations().is_empty(),
+        "{:?}",
+        w.github.violations()
+    );
 }
 
 #[tokio::test]
