@@ -271,6 +271,12 @@ fn inventory(config: &Config, repo: Option<&str>) -> anyhow::Result<Inventory> {
         servers,
         secrets,
         hosts,
+        preview_domain: config.proxy.preview_domain.clone(),
+        preview_scheme: if config.proxy.listen_tls.is_some() {
+            "https".into()
+        } else {
+            "http".into()
+        },
     })
 }
 

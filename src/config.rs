@@ -87,6 +87,9 @@ pub struct ProxySection {
     /// An upstream that refused a connection gets no requests for this long.
     #[serde(default = "default_eject_for", with = "humantime_serde")]
     pub eject_for: Duration,
+    /// Preview environments get the host `APP-ENVIRONMENT.preview_domain` (point a wildcard
+    /// DNS record and certificate at the proxy).
+    pub preview_domain: Option<String>,
     /// The address on each server where a proxied container's port is published (on a
     /// port Docker picks); the proxy connects to the server's `host` at that port.
     #[serde(default = "default_upstream_bind")]
@@ -132,6 +135,7 @@ impl Default for ProxySection {
             idle_timeout: default_proxy_idle_timeout(),
             drain_timeout: default_drain_timeout(),
             eject_for: default_eject_for(),
+            preview_domain: None,
             upstream_bind: default_upstream_bind(),
         }
     }

@@ -64,6 +64,7 @@ pub fn context(deployment: &Deployment) -> Context {
         payload: deployment.payload.clone(),
         repo_owner: owner.to_string(),
         repo_name: name.to_string(),
+        transient: deployment.transient,
     }
 }
 
@@ -382,6 +383,35 @@ impl Engine {
             deployment.task
         ));
         let (outcome, environment_url) = match self.plan(&deployment, &log).await {
+            Ok(plan) if plan.teardown => {
+                log.note(format!(
+                    "tearing down preview environment {}",
+                    deployment.environment
+                ));
+                let outcome = match self
+                    .teardown(&deployment.repo, &deployment.environment)
+                    .await
+                {
+                    Ok((removed, inactive)) => {
+                        log.note(format!(
+                            "removed {removed} container{}; {inactive} deployment{} now inactive",
+                            plural(removed),
+                            plural(inactive)
+                        ));
+                        // Inactive: GitHub shows the environment as destroyed.
+                        Outcome {
+                            state: State::Inactive,
+                            description: format!(
+                                "preview {} torn down ({removed} container{} removed)",
+                                deployment.environment,
+                                plural(removed)
+                            ),
+                        }
+                    }
+                    Err(error) => Outcome::error(format!("tearing down: {error:#}")),
+                };
+                (outcome, None)
+            }
             Ok(plan) => {
                 let url = plan.environment_url.clone();
                 (self.execute(&deployment, &plan, &log).await?, url)
@@ -389,7 +419,7 @@ impl Engine {
             Err(outcome) => (outcome, None),
         };
         let mark = match outcome.state {
-            State::Success => "✔",
+            State::Success | State::Inactive => "✔",
             _ => "✘",
         };
         log.note(format!("{mark} {}: {}", outcome.state, outcome.description));
@@ -461,6 +491,12 @@ impl Engine {
                 .collect(),
             secrets: repo.secrets.keys().cloned().collect(),
             hosts: repo.hosts.clone(),
+            preview_domain: self.config.proxy.preview_domain.clone(),
+            preview_scheme: if self.config.proxy.listen_tls.is_some() {
+                "https".into()
+            } else {
+                "http".into()
+            },
         };
         let context = context(deployment);
         let plan = Manifest::parse(&file.path, &file.text)

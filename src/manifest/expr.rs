@@ -13,6 +13,8 @@ pub struct Context {
     pub payload: Value,
     pub repo_owner: String,
     pub repo_name: String,
+    /// GitHub's `transient_environment`: the environment is a preview.
+    pub transient: bool,
 }
 
 /// A reference inside `${{ }}`.
@@ -201,6 +203,7 @@ mod tests {
             payload: serde_json::json!({"version": "1.2", "nested": {"n": 3}, "evil": "'; rm -rf / #"}),
             repo_owner: "acme".into(),
             repo_name: "shop".into(),
+            transient: false,
         }
     }
 

@@ -112,6 +112,10 @@ pub struct Inventory {
     pub secrets: BTreeSet<String>,
     /// Host patterns this repository may route (`shop.example.com`, `*.example.com`).
     pub hosts: Vec<String>,
+    /// Preview environments' hosts are `APP-ENVIRONMENT.preview_domain`.
+    pub preview_domain: Option<String>,
+    /// `https` when the proxy serves TLS, else `http`: the scheme of a preview's URL.
+    pub preview_scheme: String,
 }
 
 impl Inventory {
@@ -132,6 +136,8 @@ pub struct Plan {
     pub servers: Vec<String>,
     pub strategy: Strategy,
     pub steps: Vec<PlannedStep>,
+    /// A preview's `stop`: remove everything the environment runs instead of steps.
+    pub teardown: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -288,6 +294,17 @@ impl Manifest {
         if raw.tasks.is_empty() {
             c.at_key("tasks", "at least one task is required");
         }
+        if let Some(previews) = &raw.previews {
+            if !raw.environments.contains_key(&previews.like) {
+                c.at_value(
+                    "previews.like",
+                    format!(
+                        "previews are like environment `{}`, which is not defined",
+                        previews.like
+                    ),
+                );
+            }
+        }
         for (name, environment) in &raw.environments {
             let path = format!("environments.{name}");
             if environment.servers.is_empty() {
@@ -377,7 +394,18 @@ impl Manifest {
             positions: &self.positions,
             found: Vec::new(),
         };
-        let Some(environment) = self.raw.environments.get(&context.environment) else {
+        // A preview: an undefined environment that matches `previews`, or a transient one.
+        let previews = self.raw.previews.as_ref();
+        let preview_of = previews.filter(|p| {
+            !self.raw.environments.contains_key(&context.environment)
+                && (context.transient
+                    || p.environments
+                        .as_deref()
+                        .is_some_and(|g| crate::config::glob_match(g, &context.environment)))
+        });
+        let preview = preview_of.is_some() || (context.transient && previews.is_some());
+        let defined_as = preview_of.map_or(context.environment.as_str(), |p| p.like.as_str());
+        let Some(environment) = self.raw.environments.get(defined_as) else {
             let known = self
                 .raw
                 .environments
@@ -394,12 +422,21 @@ impl Manifest {
             );
             return Err(c.finish(()).unwrap_err());
         };
-        let servers = resolve_environment_servers(
-            &mut c,
-            inventory,
-            &context.environment,
-            &environment.servers,
-        );
+        let servers =
+            resolve_environment_servers(&mut c, inventory, defined_as, &environment.servers);
+        // `task: stop` of a preview (unless the manifest defines stop) tears it down.
+        if preview && context.task == "stop" && !self.raw.tasks.contains_key("stop") {
+            let plan = Plan {
+                task: context.task.clone(),
+                environment: context.environment.clone(),
+                environment_url: None,
+                servers,
+                strategy: Strategy::Parallel,
+                steps: Vec::new(),
+                teardown: true,
+            };
+            return c.finish(plan);
+        }
         let steps = match self.steps_for(context, environment) {
             Ok(steps) => steps,
             Err((path, message)) => {
@@ -408,8 +445,30 @@ impl Manifest {
             }
         };
         let mut planned = Vec::new();
-        for (path, step, action) in steps {
-            check_secrets(&mut c, inventory, &path, step);
+        let mut preview_url = None;
+        for (path, step, mut action) in steps {
+            if preview {
+                check_secrets_only(&mut c, inventory, &path, step);
+            } else {
+                check_secrets(&mut c, inventory, &path, step);
+            }
+            if let (true, Action::Container(plan)) = (preview, &mut action) {
+                if let Some(proxy) = &mut plan.proxy {
+                    match &inventory.preview_domain {
+                        Some(domain) => {
+                            let host = preview_host(&plan.app, &context.environment, domain);
+                            preview_url.get_or_insert_with(|| {
+                                format!("{}://{host}", inventory.preview_scheme)
+                            });
+                            proxy.hosts = vec![host];
+                        }
+                        None => c.at_key(
+                            "previews",
+                            "a preview routes its apps through the proxy: the operator config needs [proxy] preview_domain",
+                        ),
+                    }
+                }
+            }
             let on = step.on.as_deref().unwrap_or("all");
             let step_servers: Vec<String> = match on {
                 "all" => servers.clone(),
@@ -494,13 +553,17 @@ impl Manifest {
         let plan = Plan {
             task: context.task.clone(),
             environment: context.environment.clone(),
-            environment_url: environment
-                .url
-                .as_ref()
-                .map(|u| substitute(u, context, Quoting::Raw)),
+            environment_url: match preview_url {
+                Some(url) => Some(url),
+                None => environment
+                    .url
+                    .as_ref()
+                    .map(|u| substitute(u, context, Quoting::Raw)),
+            },
             servers,
             strategy,
             steps: planned,
+            teardown: false,
         };
         c.finish(plan)
     }
@@ -876,8 +939,22 @@ fn check_hosts(c: &mut Collector<'_>, inventory: &Inventory, path: &str, step: &
     }
 }
 
+/// A preview's host for `app`: `APP-ENVIRONMENT.domain`, as one DNS label plus the domain.
+pub fn preview_host(app: &str, environment: &str, domain: &str) -> String {
+    let label: String = format!("{app}-{environment}")
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("{}.{}", label.trim_matches('-'), domain.trim_matches('.'))
+}
+
 fn check_secrets(c: &mut Collector<'_>, inventory: &Inventory, path: &str, step: &RawStep) {
     check_hosts(c, inventory, path, step);
+    check_secrets_only(c, inventory, path, step);
+}
+
+fn check_secrets_only(c: &mut Collector<'_>, inventory: &Inventory, path: &str, step: &RawStep) {
     let (path, secrets) = match &step.container {
         Some(container) => (format!("{path}.container"), &container.secrets),
         None => (path.to_string(), &step.secrets),

@@ -21,6 +21,19 @@ pub(crate) struct RawManifest {
     pub(crate) environments: BTreeMap<String, RawEnvironment>,
     /// Tasks by name, as GitHub's `task` field names them (`deploy` is the default task).
     pub(crate) tasks: BTreeMap<String, Vec<RawStep>>,
+    /// Preview environments: deployments to environments that are not defined here but match
+    /// `environments` (or that GitHub calls transient) are run like environment `like`, with
+    /// their own host for each proxied app.
+    pub(crate) previews: Option<RawPreviews>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPreviews {
+    /// A glob of environment names (`pr-*`).
+    pub(crate) environments: Option<String>,
+    /// The defined environment whose servers and strategy previews use.
+    pub(crate) like: String,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

@@ -45,6 +45,8 @@ fn inventory() -> Inventory {
         ],
         secrets: ["DATABASE_URL".to_string()].into(),
         hosts: vec!["shop.example.com".into(), "*.preview.example.com".into()],
+        preview_domain: Some("preview.test".into()),
+        preview_scheme: "https".into(),
     }
 }
 
@@ -58,6 +60,7 @@ fn context(environment: &str, task: &str) -> Context {
         payload: serde_json::json!({"version": "2"}),
         repo_owner: "acme".into(),
         repo_name: "shop".into(),
+        transient: false,
     }
 }
 
@@ -117,6 +120,8 @@ fn the_example_manifest_is_valid() {
         }],
         secrets: BTreeSet::new(),
         hosts: Vec::new(),
+        preview_domain: None,
+        preview_scheme: "http".into(),
     };
     for environment in manifest.environment_names() {
         for task in manifest.task_names() {
@@ -387,5 +392,41 @@ fn proxy_hosts_must_be_allowed_for_the_repository() {
             path_prefix: "/api".into(),
             port: 3000
         })
+    );
+}
+
+#[test]
+fn previews_run_like_their_environment_with_a_host_of_their_own() {
+    let text = "version: 1\nenvironments:\n  staging:\n    servers: [web-1]\npreviews:\n  environments: pr-*\n  like: staging\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: a\n        ports: [\"3000\"]\n        proxy:\n          hosts: [not-allowed.example.org]\n";
+    let manifest = Manifest::parse("dropship.yml", text).unwrap();
+    let plan = manifest
+        .plan(&context("pr-12", "deploy"), &inventory())
+        .unwrap();
+    assert_eq!(plan.servers, ["web-1"]);
+    let Action::Container(web) = &plan.steps[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        web.proxy.as_ref().unwrap().hosts,
+        ["shop-pr-12.preview.test"]
+    );
+    assert_eq!(
+        plan.environment_url.as_deref(),
+        Some("https://shop-pr-12.preview.test")
+    );
+    assert!(!plan.teardown);
+    let stop = manifest
+        .plan(&context("pr-12", "stop"), &inventory())
+        .unwrap();
+    assert!(stop.teardown && stop.steps.is_empty());
+    // Not a preview: the host must be allowed.
+    assert!(
+        manifest
+            .plan(&context("staging", "deploy"), &inventory())
+            .is_err()
+    );
+    check(
+        "version: 1\nenvironments:\n  staging:\n    servers: [web-1]\npreviews:\n  like: prod\ntasks:\n  deploy:\n    - name: a\n      run: x\n",
+        expect!["dropship.yml:6:9: previews are like environment `prod`, which is not defined"],
     );
 }

@@ -108,11 +108,23 @@ impl World {
         task: &str,
         payload: Value,
     ) -> (i64, Vec<PostedStatus>) {
+        self.deploy_to(github_id, sha, "production", task, payload)
+            .await
+    }
+
+    pub(crate) async fn deploy_to(
+        &self,
+        github_id: i64,
+        sha: &str,
+        environment: &str,
+        task: &str,
+        payload: Value,
+    ) -> (i64, Vec<PostedStatus>) {
         let mut body: Value = serde_json::from_slice(&deployment_payload(
             github_id,
             &self.repo,
             sha,
-            "production",
+            environment,
             task,
         ))
         .unwrap();

@@ -391,3 +391,63 @@ async fn the_caddy_backend_gets_the_same_routes_and_the_same_zero_failure_switch
             .unwrap();
     assert_eq!(team["routes"][0]["handle"][0]["body"], "team", "{team}");
 }
+
+#[tokio::test]
+async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop() {
+    let shas = vec![sha(41)];
+    let port = free_port();
+    let proxy = format!("127.0.0.1:{port}");
+    let extra = format!(
+        "[proxy]\nlisten = \"{proxy}\"\nupstream_bind = \"127.0.0.1\"\npreview_domain = \"preview.test\"\ndrain_timeout = \"2s\"\n"
+    );
+    let manifest = MANIFEST
+        .replace("acme/edge", "acme/preview")
+        .replace("name: edge-api", "name: preview-api")
+        .replace(
+            "tasks:\n",
+            "previews:\n  environments: pr-*\n  like: production\ntasks:\n",
+        );
+    let Some(w) = world("acme/preview", &manifest, &shas, true, &extra).await else {
+        return;
+    };
+    w.registry.as_ref().unwrap().push("acme/preview", &shas[0]);
+    let client = reqwest::Client::new();
+    let (id, statuses) = w.deploy_to(1, &shas[0], "pr-7", "deploy", json!({})).await;
+    let (state, _) = last(&statuses);
+    assert_eq!(state, "success", "{}", w.server.log(id).await);
+    assert_eq!(
+        statuses.last().unwrap().body["environment_url"],
+        "http://preview-pr-7.preview.test"
+    );
+    assert_eq!(
+        get(&client, &proxy, "preview-pr-7.preview.test", "/version").await,
+        (200, shas[0].clone())
+    );
+    assert_eq!(
+        get(
+            &client,
+            &proxy,
+            "preview-api-pr-7.preview.test",
+            "/api/version"
+        )
+        .await,
+        (200, format!("api-{}", shas[0]))
+    );
+
+    // task: stop tears it down: routes, containers, and `inactive` on GitHub.
+    let (_, statuses) = w.deploy_to(2, &shas[0], "pr-7", "stop", json!({})).await;
+    assert_eq!(last(&statuses).0, "inactive", "{statuses:#?}");
+    assert_eq!(
+        get(&client, &proxy, "preview-pr-7.preview.test", "/version")
+            .await
+            .0,
+        404
+    );
+    assert!(crate::support::docker::containers("acme/preview", "preview").is_empty());
+    eventually(
+        Duration::from_secs(30),
+        "the preview's deploy to end inactive",
+        || async { w.github.statuses(1).iter().any(|s| s.state() == "inactive") },
+    )
+    .await;
+}

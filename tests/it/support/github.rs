@@ -315,7 +315,7 @@ impl FakeGithub {
         self.inner.lock().unwrap().violations.clone()
     }
 
-    /// Waits until deployment `id` has a final status (success, failure or error), and returns
+    /// Waits until deployment `id` has a final status (success, failure, error or inactive), and returns
     /// all its statuses.
     pub async fn wait_final(&self, id: i64, limit: Duration) -> Vec<PostedStatus> {
         let deadline = tokio::time::Instant::now() + limit;
@@ -324,7 +324,7 @@ impl FakeGithub {
             let statuses = self.statuses(id);
             if statuses
                 .iter()
-                .any(|s| matches!(s.state(), "success" | "failure" | "error"))
+                .any(|s| matches!(s.state(), "success" | "failure" | "error" | "inactive"))
             {
                 let violations = self.violations();
                 assert!(
