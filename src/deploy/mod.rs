@@ -212,6 +212,7 @@ impl Engine {
                 removed += 1;
             }
         }
+        self.store.set_preview(repo, environment, None).await?;
         let deployments = self
             .store
             .list_deployments(&crate::store::ListFilter {
@@ -414,7 +415,18 @@ impl Engine {
             }
             Ok(plan) => {
                 let url = plan.environment_url.clone();
-                (self.execute(&deployment, &plan, &log).await?, url)
+                let outcome = self.execute(&deployment, &plan, &log).await?;
+                if plan.preview && outcome.state == State::Success {
+                    // A closed pull request finds it by its branch.
+                    self.store
+                        .set_preview(
+                            &deployment.repo,
+                            &deployment.environment,
+                            Some(&deployment.git_ref),
+                        )
+                        .await?;
+                }
+                (outcome, url)
             }
             Err(outcome) => (outcome, None),
         };

@@ -62,6 +62,54 @@ pub(super) async fn github(
             };
             return Ok((StatusCode::ACCEPTED, Json(json!({ "ignored": what }))).into_response());
         }
+        Event::PullRequestClosed {
+            repository,
+            number,
+            head_ref,
+        } => {
+            if state.engine.config.repo(&repository).is_none() {
+                state
+                    .engine
+                    .store
+                    .record_delivery(delivery("refused", Some("closed".into())))
+                    .await?;
+                return Err(HttpError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("repository {repository} is not allowed by the operator config"),
+                ));
+            }
+            let previews = state
+                .engine
+                .store
+                .previews_of_ref(&repository, &head_ref)
+                .await?;
+            state
+                .engine
+                .store
+                .record_delivery(delivery("accepted", Some("closed".into())))
+                .await?;
+            // Answer now; tearing down (draining, removing containers) takes its time.
+            for environment in previews.clone() {
+                let (engine, repository) = (state.engine.clone(), repository.clone());
+                tokio::spawn(async move {
+                    match engine.teardown(&repository, &environment).await {
+                        Ok((removed, _)) => tracing::info!(
+                            repo = %repository, environment, removed,
+                            "pull request closed: preview torn down"
+                        ),
+                        Err(error) => tracing::error!(
+                            repo = %repository, environment, error = format!("{error:#}"),
+                            "pull request closed: tearing down the preview"
+                        ),
+                    }
+                });
+            }
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "pull_request": number, "teardown": previews })),
+            )
+                .into_response());
+        }
         Event::Deployment(deployment) => deployment,
     };
     let config = &state.engine.config;

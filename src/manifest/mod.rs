@@ -138,6 +138,8 @@ pub struct Plan {
     pub steps: Vec<PlannedStep>,
     /// A preview's `stop`: remove everything the environment runs instead of steps.
     pub teardown: bool,
+    /// The environment is a preview (by `previews` or GitHub's transient flag).
+    pub preview: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -434,6 +436,7 @@ impl Manifest {
                 strategy: Strategy::Parallel,
                 steps: Vec::new(),
                 teardown: true,
+                preview,
             };
             return c.finish(plan);
         }
@@ -564,6 +567,7 @@ impl Manifest {
             strategy,
             steps: planned,
             teardown: false,
+            preview,
         };
         c.finish(plan)
     }

@@ -390,4 +390,13 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn save_route(&self, route: &RouteRecord) -> anyhow::Result<()>;
     async fn delete_route(&self, repo: &str, environment: &str, app: &str) -> anyhow::Result<()>;
     async fn routes(&self) -> anyhow::Result<Vec<RouteRecord>>;
+    /// Remembers (with `Some(git_ref)`) or forgets a preview environment.
+    async fn set_preview(
+        &self,
+        repo: &str,
+        environment: &str,
+        git_ref: Option<&str>,
+    ) -> anyhow::Result<()>;
+    /// The preview environments of `repo` deployed from `git_ref`.
+    async fn previews_of_ref(&self, repo: &str, git_ref: &str) -> anyhow::Result<Vec<String>>;
 }

@@ -10,6 +10,14 @@ pub enum Event {
         zen: Option<String>,
     },
     Deployment(Box<DeploymentEvent>),
+    /// A pull request was closed (merged or not): its previews go.
+    PullRequestClosed {
+        /// `owner/name`.
+        repository: String,
+        number: i64,
+        /// The pull request's head branch, which its preview deployments deployed.
+        head_ref: String,
+    },
     /// Any other event or action: recorded and ignored.
     Ignored {
         event: String,
@@ -85,6 +93,24 @@ struct RawDeployment {
 }
 
 #[derive(Deserialize)]
+struct RawPullRequestEvent {
+    number: i64,
+    pull_request: RawPullRequest,
+    repository: RawRepository,
+}
+
+#[derive(Deserialize)]
+struct RawPullRequest {
+    head: RawBranch,
+}
+
+#[derive(Deserialize)]
+struct RawBranch {
+    #[serde(rename = "ref")]
+    git_ref: String,
+}
+
+#[derive(Deserialize)]
 struct RawRepository {
     full_name: String,
 }
@@ -133,6 +159,14 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
                 repository: raw.repository.full_name,
                 installation_id: raw.installation.map(|i| i.id),
             })))
+        }
+        ("pull_request", Some("closed")) => {
+            let raw: RawPullRequestEvent = typed(event, body)?;
+            Ok(Event::PullRequestClosed {
+                repository: raw.repository.full_name,
+                number: raw.number,
+                head_ref: raw.pull_request.head.git_ref,
+            })
         }
         (event, action) => Ok(Event::Ignored {
             event: event.to_string(),
@@ -224,6 +258,30 @@ mod tests {
                 event: "deployment_status".into(),
                 action: Some("created".into())
             }
+        );
+    }
+
+    #[test]
+    fn a_closed_pull_request_names_its_head_branch() {
+        let body = br#"{"action": "closed", "number": 12, "pull_request": {"head": {"ref": "feature/x"}}, "repository": {"full_name": "acme/shop"}}"#;
+        assert_eq!(
+            parse("pull_request", body).unwrap(),
+            Event::PullRequestClosed {
+                repository: "acme/shop".into(),
+                number: 12,
+                head_ref: "feature/x".into()
+            }
+        );
+        let opened = br#"{"action": "opened", "number": 12}"#;
+        assert!(matches!(
+            parse("pull_request", opened).unwrap(),
+            Event::Ignored { .. }
+        ));
+        let broken =
+            br#"{"action": "closed", "number": 12, "repository": {"full_name": "acme/shop"}}"#;
+        assert_eq!(
+            parse("pull_request", broken).unwrap_err().to_string(),
+            "invalid `pull_request` payload at `.`: missing field `pull_request`"
         );
     }
 

@@ -393,7 +393,8 @@ async fn the_caddy_backend_gets_the_same_routes_and_the_same_zero_failure_switch
 }
 
 #[tokio::test]
-async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop() {
+async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop_or_a_closed_pull_request()
+{
     let shas = vec![sha(41)];
     let port = free_port();
     let proxy = format!("127.0.0.1:{port}");
@@ -450,4 +451,57 @@ async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop() {
         || async { w.github.statuses(1).iter().any(|s| s.state() == "inactive") },
     )
     .await;
+
+    // A preview of the pull request's branch, torn down when the pull request closes.
+    let (id, statuses) = w.deploy_to(3, &shas[0], "pr-8", "deploy", json!({})).await;
+    assert_eq!(last(&statuses).0, "success", "{}", w.server.log(id).await);
+    assert_eq!(
+        get(&client, &proxy, "preview-pr-8.preview.test", "/version")
+            .await
+            .0,
+        200
+    );
+    let closed = pull_request_closed(8, "master");
+    let answer = w
+        .server
+        .deliver("pull_request", "pr-closed-8", &closed)
+        .await;
+    assert_eq!(answer.status(), 202);
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(answer["teardown"], json!(["pr-8"]), "{answer}");
+    eventually(
+        Duration::from_secs(30),
+        "the closed pull request's preview to go",
+        || async { w.github.statuses(3).iter().any(|s| s.state() == "inactive") },
+    )
+    .await;
+    assert_eq!(
+        get(&client, &proxy, "preview-pr-8.preview.test", "/version")
+            .await
+            .0,
+        404
+    );
+    assert!(crate::support::docker::containers("acme/preview", "preview").is_empty());
+}
+
+/// A `pull_request` delivery with action `closed`. `../shared/github` has no published
+/// pull_request example, so this carries the fields Dropship reads (`action`, `number`,
+/// `pull_request.head.ref`, `repository.full_name`) with the `repository` and `sender`
+/// objects of GitHub's deployment example.
+fn pull_request_closed(number: i64, head_ref: &str) -> Vec<u8> {
+    let text = std::fs::read_to_string(crate::support::fixture(
+        "github/webhooks/deployment.created.json",
+    ))
+    .unwrap();
+    let example: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut repository = example["repository"].clone();
+    repository["full_name"] = "acme/preview".into();
+    serde_json::to_vec(&json!({
+        "action": "closed",
+        "number": number,
+        "pull_request": {"number": number, "state": "closed", "head": {"ref": head_ref}},
+        "repository": repository,
+        "sender": example["sender"],
+    }))
+    .unwrap()
 }

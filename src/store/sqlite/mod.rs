@@ -435,6 +435,31 @@ impl Store for Sqlite {
             .collect()
     }
 
+    async fn set_preview(
+        &self,
+        repo: &str,
+        environment: &str,
+        git_ref: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.writer
+            .preview(
+                repo.to_string(),
+                environment.to_string(),
+                git_ref.map(str::to_string),
+            )
+            .await
+    }
+
+    async fn previews_of_ref(&self, repo: &str, git_ref: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT environment FROM previews WHERE repo = ? AND git_ref = ? ORDER BY environment",
+        )
+        .bind(repo)
+        .bind(git_ref)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn container_hosts(&self) -> anyhow::Result<Vec<String>> {
         Ok(
             sqlx::query_scalar("SELECT server FROM container_hosts ORDER BY server")

@@ -64,6 +64,13 @@ enum Write {
         server: String,
         reply: oneshot::Sender<anyhow::Result<()>>,
     },
+    /// A preview remembered (with its ref) or forgotten.
+    Preview {
+        repo: String,
+        environment: String,
+        git_ref: Option<String>,
+        reply: oneshot::Sender<anyhow::Result<()>>,
+    },
     /// A route saved, or (with `None`) the route of (repo, environment, app) deleted.
     Route {
         key: (String, String, String),
@@ -176,6 +183,24 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Write::Route { key, route, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    pub(super) async fn preview(
+        &self,
+        repo: String,
+        environment: String,
+        git_ref: Option<String>,
+    ) -> anyhow::Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Write::Preview {
+                repo,
+                environment,
+                git_ref,
+                reply,
+            })
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -303,6 +328,33 @@ async fn cycle(pool: &SqlitePool, intake: &mut [IntakeJob], others: Vec<Write>) 
                     .map(|_| ())
                     .map_err(Into::into),
             ),
+            Write::Preview {
+                repo,
+                environment,
+                git_ref,
+                reply,
+            } => Answer::Unit(
+                reply,
+                match git_ref {
+                    Some(git_ref) => sqlx::query(
+                        "INSERT OR REPLACE INTO previews (repo, environment, git_ref) VALUES (?, ?, ?)",
+                    )
+                    .bind(&repo)
+                    .bind(&environment)
+                    .bind(&git_ref)
+                    .execute(&mut *tx)
+                    .await
+                    .map(|_| ())
+                    .map_err(Into::into),
+                    None => sqlx::query("DELETE FROM previews WHERE repo = ? AND environment = ?")
+                        .bind(&repo)
+                        .bind(&environment)
+                        .execute(&mut *tx)
+                        .await
+                        .map(|_| ())
+                        .map_err(Into::into),
+                },
+            ),
             Write::Route { key, route, reply } => {
                 Answer::Unit(reply, write_route(&mut tx, &key, route.as_ref()).await)
             }
@@ -325,7 +377,8 @@ fn unanswered(write: Write) -> Option<Answer> {
         | Write::Status { reply, .. }
         | Write::Services { reply, .. }
         | Write::ContainerHost { reply, .. }
-        | Write::Route { reply, .. } => Answer::Unit(reply, Ok(())),
+        | Write::Route { reply, .. }
+        | Write::Preview { reply, .. } => Answer::Unit(reply, Ok(())),
         Write::AppLogs { reply, .. } => Answer::Lines(reply, Ok(Vec::new())),
         Write::Intake(_) => return None,
     })
