@@ -505,3 +505,172 @@ fn pull_request_closed(number: i64, head_ref: &str) -> Vec<u8> {
     }))
     .unwrap()
 }
+
+/// A stand-in app for the proxy's own behaviour: `/headers` answers the request's headers,
+/// `/stream` sends three chunks 50 ms apart, and an `Upgrade: echo` request switches
+/// protocols and echoes every byte back (what a websocket needs of a proxy).
+async fn stand_in_app() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // One request per connection (`Connection: close`), read to its blank line.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                if head.to_ascii_lowercase().contains("upgrade: echo") {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+                        .await;
+                    let (mut read, mut write) = stream.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                } else if path == "/stream" {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+                        .await;
+                    for part in ["one ", "two ", "three"] {
+                        let chunk = format!("{:x}\r\n{part}\r\n", part.len());
+                        let _ = stream.write_all(chunk.as_bytes()).await;
+                        let _ = stream.flush().await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                } else {
+                    let body = head.to_ascii_lowercase();
+                    let _ = stream
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    address
+}
+
+#[tokio::test]
+async fn the_proxy_forwards_headers_streams_upgrades_and_ejects_a_dead_upstream() {
+    use dropship::proxy::{Proxy, RouteKey, RouteSpec, Routes, UpstreamSpec};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn dropship::store::Store> = std::sync::Arc::new(
+        dropship::store::Sqlite::open(&data.path().join("dropship.db"))
+            .await
+            .unwrap(),
+    );
+    let settings = dropship::config::ProxySection {
+        eject_for: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let proxy = Proxy::load(store, settings).await.unwrap();
+    let app = stand_in_app().await;
+    // A second upstream that refuses connections: a dead server.
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let route = RouteSpec {
+        key: RouteKey {
+            repo: "acme/app".into(),
+            environment: "production".into(),
+            app: "app".into(),
+        },
+        hosts: vec!["app.test".into()],
+        path_prefix: "/".into(),
+    };
+    proxy
+        .switch(
+            &route,
+            vec![
+                UpstreamSpec {
+                    address: dead.to_string(),
+                    container: "dead".into(),
+                },
+                UpstreamSpec {
+                    address: app.to_string(),
+                    container: "app".into(),
+                },
+            ],
+        )
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(dropship::proxy::serve(
+        listener,
+        proxy,
+        None,
+        shutdown.clone(),
+    ));
+    let client = reqwest::Client::new();
+
+    // Every request succeeds although one upstream is dead: the refused connection is
+    // retried on the other, and the dead one is ejected.
+    for _ in 0..6 {
+        let (status, headers) = get(&client, &address, "app.test", "/headers").await;
+        assert_eq!(status, 200, "{headers}");
+        assert!(headers.contains("x-forwarded-for: 127.0.0.1"), "{headers}");
+        assert!(headers.contains("x-forwarded-proto: http"), "{headers}");
+        assert!(headers.contains("x-forwarded-host: app.test"), "{headers}");
+        assert!(headers.contains("host: app.test"), "{headers}");
+    }
+
+    // A streamed body arrives in its chunks, the first before the last was written.
+    let mut streamed = client
+        .get(format!("http://{address}/stream"))
+        .header("host", "app.test")
+        .send()
+        .await
+        .unwrap();
+    let first = streamed.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"one ");
+    let mut rest = Vec::new();
+    while let Some(chunk) = streamed.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert_eq!(rest, b"two three");
+
+    // An upgrade passes through: after 101 the connection is the app's.
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    socket
+        .write_all(
+            b"GET /chat HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            socket.read(&mut byte).await.unwrap(),
+            1,
+            "the proxy closed the upgrade"
+        );
+        answer.push(byte[0]);
+    }
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    socket.write_all(b"ping over the tunnel").await.unwrap();
+    let mut echoed = vec![0u8; "ping over the tunnel".len()];
+    socket.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(echoed, b"ping over the tunnel");
+    shutdown.cancel();
+}
