@@ -507,7 +507,8 @@ fn pull_request_closed(number: i64, head_ref: &str) -> Vec<u8> {
 }
 
 /// A stand-in app for the proxy's own behaviour: `/headers` answers the request's headers,
-/// `/stream` sends three chunks 50 ms apart, and an `Upgrade: echo` request switches
+/// `/whoami` its address, `/slow` its address after 1.5 s, `/stream` three chunks 50 ms
+/// apart, and an `Upgrade: echo` request switches
 /// protocols and echoes every byte back (what a websocket needs of a proxy).
 async fn stand_in_app() -> std::net::SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -533,6 +534,20 @@ async fn stand_in_app() -> std::net::SocketAddr {
                         .await;
                     let (mut read, mut write) = stream.split();
                     let _ = tokio::io::copy(&mut read, &mut write).await;
+                } else if path == "/slow" || path == "/whoami" {
+                    if path == "/slow" {
+                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                    }
+                    let body = address.to_string();
+                    let _ = stream
+                        .write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        )
+                        .await;
                 } else if path == "/stream" {
                     let _ = stream
                         .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
@@ -564,59 +579,18 @@ async fn stand_in_app() -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn the_proxy_forwards_headers_streams_upgrades_and_ejects_a_dead_upstream() {
-    use dropship::proxy::{Proxy, RouteKey, RouteSpec, Routes, UpstreamSpec};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let data = tempfile::tempdir().unwrap();
-    let store: std::sync::Arc<dyn dropship::store::Store> = std::sync::Arc::new(
-        dropship::store::Sqlite::open(&data.path().join("dropship.db"))
-            .await
-            .unwrap(),
-    );
-    let settings = dropship::config::ProxySection {
-        eject_for: Duration::from_secs(60),
-        ..Default::default()
-    };
-    let proxy = Proxy::load(store, settings).await.unwrap();
     let app = stand_in_app().await;
     // A second upstream that refuses connections: a dead server.
     let dead = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let route = RouteSpec {
-        key: RouteKey {
-            repo: "acme/app".into(),
-            environment: "production".into(),
-            app: "app".into(),
-        },
-        hosts: vec!["app.test".into()],
-        path_prefix: "/".into(),
+    let settings = dropship::config::ProxySection {
+        eject_for: Duration::from_secs(60),
+        ..Default::default()
     };
-    proxy
-        .switch(
-            &route,
-            vec![
-                UpstreamSpec {
-                    address: dead.to_string(),
-                    container: "dead".into(),
-                },
-                UpstreamSpec {
-                    address: app.to_string(),
-                    container: "app".into(),
-                },
-            ],
-        )
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(dropship::proxy::serve(
-        listener,
-        proxy,
-        None,
-        shutdown.clone(),
-    ));
+    let (address, shutdown, _data) = proxy_to(&[dead, app], settings).await;
     let client = reqwest::Client::new();
 
     // Every request succeeds although one upstream is dead: the refused connection is
@@ -672,5 +646,99 @@ async fn the_proxy_forwards_headers_streams_upgrades_and_ejects_a_dead_upstream(
     let mut echoed = vec![0u8; "ping over the tunnel".len()];
     socket.read_exact(&mut echoed).await.unwrap();
     assert_eq!(echoed, b"ping over the tunnel");
+    shutdown.cancel();
+}
+
+/// A proxy (its listener address) with one route, `app.test`, to `upstreams`.
+async fn proxy_to(
+    upstreams: &[std::net::SocketAddr],
+    settings: dropship::config::ProxySection,
+) -> (
+    String,
+    tokio_util::sync::CancellationToken,
+    tempfile::TempDir,
+) {
+    use dropship::proxy::{Proxy, RouteKey, RouteSpec, Routes, UpstreamSpec};
+    let data = tempfile::tempdir().unwrap();
+    let store: std::sync::Arc<dyn dropship::store::Store> = std::sync::Arc::new(
+        dropship::store::Sqlite::open(&data.path().join("dropship.db"))
+            .await
+            .unwrap(),
+    );
+    let proxy = Proxy::load(store, settings).await.unwrap();
+    let route = RouteSpec {
+        key: RouteKey {
+            repo: "acme/app".into(),
+            environment: "production".into(),
+            app: "app".into(),
+        },
+        hosts: vec!["app.test".into()],
+        path_prefix: "/".into(),
+    };
+    let upstreams = upstreams
+        .iter()
+        .map(|a| UpstreamSpec {
+            address: a.to_string(),
+            container: a.to_string(),
+        })
+        .collect();
+    proxy.switch(&route, upstreams).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(dropship::proxy::serve(
+        listener,
+        proxy,
+        None,
+        shutdown.clone(),
+    ));
+    (address, shutdown, data)
+}
+
+#[tokio::test]
+async fn least_in_flight_avoids_a_busy_upstream_and_timeouts_end_slow_answers_and_idle_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a, b) = (stand_in_app().await, stand_in_app().await);
+    let settings = dropship::config::ProxySection {
+        balance: dropship::config::Balance::LeastInFlight,
+        ..Default::default()
+    };
+    let (proxy, shutdown, _data) = proxy_to(&[a, b], settings).await;
+    let client = reqwest::Client::new();
+    // With both idle the first wins; while it is busy with a slow request, the other serves.
+    assert_eq!(
+        get(&client, &proxy, "app.test", "/whoami").await.1,
+        a.to_string()
+    );
+    let slow = {
+        let (client, proxy) = (client.clone(), proxy.clone());
+        tokio::spawn(async move { get(&client, &proxy, "app.test", "/slow").await })
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the slow request to be in flight",
+        || async { get(&client, &proxy, "app.test", "/whoami").await.1 == b.to_string() },
+    )
+    .await;
+    assert_eq!(slow.await.unwrap(), (200, a.to_string()));
+    shutdown.cancel();
+
+    // A response slower than response_timeout is a 504; an idle client is let go.
+    let settings = dropship::config::ProxySection {
+        response_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (proxy, shutdown, _data) = proxy_to(&[a], settings).await;
+    let (status, page) = get(&client, &proxy, "app.test", "/slow").await;
+    assert_eq!(status, 504, "{page}");
+    let mut idle = tokio::net::TcpStream::connect(&proxy).await.unwrap();
+    let mut buffer = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buffer)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle connection stayed open: {closed:?}"
+    );
+    let _ = idle.write_all(b"x").await;
     shutdown.cancel();
 }
