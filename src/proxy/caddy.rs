@@ -152,8 +152,8 @@ impl Caddy {
         Ok(())
     }
 
-    /// Waits until Caddy has no request in flight to any of `addresses`.
-    async fn drained(&self, addresses: &[String], timeout: Duration) -> bool {
+    /// Waits until Caddy has no request in flight to any of `addresses`, or `timeout`.
+    pub(super) async fn drained(&self, addresses: &[String], timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let busy = match self
@@ -216,10 +216,6 @@ impl Caddy {
         self.write_routes().await?;
         let replaced: Vec<String> = old.into_iter().filter(|a| !staying.contains(a)).collect();
         Ok(Drain::external(self.clone(), replaced))
-    }
-
-    pub(super) async fn wait_drained(&self, addresses: &[String], timeout: Duration) -> bool {
-        self.drained(addresses, timeout).await
     }
 }
 

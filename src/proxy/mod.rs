@@ -69,7 +69,7 @@ impl Drain {
     /// whether they drained.
     pub async fn wait(&self, timeout: Duration) -> bool {
         if let Some((caddy, addresses)) = &self.external {
-            return caddy.wait_drained(addresses, timeout).await;
+            return caddy.drained(addresses, timeout).await;
         }
         let deadline = tokio::time::Instant::now() + timeout;
         for upstream in &self.upstreams {

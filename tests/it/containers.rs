@@ -12,7 +12,7 @@ use crate::support::docker::{self, Cleanup, Registry};
 use crate::support::github::{FakeGithub, PostedStatus};
 use crate::support::sshd::{self, ClientKey, Sshd};
 use crate::support::{
-    TestServer, config_toml, deployment_payload, eventually, free_port, healthy, serve,
+    TestServer, config_toml, deployment_payload, eventually, free_port, healthy, read_until, serve,
 };
 
 const SECRET: &str = "tok-very-secret-4711";
@@ -373,19 +373,10 @@ async fn image_deploys_replace_behind_health_checks_keep_retired_versions_and_ro
         .await
         .unwrap();
     assert_eq!(events.status(), StatusCode::OK);
-    let mut received = String::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !received.contains("starting (token ***)") {
-            let chunk = events
-                .chunk()
-                .await
-                .unwrap()
-                .expect("the event stream stays open");
-            received.push_str(&String::from_utf8_lossy(&chunk));
-        }
+    let received = read_until(&mut events, Duration::from_secs(10), |text| {
+        text.contains("starting (token ***)")
     })
-    .await
-    .unwrap_or_else(|_| panic!("no line events: {received}"));
+    .await;
     assert!(
         received.starts_with("event: line\n") || received.contains("\nevent: line\n"),
         "{received}"
@@ -602,25 +593,14 @@ async fn container_logs_are_kept_live_and_resume_after_a_crash_without_loss_or_r
         .unwrap();
     assert_eq!(live.status(), StatusCode::OK);
     docker::run(&["restart", "-t", "1", &container.id]);
-    let mut streamed = String::new();
-    tokio::time::timeout(Duration::from_secs(30), async {
-        // The restarted run's first and last lines (the answer may begin with the end of
-        // the previous run: `since` counts whole seconds).
-        let restarted = |text: &str| {
-            text.find("starting (token ***)")
-                .is_some_and(|at| text[at..].contains(" serving\""))
-        };
-        while !restarted(&streamed) {
-            let chunk = live
-                .chunk()
-                .await
-                .unwrap()
-                .expect("the followed answer stays open");
-            streamed.push_str(&String::from_utf8_lossy(&chunk));
-        }
+    // The restarted run's first and last lines (the answer may begin with the end of the
+    // previous run: `since` counts whole seconds).
+    let streamed = read_until(&mut live, Duration::from_secs(30), |text| {
+        text.find("starting (token ***)")
+            .is_some_and(|at| text[at..].contains(" serving\""))
     })
-    .await
-    .unwrap_or_else(|_| panic!("no new lines on the followed answer: {streamed}"));
+    .await;
+    assert!(!streamed.contains(SECRET), "{streamed}");
     eventually(
         Duration::from_secs(30),
         "the restarted container's lines",

@@ -45,6 +45,30 @@ where
     }
 }
 
+/// Reads a streamed answer (server-sent events, NDJSON) until `done` holds for all that
+/// arrived, failing after `limit`; returns what arrived.
+pub async fn read_until(
+    response: &mut reqwest::Response,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut received = String::new();
+    let reading = async {
+        while !done(&received) {
+            let chunk = response
+                .chunk()
+                .await
+                .unwrap()
+                .expect("the streamed answer ended early");
+            received.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    if tokio::time::timeout(limit, reading).await.is_err() {
+        panic!("timed out after {limit:?}; received so far: {received}");
+    }
+    received
+}
+
 pub fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
