@@ -481,6 +481,12 @@ impl Config {
         if self.github.token.is_some() && self.github.app.is_some() {
             bail!("github: set either `token` or `[github.app]`, not both");
         }
+        if self.proxy.listen_tls.is_some()
+            && self.proxy.certificates.is_empty()
+            && self.proxy.backend == ProxyBackend::Builtin
+        {
+            bail!("proxy.listen_tls needs at least one [[proxy.certificates]] entry");
+        }
         url_parse(&self.server.public_url).context("server.public_url")?;
         url_parse(&self.github.api_url).context("github.api_url")?;
         Ok(())
