@@ -64,6 +64,37 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Create a GitHub deployment (GitHub then sends Dropship its webhook); with --wait, follow
+    /// its statuses until it ends: exit 0 on success, 1 otherwise.
+    Deploy {
+        /// The repository, `owner/name`.
+        #[arg(long)]
+        repo: String,
+        /// The branch, tag or sha to deploy.
+        #[arg(long = "ref")]
+        git_ref: String,
+        #[arg(long)]
+        environment: String,
+        #[arg(long, default_value = "deploy")]
+        task: String,
+        /// JSON handed to the deployment (`deployment.payload.KEY` in the manifest).
+        #[arg(long)]
+        payload: Option<String>,
+        /// Follow the statuses until the deployment ends.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits at most.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Deploy even if the ref's commit statuses have not all passed.
+        #[arg(long)]
+        skip_checks: bool,
+        /// GitHub's API (for GitHub Enterprise Server: https://HOST/api/v3).
+        #[arg(long)]
+        api_url: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Roll an environment back: creates a GitHub deployment with task `rollback`, which
     /// Dropship runs when GitHub delivers it (each server starts the previous successful
     /// version it keeps).
@@ -129,6 +160,28 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => run(args).await,
         Command::Check { config } => check(config.as_deref()).await,
+        Command::Deploy {
+            repo,
+            git_ref,
+            environment,
+            task,
+            payload,
+            wait,
+            timeout,
+            skip_checks,
+            api_url,
+            config,
+        } => {
+            let request = DeployRequest {
+                repo,
+                git_ref,
+                environment,
+                task,
+                payload,
+                skip_checks,
+            };
+            deploy(request, wait.then_some(timeout), api_url, config.as_deref()).await
+        }
         Command::Rollback {
             repo,
             environment,
@@ -143,6 +196,154 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             println!("{}", crate::manifest::schema());
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// What `dropship deploy` asks GitHub for.
+#[derive(Debug)]
+struct DeployRequest {
+    repo: String,
+    git_ref: String,
+    environment: String,
+    task: String,
+    payload: Option<String>,
+    skip_checks: bool,
+}
+
+/// A GitHub client for the CLI: `GITHUB_TOKEN` wins over the config's credentials, and
+/// `--api-url` over its `api_url`.
+fn cli_github(config: &Config, api_url: Option<String>) -> anyhow::Result<crate::github::Github> {
+    let mut section = config.github.clone();
+    if let Some(url) = api_url {
+        section.api_url = url;
+    }
+    if let Ok(token) = std::env::var("GITHUB_TOKEN") {
+        if !token.trim().is_empty() {
+            section.token = Some(secrecy::SecretString::from(token));
+            section.app = None;
+        }
+    }
+    if section.token.is_none() && section.app.is_none() {
+        anyhow::bail!(
+            "no GitHub credentials: set GITHUB_TOKEN, or github.token (or [github.app]) in the config"
+        );
+    }
+    crate::github::Github::from_config(&section)
+}
+
+/// Says what a refused deployment means, for the GitHub answers a person can act on.
+fn explain_refusal(error: &crate::github::ApiError, request: &DeployRequest) -> String {
+    match error.status {
+        Some(401) => format!(
+            "GitHub refused the credentials (401): check GITHUB_TOKEN or github.token ({})",
+            error.message
+        ),
+        Some(403) => format!(
+            "GitHub refused (403): the token may lack `deployments: write` on {} ({})",
+            request.repo, error.message
+        ),
+        Some(404) => format!(
+            "GitHub knows no repository {} for these credentials (404)",
+            request.repo
+        ),
+        Some(409) => format!(
+            "GitHub refused to deploy {} (409): {}. The ref's commit statuses have not all passed; wait for them, or use --skip-checks",
+            request.git_ref, error.message
+        ),
+        Some(422) => format!(
+            "GitHub could not create the deployment of `{}` (422): {}. Is the ref a branch, tag or sha of {}?",
+            request.git_ref, error.message, request.repo
+        ),
+        _ => error.message.clone(),
+    }
+}
+
+async fn deploy(
+    request: DeployRequest,
+    wait: Option<Duration>,
+    api_url: Option<String>,
+    path: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let config = Config::load(path)?;
+    if !request.repo.contains('/') {
+        anyhow::bail!("--repo must be owner/name, not `{}`", request.repo);
+    }
+    let payload = match &request.payload {
+        Some(text) => serde_json::from_str(text).context("--payload is not JSON")?,
+        None => serde_json::json!({}),
+    };
+    let github = cli_github(&config, api_url)?;
+    let installation = github.installation_for(&request.repo).await?;
+    let created = github
+        .create_deployment(
+            &request.repo,
+            &crate::github::NewGithubDeployment {
+                git_ref: &request.git_ref,
+                task: &request.task,
+                environment: &request.environment,
+                description: "created by dropship deploy",
+                auto_merge: false,
+                required_contexts: request.skip_checks.then(Vec::new),
+                payload,
+            },
+            installation,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(explain_refusal(&e, &request)))?;
+    println!(
+        "created deployment {} of {}@{} ({}) to {}, task {}",
+        created.id,
+        request.repo,
+        request.git_ref,
+        created.sha.get(..7).unwrap_or(&created.sha),
+        request.environment,
+        request.task
+    );
+    let Some(limit) = wait else {
+        println!("GitHub sends it to Dropship now; follow it with --wait, or on GitHub");
+        return Ok(ExitCode::SUCCESS);
+    };
+    // GitHub offers no stream of statuses: ask every second.
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut seen = std::collections::HashSet::new();
+    let mut log_shown = false;
+    loop {
+        let mut statuses = github
+            .deployment_statuses(&request.repo, created.id, installation)
+            .await?;
+        statuses.reverse(); // oldest first
+        for status in statuses {
+            if !seen.insert(status.id) {
+                continue;
+            }
+            if let (false, Some(url)) = (log_shown, &status.log_url) {
+                println!("log: {url}");
+                log_shown = true;
+            }
+            let description = status.description.as_deref().unwrap_or_default();
+            println!("{:<12} {description}", status.state);
+            match status.state.as_str() {
+                "success" => {
+                    if let Some(url) = &status.environment_url {
+                        if !url.is_empty() {
+                            println!("environment: {url}");
+                        }
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                "failure" | "error" | "inactive" => return Ok(ExitCode::FAILURE),
+                _ => {}
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            eprintln!(
+                "error: deployment {} did not end within {}",
+                created.id,
+                humantime::format_duration(limit)
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -179,7 +380,8 @@ async fn rollback(
                 environment,
                 description: "rollback (dropship rollback)",
                 auto_merge: false,
-                required_contexts: Vec::new(),
+                // A rollback returns to a version that passed before: no checks to wait for.
+                required_contexts: Some(Vec::new()),
                 payload: serde_json::json!({}),
             },
             installation,

@@ -54,6 +54,8 @@ pub struct ApiError {
     pub retry_after: Option<Duration>,
     /// GitHub could not be reached at all (no HTTP answer).
     pub unreachable: bool,
+    /// GitHub's HTTP status, when it answered.
+    pub status: Option<u16>,
 }
 
 /// A deployment status, as `POST /repos/{owner}/{repo}/deployments/{id}/statuses` takes it.
@@ -131,6 +133,7 @@ fn local_error(message: String) -> ApiError {
         retriable: false,
         retry_after: None,
         unreachable: false,
+        status: None,
     }
 }
 
@@ -258,6 +261,7 @@ impl Github {
                 retriable: false,
                 retry_after: None,
                 unreachable: false,
+                status: None,
             });
         };
         let mut clients = self.installations.lock().await;
@@ -273,12 +277,14 @@ impl Github {
                 retriable: false,
                 retry_after: None,
                 unreachable: false,
+                status: None,
             })?;
         client.installation_token().await.map_err(|e| ApiError {
             message: format!("fetching an installation token for installation {id}: {e}"),
             retriable: true,
             retry_after: None,
             unreachable: false,
+            status: None,
         })?;
         clients.insert(id, client.clone());
         Ok(client)
@@ -325,10 +331,26 @@ pub struct NewGithubDeployment<'a> {
     pub task: &'a str,
     pub environment: &'a str,
     pub description: &'a str,
-    /// Dropship decides what to run; GitHub must not merge or wait for checks first.
+    /// Dropship decides what to run; GitHub must not merge the default branch in first.
     pub auto_merge: bool,
-    pub required_contexts: Vec<String>,
+    /// `Some([])` skips GitHub's check that the ref's commit statuses passed; `None` leaves
+    /// that check to GitHub (every context must pass).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub required_contexts: Option<Vec<String>>,
     pub payload: serde_json::Value,
+}
+
+/// A deployment status as GitHub lists it (the fields the CLI shows).
+#[derive(Debug, Clone, Deserialize)]
+pub struct GithubStatus {
+    pub id: i64,
+    pub state: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub log_url: Option<String>,
+    #[serde(default)]
+    pub environment_url: Option<String>,
 }
 
 impl Github {
@@ -394,6 +416,28 @@ impl Github {
             &route,
             Some(deployment),
             "creating the deployment",
+        )
+        .await
+    }
+
+    /// The statuses of deployment `id`, newest first (as GitHub lists them).
+    pub async fn deployment_statuses(
+        &self,
+        repo: &str,
+        id: i64,
+        installation: Option<i64>,
+    ) -> Result<Vec<GithubStatus>, ApiError> {
+        let client = self.client(installation).await?;
+        let route = format!(
+            "/repos/{}/deployments/{id}/statuses?per_page=100",
+            encode_repo(repo)
+        );
+        self.send(
+            &client,
+            http::Method::GET,
+            &route,
+            None::<&()>,
+            "reading the deployment's statuses",
         )
         .await
     }
@@ -544,6 +588,7 @@ fn transport_error(error: octocrab::Error) -> ApiError {
         retriable: true,
         retry_after: None,
         unreachable: true,
+        status: None,
     }
 }
 
@@ -603,6 +648,7 @@ fn api_error(
         retriable: status.is_server_error() || rate_limited,
         retry_after,
         unreachable: false,
+        status: Some(status.as_u16()),
     }
 }
 

@@ -112,6 +112,8 @@ struct Inner {
     deployments: Vec<(String, Value)>,
     /// Where created deployments' webhooks go, and the secret that signs them.
     hook: Option<(String, String)>,
+    /// Answers for the next deployment creations: (status, message).
+    deployment_refusals: std::collections::VecDeque<(StatusCode, &'static str)>,
     /// Repository tarballs (gzip), by (repo, sha).
     tarballs: HashMap<(String, String), Vec<u8>>,
     statuses: Vec<PostedStatus>,
@@ -155,7 +157,7 @@ impl FakeGithub {
             .route("/repos/{owner}/{repo}/contents/{*path}", get(contents))
             .route(
                 "/repos/{owner}/{repo}/deployments/{id}/statuses",
-                post(create_status),
+                post(create_status).get(list_statuses),
             )
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .route("/repos/{owner}/{repo}/tarball/{*reference}", get(tarball))
@@ -233,6 +235,15 @@ impl FakeGithub {
         self.inner.lock().unwrap().hook = Some((url.into(), secret.into()));
     }
 
+    /// The next deployment creation is answered `status` with `message`.
+    pub fn refuse_next_deployment(&self, status: StatusCode, message: &'static str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .deployment_refusals
+            .push_back((status, message));
+    }
+
     /// Records a deployment as if created earlier (what `GET .../deployments` lists).
     pub fn add_deployment(&self, repo: &str, id: i64, sha: &str, environment: &str, task: &str) {
         let mut deployment = openapi()["components"]["examples"]["deployment"]["value"].clone();
@@ -257,6 +268,18 @@ impl FakeGithub {
             .deployments
             .iter()
             .filter(|(r, d)| r == repo && d["description"] == "rollback (dropship rollback)")
+            .map(|(_, d)| d.clone())
+            .collect()
+    }
+
+    /// Every deployment created through the API for `repo`, oldest first.
+    pub fn created_deployments_all(&self, repo: &str) -> Vec<Value> {
+        self.inner
+            .lock()
+            .unwrap()
+            .deployments
+            .iter()
+            .filter(|(r, _)| r == repo)
             .map(|(_, d)| d.clone())
             .collect()
     }
@@ -635,6 +658,10 @@ async fn create_deployment(
         return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
     }
     let full = format!("{owner}/{repo}");
+    let refusal = fake.inner.lock().unwrap().deployment_refusals.pop_front();
+    if let Some((status, message)) = refusal {
+        return error(status, message);
+    }
     let (deployment, hook) = {
         let mut inner = fake.inner.lock().unwrap();
         let id = 900_000 + inner.next_id;
@@ -698,6 +725,42 @@ async fn create_deployment(
     }
     fake.changed.notify_waiters();
     (StatusCode::CREATED, Json(deployment)).into_response()
+}
+
+/// `GET .../deployments/{id}/statuses`: what was posted, newest first, in GitHub's shape.
+async fn list_statuses(
+    State(fake): State<FakeGithub>,
+    Path((_owner, _repo, id)): Path<(String, String, i64)>,
+) -> Response {
+    let op = op_pointer(
+        "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses",
+        "get",
+    );
+    let posted = fake.statuses(id);
+    let mut list: Vec<Value> = posted
+        .iter()
+        .enumerate()
+        .map(|(i, status)| {
+            let mut example =
+                openapi()["components"]["examples"]["deployment-status"]["value"].clone();
+            example["id"] = (i as i64 + 1).into();
+            example["state"] = status.body["state"].clone();
+            for key in ["description", "log_url", "environment_url"] {
+                example[key] = status.body.get(key).cloned().unwrap_or_else(|| "".into());
+            }
+            example["target_url"] = example["log_url"].clone();
+            example
+        })
+        .collect();
+    list.reverse();
+    let list = Value::Array(list);
+    if let Err(e) = validate(
+        &format!("{op}/responses/200/content/application~1json/schema"),
+        &list,
+    ) {
+        fake.violation(format!("fake's own status list: {e}"));
+    }
+    (StatusCode::OK, Json(list)).into_response()
 }
 
 fn deployment_id_of(delivery: &Value) -> i64 {
