@@ -56,7 +56,30 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(api::delete_environment),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .with_state(state)
+}
+
+/// Ready when the database answers: intake can record deliveries. (`/healthz` only says the
+/// process serves HTTP.)
+async fn ready(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> (axum::http::StatusCode, String) {
+    match state
+        .engine
+        .store
+        .list_deployments(&crate::store::ListFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(_) => (axum::http::StatusCode::OK, "ready".into()),
+        Err(error) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the database does not answer: {error:#}"),
+        ),
+    }
 }
 
 /// Every log line of a deployment after `after`, read in pages.

@@ -127,6 +127,12 @@ async fn events_ping_ignored_malformed_refused_and_oversized() {
 #[tokio::test]
 async fn api_needs_a_bearer_token() {
     let (server, _github) = server(ALLOW_ACME).await;
+    // Liveness and readiness need no token.
+    for (path, body) in [("/healthz", "ok"), ("/readyz", "ready")] {
+        let response = server.client.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.text().await.unwrap(), body);
+    }
     let response = server
         .client
         .get(server.url("/api/deployments"))
