@@ -308,9 +308,18 @@ async fn deploy(
     let mut seen = std::collections::HashSet::new();
     let mut log_shown = false;
     loop {
-        let mut statuses = github
+        let mut statuses = match github
             .deployment_statuses(&request.repo, created.id, installation)
-            .await?;
+            .await
+        {
+            Ok(statuses) => statuses,
+            // GitHub hiccups (5xx, rate limits, the network): ask again on the next round.
+            Err(error) if error.retriable && tokio::time::Instant::now() < deadline => {
+                eprintln!("warning: {error}; trying again");
+                Vec::new()
+            }
+            Err(error) => return Err(error.into()),
+        };
         statuses.reverse(); // oldest first
         for status in statuses {
             if !seen.insert(status.id) {
