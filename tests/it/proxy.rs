@@ -507,15 +507,31 @@ fn pull_request_closed(number: i64, head_ref: &str) -> Vec<u8> {
 }
 
 /// A stand-in app for the proxy's own behaviour: `/headers` answers the request's headers,
-/// `/whoami` its address, `/slow` its address after 1.5 s, `/stream` three chunks 50 ms
-/// apart, and an `Upgrade: echo` request switches
-/// protocols and echoes every byte back (what a websocket needs of a proxy).
-async fn stand_in_app() -> std::net::SocketAddr {
+/// `/whoami` its address, `/slow` its address once the test releases it, `/stream` a first
+/// chunk, then (once released) the rest, and an `Upgrade: echo` request switches protocols and
+/// echoes every byte back (what a websocket needs of a proxy).
+struct StandIn {
+    address: std::net::SocketAddr,
+    /// Each permit lets one held answer go on.
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl StandIn {
+    /// Lets one held answer (`/slow`, or the rest of `/stream`) go on.
+    fn release(&self) {
+        self.gate.add_permits(1);
+    }
+}
+
+async fn stand_in_app() -> StandIn {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let held = gate.clone();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let held = held.clone();
             tokio::spawn(async move {
                 // One request per connection (`Connection: close`), read to its blank line.
                 let mut head = Vec::new();
@@ -536,7 +552,9 @@ async fn stand_in_app() -> std::net::SocketAddr {
                     let _ = tokio::io::copy(&mut read, &mut write).await;
                 } else if path == "/slow" || path == "/whoami" {
                     if path == "/slow" {
-                        tokio::time::sleep(Duration::from_millis(1500)).await;
+                        if let Ok(permit) = held.acquire().await {
+                            permit.forget();
+                        }
                     }
                     let body = address.to_string();
                     let _ = stream
@@ -552,11 +570,16 @@ async fn stand_in_app() -> std::net::SocketAddr {
                     let _ = stream
                         .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
                         .await;
-                    for part in ["one ", "two ", "three"] {
+                    for (i, part) in ["one ", "two ", "three"].into_iter().enumerate() {
+                        if i == 1 {
+                            // The rest only once the client has the first chunk.
+                            if let Ok(permit) = held.acquire().await {
+                                permit.forget();
+                            }
+                        }
                         let chunk = format!("{:x}\r\n{part}\r\n", part.len());
                         let _ = stream.write_all(chunk.as_bytes()).await;
                         let _ = stream.flush().await;
-                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     let _ = stream.write_all(b"0\r\n\r\n").await;
                 } else {
@@ -574,7 +597,7 @@ async fn stand_in_app() -> std::net::SocketAddr {
             });
         }
     });
-    address
+    StandIn { address, gate }
 }
 
 #[tokio::test]
@@ -590,7 +613,7 @@ async fn the_proxy_forwards_headers_streams_upgrades_and_ejects_a_dead_upstream(
         eject_for: Duration::from_secs(60),
         ..Default::default()
     };
-    let (address, shutdown, _data) = proxy_to(&[dead, app], settings).await;
+    let (address, shutdown, _data) = proxy_to(&[dead, app.address], settings).await;
     let client = reqwest::Client::new();
 
     // Every request succeeds although one upstream is dead: the refused connection is
@@ -604,7 +627,7 @@ async fn the_proxy_forwards_headers_streams_upgrades_and_ejects_a_dead_upstream(
         assert!(headers.contains("host: app.test"), "{headers}");
     }
 
-    // A streamed body arrives in its chunks, the first before the last was written.
+    // A streamed body arrives in its chunks, the first before the rest was written.
     let mut streamed = client
         .get(format!("http://{address}/stream"))
         .header("host", "app.test")
@@ -613,6 +636,8 @@ async fn the_proxy_forwards_headers_streams_upgrades_and_ejects_a_dead_upstream(
         .unwrap();
     let first = streamed.chunk().await.unwrap().unwrap();
     assert_eq!(&first[..], b"one ");
+    // Only now does the app write the rest: the first chunk came through on its own.
+    app.release();
     let mut rest = Vec::new();
     while let Some(chunk) = streamed.chunk().await.unwrap() {
         rest.extend_from_slice(&chunk);
@@ -698,7 +723,8 @@ async fn proxy_to(
 #[tokio::test]
 async fn least_in_flight_avoids_a_busy_upstream_and_timeouts_end_slow_answers_and_idle_clients() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (a, b) = (stand_in_app().await, stand_in_app().await);
+    let (app_a, app_b) = (stand_in_app().await, stand_in_app().await);
+    let (a, b) = (app_a.address, app_b.address);
     let settings = dropship::config::ProxySection {
         balance: dropship::config::Balance::LeastInFlight,
         ..Default::default()
@@ -720,6 +746,7 @@ async fn least_in_flight_avoids_a_busy_upstream_and_timeouts_end_slow_answers_an
         || async { get(&client, &proxy, "app.test", "/whoami").await.1 == b.to_string() },
     )
     .await;
+    app_a.release();
     assert_eq!(slow.await.unwrap(), (200, a.to_string()));
     shutdown.cancel();
 
@@ -732,6 +759,7 @@ async fn least_in_flight_avoids_a_busy_upstream_and_timeouts_end_slow_answers_an
     let (proxy, shutdown, _data) = proxy_to(&[a], settings).await;
     let (status, page) = get(&client, &proxy, "app.test", "/slow").await;
     assert_eq!(status, 504, "{page}");
+    app_a.release();
     let mut idle = tokio::net::TcpStream::connect(&proxy).await.unwrap();
     let mut buffer = [0u8; 64];
     let closed = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut buffer)).await;
