@@ -156,6 +156,15 @@ impl Redactor {
         }
     }
 
+    /// Masks every secret the operator config gives `repo`.
+    pub fn for_repo(config: &crate::config::Config, repo: &str) -> Redactor {
+        use secrecy::ExposeSecret;
+        match config.repo(repo) {
+            Some(entry) => Redactor::new(entry.secrets.values().map(|s| s.expose_secret())),
+            None => Redactor::default(),
+        }
+    }
+
     pub fn redact(&self, text: String) -> String {
         match &self.matcher {
             Some(matcher) if matcher.is_match(&text) => {

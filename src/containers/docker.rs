@@ -219,7 +219,6 @@ impl DockerHost {
                         .unwrap_or_default()
                         .trim_start_matches('/')
                         .to_string(),
-                    image: c.image.unwrap_or_default(),
                     labels: c.labels.unwrap_or_default(),
                     running: state == "running",
                     state,

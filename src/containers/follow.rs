@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use secrecy::ExposeSecret;
 use tokio::sync::broadcast;
 
 use super::{
@@ -225,10 +224,7 @@ impl Followers {
             .unwrap_or_default()
             .to_string();
         let app = container.label(LABEL_APP).unwrap_or_default().to_string();
-        let redactor = match self.inner.config.repo(&repo) {
-            Some(entry) => Redactor::new(entry.secrets.values().map(|s| s.expose_secret())),
-            None => Redactor::default(),
-        };
+        let redactor = Redactor::for_repo(&self.inner.config, &repo);
         let retention = self.inner.config.containers.log_retention_bytes;
         let mut skip = Skip {
             cursor: self

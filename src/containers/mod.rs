@@ -145,7 +145,6 @@ impl fmt::Debug for ContainerSpec {
 pub struct ContainerInfo {
     pub id: String,
     pub name: String,
-    pub image: String,
     pub labels: HashMap<String, String>,
     pub running: bool,
     /// `running`, `exited`, `created`...

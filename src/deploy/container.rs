@@ -74,8 +74,8 @@ impl Say {
             .line(Some(&self.server), Some(&self.step), stream, text);
     }
 
-    /// A channel whose lines go to this step's log (pull and build progress).
-    fn progress(&self) -> (Output, tokio::task::JoinHandle<()>) {
+    /// A channel whose lines go to this step's log (script output, pull and build progress).
+    pub(super) fn progress(&self) -> (Output, tokio::task::JoinHandle<()>) {
         let (sender, mut lines) = tokio::sync::mpsc::unbounded_channel();
         let log = self.log.clone();
         let server = self.server.to_string();
@@ -365,13 +365,11 @@ impl Engine {
             }
             // The app was routed and no longer is: its route goes before its containers.
             None => match &self.routes {
-                Some(routes) if old.iter().any(|c| c.label(LABEL_PROXY).is_some()) => {
-                    let key = RouteKey {
-                        repo: deployment.repo.clone(),
-                        environment: deployment.environment.clone(),
-                        app: plan.app.clone(),
-                    };
-                    match routes.remove(&key).await {
+                Some(_) if old.iter().any(|c| c.label(LABEL_PROXY).is_some()) => {
+                    match self
+                        .remove_route(&deployment.repo, &deployment.environment, &plan.app)
+                        .await
+                    {
                         Ok(drain) => {
                             say.note(format!(
                                 "removed the route of {} (no proxy: any more)",
@@ -891,6 +889,28 @@ impl Engine {
         }
     }
 
+    /// Removes the route of `app` in `repo`'s `environment` (nothing without a proxy); its
+    /// upstreams drain.
+    pub(super) async fn remove_route(
+        &self,
+        repo: &str,
+        environment: &str,
+        app: &str,
+    ) -> anyhow::Result<Drain> {
+        match &self.routes {
+            Some(routes) => {
+                routes
+                    .remove(&RouteKey {
+                        repo: repo.to_string(),
+                        environment: environment.to_string(),
+                        app: app.to_string(),
+                    })
+                    .await
+            }
+            None => Ok(Drain::default()),
+        }
+    }
+
     /// Stops `containers`; they stay on the server as a retired version.
     async fn retire(
         &self,
@@ -1077,20 +1097,16 @@ impl Engine {
                 say.note(format!("{app} is not running on {server}"));
             }
             // A routed app leaves the proxy first: its requests drain, then it stops.
-            if let Some(routes) = &self.routes {
-                if running.iter().any(|c| c.label(LABEL_PROXY).is_some()) {
-                    let key = RouteKey {
-                        repo: deployment.repo.clone(),
-                        environment: deployment.environment.clone(),
-                        app: app.to_string(),
-                    };
-                    match routes.remove(&key).await {
-                        Ok(drain) => {
-                            say.note(format!("removed the route of {app}"));
-                            drain.wait(self.config.proxy.drain_timeout).await;
-                        }
-                        Err(error) => say.note(format!("✘ removing the route of {app}: {error:#}")),
+            if running.iter().any(|c| c.label(LABEL_PROXY).is_some()) {
+                match self
+                    .remove_route(&deployment.repo, &deployment.environment, app)
+                    .await
+                {
+                    Ok(drain) => {
+                        say.note(format!("removed the route of {app}"));
+                        drain.wait(self.config.proxy.drain_timeout).await;
                     }
+                    Err(error) => say.note(format!("✘ removing the route of {app}: {error:#}")),
                 }
             }
             self.retire(&host, &running, stop_timeout, say).await?;

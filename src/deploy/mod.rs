@@ -1,8 +1,8 @@
 //! The engine: takes a recorded deployment, plans it from its manifest, runs the plan on the
 //! servers, records every outcome and tells GitHub.
 //!
-//! Architecture invariant: the engine sees [`Store`], [`ManifestSource`] and [`Executor`]
-//! traits, never SQL, octocrab or openssh types. A failed step is an outcome (`failure`);
+//! Architecture invariant: the engine sees the [`Store`], [`ManifestSource`], [`Executor`],
+//! `ContainerHost` and `Routes` traits, never SQL, octocrab, openssh, bollard or hyper types. A failed step is an outcome (`failure`);
 //! `Err` from [`Engine::run`] means the engine itself could not work (the store is down).
 
 mod compose;
@@ -12,8 +12,8 @@ mod scheduler;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{Notify, mpsc};
+use secrecy::SecretString;
+use tokio::sync::Notify;
 use tracing::Instrument;
 
 pub use scheduler::{Queue, Scheduler};
@@ -116,10 +116,7 @@ enum ServerResult {
 impl Engine {
     /// Masks the values of every secret the deployment's repository may use.
     pub fn redactor(&self, deployment: &Deployment) -> Redactor {
-        match self.config.repo(&deployment.repo) {
-            Some(repo) => Redactor::new(repo.secrets.values().map(|s| s.expose_secret())),
-            None => Redactor::default(),
-        }
+        Redactor::for_repo(&self.config, &deployment.repo)
     }
 
     /// GitHub's `auto_inactive`, mirrored in Dropship's records: when `deployment` succeeds,
@@ -139,25 +136,25 @@ impl Engine {
             d.id < deployment.id && d.state == State::Success && !d.transient && !d.production
         }) {
             let description = format!("superseded by deployment {}", deployment.public_id());
-            let applied = self
-                .store
-                .transition(
-                    old.id,
-                    Transition {
-                        state: State::Inactive,
-                        description: Some(description.clone()),
-                        environment_url: None,
-                        status: None,
-                    },
-                )
-                .await?;
-            if applied {
-                self.bus.publish(Event::State {
-                    deployment_id: old.id,
-                    state: State::Inactive,
-                    description: Some(description),
-                });
-            }
+            self.mark_inactive(old.id, &description).await?;
+        }
+        Ok(())
+    }
+
+    /// Records a deployment as `inactive` and tells listeners, posting no status.
+    async fn mark_inactive(&self, id: i64, description: &str) -> anyhow::Result<()> {
+        let transition = Transition {
+            state: State::Inactive,
+            description: Some(description.to_string()),
+            environment_url: None,
+            status: None,
+        };
+        if self.store.transition(id, transition).await? {
+            self.bus.publish(Event::State {
+                deployment_id: id,
+                state: State::Inactive,
+                description: Some(description.to_string()),
+            });
         }
         Ok(())
     }
@@ -193,19 +190,11 @@ impl Engine {
                 .collect();
             apps.sort_unstable();
             apps.dedup();
-            if let Some(routes) = &self.routes {
-                for app in apps {
-                    let key = crate::proxy::RouteKey {
-                        repo: repo.to_string(),
-                        environment: environment.to_string(),
-                        app: app.to_string(),
-                    };
-                    routes
-                        .remove(&key)
-                        .await?
-                        .wait(self.config.proxy.drain_timeout)
-                        .await;
-                }
+            for app in apps {
+                self.remove_route(repo, environment, app)
+                    .await?
+                    .wait(self.config.proxy.drain_timeout)
+                    .await;
             }
             for container in &containers {
                 host.remove(&container.id).await?;
@@ -233,17 +222,7 @@ impl Engine {
                 self.transition(deployment, State::Inactive, description, None)
                     .await?;
             } else {
-                self.store
-                    .transition(
-                        deployment.id,
-                        Transition {
-                            state: State::Inactive,
-                            description: Some(description.into()),
-                            environment_url: None,
-                            status: None,
-                        },
-                    )
-                    .await?;
+                self.mark_inactive(deployment.id, description).await?;
             }
             deactivated += 1;
         }
@@ -814,17 +793,7 @@ impl Engine {
 
     /// Runs a script on `server`, its output going to the step's log.
     async fn run_script(&self, server: &str, job: &Job, say: &Say) -> Result<Exit, ExecError> {
-        let (sender, mut lines) = mpsc::unbounded_channel::<(crate::exec::Stream, String)>();
-        let forward = {
-            let log = say.log.clone();
-            let server = server.to_string();
-            let step = say.step.to_string();
-            tokio::spawn(async move {
-                while let Some((stream, line)) = lines.recv().await {
-                    log.line(Some(&server), Some(&step), stream.as_str(), line);
-                }
-            })
-        };
+        let (sender, forward) = say.progress();
         let result = match self.fleet.get(server) {
             Some(executor) => executor.run(job, sender).await,
             None => Err(ExecError::Io {

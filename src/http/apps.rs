@@ -201,13 +201,12 @@ pub(super) async fn page(
 ) -> Result<Markup, HttpError> {
     authorize(&state, &headers, query.token.as_deref())?;
     let repo = format!("{owner}/{name}");
-    // The newest lines (retention bounds them all): the page shows the tail and follows.
-    let all = state
+    // The page shows the newest lines and follows from there.
+    let lines = state
         .engine
         .store
-        .app_logs(&repo, &environment, 0, i64::MAX)
+        .app_logs_tail(&repo, &environment, 1000)
         .await?;
-    let lines = &all[all.len().saturating_sub(1000)..];
     let after = lines.last().map_or(0, |l| l.id);
     let token = query.token.unwrap_or_default();
     Ok(html! {
@@ -223,7 +222,7 @@ pub(super) async fn page(
                 h1 { (repo) " → " (environment) }
                 p.meta { "container logs, newest last; live" }
                 pre #log {
-                    @for line in lines {
+                    @for line in &lines {
                         span class={"line " (line.stream)} {
                             span.app { (line.app) "@" (line.server) }
                             " " (line.line) "\n"

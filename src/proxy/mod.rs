@@ -238,37 +238,31 @@ impl Proxy {
     /// An upstream of `backend` for the next request, skipping draining and ejected ones;
     /// `tried` are skipped too (a retry goes elsewhere).
     pub(crate) fn pick(&self, backend: &Backend, tried: &[String]) -> Option<InFlight> {
+        // Per request, so no allocation: an iterator over the candidates, made twice at most.
         let now = self.now_ms();
-        let usable: Vec<&Arc<Upstream>> = backend
-            .upstreams
-            .iter()
-            .filter(|u| {
-                !u.draining.load(Ordering::SeqCst)
-                    && u.ejected_until.load(Ordering::SeqCst) <= now
-                    && !tried.contains(&u.address)
-            })
-            .collect();
+        let open =
+            |u: &&Arc<Upstream>| !u.draining.load(Ordering::SeqCst) && !tried.contains(&u.address);
+        let rested = |u: &&Arc<Upstream>| open(u) && u.ejected_until.load(Ordering::SeqCst) <= now;
         // All ejected: try them anyway rather than fail outright.
-        let usable = if usable.is_empty() {
+        let any_rested = backend.upstreams.iter().any(|u| rested(&u));
+        let candidates = || {
             backend
                 .upstreams
                 .iter()
-                .filter(|u| !u.draining.load(Ordering::SeqCst) && !tried.contains(&u.address))
-                .collect()
-        } else {
-            usable
+                .filter(move |u| if any_rested { rested(u) } else { open(u) })
         };
         let chosen = match self.inner.settings.balance {
             Balance::RoundRobin => {
-                if usable.is_empty() {
+                let count = candidates().count();
+                if count == 0 {
                     return None;
                 }
                 let n = backend.next.fetch_add(1, Ordering::Relaxed);
-                usable[n % usable.len()]
+                candidates().nth(n % count)?
             }
-            Balance::LeastInFlight => *usable
-                .iter()
-                .min_by_key(|u| u.in_flight.load(Ordering::SeqCst))?,
+            Balance::LeastInFlight => {
+                candidates().min_by_key(|u| u.in_flight.load(Ordering::SeqCst))?
+            }
         };
         chosen.in_flight.fetch_add(1, Ordering::SeqCst);
         Some(InFlight(chosen.clone()))

@@ -382,6 +382,13 @@ pub trait Store: Send + Sync + fmt::Debug {
         after_id: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<AppLogLine>>;
+    /// The newest `limit` lines of `repo`'s `environment`, oldest first.
+    async fn app_logs_tail(
+        &self,
+        repo: &str,
+        environment: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<AppLogLine>>;
     async fn log_cursor(&self, container: &str) -> anyhow::Result<Option<LogCursor>>;
     /// Remembers that `server`'s containers are followed.
     async fn add_container_host(&self, server: &str) -> anyhow::Result<()>;

@@ -368,21 +368,29 @@ impl Store for Sqlite {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(AppLogLine {
-                    id: row.try_get("id")?,
-                    repo: row.try_get("repo")?,
-                    environment: row.try_get("environment")?,
-                    app: row.try_get("app")?,
-                    server: row.try_get("server")?,
-                    container: row.try_get("container")?,
-                    ts: row.try_get("ts")?,
-                    stream: row.try_get("stream")?,
-                    line: row.try_get("line")?,
-                })
-            })
-            .collect()
+        rows.iter().map(app_log_from_row).collect()
+    }
+
+    async fn app_logs_tail(
+        &self,
+        repo: &str,
+        environment: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<AppLogLine>> {
+        let rows = sqlx::query(
+            "SELECT * FROM app_logs WHERE repo = ? AND environment = ? ORDER BY id DESC LIMIT ?",
+        )
+        .bind(repo)
+        .bind(environment)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut lines = rows
+            .iter()
+            .map(app_log_from_row)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        lines.reverse();
+        Ok(lines)
     }
 
     async fn log_cursor(&self, container: &str) -> anyhow::Result<Option<LogCursor>> {
@@ -467,6 +475,20 @@ impl Store for Sqlite {
                 .await?,
         )
     }
+}
+
+fn app_log_from_row(row: &SqliteRow) -> anyhow::Result<AppLogLine> {
+    Ok(AppLogLine {
+        id: row.try_get("id")?,
+        repo: row.try_get("repo")?,
+        environment: row.try_get("environment")?,
+        app: row.try_get("app")?,
+        server: row.try_get("server")?,
+        container: row.try_get("container")?,
+        ts: row.try_get("ts")?,
+        stream: row.try_get("stream")?,
+        line: row.try_get("line")?,
+    })
 }
 
 #[cfg(test)]
