@@ -188,12 +188,61 @@ pub struct GithubApp {
     pub private_key_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiSection {
-    /// Bearer tokens accepted by the JSON API (`Authorization: Bearer ...`).
+    /// Who may use the API (bearer tokens) and the dashboard (the login form).
     #[serde(default)]
-    pub tokens: Vec<SecretString>,
+    pub users: Vec<UserEntry>,
+    /// How long a dashboard login lasts.
+    #[serde(default = "default_session_ttl", with = "humantime_serde")]
+    pub session_ttl: Duration,
+}
+
+/// A person or a tool with a token. Only the token's SHA-256 is kept here: `dropship token`
+/// makes a token and prints this entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserEntry {
+    pub name: String,
+    pub role: Role,
+    /// Hex SHA-256 of the token (which is also the login password).
+    pub token_sha256: String,
+}
+
+/// What a user may do; each role may do all that the roles before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads deployments, environments, servers, apps and logs.
+    Viewer,
+    /// Also deploys, redeploys, rolls back, cancels, locks and tears down.
+    Deployer,
+    /// Also reads the audit log.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Deployer => "deployer",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        ApiSection {
+            users: Vec::new(),
+            session_ttl: default_session_ttl(),
+        }
+    }
+}
+
+fn default_session_ttl() -> Duration {
+    Duration::from_secs(12 * 3600)
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -487,9 +536,32 @@ impl Config {
         {
             bail!("proxy.listen_tls needs at least one [[proxy.certificates]] entry");
         }
+        let mut names = std::collections::HashSet::new();
+        for user in &self.api.users {
+            if !names.insert(user.name.as_str()) {
+                bail!("api.users: `{}` is defined twice", user.name);
+            }
+            let hash = &user.token_sha256;
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!(
+                    "api.users `{}`: token_sha256 must be 64 hex digits (the SHA-256 of the token; `dropship token {}` prints one)",
+                    user.name,
+                    user.name
+                );
+            }
+        }
         url_parse(&self.server.public_url).context("server.public_url")?;
         url_parse(&self.github.api_url).context("github.api_url")?;
         Ok(())
+    }
+
+    /// GitHub's web address, for links: github.com, or the Enterprise host of `api_url`.
+    pub fn github_web_url(&self) -> String {
+        let api = self.github.api_url.trim_end_matches('/');
+        if api == "https://api.github.com" {
+            return "https://github.com".into();
+        }
+        api.strip_suffix("/api/v3").unwrap_or(api).to_string()
     }
 
     pub fn server(&self, name: &str) -> Option<&ServerEntry> {

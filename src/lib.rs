@@ -12,6 +12,7 @@
 //! - [`containers`]: each server's Docker engine (bollard), reached over SSH, locally or TLS.
 //! - [`github`]: the GitHub API client, manifest fetching and the status outbox.
 //! - [`logs`]: the live event bus that pages and the CLI follow.
+//! - [`metrics`]: the Prometheus metrics `/metrics` serves.
 //! - [`proxy`]: the edge proxy that routes users' HTTP traffic to the apps' healthy containers.
 //! - [`server`]: wires the pieces into the running service.
 //! - [`cli`]: the `dropship` command line.
@@ -25,6 +26,7 @@ pub mod github;
 pub mod http;
 pub mod logs;
 pub mod manifest;
+pub mod metrics;
 pub mod proxy;
 pub mod server;
 pub mod store;

@@ -27,7 +27,8 @@ pub async fn engine(
     let store: Arc<dyn Store> = Arc::new(Sqlite::open(&config.database_path()).await?);
     let bus = Bus::default();
     let logs = Logs::start(store.clone(), bus.clone());
-    let fleet = Fleet::from_config(&config)?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let fleet = Fleet::from_config(&config, metrics.clone())?;
     let hosts = Hosts::from_config(&config, &fleet)?;
     let followers = Followers::new(hosts.clone(), store.clone(), config.clone());
 
@@ -44,6 +45,10 @@ pub async fn engine(
         logs,
         bus,
         outbox: Arc::new(Notify::new()),
+        // Set by `run` when it talks to GitHub.
+        github: None,
+        cancels: Default::default(),
+        metrics,
     })
 }
 
@@ -61,6 +66,12 @@ pub async fn run(
     let config = Arc::new(config);
     let github = Arc::new(Github::from_config(&config.github)?);
     let mut engine = engine(config.clone(), github.clone()).await?;
+    engine.github = Some(github.clone());
+    if !github.has_checks() {
+        tracing::info!(
+            "GitHub check runs need GitHub App auth ([github.app]); with a token, deployments get statuses only"
+        );
+    }
     let interrupted = engine
         .recover_interrupted()
         .await
@@ -80,9 +91,13 @@ pub async fn run(
         tracing::info!(admin = %config.proxy.caddy_admin, "routes go to Caddy");
         engine.routes = Some(Arc::new(caddy));
     } else if wants_proxy {
-        let proxy = Proxy::load(engine.store.clone(), config.proxy.clone())
-            .await
-            .context("loading the proxy's routes")?;
+        let proxy = Proxy::load(
+            engine.store.clone(),
+            config.proxy.clone(),
+            engine.metrics.clone(),
+        )
+        .await
+        .context("loading the proxy's routes")?;
         engine.routes = Some(Arc::new(proxy.clone()));
         let tls = match config.proxy.listen_tls {
             Some(_) => Some(crate::proxy::tls_acceptor(&config.proxy.certificates)?),
@@ -109,6 +124,7 @@ pub async fn run(
     let outbox = work.spawn(run_outbox(
         engine.store.clone(),
         github,
+        engine.metrics.clone(),
         engine.outbox.clone(),
         config.github.retry_base,
         config.github.retry_max,

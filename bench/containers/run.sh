@@ -47,8 +47,10 @@ data_dir = "$work/data"
 api_url = "http://127.0.0.1:18091"
 token = "bench"
 webhook_secrets = ["$secret"]
-[api]
-tokens = ["$token"]
+[[api.users]]
+name = "bench"
+role = "admin"
+token_sha256 = "$(printf %s "$token" | sha256sum | cut -d' ' -f1)"
 [[servers]]
 name = "local"
 host = "local"

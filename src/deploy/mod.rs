@@ -5,9 +5,13 @@
 //! `ContainerHost` and `Routes` traits, never SQL, octocrab, openssh, bollard or hyper types. A failed step is an outcome (`failure`);
 //! `Err` from [`Engine::run`] means the engine itself could not work (the store is down).
 
+mod actions;
+mod auto;
+mod checks;
 mod compose;
 mod container;
 mod scheduler;
+mod survey;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +20,10 @@ use secrecy::SecretString;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
+pub use actions::{ActionError, Cancelled, Cancels};
+pub use auto::{AutoDeployed, NotConsidered};
 pub use scheduler::{Queue, Scheduler};
+pub use survey::{RunningApp, ServerReport, survey};
 
 use crate::config::Config;
 use crate::containers::Hosts;
@@ -50,6 +57,11 @@ pub struct Engine {
     pub bus: Bus,
     /// Wakes the status outbox when a status is enqueued.
     pub outbox: Arc<Notify>,
+    /// Creates GitHub deployments (redeploy, rollback, auto-deploy); none for `dropship run`.
+    pub github: Option<Arc<dyn crate::github::GithubApi>>,
+    /// Cancel requests for running deployments.
+    pub cancels: Cancels,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What `${{ }}` expressions and the `DROPSHIP_*` variables see of a deployment.
@@ -130,6 +142,7 @@ impl Engine {
                 repo: Some(deployment.repo.clone()),
                 environment: Some(deployment.environment.clone()),
                 limit: 1000,
+                ..Default::default()
             })
             .await?;
         for old in earlier.iter().filter(|d| {
@@ -148,6 +161,7 @@ impl Engine {
             description: Some(description.to_string()),
             environment_url: None,
             status: None,
+            check: None,
         };
         if self.store.transition(id, transition).await? {
             self.bus.publish(Event::State {
@@ -208,6 +222,7 @@ impl Engine {
                 repo: Some(repo.to_string()),
                 environment: Some(environment.to_string()),
                 limit: 1000,
+                ..Default::default()
             })
             .await?;
         let mut deactivated = 0;
@@ -255,6 +270,12 @@ impl Engine {
             log_url: Some(self.log_url(deployment)),
             environment_url: environment_url.clone(),
         };
+        let check = if self.checks_enabled() {
+            self.check_update(deployment, state, &description, environment_url.as_deref())
+                .await?
+        } else {
+            None
+        };
         let applied = self
             .store
             .transition(
@@ -264,6 +285,7 @@ impl Engine {
                     description: Some(description.clone()),
                     environment_url,
                     status: Some(status),
+                    check,
                 },
             )
             .await?;
@@ -271,12 +293,89 @@ impl Engine {
             return Ok(false);
         }
         self.outbox.notify_one();
+        if state.is_final() {
+            // The caller's copy may predate the start: read the times as recorded.
+            let seconds = match self.store.deployment(deployment.id).await? {
+                Some(Deployment {
+                    started_at: Some(started),
+                    finished_at: Some(finished),
+                    ..
+                }) => Some((finished - started).max(0) as f64 / 1000.0),
+                _ => None,
+            };
+            self.metrics.deployment_ended(state.as_str(), seconds);
+        }
         self.bus.publish(Event::State {
             deployment_id: deployment.id,
             state,
             description: Some(description),
         });
         Ok(true)
+    }
+
+    /// Whether deployments get GitHub check runs: the Checks API takes GitHub App auth only.
+    pub fn checks_enabled(&self) -> bool {
+        self.config.github.app.is_some()
+    }
+
+    /// Enqueues the check run's `queued` state for a deployment just recorded.
+    pub async fn check_queued(&self, deployment: &Deployment) -> anyhow::Result<()> {
+        if self.checks_enabled() && deployment.github_id.is_some() {
+            let draft = checks::queued(deployment, &self.log_url(deployment));
+            self.store.enqueue_check(deployment.id, &draft).await?;
+        }
+        Ok(())
+    }
+
+    /// The check-run update for a state change, with the steps grid and the failing step's
+    /// last lines once the deployment ends.
+    async fn check_update(
+        &self,
+        deployment: &Deployment,
+        state: State,
+        description: &str,
+        environment_url: Option<&str>,
+    ) -> anyhow::Result<Option<crate::store::CheckDraft>> {
+        let steps = if state.is_final() {
+            self.store.steps(deployment.id).await?
+        } else {
+            Vec::new()
+        };
+        let failing = steps.iter().find(|s| {
+            matches!(
+                s.state,
+                StepState::Failure | StepState::Error | StepState::TimedOut
+            )
+        });
+        let lines = match failing {
+            Some(step) => {
+                let mut lines: Vec<_> = crate::store::all_logs(&*self.store, deployment.id, 0)
+                    .await?
+                    .into_iter()
+                    .filter(|l| {
+                        l.stream != "dropship"
+                            && l.step.as_deref() == Some(step.step.as_str())
+                            && l.server.as_deref() == Some(step.server.as_str())
+                    })
+                    .collect();
+                let keep = lines.len().saturating_sub(checks::FAILING_LINES);
+                lines.drain(..keep);
+                lines
+            }
+            None => Vec::new(),
+        };
+        let environment_url = environment_url
+            .map(str::to_string)
+            .or_else(|| deployment.environment_url.clone());
+        Ok(checks::update(
+            deployment,
+            state,
+            description,
+            &steps,
+            failing.map(|step| (step, lines.as_slice())),
+            &self.log_url(deployment),
+            environment_url.as_deref(),
+        ))
     }
 
     /// Finishes deployments left `running` by a previous process as `error`.
@@ -468,6 +567,27 @@ impl Engine {
             }
         };
         log.note(format!("read {} at {}", file.path, deployment.sha));
+        match self
+            .lock_of(&deployment.repo, &deployment.environment)
+            .await
+        {
+            Ok(Some(lock)) if deployment.creator.as_deref() != Some(lock.locked_by.as_str()) => {
+                return Err(Outcome::error(format!(
+                    "environment {} is locked by {} ({}); unlock it on the dashboard or with DELETE /api/environments/{}/{}/lock",
+                    deployment.environment,
+                    lock.locked_by,
+                    lock.reason,
+                    deployment.repo,
+                    deployment.environment
+                )));
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return Err(Outcome::error(format!(
+                    "cannot read the environment's lock: {error:#}"
+                )));
+            }
+        }
         let inventory = Inventory {
             repo: deployment.repo.clone(),
             servers: self
@@ -513,13 +633,20 @@ impl Engine {
         let mut stopped: Option<Outcome> = None;
         let mut soft_failures = Vec::new();
         for (index, step) in plan.steps.iter().enumerate() {
+            if stopped.is_none() {
+                if let Some(by) = self.cancels.take(deployment.id) {
+                    let description = format!("cancelled by {by} before step {}", step.name);
+                    log.note(&description);
+                    stopped = Some(Outcome::error(description));
+                }
+            }
             if stopped.is_some() {
                 self.skip(
                     deployment,
                     index,
                     step,
                     &step.servers,
-                    "skipped: an earlier step failed",
+                    "skipped: an earlier step failed or the deployment was cancelled",
                 )
                 .await?;
                 continue;
@@ -890,6 +1017,9 @@ impl Engine {
             finished_at: finished.then(now_ms),
         };
         self.store.save_step(&run).await?;
+        if finished {
+            self.metrics.step_ended(state.as_str());
+        }
         self.bus.publish(Event::Step(run));
         Ok(())
     }

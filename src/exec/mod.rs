@@ -116,14 +116,22 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn from_config(config: &Config) -> anyhow::Result<Fleet> {
+    pub fn from_config(
+        config: &Config,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Fleet> {
         let mut executors: HashMap<String, Arc<dyn Executor>> = HashMap::new();
         let mut connections = HashMap::new();
         for server in &config.servers {
             let executor: Arc<dyn Executor> = if server.is_local() {
                 Arc::new(Local::new(&server.name))
             } else {
-                let ssh = Ssh::new(server, &config.server.data_dir, &config.ssh)?;
+                let ssh = Ssh::new(
+                    server,
+                    &config.server.data_dir,
+                    &config.ssh,
+                    metrics.clone(),
+                )?;
                 connections.insert(server.name.clone(), ssh.clone());
                 ssh
             };

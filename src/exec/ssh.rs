@@ -33,6 +33,7 @@ pub struct Ssh {
     session: Mutex<Option<(Arc<Session>, Instant)>>,
     /// Commands running now; an idle master is closed only when this is zero.
     in_flight: AtomicUsize,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Ssh {
@@ -51,6 +52,7 @@ impl Ssh {
         server: &ServerEntry,
         data_dir: &Path,
         settings: &SshSection,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> anyhow::Result<Arc<Ssh>> {
         let host_key = server.host_key()?;
         let dir = data_dir.join("ssh");
@@ -112,6 +114,7 @@ impl Ssh {
             idle_timeout: settings.idle_timeout,
             session: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
+            metrics,
         });
         if tokio::runtime::Handle::try_current().is_ok() {
             tokio::spawn(reap_idle(Arc::downgrade(&ssh)));
@@ -122,6 +125,7 @@ impl Ssh {
     /// The live master connection, opening or reopening it as needed.
     async fn session(&self) -> Result<Arc<Session>, ExecError> {
         let mut guard = self.session.lock().await;
+        let mut reconnect = false;
         if let Some((session, _)) = guard.as_ref() {
             if session.check().await.is_ok() {
                 let session = session.clone();
@@ -130,6 +134,8 @@ impl Ssh {
             }
             tracing::info!(server = %self.name, "ssh master connection dropped; reconnecting");
             *guard = None;
+            self.metrics.ssh_closed();
+            reconnect = true;
         }
         let mut builder = SessionBuilder::default();
         builder
@@ -145,6 +151,7 @@ impl Ssh {
             .map_err(|e| self.connect_error(&e))?;
         let session = Arc::new(session);
         *guard = Some((session.clone(), Instant::now()));
+        self.metrics.ssh_opened(reconnect);
         tracing::debug!(server = %self.name, "ssh master connection opened");
         Ok(session)
     }
@@ -265,6 +272,7 @@ async fn reap_idle(ssh: std::sync::Weak<Ssh>) {
         {
             if let Some((session, _)) = guard.take() {
                 tracing::debug!(server = %ssh.name, "closing idle ssh master connection");
+                ssh.metrics.ssh_closed();
                 if let Ok(session) = Arc::try_unwrap(session) {
                     let _ = session.close().await;
                 }

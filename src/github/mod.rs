@@ -340,6 +340,71 @@ pub struct NewGithubDeployment<'a> {
     pub payload: serde_json::Value,
 }
 
+/// What the engine asks of GitHub beyond manifests and statuses: creating deployments of its
+/// own (redeploy, rollback, auto-deploy) and reading where a branch points.
+#[async_trait]
+pub trait GithubApi: Send + Sync + std::fmt::Debug {
+    /// Creates the deployment; with no `installation`, a GitHub App looks up the repository's.
+    async fn create(
+        &self,
+        repo: &str,
+        deployment: &NewGithubDeployment<'_>,
+        installation: Option<i64>,
+    ) -> Result<GithubDeployment, ApiError>;
+
+    /// The commit `git_ref` (a branch, tag or sha) of `repo` points at.
+    async fn commit_sha(
+        &self,
+        repo: &str,
+        git_ref: &str,
+        installation: Option<i64>,
+    ) -> Result<String, ApiError>;
+}
+
+#[async_trait]
+impl GithubApi for Github {
+    async fn create(
+        &self,
+        repo: &str,
+        deployment: &NewGithubDeployment<'_>,
+        installation: Option<i64>,
+    ) -> Result<GithubDeployment, ApiError> {
+        let installation = match installation {
+            Some(id) => Some(id),
+            None => self.installation_for(repo).await?,
+        };
+        self.create_deployment(repo, deployment, installation).await
+    }
+
+    async fn commit_sha(
+        &self,
+        repo: &str,
+        git_ref: &str,
+        installation: Option<i64>,
+    ) -> Result<String, ApiError> {
+        #[derive(Deserialize)]
+        struct Commit {
+            sha: String,
+        }
+        let client = self.client(installation).await?;
+        let route = format!(
+            "/repos/{}/commits/{}",
+            encode_repo(repo),
+            encode_segment(git_ref)
+        );
+        let commit: Commit = self
+            .send(
+                &client,
+                http::Method::GET,
+                &route,
+                None::<&()>,
+                "reading the branch's commit",
+            )
+            .await?;
+        Ok(commit.sha)
+    }
+}
+
 /// A deployment status as GitHub lists it (the fields the CLI shows).
 #[derive(Debug, Clone, Deserialize)]
 pub struct GithubStatus {
@@ -442,6 +507,66 @@ impl Github {
         .await
     }
 
+    /// Whether check runs can be created: the Checks API takes GitHub App auth only.
+    pub fn has_checks(&self) -> bool {
+        self.is_app
+    }
+
+    /// Creates the check run named `name` on `head_sha` with `body`'s other fields; answers
+    /// its id.
+    pub async fn create_check_run(
+        &self,
+        repo: &str,
+        installation: Option<i64>,
+        name: &str,
+        head_sha: &str,
+        body: &serde_json::Value,
+    ) -> Result<i64, ApiError> {
+        #[derive(Deserialize)]
+        struct Created {
+            id: i64,
+        }
+        let client = self.client(installation).await?;
+        let mut body = body.clone();
+        if let Some(fields) = body.as_object_mut() {
+            fields.insert("name".into(), name.into());
+            fields.insert("head_sha".into(), head_sha.into());
+        }
+        let route = format!("/repos/{}/check-runs", encode_repo(repo));
+        let created: Created = self
+            .send(
+                &client,
+                http::Method::POST,
+                &route,
+                Some(&body),
+                "creating the check run",
+            )
+            .await?;
+        Ok(created.id)
+    }
+
+    /// Updates check run `id` with `body`.
+    pub async fn update_check_run(
+        &self,
+        repo: &str,
+        installation: Option<i64>,
+        id: i64,
+        body: &serde_json::Value,
+    ) -> Result<(), ApiError> {
+        let client = self.client(installation).await?;
+        let route = format!("/repos/{}/check-runs/{id}", encode_repo(repo));
+        let _: serde_json::Value = self
+            .send(
+                &client,
+                http::Method::PATCH,
+                &route,
+                Some(body),
+                "updating the check run",
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn send<T: serde::de::DeserializeOwned, B: serde::Serialize + ?Sized>(
         &self,
         client: &Octocrab,
@@ -452,6 +577,7 @@ impl Github {
     ) -> Result<T, ApiError> {
         let response = match method {
             http::Method::POST => client._post(route, body).await,
+            http::Method::PATCH => client._patch(route, body).await,
             _ => client._get(route).await,
         }
         .map_err(transport_error)?;

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use super::{Github, StatusBody};
-use crate::store::{OutboxItem, Store, now_ms};
+use super::{ApiError, Github, StatusBody};
+use crate::store::{Deployment, OutboxItem, Store, now_ms};
 
 /// A status still failing after this many attempts is given up on (and the error kept).
 const MAX_ATTEMPTS: i64 = 25;
@@ -31,6 +31,7 @@ enum Attempt {
 pub async fn run_outbox(
     store: Arc<dyn Store>,
     github: Arc<Github>,
+    metrics: Arc<crate::metrics::Metrics>,
     wake: Arc<Notify>,
     retry_base: Duration,
     retry_max: Duration,
@@ -52,7 +53,7 @@ pub async fn run_outbox(
                 // The first pending status of each deployment only, so deployments go
                 // concurrently and each deployment's statuses stay in order.
                 let attempts: Vec<Attempt> = futures::stream::iter(due)
-                    .map(|item| deliver(&*store, &github, item, retry_base, retry_max))
+                    .map(|item| deliver(&*store, &github, &metrics, item, retry_base, retry_max))
                     .buffer_unordered(16)
                     .collect()
                     .await;
@@ -103,6 +104,7 @@ pub async fn run_outbox(
 async fn deliver(
     store: &dyn Store,
     github: &Github,
+    metrics: &crate::metrics::Metrics,
     item: OutboxItem,
     retry_base: Duration,
     retry_max: Duration,
@@ -125,28 +127,35 @@ async fn deliver(
             let _ = store.status_failed(item.id, "not a GitHub deployment").await;
             return Attempt::Other;
         };
-        let body = StatusBody {
-            state: &item.state,
-            log_url: item.log_url.as_deref(),
-            environment_url: item.environment_url.as_deref(),
-            description: &item.description,
-            environment: &deployment.environment,
+        let result = if item.kind == "check" {
+            post_check(store, github, &deployment, &item).await
+        } else {
+            let body = StatusBody {
+                state: &item.state,
+                log_url: item.log_url.as_deref(),
+                environment_url: item.environment_url.as_deref(),
+                description: &item.description,
+                environment: &deployment.environment,
+            };
+            github.post_status(&deployment.repo, github_id, deployment.installation_id, &body).await
         };
-        let result = github.post_status(&deployment.repo, github_id, deployment.installation_id, &body).await;
         let (attempt, recorded) = match result {
             Ok(()) => {
-                tracing::info!("status posted");
+                tracing::info!(kind = %item.kind, "status posted");
+                metrics.status_post(&item.kind, "delivered");
                 (Attempt::Delivered, store.status_delivered(item.id).await)
             }
             Err(error) if error.retriable && item.attempts + 1 < MAX_ATTEMPTS => {
                 let backoff = retry_base.saturating_mul(2u32.saturating_pow(item.attempts.min(20) as u32)).min(retry_max);
                 let wait = error.retry_after.unwrap_or(backoff).max(backoff.min(retry_base));
                 tracing::warn!(error = %error.message, retry_in_ms = wait.as_millis() as u64, "status post failed; will retry");
+                metrics.status_post(&item.kind, "retry");
                 let attempt = if error.unreachable { Attempt::Unreachable } else { Attempt::Other };
                 (attempt, store.status_retry(item.id, now_ms() + wait.as_millis() as i64, &error.message).await)
             }
             Err(error) => {
                 tracing::error!(error = %error.message, "status post failed; giving up on it");
+                metrics.status_post(&item.kind, "failed");
                 (Attempt::Other, store.status_failed(item.id, &error.message).await)
             }
         };
@@ -157,4 +166,43 @@ async fn deliver(
     }
     .instrument(span.clone())
     .await
+}
+
+/// Creates the deployment's check run (remembering its id) or updates it.
+async fn post_check(
+    store: &dyn Store,
+    github: &Github,
+    deployment: &Deployment,
+    item: &OutboxItem,
+) -> Result<(), ApiError> {
+    let body = item.body.clone().unwrap_or_default();
+    match deployment.check_run_id {
+        Some(id) => {
+            github
+                .update_check_run(&deployment.repo, deployment.installation_id, id, &body)
+                .await
+        }
+        None => {
+            let name = format!("dropship / {}", deployment.environment);
+            let id = github
+                .create_check_run(
+                    &deployment.repo,
+                    deployment.installation_id,
+                    &name,
+                    &deployment.sha,
+                    &body,
+                )
+                .await?;
+            store
+                .set_check_run(deployment.id, id)
+                .await
+                .map_err(|e| ApiError {
+                    message: format!("recording check run {id}: {e:#}"),
+                    retriable: false,
+                    retry_after: None,
+                    unreachable: false,
+                    status: None,
+                })
+        }
+    }
 }

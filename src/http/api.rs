@@ -1,41 +1,101 @@
-//! The JSON API (`/api/...`), behind a bearer token from the config.
+//! The JSON API (`/api/...`): bearer tokens of the users in the config, each with a role
+//! (`viewer` reads, `deployer` acts, `admin` also reads the audit log). Every route is
+//! described by its `#[utoipa::path]`, and the router is built from the same annotations, so
+//! `/api/openapi.json` cannot drift from what is served.
 
 use axum::Json;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::auth::{Caller, User};
 use super::{AppState, HttpError, all_logs, same};
+use crate::config::Role;
+use crate::deploy::{ActionError, Cancelled, RunningApp, ServerReport};
 use crate::store::{
-    Deployment, ListFilter, LogLine, Millis, OutboxItem, State as DeploymentState, StepRun,
+    AuditEntry, Deployment, ListFilter, Lock, LogLine, Millis, OutboxItem,
+    State as DeploymentState, StepRun,
 };
 
-#[derive(Debug, Serialize)]
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Dropship API",
+        description = "Deployments, environments, servers, apps, locks and the audit log of a Dropship. Authenticate with `Authorization: Bearer TOKEN` (a token of a user in `[[api.users]]`).",
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every API route, with its OpenAPI description.
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(log))
+        .routes(routes!(cancel))
+        .routes(routes!(redeploy))
+        .routes(routes!(environments))
+        .routes(routes!(delete_environment))
+        .routes(routes!(rollback))
+        .routes(routes!(locks))
+        .routes(routes!(lock, unlock))
+        .routes(routes!(servers))
+        .routes(routes!(apps))
+        .routes(routes!(super::apps::api))
+        .routes(routes!(audit))
+}
+
+/// A deployment.
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct DeploymentJson {
-    id: i64,
+    pub(super) id: i64,
     github_deployment_id: Option<i64>,
     repo: String,
     environment: String,
     task: String,
     #[serde(rename = "ref")]
-    git_ref: String,
-    sha: String,
-    state: DeploymentState,
+    pub(super) git_ref: String,
+    pub(super) sha: String,
+    /// queued, running, success, failure, error or inactive.
+    #[schema(value_type = String)]
+    pub(super) state: DeploymentState,
     description: Option<String>,
     creator: Option<String>,
     environment_url: Option<String>,
     log_url: String,
     created_at: String,
     started_at: Option<String>,
-    finished_at: Option<String>,
+    pub(super) finished_at: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// One step on one server.
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct StepJson {
     index: i64,
     name: String,
     server: String,
+    /// pending, running, success, failure, timed_out, skipped or error.
+    #[schema(value_type = String)]
     state: crate::store::StepState,
     exit_code: Option<i64>,
     message: Option<String>,
@@ -43,8 +103,11 @@ pub(super) struct StepJson {
     finished_at: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A status (or check-run update) owed to GitHub, and whether it was delivered.
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct StatusJson {
+    /// `status` or `check`.
+    kind: String,
     state: String,
     description: String,
     delivered: bool,
@@ -52,12 +115,14 @@ pub(super) struct StatusJson {
     last_error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+/// A deployment with its steps, services and GitHub statuses.
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct DeploymentDetailJson {
     #[serde(flatten)]
     deployment: DeploymentJson,
     steps: Vec<StepJson>,
     /// Compose services as the deployment left them.
+    #[schema(value_type = Vec<Object>)]
     services: Vec<crate::store::Service>,
     github_statuses: Vec<StatusJson>,
 }
@@ -108,6 +173,7 @@ impl From<&StepRun> for StepJson {
 impl From<&OutboxItem> for StatusJson {
     fn from(o: &OutboxItem) -> Self {
         StatusJson {
+            kind: o.kind.clone(),
             state: o.state.clone(),
             description: o.description.clone(),
             delivered: o.delivered_at.is_some(),
@@ -117,33 +183,46 @@ impl From<&OutboxItem> for StatusJson {
     }
 }
 
-fn require_token(state: &AppState, headers: &HeaderMap) -> Result<(), HttpError> {
-    if state.has_api_token(headers) {
-        Ok(())
-    } else {
-        Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "this API needs `Authorization: Bearer <token>` with a token from [api] tokens",
-        ))
-    }
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    /// Only this repository (`owner/name`).
     repo: Option<String>,
+    /// Only this environment.
     environment: Option<String>,
+    /// Only deployments in this state.
+    state: Option<String>,
+    /// At most this many, newest first (default 50, at most 500).
     limit: Option<i64>,
 }
 
+pub(super) fn parse_state(text: Option<&str>) -> Result<Option<DeploymentState>, HttpError> {
+    match text.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(text) => DeploymentState::parse(text).map(Some).ok_or_else(|| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "state `{text}` is not one of queued, running, success, failure, error, inactive"
+                ),
+            )
+        }),
+    }
+}
+
+/// Recent deployments, newest first.
+#[utoipa::path(get, path = "/api/deployments", params(ListQuery), tag = "deployments",
+    responses((status = 200, body = Vec<DeploymentJson>), (status = 401), (status = 403)))]
 pub(super) async fn list(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Vec<DeploymentJson>>, HttpError> {
-    require_token(&state, &headers)?;
+    caller.api(Role::Viewer)?;
     let filter = ListFilter {
-        repo: query.repo,
-        environment: query.environment,
+        repo: query.repo.filter(|r| !r.is_empty()),
+        environment: query.environment.filter(|e| !e.is_empty()),
+        state: parse_state(query.state.as_deref())?,
         limit: query.limit.unwrap_or(50).clamp(1, 500),
     };
     let deployments = state.engine.store.list_deployments(&filter).await?;
@@ -155,7 +234,7 @@ pub(super) async fn list(
     ))
 }
 
-async fn find(state: &AppState, id: i64) -> Result<Deployment, HttpError> {
+pub(super) async fn find(state: &AppState, id: i64) -> Result<Deployment, HttpError> {
     state
         .engine
         .store
@@ -164,12 +243,16 @@ async fn find(state: &AppState, id: i64) -> Result<Deployment, HttpError> {
         .ok_or_else(|| HttpError::not_found(format!("no deployment {id}")))
 }
 
+/// One deployment with its steps, Compose services and GitHub statuses.
+#[utoipa::path(get, path = "/api/deployments/{id}", tag = "deployments",
+    params(("id" = i64, Path, description = "Dropship's deployment id")),
+    responses((status = 200, body = DeploymentDetailJson), (status = 401), (status = 403), (status = 404)))]
 pub(super) async fn show(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<DeploymentDetailJson>, HttpError> {
-    require_token(&state, &headers)?;
+    caller.api(Role::Viewer)?;
     let deployment = find(&state, id).await?;
     let steps = state.engine.store.steps(id).await?;
     let statuses = state.engine.store.statuses(id).await?;
@@ -182,17 +265,27 @@ pub(super) async fn show(
     }))
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct TokenQuery {
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct LogQuery {
+    /// The deployment's own capability token (from its `log_url`), instead of a bearer token.
     token: Option<String>,
+    /// Only lines after this sequence number.
+    after: Option<i64>,
+    /// Keep the answer open and send lines as they are stored, until the deployment ends.
+    #[serde(default)]
+    follow: bool,
 }
 
-/// The whole log as text. Accepts the API token or the deployment's own capability token.
+/// The deployment's log as text, one line each: time, server, step, stream, text.
+#[utoipa::path(get, path = "/api/deployments/{id}/log", tag = "deployments",
+    params(("id" = i64, Path, description = "Dropship's deployment id"), LogQuery),
+    responses((status = 200, content_type = "text/plain", body = String), (status = 401), (status = 403), (status = 404)))]
 pub(super) async fn log(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<i64>,
-    Query(query): Query<TokenQuery>,
+    Query(query): Query<LogQuery>,
 ) -> Result<Response, HttpError> {
     let deployment = find(&state, id).await?;
     let capability = query
@@ -200,14 +293,32 @@ pub(super) async fn log(
         .as_deref()
         .is_some_and(|t| same(t, &deployment.token));
     if !capability {
-        require_token(&state, &headers)?;
+        caller.api(Role::Viewer)?;
     }
-    let mut text = String::new();
-    for line in all_logs(&*state.engine.store, id, 0).await? {
-        text.push_str(&format_line(&line));
-        text.push('\n');
+    let after = query.after.unwrap_or(0);
+    if !query.follow {
+        let mut text = String::new();
+        for line in all_logs(&*state.engine.store, id, after).await? {
+            text.push_str(&format_line(&line));
+            text.push('\n');
+        }
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    let (sender, receiver) = tokio::sync::mpsc::channel::<LogLine>(1024);
+    tokio::spawn(super::pages::follow_lines(state, deployment, after, sender));
+    let stream = futures::StreamExt::map(
+        tokio_stream::wrappers::ReceiverStream::new(receiver),
+        |line| {
+            let mut text = format_line(&line);
+            text.push('\n');
+            Ok::<_, std::convert::Infallible>(text)
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 /// `2026-11-21T10:00:00.000Z web-1 build stdout | text`
@@ -222,7 +333,276 @@ pub(crate) fn format_line(line: &LogLine) -> String {
     )
 }
 
-#[derive(Debug, Serialize)]
+/// What an action did.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct ActionJson {
+    /// What happened, in a sentence.
+    message: String,
+    /// The GitHub deployment created, for redeploys and rollbacks.
+    github_deployment_id: Option<i64>,
+}
+
+impl ActionJson {
+    pub(super) fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+/// Cancels a deployment: a queued one ends `error` at once; a running one finishes the step
+/// under way and starts no other.
+#[utoipa::path(post, path = "/api/deployments/{id}/cancel", tag = "deployments",
+    params(("id" = i64, Path, description = "Dropship's deployment id")),
+    responses((status = 202, body = ActionJson), (status = 401), (status = 403), (status = 404), (status = 409, description = "it had ended")))]
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
+    let user = caller.api(Role::Deployer)?;
+    cancel_as(&state, &user, id).await
+}
+
+pub(super) async fn cancel_as(
+    state: &AppState,
+    user: &User,
+    id: i64,
+) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
+    let outcome = state
+        .engine
+        .cancel(id, &user.name)
+        .await?
+        .ok_or_else(|| HttpError::not_found(format!("no deployment {id}")))?;
+    let message = match outcome {
+        Cancelled::Queued => format!("deployment {id} cancelled before it started"),
+        Cancelled::Requested => {
+            format!("deployment {id} stops after the step under way")
+        }
+        Cancelled::Ended(ended) => {
+            return Err(HttpError::new(
+                StatusCode::CONFLICT,
+                format!("deployment {id} has ended ({ended}); nothing to cancel"),
+            ));
+        }
+    };
+    state
+        .audit(&user.name, "cancel", &format!("deployment {id}"), &message)
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ActionJson {
+            message,
+            github_deployment_id: None,
+        }),
+    ))
+}
+
+fn action_error(error: ActionError) -> HttpError {
+    match error {
+        ActionError::Refused(message) => HttpError::new(StatusCode::CONFLICT, message),
+        ActionError::Github(error) => HttpError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("GitHub refused to create the deployment: {}", error.message),
+        ),
+        ActionError::Internal(error) => HttpError::Internal(error),
+    }
+}
+
+/// Deploys the same commit, task and environment again, as a new GitHub deployment.
+#[utoipa::path(post, path = "/api/deployments/{id}/redeploy", tag = "deployments",
+    params(("id" = i64, Path, description = "Dropship's deployment id")),
+    responses((status = 202, body = ActionJson), (status = 401), (status = 403), (status = 404), (status = 502, description = "GitHub refused")))]
+pub(super) async fn redeploy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
+    let user = caller.api(Role::Deployer)?;
+    redeploy_as(&state, &user, id).await
+}
+
+pub(super) async fn redeploy_as(
+    state: &AppState,
+    user: &User,
+    id: i64,
+) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
+    let deployment = find(state, id).await?;
+    let created = state
+        .engine
+        .redeploy(&deployment, &user.name)
+        .await
+        .map_err(action_error)?;
+    let message = format!(
+        "created GitHub deployment {} of {} at {} to {}",
+        created.id,
+        deployment.repo,
+        deployment.sha.get(..7).unwrap_or(&deployment.sha),
+        deployment.environment
+    );
+    state
+        .audit(
+            &user.name,
+            "redeploy",
+            &format!("deployment {id}"),
+            &message,
+        )
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ActionJson {
+            message,
+            github_deployment_id: Some(created.id),
+        }),
+    ))
+}
+
+/// An environment: what runs there and since when.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct EnvironmentJson {
+    repo: String,
+    environment: String,
+    /// The deployment live there (the newest that succeeded).
+    live: Option<DeploymentJson>,
+    /// The newest deployment, whatever its state.
+    latest: DeploymentJson,
+    url: Option<String>,
+    lock: Option<LockJson>,
+}
+
+impl EnvironmentJson {
+    pub(super) fn repo(&self) -> &str {
+        &self.repo
+    }
+    pub(super) fn name(&self) -> &str {
+        &self.environment
+    }
+    pub(super) fn live(&self) -> Option<&DeploymentJson> {
+        self.live.as_ref()
+    }
+    pub(super) fn latest(&self) -> &DeploymentJson {
+        &self.latest
+    }
+    pub(super) fn url(&self) -> Option<&str> {
+        self.url.as_deref()
+    }
+    /// Who locked it, and why.
+    pub(super) fn lock(&self) -> Option<(&str, &str)> {
+        self.lock
+            .as_ref()
+            .map(|l| (l.locked_by.as_str(), l.reason.as_str()))
+    }
+}
+
+/// A locked environment.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct LockJson {
+    repo: String,
+    environment: String,
+    locked_by: String,
+    reason: String,
+    locked_at: String,
+}
+
+impl From<&Lock> for LockJson {
+    fn from(lock: &Lock) -> Self {
+        LockJson {
+            repo: lock.repo.clone(),
+            environment: lock.environment.clone(),
+            locked_by: lock.locked_by.clone(),
+            reason: lock.reason.clone(),
+            locked_at: time(lock.locked_at),
+        }
+    }
+}
+
+pub(super) async fn environment_list(state: &AppState) -> Result<Vec<EnvironmentJson>, HttpError> {
+    let latest = state.engine.store.latest_per_environment(None).await?;
+    let live = state
+        .engine
+        .store
+        .latest_per_environment(Some(DeploymentState::Success))
+        .await?;
+    let locks = state.engine.store.locks().await?;
+    Ok(latest
+        .iter()
+        .map(|d| {
+            let live = live
+                .iter()
+                .find(|l| l.repo == d.repo && l.environment == d.environment);
+            EnvironmentJson {
+                repo: d.repo.clone(),
+                environment: d.environment.clone(),
+                url: live.and_then(|l| l.environment_url.clone()),
+                live: live.map(|l| DeploymentJson::new(state, l)),
+                latest: DeploymentJson::new(state, d),
+                lock: locks
+                    .iter()
+                    .find(|l| l.repo == d.repo && l.environment == d.environment)
+                    .map(LockJson::from),
+            }
+        })
+        .collect())
+}
+
+/// Every environment that has seen a deployment: what version runs there, since when, its
+/// URL and lock.
+#[utoipa::path(get, path = "/api/environments", tag = "environments",
+    responses((status = 200, body = Vec<EnvironmentJson>), (status = 401), (status = 403)))]
+pub(super) async fn environments(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<EnvironmentJson>>, HttpError> {
+    caller.api(Role::Viewer)?;
+    Ok(Json(environment_list(&state).await?))
+}
+
+/// Creates a GitHub deployment with task `rollback` for the environment (the manifest's
+/// rollback; for containers, the previous version, health-gated).
+#[utoipa::path(post, path = "/api/environments/{owner}/{repo}/{environment}/rollback", tag = "environments",
+    params(("owner" = String, Path), ("repo" = String, Path), ("environment" = String, Path)),
+    responses((status = 202, body = ActionJson), (status = 401), (status = 403), (status = 409, description = "never deployed"), (status = 502, description = "GitHub refused")))]
+pub(super) async fn rollback(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name, environment)): Path<(String, String, String)>,
+) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
+    let user = caller.api(Role::Deployer)?;
+    rollback_as(&state, &user, &format!("{owner}/{name}"), &environment).await
+}
+
+pub(super) async fn rollback_as(
+    state: &AppState,
+    user: &User,
+    repo: &str,
+    environment: &str,
+) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
+    let created = state
+        .engine
+        .rollback(repo, environment, &user.name)
+        .await
+        .map_err(action_error)?;
+    let message = format!(
+        "created GitHub deployment {} of {repo} to {environment}: task rollback",
+        created.id
+    );
+    state
+        .audit(
+            &user.name,
+            "rollback",
+            &format!("{repo} {environment}"),
+            &message,
+        )
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ActionJson {
+            message,
+            github_deployment_id: Some(created.id),
+        }),
+    ))
+}
+
+/// What a teardown removed.
+#[derive(Debug, Serialize, ToSchema)]
 pub(super) struct TeardownJson {
     repo: String,
     environment: String,
@@ -230,14 +610,16 @@ pub(super) struct TeardownJson {
     inactive_deployments: usize,
 }
 
-/// `DELETE /api/environments/{owner}/{repo}/{environment}`: removes the environment's
-/// containers and routes, and ends its deployments `inactive`.
+/// Removes the environment's containers and routes, and ends its deployments `inactive`.
+#[utoipa::path(delete, path = "/api/environments/{owner}/{repo}/{environment}", tag = "environments",
+    params(("owner" = String, Path), ("repo" = String, Path), ("environment" = String, Path)),
+    responses((status = 200, body = TeardownJson), (status = 401), (status = 403), (status = 404), (status = 502, description = "a server refused")))]
 pub(super) async fn delete_environment(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((owner, name, environment)): Path<(String, String, String)>,
 ) -> Result<Json<TeardownJson>, HttpError> {
-    require_token(&state, &headers)?;
+    let user = caller.api(Role::Deployer)?;
     let repo = format!("{owner}/{name}");
     if state.engine.config.repo(&repo).is_none() {
         return Err(HttpError::not_found(format!(
@@ -249,10 +631,234 @@ pub(super) async fn delete_environment(
         .teardown(&repo, &environment)
         .await
         .map_err(|e| HttpError::new(StatusCode::BAD_GATEWAY, format!("tearing down: {e:#}")))?;
+    state
+        .audit(
+            &user.name,
+            "teardown",
+            &format!("{repo} {environment}"),
+            &format!("{removed} containers removed, {inactive} deployments inactive"),
+        )
+        .await;
     Ok(Json(TeardownJson {
         repo,
         environment,
         removed_containers: removed,
         inactive_deployments: inactive,
     }))
+}
+
+/// Every locked environment.
+#[utoipa::path(get, path = "/api/locks", tag = "environments",
+    responses((status = 200, body = Vec<LockJson>), (status = 401), (status = 403)))]
+pub(super) async fn locks(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<LockJson>>, HttpError> {
+    caller.api(Role::Viewer)?;
+    let locks = state.engine.store.locks().await?;
+    Ok(Json(locks.iter().map(LockJson::from).collect()))
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub(super) struct LockBody {
+    /// Why; shown to whoever's deployment the lock refuses.
+    #[serde(default)]
+    reason: String,
+}
+
+/// Locks an environment: deployments to it end `error` (but those its locker creates) until
+/// it is unlocked.
+#[utoipa::path(put, path = "/api/environments/{owner}/{repo}/{environment}/lock", tag = "environments",
+    params(("owner" = String, Path), ("repo" = String, Path), ("environment" = String, Path)),
+    request_body(content = LockBody, description = "optional"),
+    responses((status = 200, body = LockJson), (status = 401), (status = 403), (status = 409, body = LockJson, description = "locked already")))]
+pub(super) async fn lock(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name, environment)): Path<(String, String, String)>,
+    body: Option<Json<LockBody>>,
+) -> Result<Response, HttpError> {
+    let user = caller.api(Role::Deployer)?;
+    let reason = body.map(|Json(b)| b.reason).unwrap_or_default();
+    lock_as(
+        &state,
+        &user,
+        &format!("{owner}/{name}"),
+        &environment,
+        &reason,
+    )
+    .await
+}
+
+pub(super) async fn lock_as(
+    state: &AppState,
+    user: &User,
+    repo: &str,
+    environment: &str,
+    reason: &str,
+) -> Result<Response, HttpError> {
+    let reason = if reason.trim().is_empty() {
+        "no reason given"
+    } else {
+        reason.trim()
+    };
+    match state
+        .engine
+        .lock(repo, environment, &user.name, reason)
+        .await?
+    {
+        Ok(lock) => {
+            state
+                .audit(&user.name, "lock", &format!("{repo} {environment}"), reason)
+                .await;
+            Ok(Json(LockJson::from(&lock)).into_response())
+        }
+        Err(existing) => {
+            Ok((StatusCode::CONFLICT, Json(LockJson::from(&existing))).into_response())
+        }
+    }
+}
+
+/// Unlocks an environment.
+#[utoipa::path(delete, path = "/api/environments/{owner}/{repo}/{environment}/lock", tag = "environments",
+    params(("owner" = String, Path), ("repo" = String, Path), ("environment" = String, Path)),
+    responses((status = 204), (status = 401), (status = 403), (status = 404, description = "not locked")))]
+pub(super) async fn unlock(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((owner, name, environment)): Path<(String, String, String)>,
+) -> Result<StatusCode, HttpError> {
+    let user = caller.api(Role::Deployer)?;
+    unlock_as(&state, &user, &format!("{owner}/{name}"), &environment).await
+}
+
+pub(super) async fn unlock_as(
+    state: &AppState,
+    user: &User,
+    repo: &str,
+    environment: &str,
+) -> Result<StatusCode, HttpError> {
+    if !state.engine.store.unlock(repo, environment).await? {
+        return Err(HttpError::not_found(format!(
+            "{repo} {environment} is not locked"
+        )));
+    }
+    state
+        .audit(&user.name, "unlock", &format!("{repo} {environment}"), "")
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Every configured server, asked now: reachability, host-key checking, Docker engine and the
+/// apps running there.
+#[utoipa::path(get, path = "/api/servers", tag = "servers",
+    responses((status = 200, body = Vec<ServerReport>), (status = 401), (status = 403)))]
+pub(super) async fn servers(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<ServerReport>>, HttpError> {
+    caller.api(Role::Viewer)?;
+    Ok(Json(state.engine.survey(SURVEY_LIMIT).await))
+}
+
+/// How long a server may take to answer the servers page or API.
+pub(super) const SURVEY_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Every container Dropship runs, on every server with a Docker engine.
+#[utoipa::path(get, path = "/api/apps", tag = "apps",
+    responses((status = 200, body = Vec<AppJson>), (status = 401), (status = 403)))]
+pub(super) async fn apps(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<AppJson>>, HttpError> {
+    caller.api(Role::Viewer)?;
+    Ok(Json(app_list(&state).await))
+}
+
+/// A container of an app, on a server.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct AppJson {
+    server: String,
+    #[serde(flatten)]
+    app: RunningApp,
+}
+
+impl AppJson {
+    pub(super) fn server(&self) -> &str {
+        &self.server
+    }
+    pub(super) fn app(&self) -> &RunningApp {
+        &self.app
+    }
+}
+
+pub(super) async fn app_list(state: &AppState) -> Vec<AppJson> {
+    let mut apps: Vec<AppJson> = state
+        .engine
+        .survey(SURVEY_LIMIT)
+        .await
+        .into_iter()
+        .flat_map(|report| {
+            let server = report.name;
+            report.apps.into_iter().map(move |app| AppJson {
+                server: server.clone(),
+                app,
+            })
+        })
+        .collect();
+    apps.sort_by(|a, b| {
+        (&a.app.repo, &a.app.environment, &a.app.app, &a.server).cmp(&(
+            &b.app.repo,
+            &b.app.environment,
+            &b.app.app,
+            &b.server,
+        ))
+    });
+    apps
+}
+
+/// An audit log entry.
+#[derive(Debug, Serialize, ToSchema)]
+pub(super) struct AuditJson {
+    at: String,
+    actor: String,
+    action: String,
+    target: String,
+    detail: String,
+}
+
+impl From<&AuditEntry> for AuditJson {
+    fn from(entry: &AuditEntry) -> Self {
+        AuditJson {
+            at: time(entry.at),
+            actor: entry.actor.clone(),
+            action: entry.action.clone(),
+            target: entry.target.clone(),
+            detail: entry.detail.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(super) struct AuditQuery {
+    /// At most this many, newest first (default 200, at most 1000).
+    limit: Option<i64>,
+}
+
+/// Who did what, when: every action taken through the API or the dashboard (admins only).
+#[utoipa::path(get, path = "/api/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = Vec<AuditJson>), (status = 401), (status = 403)))]
+pub(super) async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(query): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditJson>>, HttpError> {
+    caller.api(Role::Admin)?;
+    let entries = state
+        .engine
+        .store
+        .audit_log(query.limit.unwrap_or(200).clamp(1, 1000))
+        .await?;
+    Ok(Json(entries.iter().map(AuditJson::from).collect()))
 }

@@ -1,7 +1,7 @@
 //! Container logs per app: `GET /api/apps/{owner}/{repo}/{environment}/logs` (NDJSON, with
 //! `since`, `after` and `follow`) and the live page `GET /apps/{owner}/{repo}/{environment}/logs`
-//! (server-sent events at `.../logs/events`). Both need an API token (bearer, or `?token=` for
-//! a browser).
+//! (server-sent events at `.../logs/events`). The API takes a viewer's bearer token; the page
+//! a signed-in viewer.
 
 use std::convert::Infallible;
 
@@ -11,19 +11,22 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{PreEscaped, html};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{AppState, HttpError, same};
+use super::auth::Caller;
+use super::{AppState, HttpError};
+use crate::config::Role;
 use crate::store::AppLogLine;
 
 /// Lines read from the store per page.
 const PAGE: i64 = 5000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct LogsQuery {
     /// Lines at or after this time: RFC 3339 (`2026-11-22T10:00:00Z`) or Unix seconds.
     since: Option<String>,
@@ -32,7 +35,6 @@ pub(super) struct LogsQuery {
     /// Keep the answer open and send new lines as they come.
     #[serde(default)]
     follow: bool,
-    token: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -81,26 +83,6 @@ fn parse_since(since: Option<&str>) -> Result<i64, HttpError> {
                 ),
             )
         })
-}
-
-fn authorize(state: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<(), HttpError> {
-    let by_query = token.is_some_and(|given| {
-        state
-            .engine
-            .config
-            .api
-            .tokens
-            .iter()
-            .any(|t| same(secrecy::ExposeSecret::expose_secret(t), given))
-    });
-    if by_query || state.has_api_token(headers) {
-        Ok(())
-    } else {
-        Err(HttpError::new(
-            StatusCode::UNAUTHORIZED,
-            "an API token is required (Authorization: Bearer ..., or ?token= in a browser)",
-        ))
-    }
 }
 
 /// Sends `repo`'s lines after `after` (and at or after `since`) to `sender`, then, when
@@ -163,14 +145,18 @@ async fn feed(
     }
 }
 
-/// NDJSON: one JSON object per line.
+/// An app's container logs as NDJSON (one JSON object a line: id, time, app, server,
+/// container, stream, line).
+#[utoipa::path(get, path = "/api/apps/{owner}/{repo}/{environment}/logs", tag = "apps",
+    params(("owner" = String, Path), ("repo" = String, Path), ("environment" = String, Path), LogsQuery),
+    responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 400), (status = 401), (status = 403)))]
 pub(super) async fn api(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((owner, name, environment)): Path<(String, String, String)>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Response, HttpError> {
-    authorize(&state, &headers, query.token.as_deref())?;
+    caller.api(Role::Viewer)?;
     let since = parse_since(query.since.as_deref())?;
     let (sender, receiver) = mpsc::channel(1024);
     tokio::spawn(feed(
@@ -195,11 +181,16 @@ pub(super) async fn api(
 /// The live page.
 pub(super) async fn page(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((owner, name, environment)): Path<(String, String, String)>,
-    Query(query): Query<LogsQuery>,
-) -> Result<Markup, HttpError> {
-    authorize(&state, &headers, query.token.as_deref())?;
+) -> Result<Response, HttpError> {
+    let user = match caller.page(
+        Role::Viewer,
+        &format!("/apps/{owner}/{name}/{environment}/logs"),
+    ) {
+        Ok(user) => user,
+        Err(refusal) => return Ok(refusal.into_response()),
+    };
     let repo = format!("{owner}/{name}");
     // The page shows the newest lines and follows from there.
     let lines = state
@@ -208,62 +199,43 @@ pub(super) async fn page(
         .app_logs_tail(&repo, &environment, 1000)
         .await?;
     let after = lines.last().map_or(0, |l| l.id);
-    let token = query.token.unwrap_or_default();
-    Ok(html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (repo) " · " (environment) " logs — dropship" }
-                style { (PreEscaped(STYLE)) }
-            }
-            body {
-                h1 { (repo) " → " (environment) }
-                p.meta { "container logs, newest last; live" }
-                pre #log {
-                    @for line in &lines {
-                        span class={"line " (line.stream)} {
-                            span.app { (line.app) "@" (line.server) }
-                            " " (line.line) "\n"
-                        }
-                    }
-                }
-                script {
-                    (PreEscaped(format!(
-                        "const EVENTS={events};let AFTER={after};",
-                        events = serde_json::to_string(&format!(
-                            "/apps/{owner}/{name}/{environment}/logs/events?token={}",
-                            urlencode(&token)
-                        ))
-                        .unwrap_or_default(),
-                    )))
-                    (PreEscaped(SCRIPT))
+    let body = html! {
+        h1 { (repo) " → " (environment) }
+        p.meta { "container logs, newest last; live" }
+        pre #log {
+            @for line in &lines {
+                span class={"line " (line.stream)} {
+                    span.app { (line.app) "@" (line.server) }
+                    " " (line.line) "\n"
                 }
             }
         }
-    })
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+        script {
+            (PreEscaped(format!(
+                "const EVENTS={events};let AFTER={after};",
+                events = serde_json::to_string(&format!(
+                    "/apps/{owner}/{name}/{environment}/logs/events"
+                ))
+                .unwrap_or_default(),
+            )))
+            (PreEscaped(SCRIPT))
+        }
+    };
+    Ok(
+        super::dashboard::layout(&format!("{repo} {environment} logs"), &user, "apps", body)
+            .into_response(),
+    )
 }
 
 /// Server-sent `line` events for the page.
 pub(super) async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Path((owner, name, environment)): Path<(String, String, String)>,
     Query(query): Query<LogsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, HttpError> {
-    authorize(&state, &headers, query.token.as_deref())?;
+    caller.api(Role::Viewer)?;
     let after = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -289,17 +261,10 @@ pub(super) async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-const STYLE: &str = r#"
-body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1rem;color:#1b1f24}
-h1{font-size:1.3rem;margin:.2rem 0}.meta{color:#57606a}
-pre{background:#0d1117;color:#e6edf3;padding:.7rem;border-radius:6px;overflow-x:auto;font-size:13px;line-height:1.4}
-.line.stderr{color:#ffa198}.app{color:#8b949e}
-"#;
-
 const SCRIPT: &str = r#"
 (function(){
   const log=document.getElementById('log');
-  const src=new EventSource(EVENTS+'&after='+AFTER);
+  const src=new EventSource(EVENTS+'?after='+AFTER);
   src.addEventListener('line',e=>{const l=JSON.parse(e.data);if(l.id<=AFTER)return;AFTER=l.id;
     const s=document.createElement('span');s.className='line '+l.stream;
     const a=document.createElement('span');a.className='app';a.textContent=l.app+'@'+l.server;

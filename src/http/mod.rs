@@ -6,21 +6,21 @@
 
 mod api;
 mod apps;
+pub mod auth;
+mod dashboard;
 mod error;
 mod pages;
 mod webhook;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderMap;
 use axum::routing::{get, post};
-use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
 pub use error::HttpError;
 
 use crate::deploy::{Engine, Queue};
-use crate::store::{LogLine, Store};
+pub(crate) use crate::store::all_logs;
 
 /// What handlers share.
 #[derive(Debug, Clone)]
@@ -32,32 +32,58 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let max_body = state.engine.config.server.max_body_bytes;
+    let (api, openapi) = api::routes().split_for_parts();
+    let openapi = std::sync::Arc::new(openapi);
     Router::new()
         .route(
             "/webhooks/github",
             post(webhook::github).layer(DefaultBodyLimit::max(max_body)),
         )
+        .route("/", get(dashboard::deployments))
+        .route("/login", get(dashboard::login_form).post(dashboard::login))
+        .route("/logout", post(dashboard::logout))
+        .route("/environments", get(dashboard::environments))
+        .route("/servers", get(dashboard::servers))
+        .route("/apps", get(dashboard::apps))
+        .route("/audit", get(dashboard::audit))
         .route("/deployments/{id}", get(pages::deployment))
         .route("/deployments/{id}/events", get(pages::events))
-        .route("/api/deployments", get(api::list))
-        .route("/api/deployments/{id}", get(api::show))
-        .route("/api/deployments/{id}/log", get(api::log))
+        .route("/deployments/{id}/cancel", post(dashboard::cancel))
+        .route("/deployments/{id}/redeploy", post(dashboard::redeploy))
+        .route(
+            "/environments/{owner}/{repo}/{environment}/{action}",
+            post(dashboard::environment_action),
+        )
         .route("/apps/{owner}/{repo}/{environment}/logs", get(apps::page))
         .route(
             "/apps/{owner}/{repo}/{environment}/logs/events",
             get(apps::events),
         )
+        .merge(api)
         .route(
-            "/api/apps/{owner}/{repo}/{environment}/logs",
-            get(apps::api),
+            "/api/openapi.json",
+            get(move || {
+                let openapi = openapi.clone();
+                async move { axum::Json(openapi) }
+            }),
         )
-        .route(
-            "/api/environments/{owner}/{repo}/{environment}",
-            axum::routing::delete(api::delete_environment),
-        )
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .with_state(state)
+}
+
+/// Prometheus' text format.
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.engine.metrics.render(),
+    )
 }
 
 /// Ready when the database answers: intake can record deliveries. (`/healthz` only says the
@@ -82,39 +108,7 @@ async fn ready(
     }
 }
 
-/// Every log line of a deployment after `after`, read in pages.
-async fn all_logs(store: &dyn Store, id: i64, mut after: i64) -> anyhow::Result<Vec<LogLine>> {
-    let mut lines = Vec::new();
-    loop {
-        let page = store.logs(id, after, 5000).await?;
-        let Some(last) = page.last() else {
-            return Ok(lines);
-        };
-        after = last.seq;
-        lines.extend(page);
-    }
-}
-
 /// Constant-time string equality, for tokens.
 fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
-}
-
-impl AppState {
-    /// Whether the request carries one of the configured API bearer tokens.
-    fn has_api_token(&self, headers: &HeaderMap) -> bool {
-        let Some(given) = headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-        else {
-            return false;
-        };
-        self.engine
-            .config
-            .api
-            .tokens
-            .iter()
-            .any(|token| same(token.expose_secret(), given.trim()))
-    }
 }

@@ -11,14 +11,18 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{Markup, PreEscaped, html};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::api::time;
+use axum::response::{IntoResponse, Response};
+
+use super::auth::{Caller, User};
 use super::{AppState, HttpError, all_logs, same};
+use crate::config::Role;
 use crate::deploy::format_elapsed;
 use crate::logs::Event;
 use crate::store::{Deployment, LogLine, Service, StepRun, StepState};
@@ -29,15 +33,17 @@ pub(super) struct PageQuery {
     after: Option<i64>,
 }
 
+/// The deployment, if the link's token is its own or the caller may view deployments.
 async fn authorize(
     state: &AppState,
-    headers: &HeaderMap,
+    caller: &Caller,
     id: i64,
     token: Option<&str>,
 ) -> Result<Deployment, HttpError> {
     let deployment = state.engine.store.deployment(id).await?;
+    let signed_in = caller.0.as_ref().is_some_and(|u| u.may(Role::Viewer));
     let allowed = match &deployment {
-        Some(d) => token.is_some_and(|t| same(t, &d.token)) || state.has_api_token(headers),
+        Some(d) => token.is_some_and(|t| same(t, &d.token)) || signed_in,
         None => false,
     };
     match (deployment, allowed) {
@@ -52,21 +58,40 @@ async fn authorize(
 
 pub(super) async fn deployment(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<i64>,
     Query(query): Query<PageQuery>,
-) -> Result<Markup, HttpError> {
-    let deployment = authorize(&state, &headers, id, query.token.as_deref()).await?;
+) -> Result<Response, HttpError> {
+    if query.token.is_none() && caller.0.is_none() {
+        // No link token and not signed in: sign in first, then come back.
+        return Ok(caller
+            .page(Role::Viewer, &format!("/deployments/{id}"))
+            .err()
+            .map_or_else(
+                || StatusCode::NOT_FOUND.into_response(),
+                IntoResponse::into_response,
+            ));
+    }
+    let deployment = authorize(&state, &caller, id, query.token.as_deref()).await?;
     let steps = state.engine.store.steps(id).await?;
     let services = state.engine.store.services(id).await?;
     let lines = all_logs(&*state.engine.store, id, 0).await?;
-    Ok(render(
+    let body = render(
         &deployment,
         &steps,
         &services,
         &lines,
         query.token.as_deref().unwrap_or_default(),
-    ))
+        caller.0.as_ref(),
+        &state.engine.config.github_web_url(),
+    );
+    Ok(match caller.0.as_ref() {
+        Some(user) => {
+            super::dashboard::layout(&format!("deployment {id}"), user, "deployments", body)
+        }
+        None => super::dashboard::bare(&format!("deployment {id}"), body),
+    }
+    .into_response())
 }
 
 fn state_class(state: &str) -> &'static str {
@@ -92,12 +117,15 @@ fn step_cell(step: &StepRun) -> String {
     text
 }
 
+#[allow(clippy::too_many_arguments)]
 fn render(
     deployment: &Deployment,
     steps: &[StepRun],
     services: &[Service],
     lines: &[LogLine],
     token: &str,
+    user: Option<&User>,
+    github_web: &str,
 ) -> Markup {
     let mut servers: Vec<&str> = Vec::new();
     let mut rows: Vec<(i64, &str)> = Vec::new();
@@ -114,127 +142,131 @@ fn render(
         _ => String::new(),
     };
     let last_seq = lines.last().map_or(0, |l| l.seq);
-    let title = format!(
-        "{} · {} · {}",
-        deployment.repo, deployment.environment, deployment.task
-    );
+    let deployer = user.is_some_and(|u| u.may(Role::Deployer));
+    let repo_url = format!("{github_web}/{}", deployment.repo);
     html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " — dropship" }
-                style { (PreEscaped(STYLE)) }
+        header {
+            h1 { (deployment.repo) " → " (deployment.environment) }
+            p.meta {
+                "task " code { (deployment.task) } " · ref " code { (deployment.git_ref) }
+                " · " a href={(repo_url) "/commit/" (deployment.sha)} { code title=(deployment.sha) { (deployment.sha.get(..7).unwrap_or(&deployment.sha)) } }
+                @if let Some(creator) = &deployment.creator { " · by " (creator) }
+                " · created " (time(deployment.created_at))
             }
-            body {
-                header {
-                    h1 { (deployment.repo) " → " (deployment.environment) }
-                    p.meta {
-                        "task " code { (deployment.task) } " · ref " code { (deployment.git_ref) }
-                        " · " code title=(deployment.sha) { (deployment.sha.get(..7).unwrap_or(&deployment.sha)) }
-                        @if let Some(creator) = &deployment.creator { " · by " (creator) }
-                        " · created " (time(deployment.created_at))
-                    }
-                    p {
-                        span #state class={"badge " (state_class(deployment.state.as_str()))} { (deployment.state.as_str()) }
-                        " " span #description { (deployment.state_description.as_deref().unwrap_or("")) }
-                        @if !duration.is_empty() { " " span #duration.meta { "· took " (duration) } }
-                    }
-                    @if let Some(url) = &deployment.environment_url {
-                        p { "environment: " a href=(url) { (url) } }
-                    }
+            p {
+                span #state class={"badge " (state_class(deployment.state.as_str()))} { (deployment.state.as_str()) }
+                " " span #description { (deployment.state_description.as_deref().unwrap_or("")) }
+                @if !duration.is_empty() { " " span #duration.meta { "· took " (duration) } }
+            }
+            p.meta {
+                @if let Some(url) = &deployment.environment_url {
+                    "environment: " a href=(url) { (url) } " · "
                 }
-                section {
-                    h2 { "Steps" }
-                    table #grid {
-                        thead { tr { th { "step" } @for server in &servers { th data-server=(server) { (server) } } } }
-                        tbody {
-                            @for (index, name) in &rows {
-                                tr data-step=(index) {
-                                    th { (name) }
-                                    @for server in &servers {
-                                        @let cell = steps.iter().find(|s| s.step_index == *index && s.server == *server);
-                                        @match cell {
-                                            Some(step) => td id={"cell-" (index) "-" (server)} class=(state_class(step.state.as_str())) { (step_cell(step)) },
-                                            None => td id={"cell-" (index) "-" (server)} { "" },
-                                        }
-                                    }
-                                }
-                            }
+                "GitHub: " a href={(repo_url) "/deployments/" (deployment.environment)} { "deployments" }
+                " · " a href={(repo_url) "/commit/" (deployment.sha)} { "commit" }
+            }
+            @if deployer {
+                div.actions {
+                    @if !deployment.state.is_final() {
+                        form method="post" action={"/deployments/" (deployment.id) "/cancel"} {
+                            button #cancel type="submit" { "Cancel" }
                         }
                     }
-                }
-                @if !services.is_empty() {
-                    section {
-                        h2 { "Services" }
-                        table #services {
-                            thead { tr { th { "server" } th { "project" } th { "service" } th { "container" } th { "state" } } }
-                            tbody {
-                                @for service in services {
-                                    tr {
-                                        td { (service.server) } td { (service.project) } td { (service.service) }
-                                        td { code { (service.container) } }
-                                        td class=(if service.state == "running" { "ok" } else { "bad" }) { (service.state) " · " (service.status) }
-                                    }
-                                }
-                            }
-                        }
+                    form method="post" action={"/deployments/" (deployment.id) "/redeploy"} {
+                        button #redeploy type="submit" { "Redeploy this version" }
                     }
-                }
-                section {
-                    h2 { "Log" }
-                    pre #log {
-                        @for line in lines {
-                            (log_line(line))
-                        }
-                    }
-                }
-                script {
-                    (PreEscaped(format!(
-                        "const DEPLOYMENT={id};const TOKEN={token};let AFTER={last_seq};const FINAL={final_state};",
-                        id = deployment.id,
-                        token = serde_json::to_string(token).unwrap_or_default(),
-                        final_state = deployment.state.is_final(),
-                    )))
-                    (PreEscaped(SCRIPT))
                 }
             }
         }
+        section {
+            h2 { "Steps" }
+            table #grid {
+                thead { tr { th { "step" } @for server in &servers { th data-server=(server) { (server) } } } }
+                tbody {
+                    @for (index, name) in &rows {
+                        tr data-step=(index) {
+                            th { (name) }
+                            @for server in &servers {
+                                @let cell = steps.iter().find(|s| s.step_index == *index && s.server == *server);
+                                @match cell {
+                                    Some(step) => td id={"cell-" (index) "-" (server)} class=(state_class(step.state.as_str())) { (step_cell(step)) },
+                                    None => td id={"cell-" (index) "-" (server)} { "" },
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if !services.is_empty() {
+            section {
+                h2 { "Services" }
+                table #services {
+                    thead { tr { th { "server" } th { "project" } th { "service" } th { "container" } th { "state" } } }
+                    tbody {
+                        @for service in services {
+                            tr {
+                                td { (service.server) } td { (service.project) } td { (service.service) }
+                                td { code { (service.container) } }
+                                td class=(if service.state == "running" { "ok" } else { "bad" }) { (service.state) " · " (service.status) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section {
+            h2 { "Log" }
+            input #filter type="search" placeholder="filter the log (text or server)" autocomplete="off";
+            pre #log {
+                @for line in lines {
+                    (log_line(line))
+                }
+            }
+        }
+        script {
+            (PreEscaped(format!(
+                "const DEPLOYMENT={id};const TOKEN={token};let AFTER={last_seq};const FINAL={final_state};",
+                id = deployment.id,
+                token = serde_json::to_string(token).unwrap_or_default(),
+                final_state = deployment.state.is_final(),
+            )))
+            (PreEscaped(SCRIPT))
+        }
     }
+}
+
+/// A stable color per server name, so each server's lines are told apart at a glance.
+fn server_hue(server: &str) -> u32 {
+    server
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+        % 360
 }
 
 fn log_line(line: &LogLine) -> Markup {
     html! {
         span class={"line " (line.stream)} data-seq=(line.seq) {
-            span.server { (line.server.as_deref().unwrap_or("dropship")) }
+            span.server style={"color:hsl(" (server_hue(line.server.as_deref().unwrap_or("dropship"))) ",70%,70%)"} { (line.server.as_deref().unwrap_or("dropship")) }
             " " (line.line) "\n"
         }
     }
 }
 
-const STYLE: &str = r#"
-body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1100px;padding:1rem;color:#1b1f24;background:#fff}
-h1{font-size:1.3rem;margin:.2rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem}
-.meta{color:#57606a;margin:.2rem 0}code{font-size:.9em}
-.badge{display:inline-block;padding:.1rem .5rem;border-radius:1rem;font-weight:600;color:#fff;background:#8c959f}
-.ok{background:#dafbe1}.bad{background:#ffebe9}.run{background:#fff8c5}.wait{background:#f6f8fa}
-.badge.ok{background:#1a7f37}.badge.bad{background:#cf222e}.badge.run{background:#9a6700}
-table{border-collapse:collapse;width:100%;overflow-x:auto;display:block}th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;white-space:nowrap}
-pre{background:#0d1117;color:#e6edf3;padding:.7rem;border-radius:6px;overflow-x:auto;font-size:13px;line-height:1.4}
-.line.stderr{color:#ffa198}.line.dropship{color:#79c0ff}.server{color:#8b949e;display:inline-block;min-width:6ch}
-"#;
-
 const SCRIPT: &str = r#"
 (function(){
-  if (FINAL) return;
   const log=document.getElementById('log');
+  const filter=document.getElementById('filter');
+  const hue=n=>{let h=7;for(const c of new TextEncoder().encode(n)){h=(Math.imul(h,31)+c)>>>0;}return h%360;};
+  const show=s=>{const q=filter.value.toLowerCase();s.hidden=q!==''&&!s.textContent.toLowerCase().includes(q);};
+  filter.addEventListener('input',()=>{for(const s of log.children){show(s);}});
+  if (FINAL) return;
   const cls=s=>({success:'ok',failure:'bad',error:'bad',timed_out:'bad',running:'run'}[s]||'wait');
   const src=new EventSource('/deployments/'+DEPLOYMENT+'/events?token='+encodeURIComponent(TOKEN)+'&after='+AFTER);
   src.addEventListener('log',e=>{const l=JSON.parse(e.data);if(l.seq<=AFTER)return;AFTER=l.seq;
     const s=document.createElement('span');s.className='line '+l.stream;s.dataset.seq=l.seq;
-    const v=document.createElement('span');v.className='server';v.textContent=l.server||'dropship';
-    s.appendChild(v);s.appendChild(document.createTextNode(' '+l.line+'\n'));log.appendChild(s);});
+    const v=document.createElement('span');v.className='server';const n=l.server||'dropship';v.textContent=n;v.style.color='hsl('+hue(n)+',70%,70%)';
+    s.appendChild(v);s.appendChild(document.createTextNode(' '+l.line+'\n'));show(s);log.appendChild(s);});
   src.addEventListener('step',e=>{const s=JSON.parse(e.data);const grid=document.getElementById('grid');
     let head=grid.tHead.rows[0];
     if(!head.querySelector('[data-server="'+CSS.escape(s.server)+'"]')){const th=document.createElement('th');th.dataset.server=s.server;th.textContent=s.server;head.appendChild(th);
@@ -246,7 +278,7 @@ const SCRIPT: &str = r#"
     if(cell){cell.className=cls(s.state);cell.textContent=s.state.replace('_',' ')+(s.exit_code&&s.state!=='success'?' (exit '+s.exit_code+')':'');}});
   src.addEventListener('state',e=>{const s=JSON.parse(e.data);const b=document.getElementById('state');
     b.textContent=s.state;b.className='badge '+cls(s.state);document.getElementById('description').textContent=s.description||'';
-    if(['success','failure','error'].includes(s.state)){src.close();}});
+    if(['success','failure','error','inactive'].includes(s.state)){src.close();const c=document.getElementById('cancel');if(c){c.closest('form').remove();}}});
 })();
 "#;
 
@@ -254,11 +286,12 @@ const SCRIPT: &str = r#"
 /// state. `after` (or `Last-Event-ID`) resumes the log after that line.
 pub(super) async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     Path(id): Path<i64>,
     Query(query): Query<PageQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, HttpError> {
-    let deployment = authorize(&state, &headers, id, query.token.as_deref()).await?;
+    let deployment = authorize(&state, &caller, id, query.token.as_deref()).await?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -279,12 +312,65 @@ fn log_event(line: &LogLine) -> SseEvent {
         .unwrap_or_default()
 }
 
+/// The SSE event for one thing that happened to a deployment.
+fn sse_event(event: &Event) -> SseEvent {
+    match event {
+        Event::Log(line) => log_event(line),
+        Event::Step(step) => SseEvent::default()
+            .event("step")
+            .json_data(step)
+            .unwrap_or_default(),
+        Event::State {
+            state, description, ..
+        } => SseEvent::default()
+            .event("state")
+            .json_data(serde_json::json!({ "state": state, "description": description }))
+            .unwrap_or_default(),
+    }
+}
+
 /// Feeds one SSE client until the deployment ends or the client leaves.
 async fn follow(
     state: AppState,
     deployment: Deployment,
-    mut after: i64,
+    after: i64,
     sender: mpsc::Sender<SseEvent>,
+) {
+    let (events, mut receiver) = mpsc::channel::<Event>(256);
+    tokio::spawn(feed(state, deployment, after, events));
+    while let Some(event) = receiver.recv().await {
+        if sender.send(sse_event(&event)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends a deployment's log lines after `after`, then new ones as they are stored, until the
+/// deployment ends or the receiver leaves.
+pub(super) async fn follow_lines(
+    state: AppState,
+    deployment: Deployment,
+    after: i64,
+    sender: mpsc::Sender<LogLine>,
+) {
+    let (events, mut receiver) = mpsc::channel::<Event>(256);
+    tokio::spawn(feed(state, deployment, after, events));
+    while let Some(event) = receiver.recv().await {
+        if let Event::Log(line) = event {
+            if sender.send(line).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends everything that happens to `deployment` (log lines after `after` first), in order
+/// and without repeats, ending after its final state.
+async fn feed(
+    state: AppState,
+    deployment: Deployment,
+    mut after: i64,
+    sender: mpsc::Sender<Event>,
 ) {
     // Subscribe before reading the store: lines stored meanwhile arrive on the bus too, and
     // `seq` drops the second copy.
@@ -297,7 +383,7 @@ async fn follow(
     };
     for line in catch_up(after).await {
         after = line.seq;
-        if sender.send(log_event(&line)).await.is_err() {
+        if sender.send(Event::Log(line)).await.is_err() {
             return;
         }
     }
@@ -306,15 +392,12 @@ async fn follow(
         _ => return,
     };
     if current.state.is_final() {
-        let data =
-            serde_json::json!({ "state": current.state, "description": current.state_description });
         let _ = sender
-            .send(
-                SseEvent::default()
-                    .event("state")
-                    .json_data(data)
-                    .unwrap_or_default(),
-            )
+            .send(Event::State {
+                deployment_id: id,
+                state: current.state,
+                description: current.state_description,
+            })
             .await;
         return;
     }
@@ -324,7 +407,7 @@ async fn follow(
             Err(RecvError::Lagged(_)) => {
                 for line in catch_up(after).await {
                     after = line.seq;
-                    if sender.send(log_event(&line)).await.is_err() {
+                    if sender.send(Event::Log(line)).await.is_err() {
                         return;
                     }
                 }
@@ -335,35 +418,19 @@ async fn follow(
         if event.deployment_id() != id {
             continue;
         }
-        let sse = match &*event {
-            Event::Log(line) if line.seq > after => {
+        let ends = match &*event {
+            Event::Log(line) if line.seq <= after => continue,
+            Event::Log(line) => {
                 after = line.seq;
-                log_event(line)
+                false
             }
-            Event::Log(_) => continue,
-            Event::Step(step) => SseEvent::default()
-                .event("step")
-                .json_data(step)
-                .unwrap_or_default(),
+            Event::Step(_) => false,
             Event::State {
                 state: deployment_state,
-                description,
                 ..
-            } => {
-                let data =
-                    serde_json::json!({ "state": deployment_state, "description": description });
-                let event = SseEvent::default()
-                    .event("state")
-                    .json_data(data)
-                    .unwrap_or_default();
-                if deployment_state.is_final() {
-                    let _ = sender.send(event).await;
-                    return;
-                }
-                event
-            }
+            } => deployment_state.is_final(),
         };
-        if sender.send(sse).await.is_err() {
+        if sender.send((*event).clone()).await.is_err() || ends {
             return;
         }
     }

@@ -9,8 +9,9 @@ use serde_json::json;
 
 use super::{AppState, HttpError};
 use crate::deploy::queued_status;
+use crate::manifest::AutoDeployTrigger;
 use crate::store::{Delivery, Inserted, NewDeployment, new_token};
-use crate::webhook::{self, Event};
+use crate::webhook::{self, BranchMoved, Event};
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -21,25 +22,39 @@ pub(super) async fn github(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
+    let metrics = state.engine.metrics.clone();
+    let event_label = header(&headers, "x-github-event")
+        .unwrap_or("none")
+        .to_string();
+    let count = |result: &str| metrics.webhook(&event_label, result);
     let secrets = state.engine.config.webhook_secret_bytes();
     if let Err(error) = webhook::verify(&secrets, header(&headers, "x-hub-signature-256"), &body) {
+        count("bad_signature");
         return Err(HttpError::new(StatusCode::UNAUTHORIZED, error.to_string()));
     }
     let Some(event_name) = header(&headers, "x-github-event") else {
+        count("invalid");
         return Err(HttpError::new(
             StatusCode::BAD_REQUEST,
             "missing X-GitHub-Event header",
         ));
     };
     let delivery_id = header(&headers, "x-github-delivery").map(str::to_string);
-    let event = webhook::parse(event_name, &body)
-        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let delivery = |result: &'static str, action: Option<String>| Delivery {
-        delivery_id: delivery_id.clone(),
-        event: event_name.to_string(),
-        action,
-        result,
-        deployment_id: None,
+    let event = webhook::parse(event_name, &body).map_err(|e| {
+        count("invalid");
+        HttpError::new(StatusCode::BAD_REQUEST, e.to_string())
+    })?;
+    let delivery = |result: &'static str, action: Option<String>| {
+        if result != "accepted" {
+            count(result);
+        }
+        Delivery {
+            delivery_id: delivery_id.clone(),
+            event: event_name.to_string(),
+            action,
+            result,
+            deployment_id: None,
+        }
     };
     let deployment = match event {
         Event::Ping { zen } => {
@@ -88,6 +103,7 @@ pub(super) async fn github(
                 .store
                 .record_delivery(delivery("accepted", Some("closed".into())))
                 .await?;
+            count("accepted");
             // Answer now; tearing down (draining, removing containers) takes its time.
             for environment in previews.clone() {
                 let (engine, repository) = (state.engine.clone(), repository.clone());
@@ -109,6 +125,24 @@ pub(super) async fn github(
                 Json(json!({ "pull_request": number, "teardown": previews })),
             )
                 .into_response());
+        }
+        Event::Push(moved) => {
+            return auto_deploy(
+                &state,
+                *moved,
+                AutoDeployTrigger::Push,
+                delivery("accepted", None),
+            )
+            .await;
+        }
+        Event::CheckSuiteCompleted(moved) => {
+            return auto_deploy(
+                &state,
+                *moved,
+                AutoDeployTrigger::Checks,
+                delivery("accepted", Some("completed".into())),
+            )
+            .await;
         }
         Event::Deployment(deployment) => deployment,
     };
@@ -162,11 +196,17 @@ pub(super) async fn github(
         .await?;
     let (status, recorded, duplicate) = match inserted {
         Inserted::New(d) => {
+            count("accepted");
+            // Behind the queued status, before the deployment can start.
+            state.engine.check_queued(&d).await?;
             state.scheduler.push(d.clone());
             state.engine.outbox.notify_one();
             (StatusCode::ACCEPTED, d, false)
         }
-        Inserted::Duplicate(d) => (StatusCode::OK, d, true),
+        Inserted::Duplicate(d) => {
+            count("duplicate");
+            (StatusCode::OK, d, true)
+        }
     };
     let body = json!({
         "id": recorded.id,
@@ -176,4 +216,45 @@ pub(super) async fn github(
         "duplicate": duplicate,
     });
     Ok((status, Json(body)).into_response())
+}
+
+/// How long a `push` or `check_suite` delivery waits for its auto-deploys before answering;
+/// GitHub gives up on a delivery after 10 s. Work left then goes on in the background.
+const AUTO_DEPLOY_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Records the delivery and applies the manifest's `auto_deploy` rules.
+async fn auto_deploy(
+    state: &AppState,
+    moved: BranchMoved,
+    trigger: AutoDeployTrigger,
+    delivery: Delivery,
+) -> Result<Response, HttpError> {
+    let event = delivery.event.clone();
+    let count = |result: &str| state.engine.metrics.webhook(&event, result);
+    if state.engine.config.repo(&moved.repository).is_none() {
+        count("ignored");
+        let mut delivery = delivery.clone();
+        delivery.result = "ignored";
+        state.engine.store.record_delivery(delivery).await?;
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({ "auto_deploy": [], "note": format!("repository {} is not configured", moved.repository) })),
+        )
+            .into_response());
+    }
+    state.engine.store.record_delivery(delivery).await?;
+    count("accepted");
+    let engine = state.engine.clone();
+    let mut work = tokio::spawn(async move { engine.auto_deploy(&moved, trigger).await });
+    let answer = match tokio::time::timeout(AUTO_DEPLOY_BUDGET, &mut work).await {
+        Ok(Ok(Ok(done))) => json!({ "auto_deploy": done }),
+        Ok(Ok(Err(why))) => json!({ "auto_deploy": [], "note": why.to_string() }),
+        Ok(Err(error)) => {
+            return Err(HttpError::Internal(anyhow::anyhow!(
+                "auto-deploy task failed: {error}"
+            )));
+        }
+        Err(_) => json!({ "auto_deploy": "continuing in the background" }),
+    };
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
 }

@@ -26,6 +26,7 @@ pub use positions::Position;
 
 use expr::{Quoting, occurrences, parse_reference, substitute};
 use positions::Positions;
+pub use raw::AutoDeployTrigger;
 use raw::{RawBatch, RawManifest, RawStep, RawStrategy};
 
 /// The default timeout of a step on one server.
@@ -268,7 +269,53 @@ fn valid_env_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
+/// One `auto_deploy` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoDeployRule {
+    pub branch: String,
+    pub environment: String,
+    pub on: AutoDeployTrigger,
+    pub task: String,
+}
+
+impl AutoDeployRule {
+    /// Whether a push to (or green checks on) `branch` fire this rule.
+    pub fn matches(&self, branch: &str) -> bool {
+        crate::config::glob_match(&self.branch, branch)
+    }
+}
+
 impl Manifest {
+    /// The environments the manifest defines, in order.
+    pub fn environments(&self) -> Vec<&str> {
+        self.raw.environments.keys().map(String::as_str).collect()
+    }
+
+    /// Whether a deployment to `environment` can run: it is defined, or a preview by the
+    /// `previews` glob.
+    pub fn accepts_environment(&self, environment: &str) -> bool {
+        self.raw.environments.contains_key(environment)
+            || self.raw.previews.as_ref().is_some_and(|p| {
+                p.environments
+                    .as_deref()
+                    .is_some_and(|g| crate::config::glob_match(g, environment))
+            })
+    }
+
+    /// The `auto_deploy` rules, in the order written.
+    pub fn auto_deploy(&self) -> Vec<AutoDeployRule> {
+        self.raw
+            .auto_deploy
+            .iter()
+            .map(|rule| AutoDeployRule {
+                branch: rule.branch.clone(),
+                environment: rule.environment.clone(),
+                on: rule.on,
+                task: rule.task.clone().unwrap_or_else(|| "deploy".into()),
+            })
+            .collect()
+    }
+
     /// Stage 1: parses `text`, read from `file` (used in messages).
     pub fn parse(file: &str, text: &str) -> Result<Manifest, Diagnostics> {
         let positions = Positions::index(text);
@@ -305,6 +352,28 @@ impl Manifest {
                         previews.like
                     ),
                 );
+            }
+        }
+        for (index, rule) in raw.auto_deploy.iter().enumerate() {
+            let path = format!("auto_deploy.{index}");
+            if !raw.environments.contains_key(&rule.environment) {
+                c.at_value(
+                    &format!("{path}.environment"),
+                    format!(
+                        "auto_deploy names environment `{}`, which is not defined",
+                        rule.environment
+                    ),
+                );
+            }
+            let task = rule.task.as_deref().unwrap_or("deploy");
+            if !raw.tasks.contains_key(task) && !BUILT_IN_TASKS.contains(&task) {
+                c.at_value(
+                    &format!("{path}.task"),
+                    format!("auto_deploy runs task `{task}`, which is not defined"),
+                );
+            }
+            if rule.branch.trim().is_empty() {
+                c.at_value(&format!("{path}.branch"), "the branch must not be empty");
             }
         }
         for (name, environment) in &raw.environments {

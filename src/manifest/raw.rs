@@ -25,6 +25,34 @@ pub(crate) struct RawManifest {
     /// `environments` (or that GitHub calls transient) are run like environment `like`, with
     /// their own host for each proxied app.
     pub(crate) previews: Option<RawPreviews>,
+    /// Deployments Dropship creates by itself when a branch moves: on `push`, or once every
+    /// check on the pushed commit has passed (`checks`).
+    #[serde(default)]
+    pub(crate) auto_deploy: Vec<RawAutoDeploy>,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAutoDeploy {
+    /// The branch, or a glob of branches (`release/*`).
+    pub(crate) branch: String,
+    /// The environment to deploy to; it must be defined under `environments`.
+    pub(crate) environment: String,
+    /// `push` deploys each push at once; `checks` waits until every check suite on the pushed
+    /// commit has completed successfully.
+    #[serde(default)]
+    pub(crate) on: AutoDeployTrigger,
+    /// The task to run (default `deploy`).
+    pub(crate) task: Option<String>,
+}
+
+/// When an auto-deploy rule fires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoDeployTrigger {
+    #[default]
+    Push,
+    Checks,
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]

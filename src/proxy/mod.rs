@@ -32,6 +32,12 @@ pub struct RouteKey {
     pub app: String,
 }
 
+impl std::fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.repo, self.environment, self.app)
+    }
+}
+
 /// A route as a deployment asks for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteSpec {
@@ -145,6 +151,8 @@ impl Drop for InFlight {
 /// One app's upstreams behind a route.
 #[derive(Debug)]
 pub(crate) struct Backend {
+    /// `repo/environment/app`, as metrics name the route.
+    pub(crate) route: String,
     pub(crate) path_prefix: String,
     upstreams: Vec<Arc<Upstream>>,
     next: AtomicUsize,
@@ -173,11 +181,16 @@ struct ProxyInner {
     store: Arc<dyn Store>,
     pub(crate) settings: ProxySection,
     started: Instant,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Proxy {
     /// A proxy with the routes stored in `store`.
-    pub async fn load(store: Arc<dyn Store>, settings: ProxySection) -> anyhow::Result<Proxy> {
+    pub async fn load(
+        store: Arc<dyn Store>,
+        settings: ProxySection,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> anyhow::Result<Proxy> {
         let proxy = Proxy {
             inner: Arc::new(ProxyInner {
                 table: ArcSwap::from_pointee(Table::default()),
@@ -185,6 +198,7 @@ impl Proxy {
                 store,
                 settings,
                 started: Instant::now(),
+                metrics,
             }),
         };
         let mut table = Table::default();
@@ -204,6 +218,7 @@ impl Proxy {
                 (
                     spec.clone(),
                     Arc::new(Backend {
+                        route: spec.key.to_string(),
                         path_prefix: spec.path_prefix.clone(),
                         upstreams,
                         next: AtomicUsize::new(0),
@@ -314,6 +329,7 @@ impl Proxy {
                     (
                         spec.clone(),
                         Arc::new(Backend {
+                            route: spec.key.to_string(),
                             path_prefix: spec.path_prefix.clone(),
                             upstreams,
                             next: AtomicUsize::new(0),

@@ -18,7 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{InFlight, Proxy};
+use std::sync::Arc;
+
+use super::{Backend, InFlight, Proxy};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -238,12 +240,32 @@ pub async fn serve(
     }
 }
 
+/// Answers one request, counting it by route and status.
 async fn handle(
     proxy: &Proxy,
     client: &Client<HttpConnector, ProxyBody>,
     remote: SocketAddr,
     scheme: &'static str,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let mut backend = None;
+    let response = forward(proxy, client, remote, scheme, request, &mut backend).await;
+    proxy.inner.metrics.proxy_request(
+        backend
+            .as_ref()
+            .map_or("none", |b: &Arc<Backend>| b.route.as_str()),
+        response.status().as_u16(),
+    );
+    response
+}
+
+async fn forward(
+    proxy: &Proxy,
+    client: &Client<HttpConnector, ProxyBody>,
+    remote: SocketAddr,
+    scheme: &'static str,
     mut request: Request<Incoming>,
+    found: &mut Option<Arc<Backend>>,
 ) -> Response<ProxyBody> {
     let Some(host) = host_of(&request) else {
         return page(StatusCode::BAD_REQUEST, "The request names no host.");
@@ -259,6 +281,7 @@ async fn handle(
             &format!("No app is served at {host}{path}."),
         );
     };
+    *found = Some(backend.clone());
     let upgrade = is_upgrade(request.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();

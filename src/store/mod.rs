@@ -24,6 +24,19 @@ pub fn new_token() -> String {
     hex::encode(bytes)
 }
 
+/// Every log line of a deployment after `after`, read in pages.
+pub async fn all_logs(store: &dyn Store, id: i64, mut after: i64) -> anyhow::Result<Vec<LogLine>> {
+    let mut lines = Vec::new();
+    loop {
+        let page = store.logs(id, after, 5000).await?;
+        let Some(last) = page.last() else {
+            return Ok(lines);
+        };
+        after = last.seq;
+        lines.extend(page);
+    }
+}
+
 pub fn now_ms() -> Millis {
     chrono::Utc::now().timestamp_millis()
 }
@@ -129,6 +142,8 @@ pub struct Deployment {
     pub transient: bool,
     pub production: bool,
     pub token: String,
+    /// GitHub's check run for this deployment, once created (GitHub App auth only).
+    pub check_run_id: Option<i64>,
     pub state: State,
     pub state_description: Option<String>,
     pub environment_url: Option<String>,
@@ -245,6 +260,9 @@ pub struct StatusDraft {
 pub struct OutboxItem {
     pub id: i64,
     pub deployment_id: i64,
+    /// `status` (a deployment status) or `check` (a check-run update, with its `body`).
+    pub kind: String,
+    pub body: Option<serde_json::Value>,
     pub state: String,
     pub description: String,
     pub log_url: Option<String>,
@@ -263,12 +281,44 @@ pub struct Transition {
     pub description: Option<String>,
     pub environment_url: Option<String>,
     pub status: Option<StatusDraft>,
+    /// The check-run update to send after the status (GitHub App auth only).
+    pub check: Option<CheckDraft>,
+}
+
+/// A check-run update for the outbox: `status` is GitHub's (`queued`, `in_progress`,
+/// `completed`); `body` is the request body without `name` and `head_sha`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckDraft {
+    pub status: &'static str,
+    pub title: String,
+    pub body: serde_json::Value,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditEntry {
+    pub at: Millis,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+/// A locked environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lock {
+    pub repo: String,
+    pub environment: String,
+    pub locked_by: String,
+    pub reason: String,
+    pub locked_at: Millis,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub repo: Option<String>,
     pub environment: Option<String>,
+    pub state: Option<State>,
     pub limit: i64,
 }
 
@@ -406,4 +456,47 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> anyhow::Result<()>;
     /// The preview environments of `repo` deployed from `git_ref`.
     async fn previews_of_ref(&self, repo: &str, git_ref: &str) -> anyhow::Result<Vec<String>>;
+
+    /// Enqueues a check-run update behind the deployment's pending statuses.
+    async fn enqueue_check(&self, deployment_id: i64, check: &CheckDraft) -> anyhow::Result<()>;
+    async fn set_check_run(&self, deployment_id: i64, check_run_id: i64) -> anyhow::Result<()>;
+    /// The newest deployment of each (repo, environment), of `state` when given.
+    async fn latest_per_environment(&self, state: Option<State>)
+    -> anyhow::Result<Vec<Deployment>>;
+
+    async fn create_session(
+        &self,
+        id_sha256: &str,
+        user: &str,
+        expires_at: Millis,
+    ) -> anyhow::Result<()>;
+    /// The user of an unexpired session.
+    async fn session_user(&self, id_sha256: &str, now: Millis) -> anyhow::Result<Option<String>>;
+    async fn delete_session(&self, id_sha256: &str) -> anyhow::Result<()>;
+
+    async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()>;
+    /// The newest `limit` entries, newest first.
+    async fn audit_log(&self, limit: i64) -> anyhow::Result<Vec<AuditEntry>>;
+
+    async fn locks(&self) -> anyhow::Result<Vec<Lock>>;
+    /// Locks an environment; false (and nothing changes) when it is locked already.
+    async fn lock(&self, lock: &Lock) -> anyhow::Result<bool>;
+    /// Unlocks; false when it was not locked.
+    async fn unlock(&self, repo: &str, environment: &str) -> anyhow::Result<bool>;
+
+    /// Claims the auto-deploy of `sha` to `environment`: false when it was claimed before.
+    async fn claim_auto_deploy(
+        &self,
+        repo: &str,
+        environment: &str,
+        sha: &str,
+        trigger: &str,
+    ) -> anyhow::Result<bool>;
+    /// Gives a claim back (the deployment could not be created), so a later event may retry.
+    async fn release_auto_deploy(
+        &self,
+        repo: &str,
+        environment: &str,
+        sha: &str,
+    ) -> anyhow::Result<()>;
 }

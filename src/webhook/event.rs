@@ -18,6 +18,10 @@ pub enum Event {
         /// The pull request's head branch, which its preview deployments deployed.
         head_ref: String,
     },
+    /// Commits pushed to a branch of a repository (not a tag, not a deletion).
+    Push(Box<BranchMoved>),
+    /// A check suite on a commit completed (with any conclusion).
+    CheckSuiteCompleted(Box<BranchMoved>),
     /// Any other event or action: recorded and ignored.
     Ignored {
         event: String,
@@ -41,6 +45,26 @@ pub struct DeploymentEvent {
     /// `owner/name`.
     pub repository: String,
     /// Present when the delivery came to a GitHub App.
+    pub installation_id: Option<i64>,
+}
+
+/// A branch that moved (`push`) or whose commit's checks completed (`check_suite`): what
+/// auto-deploy rules need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchMoved {
+    /// `owner/name` of the repository the delivery is for.
+    pub repository: String,
+    /// Whether that repository is a fork.
+    pub fork: bool,
+    /// The branch name (`main`, not `refs/heads/main`).
+    pub branch: String,
+    pub sha: String,
+    /// Who pushed (`push`), or the app whose suite it is (`check_suite`).
+    pub actor: Option<String>,
+    /// `check_suite` only: its conclusion (`success`, `failure`, ...).
+    pub conclusion: Option<String>,
+    /// `check_suite` only: the id of the GitHub App the suite belongs to.
+    pub app_id: Option<i64>,
     pub installation_id: Option<i64>,
 }
 
@@ -113,6 +137,46 @@ struct RawBranch {
 #[derive(Deserialize)]
 struct RawRepository {
     full_name: String,
+    #[serde(default)]
+    fork: bool,
+}
+
+#[derive(Deserialize)]
+struct RawPush {
+    #[serde(rename = "ref")]
+    git_ref: String,
+    after: String,
+    #[serde(default)]
+    deleted: bool,
+    repository: RawRepository,
+    pusher: Option<RawPusher>,
+    installation: Option<RawInstallation>,
+}
+
+#[derive(Deserialize)]
+struct RawPusher {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawCheckSuiteEvent {
+    check_suite: RawCheckSuite,
+    repository: RawRepository,
+    installation: Option<RawInstallation>,
+}
+
+#[derive(Deserialize)]
+struct RawCheckSuite {
+    head_branch: Option<String>,
+    head_sha: String,
+    conclusion: Option<String>,
+    app: Option<RawApp>,
+}
+
+#[derive(Deserialize)]
+struct RawApp {
+    id: i64,
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +231,47 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
                 number: raw.number,
                 head_ref: raw.pull_request.head.git_ref,
             })
+        }
+        ("push", _) => {
+            let raw: RawPush = typed(event, body)?;
+            match raw.git_ref.strip_prefix("refs/heads/") {
+                Some(branch) if !raw.deleted => Ok(Event::Push(Box::new(BranchMoved {
+                    repository: raw.repository.full_name,
+                    fork: raw.repository.fork,
+                    branch: branch.to_string(),
+                    sha: raw.after,
+                    actor: raw.pusher.and_then(|p| p.name),
+                    conclusion: None,
+                    app_id: None,
+                    installation_id: raw.installation.map(|i| i.id),
+                }))),
+                // A tag, or a deleted branch.
+                _ => Ok(Event::Ignored {
+                    event: event.to_string(),
+                    action: None,
+                }),
+            }
+        }
+        ("check_suite", Some("completed")) => {
+            let raw: RawCheckSuiteEvent = typed(event, body)?;
+            let suite = raw.check_suite;
+            match suite.head_branch {
+                Some(branch) => Ok(Event::CheckSuiteCompleted(Box::new(BranchMoved {
+                    repository: raw.repository.full_name,
+                    fork: raw.repository.fork,
+                    branch,
+                    sha: suite.head_sha,
+                    actor: suite.app.as_ref().and_then(|a| a.name.clone()),
+                    conclusion: suite.conclusion,
+                    app_id: suite.app.map(|a| a.id),
+                    installation_id: raw.installation.map(|i| i.id),
+                }))),
+                // A suite on a commit no branch points at.
+                None => Ok(Event::Ignored {
+                    event: event.to_string(),
+                    action: Some("completed".into()),
+                }),
+            }
         }
         (event, action) => Ok(Event::Ignored {
             event: event.to_string(),
@@ -241,6 +346,7 @@ mod tests {
             parse("ping", &fixture("ping.event.json")).unwrap(),
             Event::Ping { zen: Some(_) }
         ));
+        // GitHub's example push is of a tag, which deploys nothing.
         assert_eq!(
             parse("push", &fixture("push.event.json")).unwrap(),
             Event::Ignored {
@@ -259,6 +365,38 @@ mod tests {
                 action: Some("created".into())
             }
         );
+    }
+
+    #[test]
+    fn a_push_to_a_branch_and_a_completed_check_suite() {
+        let mut push: Value = serde_json::from_slice(&fixture("push.event.json")).unwrap();
+        push["ref"] = "refs/heads/main".into();
+        push["after"] = "4544205a385319fd846d5df4ed2e3b8173529d78".into();
+        // The example deletes its tag.
+        push["deleted"] = false.into();
+        push["created"] = true.into();
+        let Event::Push(moved) = parse("push", &serde_json::to_vec(&push).unwrap()).unwrap() else {
+            panic!("not a push")
+        };
+        assert_eq!(moved.repository, "Codertocat/Hello-World");
+        assert_eq!(moved.branch, "main");
+        assert_eq!(moved.sha, "4544205a385319fd846d5df4ed2e3b8173529d78");
+        assert!(!moved.fork);
+        push["deleted"] = true.into();
+        assert!(matches!(
+            parse("push", &serde_json::to_vec(&push).unwrap()).unwrap(),
+            Event::Ignored { .. }
+        ));
+
+        let Event::CheckSuiteCompleted(suite) =
+            parse("check_suite", &fixture("check_suite.completed.json")).unwrap()
+        else {
+            panic!("not a check suite")
+        };
+        assert_eq!(suite.branch, "changes");
+        assert_eq!(suite.sha, "ec26c3e57ca3a959ca5aad62de7213c562f8c821");
+        assert_eq!(suite.conclusion.as_deref(), Some("success"));
+        assert_eq!(suite.app_id, Some(29310));
     }
 
     #[test]

@@ -6,5 +6,5 @@
 mod event;
 mod signature;
 
-pub use event::{DeploymentEvent, Event, PayloadError, parse};
+pub use event::{BranchMoved, DeploymentEvent, Event, PayloadError, parse};
 pub use signature::{SignatureError, sign, verify};

@@ -228,6 +228,30 @@ mod deploy_command {
             err.contains("GitHub refused the credentials (401)"),
             "{err}"
         );
+        // An environment the manifest lacks: refused before GitHub records anything.
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_dropship"))
+            .args([
+                "deploy",
+                "--repo",
+                "acme/cli",
+                "--ref",
+                SHA,
+                "--environment",
+                "qa",
+                "--config",
+            ])
+            .arg(&config)
+            .env("GITHUB_TOKEN", "ghp_cli_token")
+            .output()
+            .await
+            .unwrap();
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success());
+        assert!(
+            err.contains("dropship.yml at `d6fde92930d4715a2b49857d24b940956b26d2d3` has no environment `qa` (it has: production)"),
+            "{err}"
+        );
+        assert!(github.created_deployments_all("acme/cli").is_empty());
         // --skip-checks asks GitHub to skip them (an empty required_contexts).
         let (code, out, err) = deploy(&config, &["--skip-checks"]).await;
         assert_eq!(code, 0, "{out}{err}");

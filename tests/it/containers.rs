@@ -337,13 +337,12 @@ async fn image_deploys_replace_behind_health_checks_keep_retired_versions_and_ro
         let log = w.server.log(id).await;
         assert!(!log.contains(SECRET), "{log}");
     }
+    let cookie = w.server.login("vic", crate::support::VIEWER_TOKEN).await;
     let page = w
         .server
         .client
-        .get(w.server.url(&format!(
-            "/apps/acme/web/production/logs?token={}",
-            crate::support::API_TOKEN
-        )))
+        .get(w.server.url("/apps/acme/web/production/logs"))
+        .header("Cookie", &cookie)
         .send()
         .await
         .unwrap();
@@ -360,15 +359,18 @@ async fn image_deploys_replace_behind_health_checks_keep_retired_versions_and_ro
         .send()
         .await
         .unwrap();
-    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    // Not signed in: the login form, which comes back here.
+    assert_eq!(anonymous.url().path(), "/login");
+    assert_eq!(
+        anonymous.url().query(),
+        Some("next=/apps/acme/web/production/logs")
+    );
     // The page follows its server-sent events: the stored lines first, masked.
     let mut events = w
         .server
         .client
-        .get(w.server.url(&format!(
-            "/apps/acme/web/production/logs/events?token={}",
-            crate::support::API_TOKEN
-        )))
+        .get(w.server.url("/apps/acme/web/production/logs/events"))
+        .header("Cookie", &cookie)
         .send()
         .await
         .unwrap();

@@ -8,6 +8,7 @@ mod containers;
 mod deploy;
 mod intake;
 mod live;
+mod people;
 mod proxy;
 mod restart;
 mod support;

@@ -690,7 +690,9 @@ async fn proxy_to(
             .await
             .unwrap(),
     );
-    let proxy = Proxy::load(store, settings).await.unwrap();
+    let proxy = Proxy::load(store, settings, Default::default())
+        .await
+        .unwrap();
     let route = RouteSpec {
         key: RouteKey {
             repo: "acme/app".into(),

@@ -20,9 +20,9 @@ use sqlx::{Row, SqlitePool};
 use writer::{StatusChange, Writer};
 
 use super::{
-    AppLogLine, Delivery, Deployment, Inserted, ListFilter, LogCursor, LogLine, Millis,
-    NewDeployment, OutboxItem, RouteRecord, Service, State, StatusFn, StepRun, StepState, Store,
-    Transition,
+    AppLogLine, AuditEntry, CheckDraft, Delivery, Deployment, Inserted, ListFilter, Lock,
+    LogCursor, LogLine, Millis, NewDeployment, OutboxItem, RouteRecord, Service, State, StatusFn,
+    StepRun, StepState, Store, Transition, now_ms,
 };
 
 pub struct Sqlite {
@@ -95,6 +95,7 @@ fn deployment_from_row(row: &SqliteRow) -> anyhow::Result<Deployment> {
         transient: row.try_get("transient")?,
         production: row.try_get("production")?,
         token: row.try_get("token")?,
+        check_run_id: row.try_get("check_run_id")?,
         state: State::parse(&state)
             .with_context(|| format!("unknown deployment state `{state}` in the database"))?,
         state_description: row.try_get("state_description")?,
@@ -109,6 +110,11 @@ fn outbox_from_row(row: &SqliteRow) -> anyhow::Result<OutboxItem> {
     Ok(OutboxItem {
         id: row.try_get("id")?,
         deployment_id: row.try_get("deployment_id")?,
+        kind: row.try_get("kind")?,
+        body: row
+            .try_get::<Option<String>, _>("body")?
+            .map(|body| serde_json::from_str(&body))
+            .transpose()?,
         state: row.try_get("state")?,
         description: row.try_get("description")?,
         log_url: row.try_get("log_url")?,
@@ -167,11 +173,13 @@ impl Store for Sqlite {
     async fn list_deployments(&self, filter: &ListFilter) -> anyhow::Result<Vec<Deployment>> {
         let rows = sqlx::query(
             "SELECT * FROM deployments WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR environment = ?2)
+               AND (?4 IS NULL OR state = ?4)
              ORDER BY id DESC LIMIT ?3",
         )
         .bind(&filter.repo)
         .bind(&filter.environment)
         .bind(if filter.limit > 0 { filter.limit } else { 50 })
+        .bind(filter.state.map(State::as_str))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(deployment_from_row).collect()
@@ -468,6 +476,210 @@ impl Store for Sqlite {
         .await?)
     }
 
+    async fn enqueue_check(&self, deployment_id: i64, check: &CheckDraft) -> anyhow::Result<()> {
+        let now = now_ms();
+        self.writer
+            .exec(
+                "INSERT INTO status_outbox (deployment_id, kind, state, description, body, next_attempt_at, created_at)
+                 VALUES (?, 'check', ?, ?, ?, ?, ?)",
+                vec![
+                    deployment_id.into(),
+                    check.status.into(),
+                    check.title.clone().into(),
+                    check.body.to_string().into(),
+                    now.into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn set_check_run(&self, deployment_id: i64, check_run_id: i64) -> anyhow::Result<()> {
+        self.writer
+            .exec(
+                "UPDATE deployments SET check_run_id = ? WHERE id = ?",
+                vec![check_run_id.into(), deployment_id.into()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn latest_per_environment(
+        &self,
+        state: Option<State>,
+    ) -> anyhow::Result<Vec<Deployment>> {
+        let rows = sqlx::query(
+            "SELECT * FROM deployments WHERE id IN
+               (SELECT MAX(id) FROM deployments WHERE ?1 IS NULL OR state = ?1 GROUP BY repo, environment)
+             ORDER BY repo, environment",
+        )
+        .bind(state.map(State::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+
+    async fn create_session(
+        &self,
+        id_sha256: &str,
+        user: &str,
+        expires_at: Millis,
+    ) -> anyhow::Result<()> {
+        let now = now_ms();
+        // Expired sessions go as new ones come.
+        self.writer
+            .exec(
+                "DELETE FROM sessions WHERE expires_at <= ?",
+                vec![now.into()],
+            )
+            .await?;
+        self.writer
+            .exec(
+                "INSERT INTO sessions (id_sha256, user, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                vec![id_sha256.into(), user.into(), now.into(), expires_at.into()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn session_user(&self, id_sha256: &str, now: Millis) -> anyhow::Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT user FROM sessions WHERE id_sha256 = ? AND expires_at > ?")
+                .bind(id_sha256)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn delete_session(&self, id_sha256: &str) -> anyhow::Result<()> {
+        self.writer
+            .exec(
+                "DELETE FROM sessions WHERE id_sha256 = ?",
+                vec![id_sha256.into()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()> {
+        self.writer
+            .exec(
+                "INSERT INTO audit (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                vec![
+                    entry.at.into(),
+                    entry.actor.clone().into(),
+                    entry.action.clone().into(),
+                    entry.target.clone().into(),
+                    entry.detail.clone().into(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, limit: i64) -> anyhow::Result<Vec<AuditEntry>> {
+        let rows = sqlx::query("SELECT * FROM audit ORDER BY id DESC LIMIT ?")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    at: row.try_get("at")?,
+                    actor: row.try_get("actor")?,
+                    action: row.try_get("action")?,
+                    target: row.try_get("target")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn locks(&self) -> anyhow::Result<Vec<Lock>> {
+        let rows = sqlx::query("SELECT * FROM locks ORDER BY repo, environment")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Lock {
+                    repo: row.try_get("repo")?,
+                    environment: row.try_get("environment")?,
+                    locked_by: row.try_get("locked_by")?,
+                    reason: row.try_get("reason")?,
+                    locked_at: row.try_get("locked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn lock(&self, lock: &Lock) -> anyhow::Result<bool> {
+        let changed = self
+            .writer
+            .exec(
+                "INSERT OR IGNORE INTO locks (repo, environment, locked_by, reason, locked_at) VALUES (?, ?, ?, ?, ?)",
+                vec![
+                    lock.repo.clone().into(),
+                    lock.environment.clone().into(),
+                    lock.locked_by.clone().into(),
+                    lock.reason.clone().into(),
+                    lock.locked_at.into(),
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn unlock(&self, repo: &str, environment: &str) -> anyhow::Result<bool> {
+        let changed = self
+            .writer
+            .exec(
+                "DELETE FROM locks WHERE repo = ? AND environment = ?",
+                vec![repo.into(), environment.into()],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn claim_auto_deploy(
+        &self,
+        repo: &str,
+        environment: &str,
+        sha: &str,
+        trigger: &str,
+    ) -> anyhow::Result<bool> {
+        let changed = self
+            .writer
+            .exec(
+                "INSERT OR IGNORE INTO auto_deploys (repo, environment, sha, trigger, created_at) VALUES (?, ?, ?, ?, ?)",
+                vec![
+                    repo.into(),
+                    environment.into(),
+                    sha.into(),
+                    trigger.into(),
+                    now_ms().into(),
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
+    }
+
+    async fn release_auto_deploy(
+        &self,
+        repo: &str,
+        environment: &str,
+        sha: &str,
+    ) -> anyhow::Result<()> {
+        self.writer
+            .exec(
+                "DELETE FROM auto_deploys WHERE repo = ? AND environment = ? AND sha = ?",
+                vec![repo.into(), environment.into(), sha.into()],
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn container_hosts(&self) -> anyhow::Result<Vec<String>> {
         Ok(
             sqlx::query_scalar("SELECT server FROM container_hosts ORDER BY server")
@@ -520,6 +732,7 @@ mod tests {
             description: Some("running".into()),
             environment_url: None,
             status: None,
+            check: None,
         }
     }
 
@@ -559,6 +772,7 @@ mod tests {
             description: Some("done".into()),
             environment_url: Some("https://shop.example.com".into()),
             status: Some(status("success")),
+            check: None,
         };
         assert!(store.transition(first.id, done).await.unwrap());
         let stored = store.deployment(first.id).await.unwrap().unwrap();

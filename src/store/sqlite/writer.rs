@@ -71,6 +71,12 @@ enum Write {
         git_ref: Option<String>,
         reply: oneshot::Sender<anyhow::Result<()>>,
     },
+    /// One statement of the rarer kinds (sessions, audit, locks, ...), with its arguments.
+    Exec {
+        sql: &'static str,
+        args: Vec<Arg>,
+        reply: oneshot::Sender<anyhow::Result<u64>>,
+    },
     /// A route saved, or (with `None`) the route of (repo, environment, app) deleted.
     Route {
         key: (String, String, String),
@@ -82,11 +88,44 @@ enum Write {
 /// What a cycle owes one caller once the commit is known.
 enum Answer {
     Bool(oneshot::Sender<anyhow::Result<bool>>, anyhow::Result<bool>),
+    Count(oneshot::Sender<anyhow::Result<u64>>, anyhow::Result<u64>),
     Unit(oneshot::Sender<anyhow::Result<()>>, anyhow::Result<()>),
     Lines(
         oneshot::Sender<anyhow::Result<Vec<AppLogLine>>>,
         anyhow::Result<Vec<AppLogLine>>,
     ),
+}
+
+/// An argument of [`Write::Exec`].
+#[derive(Debug, Clone)]
+pub(super) enum Arg {
+    Int(i64),
+    Text(String),
+    Null,
+}
+
+impl From<i64> for Arg {
+    fn from(value: i64) -> Self {
+        Arg::Int(value)
+    }
+}
+
+impl From<&str> for Arg {
+    fn from(value: &str) -> Self {
+        Arg::Text(value.to_string())
+    }
+}
+
+impl From<String> for Arg {
+    fn from(value: String) -> Self {
+        Arg::Text(value)
+    }
+}
+
+impl<T: Into<Arg>> From<Option<T>> for Arg {
+    fn from(value: Option<T>) -> Self {
+        value.map_or(Arg::Null, Into::into)
+    }
 }
 
 /// The handle every write method uses.
@@ -213,6 +252,15 @@ impl Writer {
         answer.await.map_err(|_| stopped())?
     }
 
+    /// Runs one statement in the writer's next transaction; answers the rows it changed.
+    pub(super) async fn exec(&self, sql: &'static str, args: Vec<Arg>) -> anyhow::Result<u64> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Write::Exec { sql, args, reply })
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     pub(super) async fn status(&self, id: i64, change: StatusChange) -> anyhow::Result<()> {
         let (reply, answer) = oneshot::channel();
         self.sender
@@ -241,6 +289,7 @@ async fn run(pool: SqlitePool, mut receiver: mpsc::UnboundedReceiver<Write>) {
                 for answer in answers {
                     match answer {
                         Answer::Bool(reply, result) => drop(reply.send(result)),
+                        Answer::Count(reply, result) => drop(reply.send(result)),
                         Answer::Unit(reply, result) => drop(reply.send(result)),
                         Answer::Lines(reply, result) => drop(reply.send(result)),
                     }
@@ -256,6 +305,9 @@ async fn run(pool: SqlitePool, mut receiver: mpsc::UnboundedReceiver<Write>) {
                 for answer in answers {
                     match answer {
                         Answer::Bool(reply, _) => {
+                            drop(reply.send(Err(anyhow::anyhow!("write failed: {error:#}"))))
+                        }
+                        Answer::Count(reply, _) => {
                             drop(reply.send(Err(anyhow::anyhow!("write failed: {error:#}"))))
                         }
                         Answer::Unit(reply, _) => {
@@ -355,6 +407,9 @@ async fn cycle(pool: &SqlitePool, intake: &mut [IntakeJob], others: Vec<Write>) 
                         .map_err(Into::into),
                 },
             ),
+            Write::Exec { sql, args, reply } => {
+                Answer::Count(reply, exec(&mut tx, sql, &args).await)
+            }
             Write::Route { key, route, reply } => {
                 Answer::Unit(reply, write_route(&mut tx, &key, route.as_ref()).await)
             }
@@ -372,6 +427,7 @@ async fn cycle(pool: &SqlitePool, intake: &mut [IntakeJob], others: Vec<Write>) 
 fn unanswered(write: Write) -> Option<Answer> {
     Some(match write {
         Write::Transition { reply, .. } => Answer::Bool(reply, Ok(false)),
+        Write::Exec { reply, .. } => Answer::Count(reply, Ok(0)),
         Write::Step { reply, .. }
         | Write::Logs { reply, .. }
         | Write::Status { reply, .. }
@@ -397,7 +453,9 @@ async fn apply_transition(
             environment_url = COALESCE(?, environment_url),
             started_at = CASE WHEN ? = 'running' THEN ? ELSE started_at END,
             finished_at = CASE WHEN ? IN ('success', 'failure', 'error') THEN ? ELSE finished_at END
-         WHERE id = ? AND (? != 'running' OR state = 'queued') RETURNING github_id",
+         WHERE id = ? AND (? != 'running' OR state = 'queued')
+           AND state NOT IN ('failure', 'error', 'inactive') AND (state != 'success' OR ? = 'inactive')
+         RETURNING github_id",
     )
     .bind(t.state.as_str())
     .bind(&t.description)
@@ -408,17 +466,45 @@ async fn apply_transition(
     .bind(now)
     .bind(id)
     .bind(t.state.as_str())
+    .bind(t.state.as_str())
     .fetch_optional(&mut *savepoint)
     .await?;
     let Some(github_id) = github_id else {
-        // Gone, or (moving to running) no longer queued: nothing changes.
+        // Gone, ended (only a success may still become inactive), or (moving to running) no
+        // longer queued: nothing changes.
         return Ok(false);
     };
     if let (Some(_), Some(status)) = (github_id, &t.status) {
         insert_status(&mut savepoint, id, status).await?;
     }
+    if let (Some(_), Some(check)) = (github_id, &t.check) {
+        sqlx::query(
+            "INSERT INTO status_outbox (deployment_id, kind, state, description, body, next_attempt_at, created_at)
+             VALUES (?, 'check', ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(check.status)
+        .bind(&check.title)
+        .bind(check.body.to_string())
+        .bind(now)
+        .bind(now)
+        .execute(&mut *savepoint)
+        .await?;
+    }
     savepoint.commit().await?;
     Ok(true)
+}
+
+async fn exec(tx: &mut SqliteConnection, sql: &str, args: &[Arg]) -> anyhow::Result<u64> {
+    let mut query = sqlx::query(sql);
+    for arg in args {
+        query = match arg {
+            Arg::Int(value) => query.bind(*value),
+            Arg::Text(value) => query.bind(value.clone()),
+            Arg::Null => query.bind(None::<String>),
+        };
+    }
+    Ok(query.execute(tx).await?.rows_affected())
 }
 
 async fn save_step(tx: &mut SqliteConnection, step: &StepRun) -> anyhow::Result<()> {

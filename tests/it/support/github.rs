@@ -128,6 +128,10 @@ struct Inner {
     next_id: i64,
     /// Installation token requests: (installation id, Authorization header).
     token_requests: Vec<(i64, String)>,
+    /// Branch heads: (repo, branch) → sha.
+    branches: HashMap<(String, String), String>,
+    /// Check runs: id → (repo, every request body in order: the creation, then updates).
+    check_runs: std::collections::BTreeMap<i64, (String, Vec<Value>)>,
 }
 
 #[derive(Clone)]
@@ -161,6 +165,12 @@ impl FakeGithub {
             )
             .route("/app/installations/{id}/access_tokens", post(access_token))
             .route("/repos/{owner}/{repo}/tarball/{*reference}", get(tarball))
+            .route("/repos/{owner}/{repo}/commits/{*reference}", get(commit))
+            .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
+            .route(
+                "/repos/{owner}/{repo}/check-runs/{id}",
+                axum::routing::patch(update_check_run),
+            )
             .route(
                 "/repos/{owner}/{repo}/deployments",
                 get(list_deployments).post(create_deployment),
@@ -233,6 +243,49 @@ impl FakeGithub {
     /// the API, as GitHub does.
     pub fn deliver_to(&self, url: &str, secret: &str) {
         self.inner.lock().unwrap().hook = Some((url.into(), secret.into()));
+    }
+
+    /// Points `branch` of `repo` at `sha` (what `GET .../commits/{branch}` answers).
+    pub fn set_branch(&self, repo: &str, branch: &str, sha: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .branches
+            .insert((repo.into(), branch.into()), sha.into());
+    }
+
+    /// Every check run created: (id, repo, request bodies: the creation, then each update).
+    pub fn check_runs(&self) -> Vec<(i64, String, Vec<Value>)> {
+        self.inner
+            .lock()
+            .unwrap()
+            .check_runs
+            .iter()
+            .map(|(id, (repo, bodies))| (*id, repo.clone(), bodies.clone()))
+            .collect()
+    }
+
+    /// Waits until a check run has been completed; returns its bodies.
+    pub async fn wait_check_completed(&self, limit: Duration) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some((_, _, bodies)) = self
+                .check_runs()
+                .into_iter()
+                .find(|(_, _, bodies)| bodies.iter().any(|b| b["status"] == "completed"))
+            {
+                return bodies;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                panic!(
+                    "no check run completed within {limit:?}: {:?}",
+                    self.check_runs()
+                );
+            }
+        }
     }
 
     /// The next deployment creation is answered `status` with `message`.
@@ -725,6 +778,177 @@ async fn create_deployment(
     }
     fake.changed.notify_waiters();
     (StatusCode::CREATED, Json(deployment)).into_response()
+}
+
+/// `GET /repos/{owner}/{repo}/commits/{ref}`: the commit a branch points at (or a full sha
+/// itself).
+async fn commit(
+    State(fake): State<FakeGithub>,
+    Path((owner, repo, reference)): Path<(String, String, String)>,
+) -> Response {
+    let op = op_pointer("/repos/{owner}/{repo}/commits/{ref}", "get");
+    let full = format!("{owner}/{repo}");
+    let sha = {
+        let inner = fake.inner.lock().unwrap();
+        inner
+            .branches
+            .get(&(full.clone(), reference.clone()))
+            .cloned()
+    };
+    let sha = match sha {
+        Some(sha) => sha,
+        None if reference.len() == 40 && reference.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            reference
+        }
+        None => return error(StatusCode::UNPROCESSABLE_ENTITY, "No commit found for SHA"),
+    };
+    let mut body = openapi()["components"]["examples"]["commit"]["value"].clone();
+    body["sha"] = sha.into();
+    // GitHub's example lists files without the `sha` and `contents_url` its own schema
+    // requires; the answer leaves the file list empty instead.
+    body["files"] = json!([]);
+    if let Err(e) = validate(
+        &format!("{op}/responses/200/content/application~1json/schema"),
+        &body,
+    ) {
+        fake.violation(format!("fake's own commit response: {e}"));
+    }
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// `POST /repos/{owner}/{repo}/check-runs`: only for a GitHub App's installation token.
+async fn create_check_run(
+    State(fake): State<FakeGithub>,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let op = op_pointer("/repos/{owner}/{repo}/check-runs", "post");
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            fake.violation(format!("check run body is not JSON: {e}"));
+            return error(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+        }
+    };
+    if let Err(e) = validate(
+        &format!("{op}/requestBody/content/application~1json/schema"),
+        &body,
+    ) {
+        fake.violation(format!("check run request: {e}"));
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    }
+    if !authorization(&headers).starts_with("Bearer ghs_")
+        && !authorization(&headers).starts_with("token ghs_")
+    {
+        fake.violation(format!(
+            "check run created without an installation token: {:?}",
+            authorization(&headers)
+        ));
+        return error(
+            StatusCode::FORBIDDEN,
+            "You must authenticate via a GitHub App.",
+        );
+    }
+    let full = format!("{owner}/{repo}");
+    let id = {
+        let mut inner = fake.inner.lock().unwrap();
+        let id = 700_000 + inner.next_id;
+        inner.next_id += 1;
+        inner
+            .check_runs
+            .insert(id, (full.clone(), vec![body.clone()]));
+        id
+    };
+    let response = check_run_answer(id, &full, &body);
+    if let Err(e) = validate(
+        &format!("{op}/responses/201/content/application~1json/schema"),
+        &response,
+    ) {
+        fake.violation(format!("fake's own check run: {e}"));
+    }
+    fake.changed.notify_waiters();
+    (StatusCode::CREATED, Json(response)).into_response()
+}
+
+/// `PATCH /repos/{owner}/{repo}/check-runs/{check_run_id}`.
+async fn update_check_run(
+    State(fake): State<FakeGithub>,
+    Path((owner, repo, id)): Path<(String, String, i64)>,
+    body: axum::body::Bytes,
+) -> Response {
+    let op = op_pointer("/repos/{owner}/{repo}/check-runs/{check_run_id}", "patch");
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(e) => {
+            fake.violation(format!("check run update is not JSON: {e}"));
+            return error(StatusCode::BAD_REQUEST, "Problems parsing JSON");
+        }
+    };
+    if let Err(e) = validate(
+        &format!("{op}/requestBody/content/application~1json/schema"),
+        &body,
+    ) {
+        fake.violation(format!("check run update: {e}"));
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "Validation Failed");
+    }
+    let full = format!("{owner}/{repo}");
+    let found = {
+        let mut inner = fake.inner.lock().unwrap();
+        match inner.check_runs.get_mut(&id) {
+            Some((run_repo, bodies)) if *run_repo == full => {
+                bodies.push(body.clone());
+                Some(bodies[0].clone())
+            }
+            _ => None,
+        }
+    };
+    let Some(created) = found else {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let mut merged = created;
+    if let (Some(merged), Some(update)) = (merged.as_object_mut(), body.as_object()) {
+        for (key, value) in update {
+            merged.insert(key.clone(), value.clone());
+        }
+    }
+    let response = check_run_answer(id, &full, &merged);
+    if let Err(e) = validate(
+        &format!("{op}/responses/200/content/application~1json/schema"),
+        &response,
+    ) {
+        fake.violation(format!("fake's own check run update answer: {e}"));
+    }
+    fake.changed.notify_waiters();
+    (StatusCode::OK, Json(response)).into_response()
+}
+
+/// GitHub's example check run, carrying what was asked.
+fn check_run_answer(id: i64, repo: &str, asked: &Value) -> Value {
+    let mut run = openapi()["components"]["examples"]["check-run"]["value"].clone();
+    run["id"] = id.into();
+    for key in [
+        "name",
+        "head_sha",
+        "status",
+        "conclusion",
+        "details_url",
+        "external_id",
+    ] {
+        if let Some(value) = asked.get(key) {
+            run[key] = value.clone();
+        }
+    }
+    if asked.get("conclusion").is_none() {
+        run["conclusion"] = Value::Null;
+        run["completed_at"] = Value::Null;
+    }
+    if let Some(output) = asked.get("output") {
+        run["output"]["title"] = output["title"].clone();
+        run["output"]["summary"] = output["summary"].clone();
+    }
+    run["url"] = format!("https://api.github.com/repos/{repo}/check-runs/{id}").into();
+    run
 }
 
 /// `GET .../deployments/{id}/statuses`: what was posted, newest first, in GitHub's shape.

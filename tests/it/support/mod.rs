@@ -14,7 +14,12 @@ use dropship::config::Config;
 use tokio_util::sync::CancellationToken;
 
 pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+/// The token of `admin`, an admin.
 pub const API_TOKEN: &str = "test-api-token";
+/// The token of `dee`, a deployer.
+pub const DEPLOYER_TOKEN: &str = "test-deployer-token";
+/// The token of `vic`, a viewer.
+pub const VIEWER_TOKEN: &str = "test-viewer-token";
 
 /// Whether a missing service must fail the test (CI) or may skip it (a bare laptop).
 pub fn missing(what: &str) -> bool {
@@ -110,12 +115,27 @@ webhook_secrets = ["{WEBHOOK_SECRET}"]
 retry_base = "50ms"
 retry_max = "200ms"
 
-[api]
-tokens = ["{API_TOKEN}"]
+[[api.users]]
+name = "admin"
+role = "admin"
+token_sha256 = "{admin}"
+
+[[api.users]]
+name = "dee"
+role = "deployer"
+token_sha256 = "{deployer}"
+
+[[api.users]]
+name = "vic"
+role = "viewer"
+token_sha256 = "{viewer}"
 
 {extra}
 "#,
-        data = data_dir.display()
+        data = data_dir.display(),
+        admin = dropship::http::auth::hash_token(API_TOKEN),
+        deployer = dropship::http::auth::hash_token(DEPLOYER_TOKEN),
+        viewer = dropship::http::auth::hash_token(VIEWER_TOKEN),
     )
 }
 
@@ -173,6 +193,32 @@ impl TestServer {
             .send()
             .await
             .unwrap()
+    }
+
+    /// Signs in through the login form as `name`: the `Cookie` header value to send.
+    pub async fn login(&self, name: &str, token: &str) -> String {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let response = client
+            .post(self.url("/login"))
+            .form(&[("name", name), ("password", token), ("next", "/")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::SEE_OTHER,
+            "login as {name}"
+        );
+        let cookie = response
+            .headers()
+            .get(reqwest::header::SET_COOKIE)
+            .expect("a session cookie")
+            .to_str()
+            .unwrap();
+        cookie.split(';').next().unwrap().to_string()
     }
 
     pub async fn api(&self, path: &str) -> reqwest::Response {

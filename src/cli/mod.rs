@@ -1,5 +1,7 @@
 //! The `dropship` command line.
 
+mod remote;
+
 use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -29,6 +31,23 @@ pub struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Viewer,
+    Deployer,
+    Admin,
+}
+
+impl From<RoleArg> for config::Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Viewer => config::Role::Viewer,
+            RoleArg::Deployer => config::Role::Deployer,
+            RoleArg::Admin => config::Role::Admin,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -111,6 +130,37 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Recent deployments, newest first, from a running Dropship's API.
+    Status {
+        /// Only this repository (`owner/name`).
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        environment: Option<String>,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// A deployment's log: by Dropship id (with a token), or by its log URL.
+    Logs {
+        /// The deployment id (as `dropship status` shows it), or its log URL.
+        deployment: String,
+        /// Keep following until the deployment ends.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
+    /// Make an API token for a user: prints the token once and the [[api.users]] entry (with
+    /// its SHA-256) for the operator config.
+    Token {
+        /// The user's name (shown in the audit log and on the dashboard).
+        name: String,
+        #[arg(long, value_enum, default_value_t = RoleArg::Viewer)]
+        role: RoleArg,
+    },
     /// Print the commented example operator config.
     DefaultConfig,
     /// Print the manifest's JSON Schema.
@@ -188,6 +238,18 @@ async fn execute(command: Command) -> anyhow::Result<ExitCode> {
             git_ref,
             config,
         } => rollback(&repo, &environment, git_ref.as_deref(), config.as_deref()).await,
+        Command::Status {
+            repo,
+            environment,
+            limit,
+            remote,
+        } => remote::status(&remote, repo.as_deref(), environment.as_deref(), limit).await,
+        Command::Logs {
+            deployment,
+            follow,
+            remote,
+        } => remote::logs(&remote, &deployment, follow).await,
+        Command::Token { name, role } => Ok(remote::token(&name, role.into())),
         Command::DefaultConfig => {
             print!("{}", config::EXAMPLE);
             Ok(ExitCode::SUCCESS)
@@ -274,6 +336,7 @@ async fn deploy(
     };
     let github = cli_github(&config, api_url)?;
     let installation = github.installation_for(&request.repo).await?;
+    check_environment(&github, &request, installation).await?;
     let created = github
         .create_deployment(
             &request.repo,
@@ -304,9 +367,14 @@ async fn deploy(
         return Ok(ExitCode::SUCCESS);
     };
     // GitHub offers no stream of statuses: ask every second.
-    let deadline = tokio::time::Instant::now() + limit;
+    let started = tokio::time::Instant::now();
+    let deadline = started + limit;
     let mut seen = std::collections::HashSet::new();
     let mut log_shown = false;
+    // On a terminal, one line that says how long it has been; in CI, plain lines only.
+    let live = std::io::stdout().is_terminal();
+    let mut current = String::from("waiting");
+    let mut spin = 0usize;
     loop {
         let mut statuses = match github
             .deployment_statuses(&request.repo, created.id, installation)
@@ -325,6 +393,11 @@ async fn deploy(
             if !seen.insert(status.id) {
                 continue;
             }
+            if live {
+                // Clear the progress line before printing a status above it.
+                print!("\r\x1b[2K");
+            }
+            current = status.state.clone();
             if let (false, Some(url)) = (log_shown, &status.log_url) {
                 println!("log: {url}");
                 log_shown = true;
@@ -344,7 +417,21 @@ async fn deploy(
                 _ => {}
             }
         }
+        if live {
+            use std::io::Write as _;
+            const FRAMES: [&str; 4] = ["|", "/", "-", "\\"];
+            spin += 1;
+            print!(
+                "\r\x1b[2K{} {current} · {}",
+                FRAMES[spin % FRAMES.len()],
+                crate::deploy::format_elapsed(Duration::from_secs(started.elapsed().as_secs()))
+            );
+            let _ = std::io::stdout().flush();
+        }
         if tokio::time::Instant::now() >= deadline {
+            if live {
+                println!();
+            }
             eprintln!(
                 "error: deployment {} did not end within {}",
                 created.id,
@@ -354,6 +441,41 @@ async fn deploy(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// Refuses early, before GitHub records anything, a deployment the manifest at the ref would
+/// refuse: no manifest there, or no such environment in it.
+async fn check_environment(
+    github: &crate::github::Github,
+    request: &DeployRequest,
+    installation: Option<i64>,
+) -> anyhow::Result<()> {
+    use crate::github::ManifestSource as _;
+    let file = github
+        .manifest(&request.repo, &request.git_ref, installation)
+        .await
+        .map_err(|e| anyhow::anyhow!(explain_refusal(&e, request)))?;
+    let Some(file) = file else {
+        anyhow::bail!(
+            "{} has no {} at `{}` (is the ref right?): Dropship would refuse this deployment",
+            request.repo,
+            FILE_NAMES.join(" or "),
+            request.git_ref
+        );
+    };
+    // A manifest that does not parse is Dropship's to report, with file and line.
+    if let Ok(manifest) = Manifest::parse(&file.path, &file.text) {
+        if !manifest.accepts_environment(&request.environment) {
+            anyhow::bail!(
+                "{} at `{}` has no environment `{}` (it has: {}); Dropship would refuse this deployment",
+                file.path,
+                request.git_ref,
+                request.environment,
+                manifest.environments().join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn rollback(
@@ -694,61 +816,35 @@ async fn print_progress(mut events: tokio::sync::broadcast::Receiver<Arc<Event>>
 
 async fn check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = Config::load(path)?;
-    let fleet = crate::exec::Fleet::from_config(&config)?;
+    let fleet = crate::exec::Fleet::from_config(&config, Default::default())?;
     let hosts = crate::containers::Hosts::from_config(&config, &fleet)?;
     let mut failed = 0;
-    let limit = Duration::from_secs(30);
-    let checks = config.servers.iter().map(|server| {
-        let executor = fleet.get(&server.name);
-        let host = hosts.get(&server.name);
-        async move {
-            let executor = executor?;
-            let result = tokio::time::timeout(limit, executor.check()).await;
-            // The engine only once the server answers: its socket comes over that connection.
-            let docker = match (&result, host) {
-                (Ok(Ok(_)), Some(host)) => Some(tokio::time::timeout(limit, host.version()).await),
-                _ => None,
-            };
-            Some((server, executor.host_key_status(), result, docker))
+    for report in crate::deploy::survey(&config, &fleet, &hosts, Duration::from_secs(30)).await {
+        let name = &report.name;
+        let host_key = &report.host_key;
+        if !report.reachable {
+            failed += 1;
+            println!(
+                "{name:<16} FAILED  {}   host key: {host_key}",
+                report.system
+            );
+            continue;
         }
-    });
-    for (server, host_key, result, docker) in futures::future::join_all(checks)
-        .await
-        .into_iter()
-        .flatten()
-    {
-        let name = &server.name;
-        let docker = match docker {
-            None => String::new(),
-            Some(Ok(Ok(version))) => format!("   docker: {version}"),
-            Some(outcome) => {
-                let why = match outcome {
-                    Ok(Err(error)) => error.to_string(),
-                    _ => "no answer within 30s".to_string(),
-                };
-                if server.docker.is_some() {
-                    failed += 1;
-                    format!("   docker: FAILED {why}")
-                } else {
-                    format!(
-                        "   docker: not reachable ({why}); set docker = \"none\" if this server runs no containers"
-                    )
-                }
+        let docker = match (&report.docker_version, &report.docker_error) {
+            (Some(version), _) => format!("   docker: {version}"),
+            (None, Some(why)) if report.docker_configured => {
+                failed += 1;
+                format!("   docker: FAILED {why}")
             }
+            (None, Some(why)) => format!(
+                "   docker: not reachable ({why}); set docker = \"none\" if this server runs no containers"
+            ),
+            (None, None) => String::new(),
         };
-        match result {
-            Ok(Ok(system)) => {
-                println!("{name:<16} ok      {system:<28} host key: {host_key}{docker}")
-            }
-            Ok(Err(error)) => {
-                failed += 1;
-                println!("{name:<16} FAILED  {error}   host key: {host_key}");
-            }
-            Err(_) => {
-                failed += 1;
-                println!("{name:<16} FAILED  no answer within 30s   host key: {host_key}");
-            }
-        }
+        println!(
+            "{name:<16} ok      {:<28} host key: {host_key}{docker}",
+            report.system
+        );
     }
     println!(
         "{} server{} checked, {failed} failed",

@@ -1,0 +1,206 @@
+//! What people ask of the engine through the API and the dashboard: cancel a deployment, lock
+//! an environment, redeploy a version, roll back. Redeploys and rollbacks are created as GitHub
+//! deployments, so GitHub records them like any other and delivers them back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::Engine;
+use crate::github::{ApiError, GithubDeployment, NewGithubDeployment};
+use crate::store::{Deployment, ListFilter, Lock, State, now_ms};
+
+/// Cancel requests for running deployments: the engine starts no further step once asked.
+#[derive(Debug, Clone, Default)]
+pub struct Cancels(Arc<Mutex<HashMap<i64, String>>>);
+
+impl Cancels {
+    fn request(&self, id: i64, by: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, by.to_string());
+    }
+
+    /// Who asked to cancel deployment `id`, if anyone did (the request is consumed).
+    pub fn take(&self, id: i64) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id)
+    }
+}
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It had not started: it ended `error` at once.
+    Queued,
+    /// It is running: the step under way finishes, and no further step starts.
+    Requested,
+    /// It had ended already.
+    Ended(State),
+}
+
+/// Why a redeploy or rollback could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("GitHub refused: {}", .0.message)]
+    Github(ApiError),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl Engine {
+    /// Cancels deployment `id` on behalf of `by`; `None` when there is no such deployment.
+    pub async fn cancel(&self, id: i64, by: &str) -> anyhow::Result<Option<Cancelled>> {
+        let Some(deployment) = self.store.deployment(id).await? else {
+            return Ok(None);
+        };
+        match deployment.state {
+            State::Queued => {
+                let description = format!("cancelled by {by} before it started");
+                if self
+                    .transition(&deployment, State::Error, &description, None)
+                    .await?
+                {
+                    return Ok(Some(Cancelled::Queued));
+                }
+                // It started meanwhile.
+                self.cancels.request(id, by);
+                Ok(Some(Cancelled::Requested))
+            }
+            State::Running => {
+                self.cancels.request(id, by);
+                Ok(Some(Cancelled::Requested))
+            }
+            ended => Ok(Some(Cancelled::Ended(ended))),
+        }
+    }
+
+    /// The lock on `repo`'s `environment`, if any.
+    pub async fn lock_of(&self, repo: &str, environment: &str) -> anyhow::Result<Option<Lock>> {
+        Ok(self
+            .store
+            .locks()
+            .await?
+            .into_iter()
+            .find(|l| l.repo == repo && l.environment == environment))
+    }
+
+    /// Locks an environment: `Err` holds the lock already there.
+    pub async fn lock(
+        &self,
+        repo: &str,
+        environment: &str,
+        by: &str,
+        reason: &str,
+    ) -> anyhow::Result<Result<Lock, Lock>> {
+        let lock = Lock {
+            repo: repo.to_string(),
+            environment: environment.to_string(),
+            locked_by: by.to_string(),
+            reason: reason.to_string(),
+            locked_at: now_ms(),
+        };
+        if self.store.lock(&lock).await? {
+            return Ok(Ok(lock));
+        }
+        let existing = self.lock_of(repo, environment).await?;
+        // Unlocked between the two: try once more.
+        match existing {
+            Some(existing) => Ok(Err(existing)),
+            None if self.store.lock(&lock).await? => Ok(Ok(lock)),
+            None => Ok(Err(lock)),
+        }
+    }
+
+    /// Creates a GitHub deployment of `deployment`'s commit, task and environment again.
+    pub async fn redeploy(
+        &self,
+        deployment: &Deployment,
+        by: &str,
+    ) -> Result<GithubDeployment, ActionError> {
+        let short = deployment.sha.get(..7).unwrap_or(&deployment.sha);
+        let description = format!("redeploy of {short} requested by {by} in Dropship");
+        let mut payload = deployment.payload.clone();
+        if !payload.is_object() {
+            payload = serde_json::json!({});
+        }
+        payload["dropship"] = serde_json::json!({
+            "requested_by": by,
+            "redeploy_of": deployment.public_id(),
+        });
+        self.create_github_deployment(
+            &deployment.repo,
+            &NewGithubDeployment {
+                git_ref: &deployment.sha,
+                task: &deployment.task,
+                environment: &deployment.environment,
+                description: &description,
+                auto_merge: false,
+                // The commit passed its checks when it first went out.
+                required_contexts: Some(Vec::new()),
+                payload,
+            },
+            deployment.installation_id,
+        )
+        .await
+    }
+
+    /// Creates a GitHub deployment with task `rollback` for `repo`'s `environment`, at the
+    /// commit of its newest deployment (whose manifest says what a rollback does).
+    pub async fn rollback(
+        &self,
+        repo: &str,
+        environment: &str,
+        by: &str,
+    ) -> Result<GithubDeployment, ActionError> {
+        let newest = self
+            .store
+            .list_deployments(&ListFilter {
+                repo: Some(repo.to_string()),
+                environment: Some(environment.to_string()),
+                limit: 1,
+                ..Default::default()
+            })
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                ActionError::Refused(format!(
+                    "{repo} has never deployed to {environment}: nothing to roll back"
+                ))
+            })?;
+        let description = format!("rollback requested by {by} in Dropship");
+        self.create_github_deployment(
+            repo,
+            &NewGithubDeployment {
+                git_ref: &newest.sha,
+                task: "rollback",
+                environment,
+                description: &description,
+                auto_merge: false,
+                required_contexts: Some(Vec::new()),
+                payload: serde_json::json!({ "dropship": { "requested_by": by } }),
+            },
+            newest.installation_id,
+        )
+        .await
+    }
+
+    pub(crate) async fn create_github_deployment(
+        &self,
+        repo: &str,
+        deployment: &NewGithubDeployment<'_>,
+        installation: Option<i64>,
+    ) -> Result<GithubDeployment, ActionError> {
+        let Some(github) = &self.github else {
+            return Err(ActionError::Refused(
+                "this Dropship has no GitHub client to create deployments with".into(),
+            ));
+        };
+        github
+            .create(repo, deployment, installation)
+            .await
+            .map_err(ActionError::Github)
+    }
+}

@@ -1,0 +1,186 @@
+//! Auto-deploy: when a branch moves (`push`) or every check on its new commit has passed
+//! (`check_suite` completed with success), the manifest's `auto_deploy` rules may ask for a
+//! deployment. Dropship then creates it on GitHub, so it is recorded and shown like any other,
+//! and GitHub delivers it back as a `deployment` webhook.
+
+use super::Engine;
+use crate::github::NewGithubDeployment;
+use crate::manifest::{AutoDeployTrigger, Manifest};
+use crate::webhook::BranchMoved;
+
+/// What one rule did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AutoDeployed {
+    pub environment: String,
+    pub task: String,
+    /// The GitHub deployment created; `None` when none was (see `note`).
+    pub github_deployment_id: Option<i64>,
+    pub note: String,
+}
+
+/// Why nothing was considered at all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotConsidered {
+    #[error("{0} is a fork: forks never auto-deploy")]
+    Fork(String),
+    #[error("repository {0} is not allowed by the operator config")]
+    UnknownRepository(String),
+    #[error("the check suite concluded {0}, not success")]
+    NotGreen(String),
+    #[error("the manifest at {0}: {1}")]
+    Manifest(String, String),
+}
+
+impl Engine {
+    /// Applies the `auto_deploy` rules of the manifest at the moved commit for `trigger`.
+    pub async fn auto_deploy(
+        &self,
+        moved: &BranchMoved,
+        trigger: AutoDeployTrigger,
+    ) -> Result<Vec<AutoDeployed>, NotConsidered> {
+        if moved.fork {
+            return Err(NotConsidered::Fork(moved.repository.clone()));
+        }
+        let Some(repo) = self.config.repo(&moved.repository) else {
+            return Err(NotConsidered::UnknownRepository(moved.repository.clone()));
+        };
+        if trigger == AutoDeployTrigger::Checks && moved.conclusion.as_deref() != Some("success") {
+            return Err(NotConsidered::NotGreen(
+                moved.conclusion.clone().unwrap_or_else(|| "nothing".into()),
+            ));
+        }
+        let short = moved.sha.get(..7).unwrap_or(&moved.sha).to_string();
+        let file = match self
+            .manifests
+            .manifest(&moved.repository, &moved.sha, moved.installation_id)
+            .await
+        {
+            Ok(Some(file)) => file,
+            Ok(None) => return Ok(Vec::new()),
+            Err(error) => return Err(NotConsidered::Manifest(short, error.message)),
+        };
+        let manifest = Manifest::parse(&file.path, &file.text)
+            .map_err(|d| NotConsidered::Manifest(short.clone(), d.first().to_string()))?;
+        let mut done = Vec::new();
+        for rule in manifest.auto_deploy() {
+            if rule.on != trigger || !rule.matches(&moved.branch) {
+                continue;
+            }
+            let mut result = AutoDeployed {
+                environment: rule.environment.clone(),
+                task: rule.task.clone(),
+                github_deployment_id: None,
+                note: String::new(),
+            };
+            if !repo.allows_environment(&rule.environment) {
+                result.note = format!(
+                    "environment {} is not allowed for {} by the operator config",
+                    rule.environment, moved.repository
+                );
+                done.push(result);
+                continue;
+            }
+            if trigger == AutoDeployTrigger::Checks {
+                // A suite names its head branch, but a fork's pull request may have a branch of
+                // the same name: deploy only the commit the branch points at here.
+                let head = self.github.as_ref().map(|github| {
+                    github.commit_sha(&moved.repository, &moved.branch, moved.installation_id)
+                });
+                if let Some(head) = head {
+                    match head.await {
+                        Ok(sha) if sha == moved.sha => {}
+                        Ok(sha) => {
+                            result.note = format!(
+                                "{} now points at {}, not {short}: nothing deployed",
+                                moved.branch,
+                                sha.get(..7).unwrap_or(&sha)
+                            );
+                            done.push(result);
+                            continue;
+                        }
+                        Err(error) => {
+                            result.note = format!("reading {}: {}", moved.branch, error.message);
+                            done.push(result);
+                            continue;
+                        }
+                    }
+                }
+            }
+            let trigger_name = match trigger {
+                AutoDeployTrigger::Push => "push",
+                AutoDeployTrigger::Checks => "checks",
+            };
+            match self
+                .store
+                .claim_auto_deploy(
+                    &moved.repository,
+                    &rule.environment,
+                    &moved.sha,
+                    trigger_name,
+                )
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    result.note =
+                        format!("{short} was auto-deployed to {} before", rule.environment);
+                    done.push(result);
+                    continue;
+                }
+                Err(error) => {
+                    result.note = format!("recording the auto-deploy: {error:#}");
+                    done.push(result);
+                    continue;
+                }
+            }
+            let description = format!("auto-deploy of {} ({trigger_name})", moved.branch);
+            let payload = serde_json::json!({
+                "dropship": { "auto_deploy": { "branch": moved.branch, "trigger": trigger_name } }
+            });
+            let created = self
+                .create_github_deployment(
+                    &moved.repository,
+                    &NewGithubDeployment {
+                        git_ref: &moved.sha,
+                        task: &rule.task,
+                        environment: &rule.environment,
+                        description: &description,
+                        auto_merge: false,
+                        // On push, deploy now; on checks, GitHub verifies every context passed
+                        // (a 409 until they all have).
+                        required_contexts: (trigger == AutoDeployTrigger::Push).then(Vec::new),
+                        payload,
+                    },
+                    moved.installation_id,
+                )
+                .await;
+            match created {
+                Ok(created) => {
+                    tracing::info!(
+                        repo = %moved.repository, environment = %rule.environment,
+                        sha = %short, github_deployment = created.id, "auto-deploy created"
+                    );
+                    result.github_deployment_id = Some(created.id);
+                    result.note = description;
+                }
+                Err(error) => {
+                    // Give the claim back: a later event may succeed.
+                    if let Err(e) = self
+                        .store
+                        .release_auto_deploy(&moved.repository, &rule.environment, &moved.sha)
+                        .await
+                    {
+                        tracing::error!(error = format!("{e:#}"), "releasing an auto-deploy claim");
+                    }
+                    result.note = format!("not created: {error}");
+                    tracing::warn!(
+                        repo = %moved.repository, environment = %rule.environment,
+                        sha = %short, error = %error, "auto-deploy not created"
+                    );
+                }
+            }
+            done.push(result);
+        }
+        Ok(done)
+    }
+}

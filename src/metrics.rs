@@ -1,0 +1,191 @@
+//! What `/metrics` serves, in Prometheus' text format: one registry per process, counted where
+//! things happen (webhook intake, the engine, SSH, the status outbox, the proxy).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric Dropship exports. Cheap to update from any task: counters are atomics.
+pub struct Metrics {
+    registry: Registry,
+    webhooks: Family<Labels, Counter>,
+    deployments: Family<Labels, Counter>,
+    deployment_seconds: Family<Labels, Histogram>,
+    steps: Family<Labels, Counter>,
+    ssh_open: Gauge<i64, std::sync::atomic::AtomicI64>,
+    ssh_opened: Counter,
+    ssh_reconnects: Counter,
+    status_posts: Family<Labels, Counter>,
+    status_retries: Counter,
+    proxy_requests: Family<Labels, Counter<u64, AtomicU64>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn deployment_histogram() -> Histogram {
+    // 0.5 s to about 68 min.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.5, 2.0, 14,
+    ))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("dropship");
+        let webhooks = Family::<Labels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Webhook deliveries by event and result",
+            webhooks.clone(),
+        );
+        let deployments = Family::<Labels, Counter>::default();
+        registry.register(
+            "deployments",
+            "Deployments that ended, by state",
+            deployments.clone(),
+        );
+        let deployment_seconds =
+            Family::<Labels, Histogram>::new_with_constructor(deployment_histogram as fn() -> _);
+        let deployment_seconds: Family<Labels, Histogram> = deployment_seconds;
+        registry.register(
+            "deployment_duration_seconds",
+            "How long deployments ran, from start to end, by state",
+            deployment_seconds.clone(),
+        );
+        let steps = Family::<Labels, Counter>::default();
+        registry.register(
+            "steps",
+            "Step runs (one step on one server) that ended, by result",
+            steps.clone(),
+        );
+        let ssh_open = Gauge::default();
+        registry.register(
+            "ssh_connections_open",
+            "SSH master connections open now",
+            ssh_open.clone(),
+        );
+        let ssh_opened = Counter::default();
+        registry.register(
+            "ssh_connections_opened",
+            "SSH master connections opened",
+            ssh_opened.clone(),
+        );
+        let ssh_reconnects = Counter::default();
+        registry.register(
+            "ssh_reconnects",
+            "SSH master connections found dropped and opened again",
+            ssh_reconnects.clone(),
+        );
+        let status_posts = Family::<Labels, Counter>::default();
+        registry.register(
+            "github_status_posts",
+            "Deployment status and check-run posts to GitHub, by kind and result",
+            status_posts.clone(),
+        );
+        let status_retries = Counter::default();
+        registry.register(
+            "github_status_retries",
+            "Status posts that failed and were scheduled again",
+            status_retries.clone(),
+        );
+        let proxy_requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "proxy_requests",
+            "Requests the proxy answered, by route and status code",
+            proxy_requests.clone(),
+        );
+        Metrics {
+            registry,
+            webhooks,
+            deployments,
+            deployment_seconds,
+            steps,
+            ssh_open,
+            ssh_opened,
+            ssh_reconnects,
+            status_posts,
+            status_retries,
+            proxy_requests,
+        }
+    }
+}
+
+impl Metrics {
+    /// The whole registry in Prometheus' text exposition format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+
+    pub fn webhook(&self, event: &str, result: &str) {
+        self.webhooks
+            .get_or_create(&vec![
+                ("event", event.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn deployment_ended(&self, state: &str, seconds: Option<f64>) {
+        let labels = vec![("state", state.to_string())];
+        self.deployments.get_or_create(&labels).inc();
+        if let Some(seconds) = seconds {
+            self.deployment_seconds
+                .get_or_create(&labels)
+                .observe(seconds);
+        }
+    }
+
+    pub fn step_ended(&self, result: &str) {
+        self.steps
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    pub fn ssh_opened(&self, reconnect: bool) {
+        self.ssh_open.inc();
+        self.ssh_opened.inc();
+        if reconnect {
+            self.ssh_reconnects.inc();
+        }
+    }
+
+    pub fn ssh_closed(&self) {
+        self.ssh_open.dec();
+    }
+
+    /// `kind` is `status` or `check`; `result` is `delivered`, `retry` or `failed`.
+    pub fn status_post(&self, kind: &str, result: &str) {
+        self.status_posts
+            .get_or_create(&vec![
+                ("kind", kind.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+        if result == "retry" {
+            self.status_retries.inc();
+        }
+    }
+
+    pub fn proxy_request(&self, route: &str, status: u16) {
+        self.proxy_requests
+            .get_or_create(&vec![
+                ("route", route.to_string()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+}
