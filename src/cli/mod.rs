@@ -363,7 +363,14 @@ async fn deploy(
         request.task
     );
     let Some(limit) = wait else {
-        println!("GitHub sends it to Dropship now; follow it with --wait, or on GitHub");
+        // Dropship answers GitHub's webhook within milliseconds with a `queued` status that
+        // carries the log URL: wait a little for it.
+        match first_log_url(&github, &request.repo, created.id, installation).await {
+            Some(url) => println!("log: {url}"),
+            None => {
+                println!("Dropship has not picked it up yet; follow it with --wait, or on GitHub")
+            }
+        }
         return Ok(ExitCode::SUCCESS);
     };
     // GitHub offers no stream of statuses: ask every second.
@@ -441,6 +448,26 @@ async fn deploy(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The log URL of GitHub deployment `id`, once Dropship's first status names it (10 s at
+/// most).
+async fn first_log_url(
+    github: &crate::github::Github,
+    repo: &str,
+    id: i64,
+    installation: Option<i64>,
+) -> Option<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(statuses) = github.deployment_statuses(repo, id, installation).await {
+            if let Some(url) = statuses.iter().rev().find_map(|s| s.log_url.clone()) {
+                return Some(url);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
 }
 
 /// Refuses early, before GitHub records anything, a deployment the manifest at the ref would

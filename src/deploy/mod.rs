@@ -494,6 +494,12 @@ impl Engine {
             Ok(plan) => {
                 let url = plan.environment_url.clone();
                 let outcome = self.execute(&deployment, &plan, &log).await?;
+                if let Some(by) = self.cancels.take(deployment.id) {
+                    // Asked while the last step ran: nothing was left to stop.
+                    log.note(format!(
+                        "{by} asked to cancel during the last step; there was nothing left to stop"
+                    ));
+                }
                 if plan.preview && outcome.state == State::Success {
                     // A closed pull request finds it by its branch.
                     self.store

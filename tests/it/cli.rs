@@ -255,6 +255,11 @@ mod deploy_command {
         // --skip-checks asks GitHub to skip them (an empty required_contexts).
         let (code, out, err) = deploy(&config, &["--skip-checks"]).await;
         assert_eq!(code, 0, "{out}{err}");
+        // Without --wait it still prints where the log is, once Dropship has answered.
+        assert!(
+            out.contains("log: http://127.0.0.1:1/deployments/"),
+            "{out}"
+        );
         let created = github.created_deployments_all("acme/cli");
         assert_eq!(created.len(), 1);
         tokio::time::timeout(

@@ -985,3 +985,153 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(pressed.status(), StatusCode::FORBIDDEN);
     github.wait_final(3501, Duration::from_secs(30)).await;
 }
+
+#[tokio::test]
+async fn deployers_cancel_redeploy_and_roll_back_through_the_api() {
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("go");
+    let manifest = format!(
+        "{}    - name: after\n      run: echo after the gate\n",
+        gated_manifest(&gate)
+    );
+    let (server, github) = start(&manifest, LOCAL).await;
+    use reqwest::Method;
+    // One runs (held by the gate), the next for the same environment waits queued.
+    let running = deliver(&server, 3601, "production", "deploy").await["id"]
+        .as_i64()
+        .unwrap();
+    let queued = deliver(&server, 3602, "production", "deploy").await["id"]
+        .as_i64()
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the first deployment to run",
+        || async { server.deployment(running).await["state"] == "running" },
+    )
+    .await;
+    let path = |id: i64, action: &str| format!("/api/deployments/{id}/{action}");
+    let viewer = call(
+        &server,
+        Method::POST,
+        &path(running, "cancel"),
+        Some(VIEWER_TOKEN),
+    )
+    .await;
+    assert_eq!(viewer.status(), StatusCode::FORBIDDEN);
+    let answer = call(
+        &server,
+        Method::POST,
+        &path(queued, "cancel"),
+        Some(DEPLOYER_TOKEN),
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    let statuses = github.wait_final(3602, Duration::from_secs(30)).await;
+    assert_eq!(
+        statuses.last().unwrap().description(),
+        "cancelled by dee before it started"
+    );
+    let answer = call(
+        &server,
+        Method::POST,
+        &path(running, "cancel"),
+        Some(DEPLOYER_TOKEN),
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        format!("deployment {running} stops after the step under way")
+    );
+    std::fs::write(&gate, "").unwrap();
+    let statuses = github.wait_final(3601, Duration::from_secs(30)).await;
+    let last = statuses.last().unwrap();
+    assert_eq!(
+        (last.state(), last.description()),
+        ("error", "cancelled by dee before step after")
+    );
+    let detail = server.deployment(running).await;
+    let steps: Vec<(&str, &str)> = detail["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(steps, [("wait", "success"), ("after", "skipped")]);
+    let ended = call(
+        &server,
+        Method::POST,
+        &path(running, "cancel"),
+        Some(DEPLOYER_TOKEN),
+    )
+    .await;
+    assert_eq!(ended.status(), StatusCode::CONFLICT);
+
+    // Redeploy: the same commit, task and environment, created on GitHub and delivered back.
+    let answer = call(
+        &server,
+        Method::POST,
+        &path(running, "redeploy"),
+        Some(DEPLOYER_TOKEN),
+    )
+    .await;
+    assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    let body: Value = answer.json().await.unwrap();
+    let created = github.created_deployments_all("acme/shop");
+    assert_eq!(created.len(), 1);
+    assert_eq!(body["github_deployment_id"], created[0]["id"]);
+    assert_eq!(created[0]["sha"], SHA);
+    assert_eq!(created[0]["task"], "deploy");
+    assert_eq!(created[0]["payload"]["dropship"]["redeploy_of"], 3601);
+    assert_eq!(created[0]["payload"]["dropship"]["requested_by"], "dee");
+    let again = github
+        .wait_final(created[0]["id"].as_i64().unwrap(), Duration::from_secs(30))
+        .await;
+    assert_eq!(again.last().unwrap().state(), "success");
+
+    // The environment now runs that commit; a rollback is created as task `rollback`.
+    let environments: Vec<Value> = call(
+        &server,
+        Method::GET,
+        "/api/environments",
+        Some(VIEWER_TOKEN),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(environments.len(), 1);
+    assert_eq!(environments[0]["environment"], "production");
+    assert_eq!(
+        environments[0]["live"]["github_deployment_id"],
+        created[0]["id"]
+    );
+    assert_eq!(environments[0]["latest"]["state"], "success");
+    let rollback = "/api/environments/acme/shop/production/rollback";
+    let answer = call(&server, Method::POST, rollback, Some(DEPLOYER_TOKEN)).await;
+    assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    let created = github.created_deployments_all("acme/shop");
+    assert_eq!(created.len(), 2);
+    assert_eq!(created[1]["task"], "rollback");
+    let never = call(
+        &server,
+        Method::POST,
+        "/api/environments/acme/shop/qa/rollback",
+        Some(DEPLOYER_TOKEN),
+    )
+    .await;
+    assert_eq!(never.status(), StatusCode::CONFLICT);
+
+    let audit: Vec<Value> = call(&server, Method::GET, "/api/audit", Some(API_TOKEN))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let actions: Vec<&str> = audit
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["rollback", "redeploy", "cancel", "cancel"]);
+    assert!(github.violations().is_empty(), "{:?}", github.violations());
+}

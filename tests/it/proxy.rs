@@ -170,6 +170,36 @@ async fn the_proxy_routes_by_host_and_prefix_and_switches_under_load_without_a_f
     let (status, page) = get(&client, &proxy, "nobody.test", "/").await;
     assert_eq!(status, 404);
     assert!(page.contains("No app is served at nobody.test/"), "{page}");
+    // /metrics counts the proxy's answers by route and status, and the SSH master connection
+    // the deployment opened.
+    let metrics = client
+        .get(w.server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |needles: &[&str]| {
+        metrics
+            .lines()
+            .find(|l| needles.iter().all(|n| l.contains(n)))
+            .unwrap_or_else(|| panic!("no metric with {needles:?} in\n{metrics}"))
+            .to_string()
+    };
+    for app in ["edge", "edge-api"] {
+        let route = format!("route=\"acme/edge/production/{app}\"");
+        let served = line(&["dropship_proxy_requests_total{", &route, "status=\"200\""]);
+        assert!(served.ends_with(" 1"), "{served}");
+    }
+    let unknown = line(&[
+        "dropship_proxy_requests_total{",
+        "route=\"none\"",
+        "status=\"404\"",
+    ]);
+    assert!(unknown.ends_with(" 1"), "{unknown}");
+    let open = line(&["dropship_ssh_connections_open 1"]);
+    assert_eq!(open, "dropship_ssh_connections_open 1");
 
     // A steady load while v2 replaces v1: no request fails, and afterwards every response
     // comes from v2.
