@@ -197,8 +197,15 @@ pub(super) async fn github(
     let (status, recorded, duplicate) = match inserted {
         Inserted::New(d) => {
             count("accepted");
-            // Behind the queued status, before the deployment can start.
-            state.engine.check_queued(&d).await?;
+            // Behind the queued status, before the deployment can start. Without it the check
+            // run is created at `in_progress`: no reason to fail a recorded delivery.
+            if let Err(error) = state.engine.check_queued(&d).await {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    deployment.id = d.id,
+                    "enqueueing the queued check run"
+                );
+            }
             state.scheduler.push(d.clone());
             state.engine.outbox.notify_one();
             (StatusCode::ACCEPTED, d, false)
