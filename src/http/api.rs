@@ -384,16 +384,32 @@ pub(super) async fn cancel_as(
             ));
         }
     };
-    state
-        .audit(&user.name, "cancel", &format!("deployment {id}"), &message)
-        .await;
-    Ok((
+    Ok(accepted(
+        state,
+        user,
+        ("cancel", format!("deployment {id}")),
+        message,
+        None,
+    )
+    .await)
+}
+
+/// Writes the audit entry of a done action and answers 202 with its message.
+async fn accepted(
+    state: &AppState,
+    user: &User,
+    (action, target): (&str, String),
+    message: String,
+    github_deployment_id: Option<i64>,
+) -> (StatusCode, Json<ActionJson>) {
+    state.audit(&user.name, action, &target, &message).await;
+    (
         StatusCode::ACCEPTED,
         Json(ActionJson {
             message,
-            github_deployment_id: None,
+            github_deployment_id,
         }),
-    ))
+    )
 }
 
 fn action_error(error: ActionError) -> HttpError {
@@ -584,21 +600,8 @@ pub(super) async fn rollback_as(
         "created GitHub deployment {} of {repo} to {environment}: task rollback",
         created.id
     );
-    state
-        .audit(
-            &user.name,
-            "rollback",
-            &format!("{repo} {environment}"),
-            &message,
-        )
-        .await;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(ActionJson {
-            message,
-            github_deployment_id: Some(created.id),
-        }),
-    ))
+    let target = ("rollback", format!("{repo} {environment}"));
+    Ok(accepted(state, user, target, message, Some(created.id)).await)
 }
 
 /// What a teardown removed.

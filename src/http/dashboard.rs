@@ -510,32 +510,23 @@ fn message(
     result.map(|(_, json)| json.0.message().to_string())
 }
 
-pub(super) async fn cancel(
+/// The buttons on a deployment: `cancel` and `redeploy`.
+pub(super) async fn deployment_action(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(id): Path<i64>,
+    Path((id, action)): Path<(i64, String)>,
 ) -> Response {
     let user = match actor(&state, caller, &headers) {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
-    let result = message(api::cancel_as(&state, &user, id).await);
+    let result = match action.as_str() {
+        "cancel" => message(api::cancel_as(&state, &user, id).await),
+        "redeploy" => message(api::redeploy_as(&state, &user, id).await),
+        other => Err(HttpError::not_found(format!("no action `{other}`"))),
+    };
     outcome(&user, result, &format!("/deployments/{id}"))
-}
-
-pub(super) async fn redeploy(
-    State(state): State<AppState>,
-    caller: Caller,
-    headers: HeaderMap,
-    Path(id): Path<i64>,
-) -> Response {
-    let user = match actor(&state, caller, &headers) {
-        Ok(user) => user,
-        Err(refusal) => return refusal.into_response(),
-    };
-    let result = message(api::redeploy_as(&state, &user, id).await);
-    outcome(&user, result, "/")
 }
 
 #[derive(Debug, Default, Deserialize)]

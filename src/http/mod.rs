@@ -48,8 +48,10 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(dashboard::audit))
         .route("/deployments/{id}", get(pages::deployment))
         .route("/deployments/{id}/events", get(pages::events))
-        .route("/deployments/{id}/cancel", post(dashboard::cancel))
-        .route("/deployments/{id}/redeploy", post(dashboard::redeploy))
+        .route(
+            "/deployments/{id}/{action}",
+            post(dashboard::deployment_action),
+        )
         .route(
             "/environments/{owner}/{repo}/{environment}/{action}",
             post(dashboard::environment_action),

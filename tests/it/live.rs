@@ -114,16 +114,7 @@ async fn a_newer_queued_deployment_supersedes_older_queued_ones() {
 
 #[tokio::test]
 async fn a_github_app_fetches_one_installation_token_and_reuses_it() {
-    let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("app.pem");
-    let status = std::process::Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("running openssl");
-    assert!(status.success());
+    let (_keys, key) = crate::support::app_key();
     let manifest = "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: hello\n      run: echo hello\n";
     let extra = format!(
         "[github.app]\napp_id = 42\nprivate_key_file = \"{}\"\n\n{LOCAL}",

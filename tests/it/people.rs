@@ -496,16 +496,7 @@ async fn auto_deploy_on_checks_waits_for_a_green_suite_on_the_branch_head() {
 
 #[tokio::test]
 async fn a_github_app_deployment_gets_a_check_run_with_a_summary() {
-    let keys = tempfile::tempdir().unwrap();
-    let key = keys.path().join("app.pem");
-    let status = std::process::Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("running openssl");
-    assert!(status.success());
+    let (_keys, key) = crate::support::app_key();
     let github = FakeGithub::start().await;
     github.add_file("acme/shop", SHA, "dropship.yml", HELLO);
     let data = tempfile::tempdir().unwrap();
@@ -709,6 +700,22 @@ fn browser() -> Option<(String, String)> {
     }
 }
 
+/// Fills in and sends the login form on the current page.
+async fn sign_in(browser: &fantoccini::Client, name: &str, password: &str) {
+    use fantoccini::Locator;
+    for (field, text) in [("name", name), ("password", password)] {
+        let input = browser.find(Locator::Id(field)).await.unwrap();
+        input.send_keys(text).await.unwrap();
+    }
+    browser
+        .find(Locator::Id("login"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// chromedriver on a free port, killed on drop.
 struct Driver(std::process::Child, u16);
 
@@ -786,27 +793,7 @@ async fn the_dashboard_in_a_real_browser() {
         .unwrap();
     let url = browser.current_url().await.unwrap();
     assert_eq!(url.path(), "/login");
-    browser
-        .find(Locator::Id("name"))
-        .await
-        .unwrap()
-        .send_keys("dee")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys("not-the-token")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&browser, "dee", "not-the-token").await;
     let error = wait("error")
         .for_element(Locator::Id("error"))
         .await
@@ -814,27 +801,7 @@ async fn the_dashboard_in_a_real_browser() {
     assert_eq!(error.text().await.unwrap(), "Wrong name or token.");
 
     // The right token: back to the deployment, which is running.
-    browser
-        .find(Locator::Id("name"))
-        .await
-        .unwrap()
-        .send_keys("dee")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(DEPLOYER_TOKEN)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&browser, "dee", DEPLOYER_TOKEN).await;
     wait("log")
         .for_element(Locator::XPath(
             "//pre[@id='log']/span[contains(., 'first line')]",
@@ -930,27 +897,7 @@ async fn the_dashboard_in_a_real_browser() {
         .for_element(Locator::Id("login"))
         .await
         .unwrap();
-    browser
-        .find(Locator::Id("name"))
-        .await
-        .unwrap()
-        .send_keys("vic")
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("password"))
-        .await
-        .unwrap()
-        .send_keys(VIEWER_TOKEN)
-        .await
-        .unwrap();
-    browser
-        .find(Locator::Id("login"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    sign_in(&browser, "vic", VIEWER_TOKEN).await;
     wait("list")
         .for_element(Locator::Css("#deployments tr[data-id]"))
         .await

@@ -265,6 +265,21 @@ impl Drop for Process {
     }
 }
 
+/// A GitHub App's private key (RSA, PEM) made with openssl: its directory and path.
+pub fn app_key() -> (tempfile::TempDir, PathBuf) {
+    let keys = tempfile::tempdir().unwrap();
+    let key = keys.path().join("app.pem");
+    let status = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("running openssl");
+    assert!(status.success());
+    (keys, key)
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
