@@ -110,16 +110,7 @@ pub(super) fn summary(
     environment_url: Option<&str>,
 ) -> String {
     let mut out = format!("**{}**: {}\n\n", state.as_str(), cell(description));
-    let mut servers: Vec<&str> = Vec::new();
-    let mut rows: Vec<(i64, &str)> = Vec::new();
-    for step in steps {
-        if !servers.contains(&step.server.as_str()) {
-            servers.push(&step.server);
-        }
-        if !rows.iter().any(|(index, _)| *index == step.step_index) {
-            rows.push((step.step_index, &step.step));
-        }
-    }
+    let (servers, rows) = crate::store::grid_axes(steps);
     if !rows.is_empty() {
         out.push_str("| step |");
         for server in &servers {

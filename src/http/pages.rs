@@ -127,16 +127,7 @@ fn render(
     user: Option<&User>,
     github_web: &str,
 ) -> Markup {
-    let mut servers: Vec<&str> = Vec::new();
-    let mut rows: Vec<(i64, &str)> = Vec::new();
-    for step in steps {
-        if !servers.contains(&step.server.as_str()) {
-            servers.push(&step.server);
-        }
-        if !rows.iter().any(|(i, _)| *i == step.step_index) {
-            rows.push((step.step_index, &step.step));
-        }
-    }
+    let (servers, rows) = crate::store::grid_axes(steps);
     let duration = match (deployment.started_at, deployment.finished_at) {
         (Some(s), Some(f)) => format_elapsed(Duration::from_millis((f - s).max(0) as u64)),
         _ => String::new(),

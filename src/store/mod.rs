@@ -234,6 +234,22 @@ pub struct StepRun {
     pub finished_at: Option<Millis>,
 }
 
+/// The axes of a steps × servers grid: servers and steps (index, name), each in order of first
+/// appearance.
+pub fn grid_axes(steps: &[StepRun]) -> (Vec<&str>, Vec<(i64, &str)>) {
+    let mut servers: Vec<&str> = Vec::new();
+    let mut rows: Vec<(i64, &str)> = Vec::new();
+    for step in steps {
+        if !servers.contains(&step.server.as_str()) {
+            servers.push(&step.server);
+        }
+        if !rows.iter().any(|(index, _)| *index == step.step_index) {
+            rows.push((step.step_index, &step.step));
+        }
+    }
+    (servers, rows)
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LogLine {
     pub deployment_id: i64,
