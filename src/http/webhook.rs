@@ -240,8 +240,10 @@ async fn auto_deploy(
     let count = |result: &str| state.engine.metrics.webhook(&event, result);
     if state.engine.config.repo(&moved.repository).is_none() {
         count("ignored");
-        let mut delivery = delivery.clone();
-        delivery.result = "ignored";
+        let delivery = Delivery {
+            result: "ignored",
+            ..delivery
+        };
         state.engine.store.record_delivery(delivery).await?;
         return Ok((
             StatusCode::ACCEPTED,
