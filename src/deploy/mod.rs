@@ -64,6 +64,14 @@ pub struct Engine {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
+/// Whether `locked_by` asked for this deployment: GitHub's creator, or the Dropship user a
+/// redeploy or rollback from the dashboard or API was made for (locks coordinate people; they
+/// are not a permission).
+fn lock_holder(deployment: &Deployment, locked_by: &str) -> bool {
+    deployment.creator.as_deref() == Some(locked_by)
+        || deployment.payload["dropship"]["requested_by"].as_str() == Some(locked_by)
+}
+
 /// What `${{ }}` expressions and the `DROPSHIP_*` variables see of a deployment.
 pub fn context(deployment: &Deployment) -> Context {
     let (owner, name) = deployment.repo_parts();
@@ -577,7 +585,7 @@ impl Engine {
             .lock_of(&deployment.repo, &deployment.environment)
             .await
         {
-            Ok(Some(lock)) if deployment.creator.as_deref() != Some(lock.locked_by.as_str()) => {
+            Ok(Some(lock)) if !lock_holder(deployment, &lock.locked_by) => {
                 return Err(Outcome::error(format!(
                     "environment {} is locked by {} ({}); unlock it on the dashboard or with DELETE /api/environments/{}/{}/lock",
                     deployment.environment,

@@ -669,8 +669,8 @@ pub(super) struct LockBody {
     reason: String,
 }
 
-/// Locks an environment: deployments to it end `error` (but those its locker creates) until
-/// it is unlocked.
+/// Locks an environment: deployments to it end `error` until it is unlocked, except those the
+/// locker asked for (as GitHub's creator, or through a Dropship redeploy or rollback).
 #[utoipa::path(put, path = "/api/environments/{owner}/{repo}/{environment}/lock", tag = "environments",
     params(("owner" = String, Path), ("repo" = String, Path), ("environment" = String, Path)),
     request_body(content = LockBody, description = "optional"),

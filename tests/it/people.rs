@@ -126,6 +126,20 @@ async fn api_tokens_have_roles_and_every_action_is_audited() {
         "{}",
         last.description()
     );
+    // The locker may still deploy: a redeploy dee asks for runs.
+    let redeploy = call(
+        &server,
+        Method::POST,
+        "/api/deployments/1/redeploy",
+        Some(DEPLOYER_TOKEN),
+    )
+    .await;
+    assert_eq!(redeploy.status(), StatusCode::ACCEPTED);
+    let id = github.created_deployments_all("acme/shop")[0]["id"]
+        .as_i64()
+        .unwrap();
+    let statuses = github.wait_final(id, Duration::from_secs(30)).await;
+    assert_eq!(statuses.last().unwrap().state(), "success");
     let unlocked = call(&server, Method::DELETE, path, Some(DEPLOYER_TOKEN)).await;
     assert_eq!(unlocked.status(), StatusCode::NO_CONTENT);
     deliver(&server, 3102, "production", "deploy").await;
@@ -148,12 +162,13 @@ async fn api_tokens_have_roles_and_every_action_is_audited() {
         actions,
         [
             ("dee".into(), "unlock".into()),
+            ("dee".into(), "redeploy".into()),
             ("dee".into(), "lock".into())
         ],
         "newest first"
     );
-    assert_eq!(entries[1]["target"], "acme/shop production");
-    assert_eq!(entries[1]["detail"], "database migration");
+    assert_eq!(entries[2]["target"], "acme/shop production");
+    assert_eq!(entries[2]["detail"], "database migration");
     // A plain token cannot create check runs: none were tried.
     assert!(github.check_runs().is_empty());
     assert!(github.violations().is_empty(), "{:?}", github.violations());
