@@ -180,12 +180,53 @@ impl Metrics {
         }
     }
 
-    pub fn proxy_request(&self, route: &str, status: u16) {
-        self.proxy_requests
-            .get_or_create(&vec![
-                ("route", route.to_string()),
+    /// The request counters of proxy route `route` (`none` for requests no route took).
+    pub fn proxy_route(&self, route: impl Into<String>) -> RouteCounters {
+        RouteCounters {
+            route: route.into(),
+            family: self.proxy_requests.clone(),
+            by_status: Default::default(),
+        }
+    }
+}
+
+/// One proxy route's request counters, each status's looked up in the registry once, so the
+/// proxy counts a request without allocating.
+pub struct RouteCounters {
+    route: String,
+    family: Family<Labels, Counter<u64, AtomicU64>>,
+    by_status: std::sync::RwLock<std::collections::HashMap<u16, Counter>>,
+}
+
+impl std::fmt::Debug for RouteCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteCounters")
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RouteCounters {
+    /// Counts one answer with `status`.
+    pub fn count(&self, status: u16) {
+        let cached = self
+            .by_status
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&status)
+            .cloned();
+        let counter = cached.unwrap_or_else(|| {
+            let labels = vec![
+                ("route", self.route.clone()),
                 ("status", status.to_string()),
-            ])
-            .inc();
+            ];
+            let counter = self.family.get_or_create(&labels).clone();
+            self.by_status
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(status, counter.clone());
+            counter
+        });
+        counter.inc();
     }
 }

@@ -127,13 +127,16 @@ impl FixedManifest {
     }
 }
 
-fn local_error(message: String) -> ApiError {
-    ApiError {
-        message,
-        retriable: false,
-        retry_after: None,
-        unreachable: false,
-        status: None,
+impl ApiError {
+    /// A failure on this side (no GitHub answer to report), not worth retrying.
+    pub(crate) fn local(message: impl Into<String>) -> ApiError {
+        ApiError {
+            message: message.into(),
+            retriable: false,
+            retry_after: None,
+            unreachable: false,
+            status: None,
+        }
     }
 }
 
@@ -156,7 +159,7 @@ impl ManifestSource for FixedManifest {
         match std::fs::symlink_metadata(&full) {
             Err(_) => Ok(None),
             Ok(meta) if !meta.is_file() => {
-                Err(local_error(format!("{path} is not a regular file")))
+                Err(ApiError::local(format!("{path} is not a regular file")))
             }
             Ok(_) => std::fs::read_to_string(&full)
                 .map(|text| {
@@ -165,7 +168,7 @@ impl ManifestSource for FixedManifest {
                         text,
                     })
                 })
-                .map_err(|e| local_error(format!("reading {}: {e}", full.display()))),
+                .map_err(|e| ApiError::local(format!("reading {}: {e}", full.display()))),
         }
     }
 
@@ -176,7 +179,7 @@ impl ManifestSource for FixedManifest {
         _installation: Option<i64>,
     ) -> Result<Vec<u8>, ApiError> {
         let Some(root) = self.root.clone() else {
-            return Err(local_error("no checkout to build from".into()));
+            return Err(ApiError::local("no checkout to build from"));
         };
         tokio::task::spawn_blocking(move || {
             let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -186,8 +189,8 @@ impl ManifestSource for FixedManifest {
             archive.into_inner()?.finish()
         })
         .await
-        .map_err(|e| local_error(e.to_string()))?
-        .map_err(|e| local_error(format!("packing the checkout: {e}")))
+        .map_err(|e| ApiError::local(e.to_string()))?
+        .map_err(|e| ApiError::local(format!("packing the checkout: {e}")))
     }
 }
 
@@ -256,13 +259,9 @@ impl Github {
             return Ok(self.root.clone());
         }
         let Some(id) = installation else {
-            return Err(ApiError {
-                message: "the delivery has no installation id, which a GitHub App needs".into(),
-                retriable: false,
-                retry_after: None,
-                unreachable: false,
-                status: None,
-            });
+            return Err(ApiError::local(
+                "the delivery has no installation id, which a GitHub App needs",
+            ));
         };
         let mut clients = self.installations.lock().await;
         if let Some(client) = clients.get(&id) {
@@ -272,19 +271,12 @@ impl Github {
             .root
             .installation(InstallationId(id as u64))
             .map(Arc::new)
-            .map_err(|e| ApiError {
-                message: format!("GitHub App installation {id}: {e}"),
-                retriable: false,
-                retry_after: None,
-                unreachable: false,
-                status: None,
-            })?;
+            .map_err(|e| ApiError::local(format!("GitHub App installation {id}: {e}")))?;
         client.installation_token().await.map_err(|e| ApiError {
-            message: format!("fetching an installation token for installation {id}: {e}"),
             retriable: true,
-            retry_after: None,
-            unreachable: false,
-            status: None,
+            ..ApiError::local(format!(
+                "fetching an installation token for installation {id}: {e}"
+            ))
         })?;
         clients.insert(id, client.clone());
         Ok(client)
@@ -587,7 +579,7 @@ impl Github {
             .await
             .map_err(transport_error)?;
         serde_json::from_str(&text)
-            .map_err(|e| local_error(format!("{what}: unexpected answer from GitHub: {e}")))
+            .map_err(|e| ApiError::local(format!("{what}: unexpected answer from GitHub: {e}")))
     }
 }
 
@@ -630,9 +622,9 @@ impl ManifestSource for Github {
             .map_err(transport_error)?;
         // A directory answers with a list.
         let file: ContentFile = serde_json::from_str(&body)
-            .map_err(|_| local_error(format!("{path} at {sha} is not a file")))?;
+            .map_err(|_| ApiError::local(format!("{path} at {sha} is not a file")))?;
         let text = decode_content(&file)
-            .map_err(|message| local_error(format!("{path} at {sha}: {message}")))?;
+            .map_err(|message| ApiError::local(format!("{path} at {sha}: {message}")))?;
         Ok(Some(ManifestFile {
             path: path.to_string(),
             text,

@@ -196,13 +196,7 @@ async fn post_check(
             store
                 .set_check_run(deployment.id, id)
                 .await
-                .map_err(|e| ApiError {
-                    message: format!("recording check run {id}: {e:#}"),
-                    retriable: false,
-                    retry_after: None,
-                    unreachable: false,
-                    status: None,
-                })
+                .map_err(|e| ApiError::local(format!("recording check run {id}: {e:#}")))
         }
     }
 }

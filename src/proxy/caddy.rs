@@ -177,7 +177,10 @@ impl Caddy {
             tokio::time::sleep(DRAIN_POLL).await;
         }
     }
+}
 
+#[async_trait]
+impl Routes for Caddy {
     async fn change(
         &self,
         key: &RouteKey,
@@ -216,21 +219,5 @@ impl Caddy {
         self.write_routes().await?;
         let replaced: Vec<String> = old.into_iter().filter(|a| !staying.contains(a)).collect();
         Ok(Drain::external(self.clone(), replaced))
-    }
-}
-
-#[async_trait]
-impl Routes for Caddy {
-    async fn switch(
-        &self,
-        route: &RouteSpec,
-        upstreams: Vec<UpstreamSpec>,
-    ) -> anyhow::Result<Drain> {
-        self.change(&route.key, Some((route.clone(), upstreams)))
-            .await
-    }
-
-    async fn remove(&self, key: &RouteKey) -> anyhow::Result<Drain> {
-        self.change(key, None).await
     }
 }

@@ -100,15 +100,28 @@ impl Drain {
 /// Where a deployment's traffic goes, as the engine sees it.
 #[async_trait]
 pub trait Routes: Send + Sync + std::fmt::Debug {
-    /// Points `route` at `upstreams` (atomically: every new request from now on goes to them)
-    /// and returns the upstreams it replaced, to wait on before their containers stop.
+    /// Sets the route of `key` to `next` (a route and its upstreams), or removes it with
+    /// `None`, and returns the upstreams it replaced, to wait on before their containers stop.
+    async fn change(
+        &self,
+        key: &RouteKey,
+        next: Option<(RouteSpec, Vec<UpstreamSpec>)>,
+    ) -> anyhow::Result<Drain>;
+
+    /// Points `route` at `upstreams` (atomically: every new request from now on goes to them).
     async fn switch(
         &self,
         route: &RouteSpec,
         upstreams: Vec<UpstreamSpec>,
-    ) -> anyhow::Result<Drain>;
+    ) -> anyhow::Result<Drain> {
+        self.change(&route.key, Some((route.clone(), upstreams)))
+            .await
+    }
+
     /// Removes the route of `key` (its upstreams drain).
-    async fn remove(&self, key: &RouteKey) -> anyhow::Result<Drain>;
+    async fn remove(&self, key: &RouteKey) -> anyhow::Result<Drain> {
+        self.change(key, None).await
+    }
 }
 
 /// An upstream in use by the proxy.
@@ -151,11 +164,26 @@ impl Drop for InFlight {
 /// One app's upstreams behind a route.
 #[derive(Debug)]
 pub(crate) struct Backend {
-    /// `repo/environment/app`, as metrics name the route.
-    pub(crate) route: String,
+    /// Requests answered, by status, under the route's name (`repo/environment/app`).
+    pub(crate) counters: crate::metrics::RouteCounters,
     pub(crate) path_prefix: String,
     upstreams: Vec<Arc<Upstream>>,
     next: AtomicUsize,
+}
+
+impl Backend {
+    fn new(
+        spec: &RouteSpec,
+        upstreams: Vec<Arc<Upstream>>,
+        metrics: &crate::metrics::Metrics,
+    ) -> Arc<Backend> {
+        Arc::new(Backend {
+            counters: metrics.proxy_route(spec.key.to_string()),
+            path_prefix: spec.path_prefix.clone(),
+            upstreams,
+            next: AtomicUsize::new(0),
+        })
+    }
 }
 
 /// Every route, by host; swapped whole on each change, so a request sees one consistent table.
@@ -181,7 +209,9 @@ struct ProxyInner {
     store: Arc<dyn Store>,
     pub(crate) settings: ProxySection,
     started: Instant,
-    pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Requests no route took.
+    pub(crate) unrouted: crate::metrics::RouteCounters,
 }
 
 impl Proxy {
@@ -198,6 +228,7 @@ impl Proxy {
                 store,
                 settings,
                 started: Instant::now(),
+                unrouted: metrics.proxy_route("none"),
                 metrics,
             }),
         };
@@ -217,12 +248,7 @@ impl Proxy {
                 spec.key.clone(),
                 (
                     spec.clone(),
-                    Arc::new(Backend {
-                        route: spec.key.to_string(),
-                        path_prefix: spec.path_prefix.clone(),
-                        upstreams,
-                        next: AtomicUsize::new(0),
-                    }),
+                    Backend::new(&spec, upstreams, &proxy.inner.metrics),
                 ),
             );
         }
@@ -289,89 +315,6 @@ impl Proxy {
         upstream.ejected_until.store(until, Ordering::SeqCst);
     }
 
-    async fn change(
-        &self,
-        key: &RouteKey,
-        next: Option<(RouteSpec, Vec<UpstreamSpec>)>,
-    ) -> anyhow::Result<Drain> {
-        let _serial = self.inner.changes.lock().await;
-        let current = self.inner.table.load_full();
-        let mut backends = current.backends.clone();
-        let old = backends.remove(key);
-        match &next {
-            Some((spec, upstreams)) => {
-                self.inner
-                    .store
-                    .save_route(&RouteRecord {
-                        repo: key.repo.clone(),
-                        environment: key.environment.clone(),
-                        app: key.app.clone(),
-                        hosts: spec.hosts.clone(),
-                        path_prefix: spec.path_prefix.clone(),
-                        upstreams: upstreams.clone(),
-                    })
-                    .await?;
-                // An upstream that stays (same address) keeps its counters.
-                let kept = |spec: &UpstreamSpec| {
-                    old.as_ref().and_then(|(_, b)| {
-                        b.upstreams
-                            .iter()
-                            .find(|u| u.address == spec.address && u.container == spec.container)
-                            .cloned()
-                    })
-                };
-                let upstreams = upstreams
-                    .iter()
-                    .map(|u| kept(u).unwrap_or_else(|| Upstream::new(u)))
-                    .collect();
-                backends.insert(
-                    key.clone(),
-                    (
-                        spec.clone(),
-                        Arc::new(Backend {
-                            route: spec.key.to_string(),
-                            path_prefix: spec.path_prefix.clone(),
-                            upstreams,
-                            next: AtomicUsize::new(0),
-                        }),
-                    ),
-                );
-            }
-            None => {
-                self.inner
-                    .store
-                    .delete_route(&key.repo, &key.environment, &key.app)
-                    .await?
-            }
-        }
-        let mut table = Table {
-            hosts: HashMap::new(),
-            backends,
-        };
-        index(&mut table);
-        let staying: Vec<String> = next
-            .as_ref()
-            .map(|(_, u)| u.iter().map(|u| u.address.clone()).collect())
-            .unwrap_or_default();
-        let replaced: Vec<Arc<Upstream>> = old
-            .map(|(_, b)| {
-                b.upstreams
-                    .iter()
-                    .filter(|u| !staying.contains(&u.address))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        for upstream in &replaced {
-            upstream.draining.store(true, Ordering::SeqCst);
-        }
-        self.inner.table.store(Arc::new(table));
-        Ok(Drain {
-            upstreams: replaced,
-            external: None,
-        })
-    }
-
     /// Every route, for pages and tests.
     pub fn routes(&self) -> Vec<(RouteSpec, Vec<String>)> {
         self.inner
@@ -424,17 +367,82 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 #[async_trait]
 impl Routes for Proxy {
-    async fn switch(
+    async fn change(
         &self,
-        route: &RouteSpec,
-        upstreams: Vec<UpstreamSpec>,
+        key: &RouteKey,
+        next: Option<(RouteSpec, Vec<UpstreamSpec>)>,
     ) -> anyhow::Result<Drain> {
-        self.change(&route.key, Some((route.clone(), upstreams)))
-            .await
-    }
-
-    async fn remove(&self, key: &RouteKey) -> anyhow::Result<Drain> {
-        self.change(key, None).await
+        let _serial = self.inner.changes.lock().await;
+        let current = self.inner.table.load_full();
+        let mut backends = current.backends.clone();
+        let old = backends.remove(key);
+        match &next {
+            Some((spec, upstreams)) => {
+                self.inner
+                    .store
+                    .save_route(&RouteRecord {
+                        repo: key.repo.clone(),
+                        environment: key.environment.clone(),
+                        app: key.app.clone(),
+                        hosts: spec.hosts.clone(),
+                        path_prefix: spec.path_prefix.clone(),
+                        upstreams: upstreams.clone(),
+                    })
+                    .await?;
+                // An upstream that stays (same address) keeps its counters.
+                let kept = |spec: &UpstreamSpec| {
+                    old.as_ref().and_then(|(_, b)| {
+                        b.upstreams
+                            .iter()
+                            .find(|u| u.address == spec.address && u.container == spec.container)
+                            .cloned()
+                    })
+                };
+                let upstreams = upstreams
+                    .iter()
+                    .map(|u| kept(u).unwrap_or_else(|| Upstream::new(u)))
+                    .collect();
+                backends.insert(
+                    key.clone(),
+                    (
+                        spec.clone(),
+                        Backend::new(spec, upstreams, &self.inner.metrics),
+                    ),
+                );
+            }
+            None => {
+                self.inner
+                    .store
+                    .delete_route(&key.repo, &key.environment, &key.app)
+                    .await?
+            }
+        }
+        let mut table = Table {
+            hosts: HashMap::new(),
+            backends,
+        };
+        index(&mut table);
+        let staying: Vec<String> = next
+            .as_ref()
+            .map(|(_, u)| u.iter().map(|u| u.address.clone()).collect())
+            .unwrap_or_default();
+        let replaced: Vec<Arc<Upstream>> = old
+            .map(|(_, b)| {
+                b.upstreams
+                    .iter()
+                    .filter(|u| !staying.contains(&u.address))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for upstream in &replaced {
+            upstream.draining.store(true, Ordering::SeqCst);
+        }
+        self.inner.table.store(Arc::new(table));
+        Ok(Drain {
+            upstreams: replaced,
+            external: None,
+        })
     }
 }
 

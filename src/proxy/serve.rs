@@ -250,12 +250,10 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let mut backend = None;
     let response = forward(proxy, client, remote, scheme, request, &mut backend).await;
-    proxy.inner.metrics.proxy_request(
-        backend
-            .as_ref()
-            .map_or("none", |b: &Arc<Backend>| b.route.as_str()),
-        response.status().as_u16(),
-    );
+    let counters = backend
+        .as_ref()
+        .map_or(&proxy.inner.unrouted, |b: &Arc<Backend>| &b.counters);
+    counters.count(response.status().as_u16());
     response
 }
 
