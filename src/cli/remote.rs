@@ -50,6 +50,18 @@ fn client() -> anyhow::Result<reqwest::Client> {
         .context("building the HTTP client")
 }
 
+/// Sends `request` (to `url`): the answer if it succeeded, else what to do about it.
+async fn send(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<reqwest::Response> {
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("asking {url}"))?;
+    if !response.status().is_success() {
+        return Err(refused(response, url).await);
+    }
+    Ok(response)
+}
+
 /// Turns an error answer into a message that says what to do.
 async fn refused(response: reqwest::Response, url: &str) -> anyhow::Error {
     let status = response.status();
@@ -111,15 +123,7 @@ pub(super) async fn status(
     if let Some(environment) = environment {
         query.push(("environment", environment.to_string()));
     }
-    let response = remote
-        .request(&client, &url)
-        .query(&query)
-        .send()
-        .await
-        .with_context(|| format!("asking {url}"))?;
-    if !response.status().is_success() {
-        return Err(refused(response, &url).await);
-    }
+    let response = send(remote.request(&client, &url).query(&query), &url).await?;
     let rows: Vec<DeploymentRow> = response
         .json()
         .await
@@ -168,14 +172,7 @@ pub(super) async fn logs(remote: &Remote, which: &str, follow: bool) -> anyhow::
     } else {
         remote.request(&client, &url)
     };
-    let response = request
-        .query(&query)
-        .send()
-        .await
-        .with_context(|| format!("asking {url}"))?;
-    if !response.status().is_success() {
-        return Err(refused(response, &url).await);
-    }
+    let response = send(request.query(&query), &url).await?;
     let mut body = response.bytes_stream();
     let mut out = std::io::stdout().lock();
     while let Some(chunk) = body.next().await {

@@ -357,18 +357,14 @@ impl Engine {
         });
         let lines = match failing {
             Some(step) => {
-                let mut lines: Vec<_> = crate::store::all_logs(&*self.store, deployment.id, 0)
+                self.store
+                    .step_output_tail(
+                        deployment.id,
+                        &step.step,
+                        &step.server,
+                        checks::FAILING_LINES as i64,
+                    )
                     .await?
-                    .into_iter()
-                    .filter(|l| {
-                        l.stream != "dropship"
-                            && l.step.as_deref() == Some(step.step.as_str())
-                            && l.server.as_deref() == Some(step.server.as_str())
-                    })
-                    .collect();
-                let keep = lines.len().saturating_sub(checks::FAILING_LINES);
-                lines.drain(..keep);
-                lines
             }
             None => Vec::new(),
         };

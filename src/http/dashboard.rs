@@ -19,7 +19,7 @@ use crate::config::Role;
 use crate::deploy::format_elapsed;
 use crate::store::{Deployment, ListFilter, State as DeploymentState};
 
-pub(super) const STYLE: &str = r#"
+const STYLE: &str = r#"
 *{box-sizing:border-box}
 body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1150px;padding:0 1rem 2rem;color:#1b1f24;background:#fff}
 nav{display:flex;flex-wrap:wrap;gap:.2rem 1rem;align-items:center;padding:.6rem 0;border-bottom:1px solid #d0d7de;margin-bottom:.8rem}
@@ -86,14 +86,8 @@ pub(super) fn bare(title: &str, body: Markup) -> Markup {
     document(title, html! {}, body)
 }
 
-pub(super) fn state_badge(state: &str) -> Markup {
-    let class = match state {
-        "success" => "ok",
-        "failure" | "error" => "bad",
-        "running" => "run",
-        _ => "wait",
-    };
-    html! { span class={"badge " (class)} { (state) } }
+fn state_badge(state: &str) -> Markup {
+    html! { span class={"badge " (super::pages::state_class(state))} { (state) } }
 }
 
 fn took(deployment: &Deployment) -> String {

@@ -94,7 +94,8 @@ pub(super) async fn deployment(
     .into_response())
 }
 
-fn state_class(state: &str) -> &'static str {
+/// The CSS class of a deployment or step state.
+pub(super) fn state_class(state: &str) -> &'static str {
     match state {
         "success" => "ok",
         "failure" | "error" | "timed_out" => "bad",

@@ -416,6 +416,15 @@ pub trait Store: Send + Sync + fmt::Debug {
         after_seq: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<LogLine>>;
+    /// The last `limit` output lines (not Dropship's own notes) of `step` on `server`, oldest
+    /// first.
+    async fn step_output_tail(
+        &self,
+        deployment_id: i64,
+        step: &str,
+        server: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<LogLine>>;
     async fn last_log_seq(&self, deployment_id: i64) -> anyhow::Result<i64>;
     /// Statuses due by `now` that are the first still pending of their deployment, soonest
     /// first, at most `limit`.

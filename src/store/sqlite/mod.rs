@@ -106,6 +106,18 @@ fn deployment_from_row(row: &SqliteRow) -> anyhow::Result<Deployment> {
     })
 }
 
+fn log_line_from_row(row: &SqliteRow) -> anyhow::Result<LogLine> {
+    Ok(LogLine {
+        deployment_id: row.try_get("deployment_id")?,
+        seq: row.try_get("seq")?,
+        at: row.try_get("at")?,
+        server: row.try_get("server")?,
+        step: row.try_get("step")?,
+        stream: row.try_get("stream")?,
+        line: row.try_get("line")?,
+    })
+}
+
 fn outbox_from_row(row: &SqliteRow) -> anyhow::Result<OutboxItem> {
     Ok(OutboxItem {
         id: row.try_get("id")?,
@@ -235,19 +247,28 @@ impl Store for Sqlite {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(LogLine {
-                    deployment_id: row.try_get("deployment_id")?,
-                    seq: row.try_get("seq")?,
-                    at: row.try_get("at")?,
-                    server: row.try_get("server")?,
-                    step: row.try_get("step")?,
-                    stream: row.try_get("stream")?,
-                    line: row.try_get("line")?,
-                })
-            })
-            .collect()
+        rows.iter().map(log_line_from_row).collect()
+    }
+
+    async fn step_output_tail(
+        &self,
+        deployment_id: i64,
+        step: &str,
+        server: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<LogLine>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM log_lines
+                WHERE deployment_id = ? AND step = ? AND server = ? AND stream != 'dropship'
+                ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+        )
+        .bind(deployment_id)
+        .bind(step)
+        .bind(server)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(log_line_from_row).collect()
     }
 
     async fn last_log_seq(&self, deployment_id: i64) -> anyhow::Result<i64> {
