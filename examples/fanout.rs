@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dropship::config::Config;
 use dropship::github::{FixedManifest, ManifestFile, ManifestSource};
-use dropship::store::{Inserted, NewDeployment, State, new_token};
+use dropship::store::{Inserted, NewDeployment, State};
 
 async fn once(engine: &dropship::deploy::Engine, environment: &str) -> anyhow::Result<Duration> {
     let new = NewDeployment {
@@ -25,7 +25,6 @@ async fn once(engine: &dropship::deploy::Engine, environment: &str) -> anyhow::R
         installation_id: None,
         transient: false,
         production: false,
-        token: new_token(),
     };
     let Inserted::New(deployment) = engine.store.insert_deployment(new, None, None).await? else {
         anyhow::bail!("duplicate");

@@ -49,6 +49,36 @@ pub struct Config {
     pub containers: ContainersSection,
     #[serde(default)]
     pub proxy: ProxySection,
+    #[serde(default)]
+    pub logs: LogsSection,
+}
+
+/// Caps on what a deployment's commands may write to its log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsSection {
+    /// Output bytes stored per step and server; past it the output is read and discarded.
+    #[serde(default = "default_max_step_bytes")]
+    pub max_step_bytes: u64,
+    /// Output bytes stored per deployment, all steps and servers together.
+    #[serde(default = "default_max_deployment_bytes")]
+    pub max_deployment_bytes: u64,
+}
+
+impl Default for LogsSection {
+    fn default() -> Self {
+        LogsSection {
+            max_step_bytes: default_max_step_bytes(),
+            max_deployment_bytes: default_max_deployment_bytes(),
+        }
+    }
+}
+
+fn default_max_step_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_max_deployment_bytes() -> u64 {
+    64 * 1024 * 1024
 }
 
 /// The built-in reverse proxy that carries users' traffic to the containers.
@@ -90,10 +120,6 @@ pub struct ProxySection {
     /// Preview environments get the host `APP-ENVIRONMENT.preview_domain` (point a wildcard
     /// DNS record and certificate at the proxy).
     pub preview_domain: Option<String>,
-    /// The address on each server where a proxied container's port is published (on a
-    /// port Docker picks); the proxy connects to the server's `host` at that port.
-    #[serde(default = "default_upstream_bind")]
-    pub upstream_bind: String,
 }
 
 /// A certificate chain and its key (PEM files), served for `hosts`.
@@ -136,7 +162,6 @@ impl Default for ProxySection {
             drain_timeout: default_drain_timeout(),
             eject_for: default_eject_for(),
             preview_domain: None,
-            upstream_bind: default_upstream_bind(),
         }
     }
 }
@@ -159,6 +184,18 @@ pub struct ServerSection {
     /// Deployments running at once (each environment runs one at a time); more wait queued.
     #[serde(default = "default_max_running_deployments")]
     pub max_running_deployments: usize,
+    /// Dropship's secret key (32 random bytes, created at first start), from which log links'
+    /// tokens are derived; default `<data_dir>/dropship.key`.
+    pub key_file: Option<PathBuf>,
+    /// A connection that has not sent a whole request head within this is closed.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A request body not read whole within this (from the end of its head) is refused.
+    #[serde(default = "default_body_read_timeout", with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +234,19 @@ pub struct ApiSection {
     /// How long a dashboard login lasts.
     #[serde(default = "default_session_ttl", with = "humantime_serde")]
     pub session_ttl: Duration,
+    /// Failed sign-ins for one name within `login_window` before that name is refused (429)
+    /// until the window ends.
+    #[serde(default = "default_login_failures_per_name")]
+    pub login_failures_per_name: u32,
+    /// The same, for one client address (any names).
+    #[serde(default = "default_login_failures_per_address")]
+    pub login_failures_per_address: u32,
+    /// How long failed sign-ins are counted, and how long a throttled name or address waits.
+    #[serde(default = "default_login_window", with = "humantime_serde")]
+    pub login_window: Duration,
+    /// Names and addresses the sign-in throttle remembers at most (the oldest go first).
+    #[serde(default = "default_login_throttle_entries")]
+    pub login_throttle_entries: usize,
 }
 
 /// A person or a tool with a token. Only the token's SHA-256 is kept here: `dropship token`
@@ -237,12 +287,28 @@ impl Default for ApiSection {
         ApiSection {
             users: Vec::new(),
             session_ttl: default_session_ttl(),
+            login_failures_per_name: default_login_failures_per_name(),
+            login_failures_per_address: default_login_failures_per_address(),
+            login_window: default_login_window(),
+            login_throttle_entries: default_login_throttle_entries(),
         }
     }
 }
 
 fn default_session_ttl() -> Duration {
     Duration::from_secs(12 * 3600)
+}
+fn default_login_failures_per_name() -> u32 {
+    5
+}
+fn default_login_failures_per_address() -> u32 {
+    20
+}
+fn default_login_window() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_login_throttle_entries() -> usize {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +345,11 @@ pub struct ServerEntry {
     pub docker_socket: String,
     /// Client certificates for `docker = "tcp://..."`.
     pub docker_tls: Option<DockerTls>,
+    /// The server's address on a private network that the proxy reaches. Container ports are
+    /// published on it (never on every address), and the proxy connects to it. Without it,
+    /// ports are published on 127.0.0.1 only: reachable by the proxy when Dropship runs on
+    /// that server (`host = "local"` or a loopback `host`).
+    pub private_address: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -351,8 +422,9 @@ pub struct RepoEntry {
     /// Environment names (globs) the repo may deploy to.
     #[serde(default = "default_all")]
     pub environments: Vec<String>,
-    /// Server names (globs) the repo may use.
-    #[serde(default = "default_all")]
+    /// Server names (globs) the repo may use; none by default. A server on this machine
+    /// (`host = "local"`) only when named exactly: no glob grants Dropship's own host.
+    #[serde(default)]
     pub servers: Vec<String>,
     /// Secrets a manifest step may ask for by name.
     #[serde(default)]
@@ -361,6 +433,101 @@ pub struct RepoEntry {
     /// exact names, or `*.example.com` for any name under a domain.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// What the repo's containers and compose stacks may do beyond an ordinary container.
+    #[serde(default)]
+    pub containers: ContainerPolicy,
+}
+
+/// What a repository's containers may do on its servers beyond an ordinary container. Every
+/// default refuses: named volumes only, no Docker socket, no host network or namespaces, not
+/// privileged, no added capabilities or devices, ports published on the server's private
+/// address (or loopback) only. Enforced on `container:` steps when planning (with line and
+/// column) and on compose files before `up` (`manifest::check_compose_file`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerPolicy {
+    /// Host paths (globs, absolute) the containers may bind-mount. The Docker socket needs
+    /// `docker_socket` as well.
+    #[serde(default)]
+    pub mounts: Vec<String>,
+    /// Whether the Docker engine's socket may be mounted (control of the whole server).
+    #[serde(default)]
+    pub docker_socket: bool,
+    /// Whether `network: host` (`network_mode: host`) is allowed.
+    #[serde(default)]
+    pub host_network: bool,
+    /// Whether `privileged: true` (and `security_opt` that turns confinement off) is allowed.
+    #[serde(default)]
+    pub privileged: bool,
+    /// Whether the host's pid, ipc, uts, cgroup or user namespace may be shared.
+    #[serde(default)]
+    pub host_namespaces: bool,
+    /// Capabilities that `cap_add` may add (`NET_ADMIN`); `ALL` allows any.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Whether host devices may be passed in (`devices`).
+    #[serde(default)]
+    pub devices: bool,
+    /// Whether ports may be published on every address (`0.0.0.0:80:80`), bypassing the proxy.
+    #[serde(default)]
+    pub public_ports: bool,
+}
+
+/// Docker engine sockets: mounting one gives a container control of the whole server.
+pub const DOCKER_SOCKETS: [&str; 2] = ["/var/run/docker.sock", "/run/docker.sock"];
+
+impl ContainerPolicy {
+    /// Why mounting host path `source` is refused, if it is.
+    pub fn refuses_mount(&self, source: &str) -> Option<String> {
+        let path = std::path::Path::new(source);
+        let normal = path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        });
+        if !source.starts_with('/') || !normal {
+            return Some(format!(
+                "host path `{source}` must be absolute, without `.` or `..`"
+            ));
+        }
+        let trimmed = source.trim_end_matches('/');
+        // The socket itself, or a directory above it (`/`, `/var`, `/run`).
+        let socket = DOCKER_SOCKETS
+            .iter()
+            .any(|s| trimmed == *s || s.starts_with(&format!("{trimmed}/")));
+        if socket && !self.docker_socket {
+            return Some(format!(
+                "`{source}` holds the Docker socket, which controls the whole server; the operator config does not allow it (repos.containers.docker_socket)"
+            ));
+        }
+        if !self.mounts.iter().any(|m| glob_match(m, trimmed)) {
+            return Some(if self.mounts.is_empty() {
+                format!(
+                    "host path `{source}`: this repository may use named volumes only (the operator config's repos.containers.mounts allows host paths)"
+                )
+            } else {
+                format!(
+                    "host path `{source}` is not among the host paths the operator config allows ({})",
+                    self.mounts.join(", ")
+                )
+            });
+        }
+        None
+    }
+
+    /// Why adding capability `cap` is refused, if it is.
+    pub fn refuses_capability(&self, cap: &str) -> Option<String> {
+        let bare = cap.trim().to_ascii_uppercase();
+        let bare = bare.strip_prefix("CAP_").unwrap_or(&bare);
+        let allowed = self.cap_add.iter().any(|c| {
+            let c = c.to_ascii_uppercase();
+            c == "ALL" || c.strip_prefix("CAP_").unwrap_or(&c) == bare
+        });
+        (!allowed).then(|| {
+            format!("capability `{cap}` is not allowed by the operator config (repos.containers.cap_add)")
+        })
+    }
 }
 
 /// How a server's host key is checked.
@@ -451,8 +618,14 @@ impl RepoEntry {
         self.hosts.iter().any(|pattern| host_matches(pattern, host))
     }
 
-    pub fn allows_server(&self, server: &str) -> bool {
-        self.servers.iter().any(|p| glob_match(p, server))
+    /// Whether the repo may use `server`: a server on this machine only when the entry names
+    /// it exactly, any other when a pattern matches its name.
+    pub fn allows_server(&self, server: &ServerEntry) -> bool {
+        if server.is_local() {
+            self.servers.contains(&server.name)
+        } else {
+            self.servers.iter().any(|p| glob_match(p, &server.name))
+        }
     }
 }
 
@@ -583,6 +756,14 @@ impl Config {
         self.server.data_dir.join("dropship.db")
     }
 
+    /// Where Dropship's secret key is kept: `server.key_file`, else `<data_dir>/dropship.key`.
+    pub fn key_path(&self) -> PathBuf {
+        self.server
+            .key_file
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("dropship.key"))
+    }
+
     pub fn public_url(&self) -> &str {
         self.server.public_url.trim_end_matches('/')
     }
@@ -643,6 +824,15 @@ fn default_max_body_bytes() -> usize {
 fn default_max_running_deployments() -> usize {
     16
 }
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_connections() -> usize {
+    1024
+}
 fn default_api_url() -> String {
     "https://api.github.com".to_string()
 }
@@ -688,9 +878,6 @@ fn default_eject_for() -> Duration {
 fn default_caddy_admin() -> String {
     "http://127.0.0.1:2019".to_string()
 }
-fn default_upstream_bind() -> String {
-    "0.0.0.0".to_string()
-}
 fn default_all() -> Vec<String> {
     vec!["*".to_string()]
 }
@@ -703,6 +890,10 @@ impl Default for ServerSection {
             data_dir: default_data_dir(),
             max_body_bytes: default_max_body_bytes(),
             max_running_deployments: default_max_running_deployments(),
+            key_file: None,
+            header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -797,8 +988,75 @@ mod tests {
         assert!(repo.allows_environment("pr-12"));
         assert!(!repo.allows_host("shop.example.com"));
         assert!(!repo.allows_environment("production"));
-        assert!(repo.allows_server("web-2"));
-        assert!(!repo.allows_server("db-1"));
+        let server = |name: &str, host: &str| ServerEntry {
+            name: name.into(),
+            host: host.into(),
+            port: 22,
+            user: None,
+            identity_file: None,
+            host_key: None,
+            roles: Vec::new(),
+            docker: None,
+            docker_socket: default_docker_socket(),
+            docker_tls: None,
+            private_address: None,
+        };
+        assert!(repo.allows_server(&server("web-2", "10.0.0.2")));
+        assert!(!repo.allows_server(&server("db-1", "10.0.0.3")));
         assert!(config.repo("other/shop").is_none());
+    }
+
+    #[test]
+    fn the_dropship_host_is_granted_only_by_name_and_nothing_by_default() {
+        let config = Config::from_toml(
+            "[[servers]]\nname = \"local\"\nhost = \"local\"\n[[servers]]\nname = \"web-local\"\nhost = \"local\"\n\n[[repos]]\nname = \"acme/everything\"\nservers = [\"*\", \"web-*\"]\n[[repos]]\nname = \"acme/nothing\"\n[[repos]]\nname = \"acme/named\"\nservers = [\"local\"]\n",
+        )
+        .unwrap();
+        let local = config.server("local").unwrap();
+        let web_local = config.server("web-local").unwrap();
+        let everything = config.repo("acme/everything").unwrap();
+        assert!(!everything.allows_server(local));
+        assert!(!everything.allows_server(web_local));
+        let nothing = config.repo("acme/nothing").unwrap();
+        assert!(nothing.servers.is_empty());
+        assert!(!nothing.allows_server(local));
+        assert!(config.repo("acme/named").unwrap().allows_server(local));
+    }
+
+    #[test]
+    fn the_container_policy_refuses_by_default() {
+        let policy = ContainerPolicy::default();
+        for source in [
+            "/",
+            "/var",
+            "/var/run/docker.sock",
+            "/run",
+            "/srv/data",
+            "/srv/../etc",
+            "data",
+        ] {
+            assert!(policy.refuses_mount(source).is_some(), "{source}");
+        }
+        assert!(policy.refuses_capability("SYS_ADMIN").is_some());
+        let open = ContainerPolicy {
+            mounts: vec!["/srv/*".into()],
+            cap_add: vec!["NET_ADMIN".into()],
+            ..ContainerPolicy::default()
+        };
+        assert_eq!(open.refuses_mount("/srv/data"), None);
+        assert!(open.refuses_mount("/srv/../var/run/docker.sock").is_some());
+        assert!(open.refuses_mount("/etc").is_some());
+        assert_eq!(open.refuses_capability("cap_net_admin"), None);
+        assert!(open.refuses_capability("SYS_ADMIN").is_some());
+        let socket = ContainerPolicy {
+            mounts: vec!["/var/run/docker.sock".into()],
+            ..ContainerPolicy::default()
+        };
+        assert!(
+            socket
+                .refuses_mount("/var/run/docker.sock")
+                .unwrap()
+                .contains("Docker socket")
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! - [`containers`]: each server's Docker engine (bollard), reached over SSH, locally or TLS.
 //! - [`github`]: the GitHub API client, manifest fetching and the status outbox.
 //! - [`logs`]: the live event bus that pages and the CLI follow.
+//! - [`keys`]: Dropship's own secret key (outside the database) and the capability tokens derived from it.
 //! - [`metrics`]: the Prometheus metrics `/metrics` serves.
 //! - [`proxy`]: the edge proxy that routes users' HTTP traffic to the apps' healthy containers.
 //! - [`server`]: wires the pieces into the running service.
@@ -24,6 +25,7 @@ pub mod deploy;
 pub mod exec;
 pub mod github;
 pub mod http;
+pub mod keys;
 pub mod logs;
 pub mod manifest;
 pub mod metrics;
@@ -31,3 +33,6 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod webhook;
+
+#[cfg(test)]
+mod fuzz;

@@ -25,6 +25,8 @@ pub struct Metrics {
     status_posts: Family<Labels, Counter>,
     status_retries: Counter,
     proxy_requests: Family<Labels, Counter<u64, AtomicU64>>,
+    live_streams: Gauge<i64, std::sync::atomic::AtomicI64>,
+    http_connections: Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +107,18 @@ impl Default for Metrics {
             "Requests the proxy answered, by route and status code",
             proxy_requests.clone(),
         );
+        let live_streams = Gauge::default();
+        registry.register(
+            "live_streams_open",
+            "Live log and event streams (server-sent events, followed logs) being fed now",
+            live_streams.clone(),
+        );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "Connections to the main HTTP listener open now",
+            http_connections.clone(),
+        );
         Metrics {
             registry,
             webhooks,
@@ -117,6 +131,8 @@ impl Default for Metrics {
             status_posts,
             status_retries,
             proxy_requests,
+            live_streams,
+            http_connections,
         }
     }
 }
@@ -180,6 +196,16 @@ impl Metrics {
         }
     }
 
+    /// Counts a live stream as open until the returned guard drops.
+    pub fn live_stream(&self) -> OpenGuard {
+        OpenGuard::new(self.live_streams.clone())
+    }
+
+    /// Counts a main-listener connection as open until the returned guard drops.
+    pub fn http_connection(&self) -> OpenGuard {
+        OpenGuard::new(self.http_connections.clone())
+    }
+
     /// The request counters of proxy route `route` (`none` for requests no route took).
     pub fn proxy_route(&self, route: impl Into<String>) -> RouteCounters {
         RouteCounters {
@@ -187,6 +213,23 @@ impl Metrics {
             family: self.proxy_requests.clone(),
             by_status: Default::default(),
         }
+    }
+}
+
+/// One open thing counted in a gauge, until dropped.
+#[derive(Debug)]
+pub struct OpenGuard(Gauge<i64, std::sync::atomic::AtomicI64>);
+
+impl OpenGuard {
+    fn new(gauge: Gauge<i64, std::sync::atomic::AtomicI64>) -> OpenGuard {
+        gauge.inc();
+        OpenGuard(gauge)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

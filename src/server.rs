@@ -24,9 +24,12 @@ pub async fn engine(
     config: Arc<Config>,
     manifests: Arc<dyn ManifestSource>,
 ) -> anyhow::Result<Engine> {
+    // Dropship's own log masks every secret in the config from here on.
+    crate::logs::mask_tracing(crate::logs::Redactor::for_config(&config));
+    let keys = Arc::new(crate::keys::Keys::load_or_create(&config.key_path())?);
     let store: Arc<dyn Store> = Arc::new(Sqlite::open(&config.database_path()).await?);
     let bus = Bus::default();
-    let logs = Logs::start(store.clone(), bus.clone());
+    let logs = Logs::start(store.clone(), bus.clone(), config.logs.clone());
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let fleet = Fleet::from_config(&config, metrics.clone())?;
     let hosts = Hosts::from_config(&config, &fleet)?;
@@ -49,6 +52,7 @@ pub async fn engine(
         github: None,
         cancels: Default::default(),
         metrics,
+        keys,
     })
 }
 
@@ -126,8 +130,7 @@ pub async fn run(
         github,
         engine.metrics.clone(),
         engine.outbox.clone(),
-        config.github.retry_base,
-        config.github.retry_max,
+        crate::github::Outgoing::new(config.clone(), engine.keys.clone()),
         shutdown.clone().cancelled_owned(),
     ));
     let (scheduler, queue) = Scheduler::load(engine.clone(), config.server.max_running_deployments)
@@ -143,16 +146,19 @@ pub async fn run(
             );
         }
     });
-    let state = AppState {
-        engine,
-        scheduler: queue,
-    };
+    let metrics = engine.metrics.clone();
+    let state = AppState::new(engine, queue);
     let address = listener.local_addr()?;
     tracing::info!(%address, public_url = %config.public_url(), "dropship is serving");
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("serving HTTP")?;
+    crate::http::serve(
+        listener,
+        router(state),
+        &config.server,
+        metrics,
+        shutdown.clone(),
+    )
+    .await
+    .context("serving HTTP")?;
     shutdown.cancel();
     let _ = scheduler.await;
     let _ = outbox.await;

@@ -195,7 +195,8 @@ fn init_tracing(format: LogFormat, default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // Masks every configured secret once `server::engine` has read the config.
+        .with_writer(crate::logs::MaskedWriter::stderr());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -611,7 +612,7 @@ fn inventory(config: &Config, repo: Option<&str>) -> anyhow::Result<Inventory> {
         .map(|s| InventoryServer {
             name: s.name.clone(),
             roles: s.roles.clone(),
-            allowed: entry.is_none_or(|e| e.allows_server(&s.name)),
+            allowed: entry.is_none_or(|e| e.allows_server(s)),
         })
         .collect();
     let secrets: BTreeSet<String> = match entry {
@@ -631,6 +632,7 @@ fn inventory(config: &Config, repo: Option<&str>) -> anyhow::Result<Inventory> {
         servers,
         secrets,
         hosts,
+        containers: entry.map(|e| e.containers.clone()),
         preview_domain: config.proxy.preview_domain.clone(),
         preview_scheme: if config.proxy.listen_tls.is_some() {
             "https".into()
@@ -739,7 +741,8 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "local".into());
-        format!("local/{base}")
+        // `_` cannot begin a GitHub owner, so no GitHub repository matches this name.
+        format!("_local/{base}")
     });
     let payload = match &args.payload {
         Some(text) => serde_json::from_str(text).context("--payload is not JSON")?,
@@ -771,7 +774,6 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         installation_id: None,
         transient: false,
         production: false,
-        token: crate::store::new_token(),
     };
     let Inserted::New(deployment) = engine.store.insert_deployment(new, None, None).await? else {
         anyhow::bail!("a local run cannot be a duplicate");

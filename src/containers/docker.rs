@@ -357,7 +357,7 @@ impl ContainerHost for DockerHost {
                     Some(id) => format!("{id}: {status}"),
                     None => status,
                 };
-                let _ = progress.send((Stream::Stdout, line));
+                let _ = progress.send((Stream::Stdout, line)).await;
             }
         }
         Ok(())
@@ -389,7 +389,7 @@ impl ContainerHost for DockerHost {
             }
             if let Some(text) = info.stream {
                 for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    let _ = progress.send((Stream::Stdout, line.to_string()));
+                    let _ = progress.send((Stream::Stdout, line.to_string())).await;
                 }
             }
         }
@@ -421,7 +421,7 @@ impl ContainerHost for DockerHost {
                 continue;
             }
             if let Some(status) = info.status {
-                let _ = progress.send((Stream::Stdout, status));
+                let _ = progress.send((Stream::Stdout, status)).await;
             }
         }
         Ok(())

@@ -49,6 +49,55 @@ pub enum ActionError {
     Internal(#[from] anyhow::Error),
 }
 
+/// What a lock's proof is a MAC of (`lock_proof`).
+const LOCK_PROOF: &str = "lock-proof";
+
+/// Proves that Dropship itself created a deployment of `sha` (`task`, to `repo`'s
+/// `environment`) for its user `by`: a MAC under Dropship's key, which only Dropship holds, so
+/// that writing a lock holder's name into a payload passes no lock. It binds everything the
+/// deployment does, so replaying it only runs again exactly what `by` asked for.
+pub(crate) fn lock_proof(
+    keys: &crate::keys::Keys,
+    repo: &str,
+    environment: &str,
+    sha: &str,
+    task: &str,
+    by: &str,
+) -> String {
+    keys.mac(
+        LOCK_PROOF,
+        lock_message(repo, environment, sha, task, by).as_bytes(),
+    )
+}
+
+fn lock_message(repo: &str, environment: &str, sha: &str, task: &str, by: &str) -> String {
+    serde_json::json!([repo, environment, sha, task, by]).to_string()
+}
+
+/// Whether `deployment` carries Dropship's proof that it was made for user `by`.
+pub(crate) fn proves_requested_by(
+    keys: &crate::keys::Keys,
+    deployment: &Deployment,
+    by: &str,
+) -> bool {
+    let dropship = &deployment.payload["dropship"];
+    dropship["requested_by"].as_str() == Some(by)
+        && dropship["proof"].as_str().is_some_and(|proof| {
+            keys.verify(
+                LOCK_PROOF,
+                lock_message(
+                    &deployment.repo,
+                    &deployment.environment,
+                    &deployment.sha,
+                    &deployment.task,
+                    by,
+                )
+                .as_bytes(),
+                proof,
+            )
+        })
+}
+
 impl Engine {
     /// Cancels deployment `id` on behalf of `by`; `None` when there is no such deployment.
     pub async fn cancel(&self, id: i64, by: &str) -> anyhow::Result<Option<Cancelled>> {
@@ -128,6 +177,14 @@ impl Engine {
         payload["dropship"] = serde_json::json!({
             "requested_by": by,
             "redeploy_of": deployment.public_id(),
+            "proof": lock_proof(
+                &self.keys,
+                &deployment.repo,
+                &deployment.environment,
+                &deployment.sha,
+                &deployment.task,
+                by,
+            ),
         });
         self.create_github_deployment(
             &deployment.repo,
@@ -180,7 +237,10 @@ impl Engine {
                 description: &description,
                 auto_merge: false,
                 required_contexts: Some(Vec::new()),
-                payload: serde_json::json!({ "dropship": { "requested_by": by } }),
+                payload: serde_json::json!({ "dropship": {
+                    "requested_by": by,
+                    "proof": lock_proof(&self.keys, repo, environment, &newest.sha, "rollback", by),
+                } }),
             },
             newest.installation_id,
         )

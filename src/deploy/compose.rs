@@ -102,7 +102,24 @@ impl Engine {
                 )
                 .await
             {
-                Ok(Some(file)) => files.push((path.clone(), file.text)),
+                Ok(Some(file)) => {
+                    // The repository's container policy, checked on the file as it will run.
+                    if up {
+                        let policy = self
+                            .config
+                            .repo(&deployment.repo)
+                            .map(|r| r.containers.clone())
+                            .unwrap_or_default();
+                        if let Err(refused) =
+                            crate::manifest::check_compose_file(path, &file.text, &policy)
+                        {
+                            return Ok(ServerResult::Failed(format!(
+                                "compose file refused by the operator's container policy:\n{refused}"
+                            )));
+                        }
+                    }
+                    files.push((path.clone(), file.text));
+                }
                 Ok(None) => {
                     return Ok(ServerResult::Failed(format!(
                         "compose file {path} does not exist in {} at {}",

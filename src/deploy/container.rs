@@ -75,18 +75,9 @@ impl Say {
     }
 
     /// A channel whose lines go to this step's log (script output, pull and build progress).
+    /// Bounded, and capped by `[logs]` per step and server and per deployment.
     pub(super) fn progress(&self) -> (Output, tokio::task::JoinHandle<()>) {
-        let (sender, mut lines) = tokio::sync::mpsc::unbounded_channel();
-        let log = self.log.clone();
-        let server = self.server.to_string();
-        let step = self.step.to_string();
-        let task = tokio::spawn(async move {
-            while let Some((stream, line)) = lines.recv().await {
-                let stream: crate::exec::Stream = stream;
-                log.line(Some(&server), Some(&step), stream.as_str(), line);
-            }
-        });
-        (sender, task)
+        self.log.output(&self.server, &self.step)
     }
 }
 
@@ -257,7 +248,7 @@ impl Engine {
             .proxy
             .as_ref()
             .map(|p| serde_json::to_string(p).expect("routes serialize"));
-        let ports = self.published_ports(plan);
+        let ports = self.published_ports(plan, server);
         let mut env: Vec<(String, String)> = crate::deploy::context(deployment)
             .environment_variables()
             .into_iter()
@@ -803,10 +794,17 @@ impl Engine {
         });
     }
 
-    /// The plan's ports, with the proxied port published on `proxy.upstream_bind` at a port
-    /// Docker picks (unless the plan publishes it already).
-    fn published_ports(&self, plan: &ContainerPlan) -> Vec<PortMapping> {
+    /// The plan's ports, each published port on the server's private address (or loopback)
+    /// unless the manifest names an address (which the container policy allowed), and the
+    /// proxied port published there at a port Docker picks (unless the plan publishes it).
+    fn published_ports(&self, plan: &ContainerPlan, server: &str) -> Vec<PortMapping> {
+        let bind = self.publish_address(server);
         let mut ports = plan.ports.clone();
+        for port in &mut ports {
+            if port.host_port.is_some() && port.host_ip.is_none() {
+                port.host_ip = Some(bind.clone());
+            }
+        }
         if let Some(proxy) = &plan.proxy {
             let published = ports.iter().any(|p| {
                 p.container_port == proxy.port && (p.host_port.is_some() || p.host_ip.is_some())
@@ -814,7 +812,7 @@ impl Engine {
             if !published {
                 ports.retain(|p| p.container_port != proxy.port);
                 ports.push(PortMapping {
-                    host_ip: Some(self.config.proxy.upstream_bind.clone()),
+                    host_ip: Some(bind),
                     host_port: None,
                     container_port: proxy.port,
                     protocol: "tcp".into(),
@@ -822,6 +820,40 @@ impl Engine {
             }
         }
         ports
+    }
+
+    /// Where `server` publishes container ports: its private address, else 127.0.0.1.
+    fn publish_address(&self, server: &str) -> String {
+        self.config
+            .server(server)
+            .and_then(|s| s.private_address)
+            .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string())
+    }
+
+    /// Where the proxy reaches a port `server` published: its private address; for a server
+    /// on this machine (`local`, or a loopback `host`), 127.0.0.1; `Err` otherwise.
+    fn upstream_address(&self, server: &str) -> Result<String, String> {
+        let Some(entry) = self.config.server(server) else {
+            return Err(format!("server `{server}` is not in the operator config"));
+        };
+        if let Some(ip) = entry.private_address {
+            return Ok(match ip {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            });
+        }
+        let loopback = entry.is_local()
+            || entry
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            Ok("127.0.0.1".into())
+        } else {
+            Err(format!(
+                "server `{server}` publishes container ports on its loopback only, which the proxy cannot reach: set private_address in its [[servers]] entry"
+            ))
+        }
     }
 
     /// Points the app's route at `containers` (their published ports on `server`); the
@@ -840,9 +872,9 @@ impl Engine {
         let Some(routes) = &self.routes else {
             return Ok(Err("the operator config has no [proxy] listen".into()));
         };
-        let address = match self.config.server(server) {
-            Some(entry) if !entry.is_local() => entry.host.clone(),
-            _ => "127.0.0.1".to_string(),
+        let address = match self.upstream_address(server) {
+            Ok(address) => address,
+            Err(why) => return Ok(Err(why)),
         };
         let mut upstreams = Vec::new();
         for id in containers {

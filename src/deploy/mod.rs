@@ -62,14 +62,16 @@ pub struct Engine {
     /// Cancel requests for running deployments.
     pub cancels: Cancels,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Dropship's secret key: log links' tokens are derived from it, never stored.
+    pub keys: Arc<crate::keys::Keys>,
 }
 
 /// Whether `locked_by` asked for this deployment: GitHub's creator, or the Dropship user a
-/// redeploy or rollback from the dashboard or API was made for (locks coordinate people; they
-/// are not a permission).
-fn lock_holder(deployment: &Deployment, locked_by: &str) -> bool {
+/// redeploy or rollback from the dashboard or API was made for, proven by Dropship's own MAC
+/// (a name written into a payload proves nothing).
+fn lock_holder(keys: &crate::keys::Keys, deployment: &Deployment, locked_by: &str) -> bool {
     deployment.creator.as_deref() == Some(locked_by)
-        || deployment.payload["dropship"]["requested_by"].as_str() == Some(locked_by)
+        || actions::proves_requested_by(keys, deployment, locked_by)
 }
 
 /// What `${{ }}` expressions and the `DROPSHIP_*` variables see of a deployment.
@@ -88,12 +90,11 @@ pub fn context(deployment: &Deployment) -> Context {
     }
 }
 
-/// The URL of a deployment's page under `public_url`, with its capability token.
-pub fn log_url(public_url: &str, deployment: &Deployment) -> String {
-    format!(
-        "{public_url}/deployments/{}?token={}",
-        deployment.id, deployment.token
-    )
+/// The URL of deployment `id`'s page under `public_url`, with `token`: its capability token
+/// (`Keys::log_token`), or in what is stored for GitHub `keys::LOG_TOKEN_SLOT`, which the
+/// outbox fills in when it posts.
+pub fn log_url(public_url: &str, id: i64, token: &str) -> String {
+    format!("{public_url}/deployments/{id}?token={token}")
 }
 
 /// The `queued` status of a new deployment.
@@ -104,7 +105,11 @@ pub fn queued_status(public_url: &str, deployment: &Deployment) -> StatusDraft {
             "queued: {} to {}",
             deployment.task, deployment.environment
         )),
-        log_url: Some(log_url(public_url, deployment)),
+        log_url: Some(log_url(
+            public_url,
+            deployment.id,
+            crate::keys::LOG_TOKEN_SLOT,
+        )),
         environment_url: None,
     }
 }
@@ -259,7 +264,17 @@ impl Engine {
 
     /// The URL of a deployment's page, with its capability token.
     pub fn log_url(&self, deployment: &Deployment) -> String {
-        log_url(self.config.public_url(), deployment)
+        let token = self.keys.log_token(deployment.id);
+        log_url(self.config.public_url(), deployment.id, &token)
+    }
+
+    /// [`Engine::log_url`] as stored for GitHub: the outbox fills the token in.
+    fn stored_log_url(&self, deployment: &Deployment) -> String {
+        log_url(
+            self.config.public_url(),
+            deployment.id,
+            crate::keys::LOG_TOKEN_SLOT,
+        )
     }
 
     /// Changes state, enqueues the matching GitHub status and tells listeners. Returns false
@@ -271,11 +286,13 @@ impl Engine {
         description: &str,
         environment_url: Option<String>,
     ) -> anyhow::Result<bool> {
-        let description = status_description(description);
+        // Masked here for the store, pages and bus; the outbox masks again what GitHub gets.
+        let description =
+            status_description(&self.redactor(deployment).redact(description.to_string()));
         let status = StatusDraft {
             state: state.github_state(),
             description: description.clone(),
-            log_url: Some(self.log_url(deployment)),
+            log_url: Some(self.stored_log_url(deployment)),
             environment_url: environment_url.clone(),
         };
         let check = if self.checks_enabled() {
@@ -329,7 +346,7 @@ impl Engine {
     /// Enqueues the check run's `queued` state for a deployment just recorded.
     pub async fn check_queued(&self, deployment: &Deployment) -> anyhow::Result<()> {
         if self.checks_enabled() && deployment.github_id.is_some() {
-            let draft = checks::queued(deployment, &self.log_url(deployment));
+            let draft = checks::queued(deployment, &self.stored_log_url(deployment));
             self.store.enqueue_check(deployment.id, &draft).await?;
         }
         Ok(())
@@ -377,7 +394,7 @@ impl Engine {
             description,
             &steps,
             failing.map(|step| (step, lines.as_slice())),
-            &self.log_url(deployment),
+            &self.stored_log_url(deployment),
             environment_url.as_deref(),
         ))
     }
@@ -581,7 +598,7 @@ impl Engine {
             .lock_of(&deployment.repo, &deployment.environment)
             .await
         {
-            Ok(Some(lock)) if !lock_holder(deployment, &lock.locked_by) => {
+            Ok(Some(lock)) if !lock_holder(&self.keys, deployment, &lock.locked_by) => {
                 return Err(Outcome::error(format!(
                     "environment {} is locked by {} ({}); unlock it on the dashboard or with DELETE /api/environments/{}/{}/lock",
                     deployment.environment,
@@ -607,11 +624,12 @@ impl Engine {
                 .map(|s| InventoryServer {
                     name: s.name.clone(),
                     roles: s.roles.clone(),
-                    allowed: repo.allows_server(&s.name),
+                    allowed: repo.allows_server(s),
                 })
                 .collect(),
             secrets: repo.secrets.keys().cloned().collect(),
             hosts: repo.hosts.clone(),
+            containers: Some(repo.containers.clone()),
             preview_domain: self.config.proxy.preview_domain.clone(),
             preview_scheme: if self.config.proxy.listen_tls.is_some() {
                 "https".into()
@@ -1022,7 +1040,7 @@ impl Engine {
             server: server.to_string(),
             state,
             exit_code,
-            message: message.map(str::to_string),
+            message: message.map(|m| self.redactor(deployment).redact(m.to_string())),
             started_at,
             finished_at: finished.then(now_ms),
         };

@@ -10,6 +10,7 @@ mod ssh;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +28,13 @@ use crate::manifest::shell_quote;
 const KILL_GRACE: Duration = Duration::from_secs(10);
 /// A longer line is cut (and says so), to keep one runaway line from filling memory.
 const MAX_LINE_BYTES: usize = 64 * 1024;
+/// What each line counts against the log caps beyond its text: what is stored with it (its
+/// number, time, server, step and stream, and SQLite's own bookkeeping), so that the caps bound
+/// the database, not just the text. Measured: a 200-byte line takes about 275 bytes.
+pub const LINE_OVERHEAD: u64 = 96;
+/// Lines an [`Output`] channel holds before the command's reader waits for the log writer
+/// (at most 64 × 64 KiB = 4 MiB per running command).
+pub const OUTPUT_QUEUE_LINES: usize = 64;
 
 /// What to run.
 #[derive(Clone)]
@@ -61,6 +69,8 @@ impl fmt::Debug for Job {
 pub enum Stream {
     Stdout,
     Stderr,
+    /// Dropship's own note about the output (that it was cut).
+    Dropship,
 }
 
 impl Stream {
@@ -68,6 +78,7 @@ impl Stream {
         match self {
             Stream::Stdout => "stdout",
             Stream::Stderr => "stderr",
+            Stream::Dropship => "dropship",
         }
     }
 }
@@ -92,8 +103,126 @@ pub enum ExecError {
     Io { server: String, detail: String },
 }
 
-/// A line of output, as it arrives.
-pub type Output = mpsc::UnboundedSender<(Stream, String)>;
+/// A byte allowance shared by every [`Output`] that charges it: one per step and server, one
+/// per deployment.
+#[derive(Debug)]
+pub struct Allowance {
+    limit: u64,
+    left: AtomicU64,
+    /// Set once output charged to it was cut (and the note about it sent).
+    cut: AtomicBool,
+}
+
+impl Allowance {
+    pub fn new(limit: u64) -> Arc<Allowance> {
+        Arc::new(Allowance {
+            limit,
+            left: AtomicU64::new(limit),
+            cut: AtomicBool::new(false),
+        })
+    }
+
+    /// No limit.
+    pub fn unlimited() -> Arc<Allowance> {
+        Allowance::new(u64::MAX)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Takes `bytes` if that many are left.
+    fn take(&self, bytes: u64) -> bool {
+        self.left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+}
+
+/// Where a command's output goes, line by line: a bounded channel (when the log writer is
+/// behind, the reader waits and so, through the pipe, does the command), charged against the
+/// step's and the deployment's byte allowances. Past either, the line saying so is sent once
+/// (stream [`Stream::Dropship`]) and everything after is refused: the reader then drains the
+/// command's output without keeping it, so the command runs to its own end.
+#[derive(Debug, Clone)]
+pub struct Output {
+    sender: mpsc::Sender<(Stream, String)>,
+    step: Arc<Allowance>,
+    deployment: Arc<Allowance>,
+}
+
+impl Output {
+    /// An output without caps, and its receiving end.
+    pub fn channel(capacity: usize) -> (Output, mpsc::Receiver<(Stream, String)>) {
+        Output::capped(capacity, Allowance::unlimited(), Allowance::unlimited())
+    }
+
+    /// An output charged to `step` and `deployment`, and its receiving end.
+    pub fn capped(
+        capacity: usize,
+        step: Arc<Allowance>,
+        deployment: Arc<Allowance>,
+    ) -> (Output, mpsc::Receiver<(Stream, String)>) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        (
+            Output {
+                sender,
+                step,
+                deployment,
+            },
+            receiver,
+        )
+    }
+
+    /// Sends one line, waiting for room. False when the line was not kept: the output was cut,
+    /// or nobody reads it any more; the caller should then discard the rest.
+    pub async fn send(&self, (stream, text): (Stream, String)) -> bool {
+        if self.step.cut.load(Ordering::SeqCst) {
+            return false;
+        }
+        let bytes = text.len() as u64 + LINE_OVERHEAD;
+        let over = if !self.step.take(bytes) {
+            Some(format!(
+                "output cut: this step's output on this server passed {}; the rest is discarded",
+                human_bytes(self.step.limit())
+            ))
+        } else if !self.deployment.take(bytes) {
+            Some(format!(
+                "output cut: this deployment's output reached {}; the rest of this step's is discarded",
+                human_bytes(self.deployment.limit())
+            ))
+        } else {
+            None
+        };
+        match over {
+            None => self.sender.send((stream, text)).await.is_ok(),
+            Some(note) => {
+                if !self.step.cut.swap(true, Ordering::SeqCst) {
+                    let _ = self.sender.send((Stream::Dropship, note)).await;
+                }
+                false
+            }
+        }
+    }
+}
+
+/// `16 MiB`, `1.5 KiB`, `100 bytes`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if bytes >= size {
+            let value = bytes as f64 / size as f64;
+            return if bytes % size == 0 {
+                format!("{} {unit}", bytes / size)
+            } else {
+                format!("{value:.1} {unit}")
+            };
+        }
+    }
+    format!("{bytes} bytes")
+}
 
 /// Runs commands on one server.
 #[async_trait]
@@ -185,9 +314,11 @@ pub(crate) fn deadline(job: &Job) -> Duration {
     job.timeout + KILL_GRACE + Duration::from_secs(5)
 }
 
-/// Reads `reader` line by line into `output` until it ends.
+/// Reads `reader` line by line into `output` until it ends. Once `output` keeps no more (cut at
+/// a cap, or nobody reading), the rest is read and thrown away unsplit, so the command never
+/// blocks on a full pipe and its exit code stays its own.
 pub(crate) async fn pump<R: AsyncRead + Unpin>(reader: R, stream: Stream, output: Output) {
-    let mut reader = BufReader::new(reader);
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let mut buffer = Vec::new();
     loop {
         buffer.clear();
@@ -196,7 +327,7 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(reader: R, stream: Stream, output
             .read_until(b'\n', &mut buffer)
             .await
         {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return,
             Ok(_) => {
                 let cut = !buffer.ends_with(b"\n") && buffer.len() >= MAX_LINE_BYTES;
                 while buffer.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
@@ -206,10 +337,14 @@ pub(crate) async fn pump<R: AsyncRead + Unpin>(reader: R, stream: Stream, output
                 if cut {
                     line.push_str(" [line cut at 64 KiB]");
                 }
-                let _ = output.send((stream, line));
+                if !output.send((stream, line)).await {
+                    break;
+                }
             }
         }
     }
+    drop(output);
+    let _ = tokio::io::copy_buf(&mut reader, &mut tokio::io::sink()).await;
 }
 
 /// Maps a finished process's status, `timeout`'s 124 and a kill after it to [`Exit`].
@@ -239,7 +374,7 @@ mod tests {
         let (command, _) = render(&job);
         assert!(!command.contains("s3cr3t"));
         assert!(!format!("{job:?}").contains("s3cr3t"));
-        let (sender, mut lines) = mpsc::unbounded_channel();
+        let (sender, mut lines) = Output::channel(OUTPUT_QUEUE_LINES);
         let exit = local.run(&job, sender).await.unwrap();
         assert_eq!(exit, Exit::Code(3));
         let mut seen = Vec::new();
@@ -262,12 +397,103 @@ mod tests {
             working_dir: None,
             timeout: Duration::from_secs(30),
         };
-        let (sender, mut lines) = mpsc::unbounded_channel();
+        let (sender, mut lines) = Output::channel(OUTPUT_QUEUE_LINES);
         assert_eq!(
             Local::new("local").run(&job, sender).await.unwrap(),
             Exit::Code(1)
         );
         assert!(lines.try_recv().is_err());
+    }
+
+    /// Runs `script` locally with the given caps, collecting what reaches the log meanwhile.
+    async fn capped_run(
+        script: &str,
+        step: Arc<Allowance>,
+        deployment: Arc<Allowance>,
+    ) -> (Exit, Vec<(Stream, String)>) {
+        let job = Job {
+            script: script.into(),
+            env: vec![],
+            secrets: vec![],
+            working_dir: None,
+            timeout: Duration::from_secs(60),
+        };
+        let (sender, mut lines) = Output::capped(OUTPUT_QUEUE_LINES, step, deployment);
+        let reader = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(line) = lines.recv().await {
+                seen.push(line);
+            }
+            seen
+        });
+        let exit = Local::new("local").run(&job, sender).await.unwrap();
+        (exit, reader.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn output_past_the_step_cap_is_cut_once_and_drained_and_the_exit_code_stays() {
+        // 20 MB in 100-byte lines: far past the cap, and far past what a pipe holds, so the
+        // command would hang if its output were no longer read.
+        let script = "head -c 20000000 /dev/zero | tr '\\0' x | fold -w 99\nexit 3";
+        let cap = 10 * (99 + LINE_OVERHEAD);
+        let (exit, seen) = capped_run(script, Allowance::new(cap), Allowance::unlimited()).await;
+        assert_eq!(exit, Exit::Code(3));
+        let kept: Vec<&(Stream, String)> =
+            seen.iter().filter(|(s, _)| *s == Stream::Stdout).collect();
+        assert_eq!(kept.len(), 10, "{} lines kept", kept.len());
+        let notes: Vec<&String> = seen
+            .iter()
+            .filter(|(s, _)| *s == Stream::Dropship)
+            .map(|(_, t)| t)
+            .collect();
+        assert_eq!(
+            notes,
+            ["output cut: this step's output on this server passed 1.9 KiB; the rest is discarded"]
+        );
+        assert_eq!(seen.last().unwrap().0, Stream::Dropship);
+    }
+
+    #[tokio::test]
+    async fn the_deployment_cap_is_shared_by_its_steps() {
+        let line = 9 + LINE_OVERHEAD;
+        let deployment = Allowance::new(150 * line);
+        let script = "i=0; while [ $i -lt 100 ]; do echo 123456789; i=$((i+1)); done";
+        let (exit, first) =
+            capped_run(script, Allowance::new(100 * line), deployment.clone()).await;
+        assert_eq!(exit, Exit::Code(0));
+        assert_eq!(first.len(), 100, "100 lines: exactly the step's cap");
+        let (exit, second) = capped_run(script, Allowance::new(100 * line), deployment).await;
+        assert_eq!(exit, Exit::Code(0));
+        assert_eq!(second.len(), 51, "the 50 lines left, and the note");
+        assert_eq!(
+            second.last().unwrap().1,
+            "output cut: this deployment's output reached 15.4 KiB; the rest of this step's is discarded"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_whose_output_nobody_reads_still_runs_to_its_end() {
+        let job = Job {
+            script: "head -c 10000000 /dev/zero | fold -w 100\nexit 4".into(),
+            env: vec![],
+            secrets: vec![],
+            working_dir: None,
+            timeout: Duration::from_secs(60),
+        };
+        let (sender, lines) = Output::channel(OUTPUT_QUEUE_LINES);
+        drop(lines);
+        assert_eq!(
+            Local::new("local").run(&job, sender).await.unwrap(),
+            Exit::Code(4)
+        );
+    }
+
+    #[test]
+    fn byte_counts_read_as_people_write_them() {
+        assert_eq!(human_bytes(16 * 1024 * 1024), "16 MiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(2 << 30), "2 GiB");
+        assert_eq!(human_bytes(100), "100 bytes");
     }
 
     #[tokio::test]
@@ -279,7 +505,7 @@ mod tests {
             working_dir: None,
             timeout: Duration::from_secs(1),
         };
-        let (sender, _lines) = mpsc::unbounded_channel();
+        let (sender, _lines) = Output::channel(OUTPUT_QUEUE_LINES);
         assert_eq!(
             Local::new("local").run(&job, sender).await.unwrap(),
             Exit::TimedOut

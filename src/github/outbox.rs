@@ -1,6 +1,9 @@
 //! Delivers queued deployment statuses to GitHub: in order per deployment, retried with
 //! exponential backoff on 5xx, 429 and rate-limit 403 (honouring `Retry-After`), and kept in
 //! the store, so a restart picks up where it left off.
+//!
+//! Everything posted passes [`Outgoing`] on its way out: the one place GitHub-bound text goes
+//! through, where the repository's secrets are masked and the log token is put in.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +13,61 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use super::{ApiError, Github, StatusBody};
+use crate::config::Config;
+use crate::keys::Keys;
+use crate::logs::Redactor;
 use crate::store::{Deployment, OutboxItem, Store, now_ms};
+
+/// What happens to a status or check run between the store and GitHub: every string in it is
+/// masked with the repository's [`Redactor`] (so a health check's output or a step's message
+/// cannot reach GitHub with a secret in it, whatever built the description), and the log
+/// token, stored only as `keys::LOG_TOKEN_SLOT`, is derived and put in.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    config: Arc<Config>,
+    keys: Arc<Keys>,
+}
+
+impl Outgoing {
+    pub fn new(config: Arc<Config>, keys: Arc<Keys>) -> Outgoing {
+        Outgoing { config, keys }
+    }
+
+    /// `item` as GitHub gets it: every string masked, the log token in.
+    fn prepare(&self, deployment: &Deployment, item: &OutboxItem) -> OutboxItem {
+        let redactor = Redactor::for_repo(&self.config, &deployment.repo);
+        let text = |t: &str| self.text(&redactor, deployment, t);
+        let mut prepared = item.clone();
+        prepared.description = text(&item.description);
+        prepared.log_url = item.log_url.as_deref().map(text);
+        prepared.environment_url = item.environment_url.as_deref().map(text);
+        if let Some(body) = prepared.body.as_mut() {
+            self.json(&redactor, deployment, body);
+        }
+        prepared
+    }
+
+    /// `text` masked, then with the deployment's log token in.
+    fn text(&self, redactor: &Redactor, deployment: &Deployment, text: &str) -> String {
+        let masked = redactor.redact_str(text);
+        self.keys
+            .fill_log_token(deployment.id, &masked)
+            .into_owned()
+    }
+
+    fn json(&self, redactor: &Redactor, deployment: &Deployment, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) => *text = self.text(redactor, deployment, text),
+            serde_json::Value::Array(items) => items
+                .iter_mut()
+                .for_each(|v| self.json(redactor, deployment, v)),
+            serde_json::Value::Object(fields) => fields
+                .values_mut()
+                .for_each(|v| self.json(redactor, deployment, v)),
+            _ => {}
+        }
+    }
+}
 
 /// A status still failing after this many attempts is given up on (and the error kept).
 const MAX_ATTEMPTS: i64 = 25;
@@ -27,16 +84,20 @@ enum Attempt {
     Other,
 }
 
-/// Runs until `shutdown` resolves. `wake` is notified whenever a status is enqueued.
+/// Runs until `shutdown` resolves. `wake` is notified whenever a status is enqueued; retries
+/// wait `github.retry_base`, doubling up to `github.retry_max`.
 pub async fn run_outbox(
     store: Arc<dyn Store>,
     github: Arc<Github>,
     metrics: Arc<crate::metrics::Metrics>,
     wake: Arc<Notify>,
-    retry_base: Duration,
-    retry_max: Duration,
+    outgoing: Outgoing,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let (retry_base, retry_max) = (
+        outgoing.config.github.retry_base,
+        outgoing.config.github.retry_max,
+    );
     tokio::pin!(shutdown);
     // Rounds in a row in which GitHub could not be reached at all: while it is down, the whole
     // outbox backs off instead of trying every pending status.
@@ -53,7 +114,11 @@ pub async fn run_outbox(
                 // The first pending status of each deployment only, so deployments go
                 // concurrently and each deployment's statuses stay in order.
                 let attempts: Vec<Attempt> = futures::stream::iter(due)
-                    .map(|item| deliver(&*store, &github, &metrics, item, retry_base, retry_max))
+                    .map(|item| {
+                        deliver(
+                            &*store, &github, &metrics, &outgoing, item, retry_base, retry_max,
+                        )
+                    })
                     .buffer_unordered(16)
                     .collect()
                     .await;
@@ -105,6 +170,7 @@ async fn deliver(
     store: &dyn Store,
     github: &Github,
     metrics: &crate::metrics::Metrics,
+    outgoing: &Outgoing,
     item: OutboxItem,
     retry_base: Duration,
     retry_max: Duration,
@@ -127,14 +193,16 @@ async fn deliver(
             let _ = store.status_failed(item.id, "not a GitHub deployment").await;
             return Attempt::Other;
         };
+        let prepared = outgoing.prepare(&deployment, &item);
         let result = if item.kind == "check" {
-            post_check(store, github, &deployment, &item).await
+            let body = prepared.body.clone().unwrap_or_default();
+            post_check(store, github, &deployment, &body).await
         } else {
             let body = StatusBody {
-                state: &item.state,
-                log_url: item.log_url.as_deref(),
-                environment_url: item.environment_url.as_deref(),
-                description: &item.description,
+                state: &prepared.state,
+                log_url: prepared.log_url.as_deref(),
+                environment_url: prepared.environment_url.as_deref(),
+                description: &prepared.description,
                 environment: &deployment.environment,
             };
             github.post_status(&deployment.repo, github_id, deployment.installation_id, &body).await
@@ -173,13 +241,12 @@ async fn post_check(
     store: &dyn Store,
     github: &Github,
     deployment: &Deployment,
-    item: &OutboxItem,
+    body: &serde_json::Value,
 ) -> Result<(), ApiError> {
-    let body = item.body.clone().unwrap_or_default();
     match deployment.check_run_id {
         Some(id) => {
             github
-                .update_check_run(&deployment.repo, deployment.installation_id, id, &body)
+                .update_check_run(&deployment.repo, deployment.installation_id, id, body)
                 .await
         }
         None => {
@@ -190,7 +257,7 @@ async fn post_check(
                     deployment.installation_id,
                     &name,
                     &deployment.sha,
-                    &body,
+                    body,
                 )
                 .await?;
             store
@@ -198,5 +265,78 @@ async fn post_check(
                 .await
                 .map_err(|e| ApiError::local(format!("recording check run {id}: {e:#}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::State;
+
+    #[test]
+    fn what_github_gets_is_masked_and_carries_the_log_token() {
+        let config = Config::from_toml(
+            "[github]\ntoken = \"ghp_operator_token_1\"\n\
+             [[repos]]\nname = \"acme/shop\"\nsecrets = { DB = \"shop-db-password\" }\n",
+        )
+        .unwrap();
+        let keys = Arc::new(Keys::from_bytes([7; crate::keys::KEY_BYTES]));
+        let outgoing = Outgoing::new(Arc::new(config), keys.clone());
+        let deployment = Deployment {
+            id: 12,
+            github_id: Some(1),
+            repo: "acme/shop".into(),
+            environment: "production".into(),
+            task: "deploy".into(),
+            git_ref: "main".into(),
+            sha: "abc".into(),
+            payload: serde_json::Value::Null,
+            description: None,
+            creator: None,
+            installation_id: None,
+            transient: false,
+            production: true,
+            check_run_id: None,
+            state: State::Failure,
+            state_description: None,
+            environment_url: None,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+        };
+        let slot = crate::keys::LOG_TOKEN_SLOT;
+        let item = OutboxItem {
+            id: 1,
+            deployment_id: 12,
+            kind: "check".into(),
+            body: Some(serde_json::json!({
+                "details_url": format!("https://d.example/deployments/12?token={slot}"),
+                "output": { "summary": format!(
+                    "web unhealthy (exit code 1: shop-db-password ghp_operator_token_1)\n\n[Log](https://d.example/deployments/12?token={slot})"
+                ) },
+            })),
+            state: "failure".into(),
+            description: "web unhealthy (exit code 1: shop-db-password)".into(),
+            log_url: Some(format!("https://d.example/deployments/12?token={slot}")),
+            environment_url: None,
+            attempts: 0,
+            next_attempt_at: 0,
+            delivered_at: None,
+            failed_at: None,
+            last_error: None,
+        };
+        let prepared = outgoing.prepare(&deployment, &item);
+        let link = format!(
+            "https://d.example/deployments/12?token={}",
+            keys.log_token(12)
+        );
+        assert_eq!(prepared.description, "web unhealthy (exit code 1: ***)");
+        assert_eq!(prepared.log_url.as_deref(), Some(link.as_str()));
+        let body = prepared.body.unwrap();
+        assert_eq!(body["details_url"], link.as_str());
+        assert_eq!(
+            body["output"]["summary"],
+            format!("web unhealthy (exit code 1: *** ***)\n\n[Log]({link})")
+        );
     }
 }

@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Caller, User};
-use super::{AppState, HttpError, all_logs, same};
+use super::{AppState, HttpError};
 use crate::config::Role;
 use crate::deploy::{ActionError, Cancelled, RunningApp, ServerReport};
 use crate::store::{
@@ -291,29 +291,46 @@ pub(super) async fn log(
     let capability = query
         .token
         .as_deref()
-        .is_some_and(|t| same(t, &deployment.token));
+        .is_some_and(|t| state.engine.keys.verify_log_token(deployment.id, t));
     if !capability {
         caller.api(Role::Viewer)?;
     }
     let after = query.after.unwrap_or(0);
     if !query.follow {
-        let mut text = String::new();
-        for line in all_logs(&*state.engine.store, id, after).await? {
-            text.push_str(&format_line(&line));
-            text.push('\n');
-        }
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
+        // Read and sent a page at a time: the whole log is never in memory.
+        let store = state.engine.store.clone();
+        let pages = futures::stream::try_unfold(after, move |after| {
+            let store = store.clone();
+            async move {
+                let page = store.logs(id, after, super::pages::READ_LINES).await?;
+                let Some(last) = page.last().map(|l| l.seq) else {
+                    return Ok::<_, anyhow::Error>(None);
+                };
+                let mut text = String::new();
+                for line in &page {
+                    text.push_str(&format_line(line));
+                    text.push('\n');
+                }
+                Ok(Some((text, last)))
+            }
+        });
+        return Ok((
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            Body::from_stream(pages),
+        )
+            .into_response());
     }
-    let (sender, receiver) = tokio::sync::mpsc::channel::<LogLine>(1024);
-    tokio::spawn(super::pages::follow_lines(state, deployment, after, sender));
-    let stream = futures::StreamExt::map(
-        tokio_stream::wrappers::ReceiverStream::new(receiver),
-        |line| {
-            let mut text = format_line(&line);
-            text.push('\n');
-            Ok::<_, std::convert::Infallible>(text)
-        },
-    );
+    let events = super::pages::follow(state, deployment, after);
+    let stream = futures::StreamExt::filter_map(events, |event| async move {
+        match event {
+            crate::logs::Event::Log(line) => {
+                let mut text = format_line(&line);
+                text.push('\n');
+                Some(Ok::<_, std::convert::Infallible>(text))
+            }
+            _ => None,
+        }
+    });
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(stream),

@@ -6,12 +6,12 @@
 use std::convert::Infallible;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{OriginalUri, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use maud::{PreEscaped, html};
+use maud::html;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
@@ -85,8 +85,9 @@ fn parse_since(since: Option<&str>) -> Result<i64, HttpError> {
         })
 }
 
-/// Sends `repo`'s lines after `after` (and at or after `since`) to `sender`, then, when
-/// `follow`, new lines as they are stored. Ends when the client leaves.
+/// Sends `repo`'s lines after `after` (and at or after `since`) to `sender`, a page at a time,
+/// then, when `follow`, new lines as they are stored. Ends when the client leaves, even while
+/// no line comes.
 async fn feed(
     state: AppState,
     repo: String,
@@ -96,51 +97,63 @@ async fn feed(
     follow: bool,
     sender: mpsc::Sender<AppLogLine>,
 ) {
+    let _open = state.engine.metrics.live_stream();
     // Subscribe before reading the store; ids drop what arrives twice.
     let mut live = state.engine.followers.subscribe();
-    let store = state.engine.store.clone();
-    let catch_up = |after: i64| {
-        let store = store.clone();
-        let (repo, environment) = (repo.clone(), environment.clone());
-        async move {
-            let mut lines = Vec::new();
-            let mut after = after;
-            loop {
-                let page = store
-                    .app_logs(&repo, &environment, after, PAGE)
-                    .await
-                    .unwrap_or_default();
-                let Some(last) = page.last() else {
-                    return lines;
-                };
-                after = last.id;
-                lines.extend(page);
+    let catch_up = async |after: &mut i64| -> bool {
+        loop {
+            let page = match state
+                .engine
+                .store
+                .app_logs(&repo, &environment, *after, PAGE)
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        repo,
+                        environment,
+                        "reading container logs for a stream"
+                    );
+                    return false;
+                }
+            };
+            if page.is_empty() {
+                return true;
+            }
+            for line in page {
+                *after = line.id;
+                if line.ts >= since && sender.send(line).await.is_err() {
+                    return false;
+                }
             }
         }
     };
-    for line in catch_up(after).await {
-        after = line.id;
-        if line.ts >= since && sender.send(line).await.is_err() {
-            return;
-        }
-    }
-    if !follow {
+    if !catch_up(&mut after).await || !follow {
         return;
     }
     loop {
-        let lines = match live.recv().await {
-            Ok(line) => vec![(*line).clone()],
-            Err(RecvError::Lagged(_)) => catch_up(after).await,
-            Err(RecvError::Closed) => return,
+        let received = tokio::select! {
+            received = live.recv() => received,
+            () = sender.closed() => return,
         };
-        for line in lines {
-            if line.id <= after || line.repo != repo || line.environment != environment {
+        let line = match received {
+            Ok(line) => line,
+            Err(RecvError::Lagged(_)) => {
+                if !catch_up(&mut after).await {
+                    return;
+                }
                 continue;
             }
-            after = line.id;
-            if line.ts >= since && sender.send(line).await.is_err() {
-                return;
-            }
+            Err(RecvError::Closed) => return,
+        };
+        if line.id <= after || line.repo != repo || line.environment != environment {
+            continue;
+        }
+        after = line.id;
+        if line.ts >= since && sender.send((*line).clone()).await.is_err() {
+            return;
         }
     }
 }
@@ -182,12 +195,10 @@ pub(super) async fn api(
 pub(super) async fn page(
     State(state): State<AppState>,
     caller: Caller,
+    uri: OriginalUri,
     Path((owner, name, environment)): Path<(String, String, String)>,
 ) -> Result<Response, HttpError> {
-    let user = match caller.page(
-        Role::Viewer,
-        &format!("/apps/{owner}/{name}/{environment}/logs"),
-    ) {
+    let user = match caller.page(Role::Viewer, uri.path()) {
         Ok(user) => user,
         Err(refusal) => return Ok(refusal.into_response()),
     };
@@ -199,6 +210,7 @@ pub(super) async fn page(
         .app_logs_tail(&repo, &environment, 1000)
         .await?;
     let after = lines.last().map_or(0, |l| l.id);
+    let events = super::dashboard::environment_path("/apps", &repo, &environment, "/logs/events");
     let body = html! {
         h1 { (repo) " → " (environment) }
         p.meta { "container logs, newest last; live" }
@@ -210,16 +222,8 @@ pub(super) async fn page(
                 }
             }
         }
-        script {
-            (PreEscaped(format!(
-                "const EVENTS={events};let AFTER={after};",
-                events = serde_json::to_string(&format!(
-                    "/apps/{owner}/{name}/{environment}/logs/events"
-                ))
-                .unwrap_or_default(),
-            )))
-            (PreEscaped(SCRIPT))
-        }
+        (super::pages::data_island(&serde_json::json!({ "events": events, "after": after })))
+        script src=(super::assets::url("app-logs.js")) {}
     };
     Ok(
         super::dashboard::layout(&format!("{repo} {environment} logs"), &user, "apps", body)
@@ -260,18 +264,6 @@ pub(super) async fn events(
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
-
-const SCRIPT: &str = r#"
-(function(){
-  const log=document.getElementById('log');
-  const src=new EventSource(EVENTS+'?after='+AFTER);
-  src.addEventListener('line',e=>{const l=JSON.parse(e.data);if(l.id<=AFTER)return;AFTER=l.id;
-    const s=document.createElement('span');s.className='line '+l.stream;
-    const a=document.createElement('span');a.className='app';a.textContent=l.app+'@'+l.server;
-    s.appendChild(a);s.appendChild(document.createTextNode(' '+l.line+'\n'));log.appendChild(s);
-    window.scrollTo(0,document.body.scrollHeight);});
-})();
-"#;
 
 #[cfg(test)]
 mod tests {

@@ -2,6 +2,12 @@
 //! pages, after the login form). Tokens are kept only as SHA-256 hashes; sessions only as the
 //! hash of their random id. A deployment's own capability token (in its `log_url`) opens just
 //! that deployment's page and log, and is checked where those are served.
+//! Failed sign-ins are throttled per name and client address ([`SignInThrottle`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -11,7 +17,7 @@ use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use sha2::{Digest, Sha256};
 
 use super::{AppState, HttpError, same};
-use crate::config::Role;
+use crate::config::{ApiSection, Role};
 use crate::store::{AuditEntry, now_ms};
 
 /// The session cookie's name.
@@ -217,20 +223,339 @@ impl AppState {
             .max_age(cookie::time::Duration::seconds(ttl.as_secs() as i64))
             .build())
     }
+}
 
-    /// Whether a form post comes from these pages: its `Origin` (which browsers send with
-    /// every POST) must be this server's. Together with `SameSite=Lax` that stops cross-site
-    /// form posts.
-    pub(super) fn same_origin(&self, headers: &HeaderMap) -> bool {
-        let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-            // Not a browser (curl, the CLI): no ambient cookie risk from a cross-site page.
-            return true;
-        };
-        let public = self.engine.config.public_url().trim_end_matches('/');
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        origin == public
-            || host.is_some_and(|host| {
-                origin == format!("http://{host}") || origin == format!("https://{host}")
-            })
+/// The longest name kept from a refused sign-in (in the throttle and the audit log).
+const NAME_CHARS: usize = 64;
+
+/// At most this many refused sign-ins are written to the audit log per `login_window`; past
+/// it one entry says so and the rest are only counted by the throttle.
+pub(super) const REFUSED_AUDIT_PER_WINDOW: u32 = 1000;
+
+/// A name from the sign-in form as it is kept: trimmed, at most 64 characters.
+pub(super) fn shown_name(name: &str) -> String {
+    name.trim().chars().take(NAME_CHARS).collect()
+}
+
+/// What failed sign-ins are counted by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Name(String),
+    Address(IpAddr),
+    /// One name from one address: its first failure in a window is audited.
+    Pair(String, Option<IpAddr>),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    since: Instant,
+    failures: u32,
+}
+
+/// Failed sign-ins per name and per client address (IPv6 by /64), each counted in a window
+/// of `login_window` from its first failure: at the limit, sign-ins for that name or from that
+/// address are refused (429) until the window ends. Holds at most `login_throttle_entries`
+/// keys: expired windows go first, then the oldest.
+#[derive(Debug)]
+pub struct SignInThrottle {
+    per_name: u32,
+    per_address: u32,
+    window: Duration,
+    capacity: usize,
+    state: Mutex<ThrottleState>,
+}
+
+#[derive(Debug)]
+struct ThrottleState {
+    keys: HashMap<Key, Window>,
+    /// Refused sign-ins audited in the current global window.
+    audited: Window,
+}
+
+/// What one failed sign-in means for the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Failure {
+    /// The first failure of this name from this address in the window.
+    First,
+    /// This failure reached a limit: the name or address is throttled now.
+    Throttled { failures: u32 },
+    /// The audit cap for this window was reached with this failure.
+    AuditCapReached,
+    /// Counted only.
+    Counted,
+}
+
+impl Failure {
+    /// The audit entry's detail, if this failure gets one.
+    pub(super) fn audit_detail(&self, address: Option<IpAddr>) -> Option<String> {
+        let from = address.map_or_else(String::new, |a| format!(" from {a}"));
+        match self {
+            Failure::First => Some(format!(
+                "wrong name or token{from}; further failures of this name from this address in this window are counted, not recorded"
+            )),
+            Failure::Throttled { failures } => Some(format!(
+                "{failures} failed sign-ins{from}: throttled until the window ends"
+            )),
+            Failure::AuditCapReached => Some(format!(
+                "{REFUSED_AUDIT_PER_WINDOW} refused sign-ins recorded in this window; further ones are not recorded until it ends"
+            )),
+            Failure::Counted => None,
+        }
+    }
+}
+
+/// IPv6 addresses count by their /64: one host usually holds a whole /64.
+fn address_key(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
+impl SignInThrottle {
+    pub fn new(config: &ApiSection) -> SignInThrottle {
+        SignInThrottle {
+            per_name: config.login_failures_per_name.max(1),
+            per_address: config.login_failures_per_address.max(1),
+            window: config.login_window,
+            capacity: config.login_throttle_entries.max(3),
+            state: Mutex::new(ThrottleState {
+                keys: HashMap::new(),
+                audited: Window {
+                    since: Instant::now(),
+                    failures: 0,
+                },
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ThrottleState> {
+        // The state stays consistent whatever panicked while holding it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn keys(name: &str, address: Option<IpAddr>) -> [Option<(Key, bool)>; 3] {
+        let name = shown_name(name);
+        let address = address.map(address_key);
+        [
+            Some((Key::Name(name.clone()), true)),
+            address.map(|a| (Key::Address(a), true)),
+            Some((Key::Pair(name, address), false)),
+        ]
+    }
+
+    fn limit(&self, key: &Key) -> u32 {
+        match key {
+            Key::Name(_) => self.per_name,
+            Key::Address(_) => self.per_address,
+            Key::Pair(..) => u32::MAX,
+        }
+    }
+
+    /// `Err(wait)` while `name` or `address` is throttled: how long until it may try again.
+    pub(super) fn check(
+        &self,
+        name: &str,
+        address: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        let state = self.lock();
+        let mut wait = Duration::ZERO;
+        for (key, _) in Self::keys(name, address).into_iter().flatten() {
+            if let Some(window) = state.keys.get(&key) {
+                let ends = window.since + self.window;
+                if window.failures >= self.limit(&key) && ends > now {
+                    wait = wait.max(ends - now);
+                }
+            }
+        }
+        if wait.is_zero() { Ok(()) } else { Err(wait) }
+    }
+
+    /// Counts a failed sign-in.
+    pub(super) fn failed(&self, name: &str, address: Option<IpAddr>, now: Instant) -> Failure {
+        let mut state = self.lock();
+        let mut first = false;
+        let mut throttled = None;
+        for (key, limited) in Self::keys(name, address).into_iter().flatten() {
+            let limit = self.limit(&key);
+            let window = self.count(&mut state, key, now);
+            if limited && window == limit {
+                throttled = Some(throttled.unwrap_or(0).max(window));
+            }
+            if !limited && window == 1 {
+                first = true;
+            }
+        }
+        if !first && throttled.is_none() {
+            return Failure::Counted;
+        }
+        // The audit log's own cap, over all names and addresses.
+        if state.audited.since + self.window <= now {
+            state.audited = Window {
+                since: now,
+                failures: 0,
+            };
+        }
+        state.audited.failures += 1;
+        match state.audited.failures {
+            n if n < REFUSED_AUDIT_PER_WINDOW => match throttled {
+                Some(failures) => Failure::Throttled { failures },
+                None => Failure::First,
+            },
+            n if n == REFUSED_AUDIT_PER_WINDOW => Failure::AuditCapReached,
+            _ => Failure::Counted,
+        }
+    }
+
+    /// Adds one failure to `key`'s window (a new one if it expired): the failures in it now.
+    fn count(&self, state: &mut ThrottleState, key: Key, now: Instant) -> u32 {
+        if !state.keys.contains_key(&key) && state.keys.len() >= self.capacity {
+            let window = self.window;
+            state.keys.retain(|_, w| w.since + window > now);
+            if state.keys.len() >= self.capacity {
+                let oldest = state
+                    .keys
+                    .iter()
+                    .min_by_key(|(_, w)| w.since)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    state.keys.remove(&oldest);
+                }
+            }
+        }
+        let window = state.keys.entry(key).or_insert(Window {
+            since: now,
+            failures: 0,
+        });
+        if window.since + self.window <= now {
+            *window = Window {
+                since: now,
+                failures: 0,
+            };
+        }
+        window.failures = window.failures.saturating_add(1);
+        window.failures
+    }
+
+    /// A sign-in succeeded: the name's failures are forgotten (the address's are not).
+    pub(super) fn succeeded(&self, name: &str, address: Option<IpAddr>) {
+        let mut state = self.lock();
+        let name = shown_name(name);
+        state.keys.remove(&Key::Name(name.clone()));
+        state
+            .keys
+            .remove(&Key::Pair(name, address.map(address_key)));
+    }
+
+    /// Names and addresses remembered now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn throttle(per_name: u32, per_address: u32, entries: usize) -> SignInThrottle {
+        SignInThrottle::new(&ApiSection {
+            login_failures_per_name: per_name,
+            login_failures_per_address: per_address,
+            login_window: Duration::from_secs(60),
+            login_throttle_entries: entries,
+            ..ApiSection::default()
+        })
+    }
+
+    #[test]
+    fn a_name_is_throttled_after_its_failures_until_the_window_ends() {
+        let throttle = throttle(3, 100, 100);
+        let address = Some("192.0.2.1".parse().unwrap());
+        let start = Instant::now();
+        assert_eq!(throttle.failed("dee", address, start), Failure::First);
+        assert_eq!(throttle.failed("dee", address, start), Failure::Counted);
+        assert_eq!(throttle.check("dee", address, start), Ok(()));
+        assert_eq!(
+            throttle.failed("dee", address, start),
+            Failure::Throttled { failures: 3 }
+        );
+        assert_eq!(
+            throttle.check("dee", address, start + Duration::from_secs(20)),
+            Err(Duration::from_secs(40))
+        );
+        // From anywhere, and whatever the token: the name is throttled.
+        assert!(throttle.check("dee", None, start).is_err());
+        assert_eq!(throttle.check("vic", address, start), Ok(()));
+        assert_eq!(
+            throttle.check("dee", address, start + Duration::from_secs(60)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn an_address_is_throttled_across_names() {
+        let throttle = throttle(100, 3, 100);
+        let address: Option<IpAddr> = Some("2001:db8::1".parse().unwrap());
+        let neighbour: Option<IpAddr> = Some("2001:db8::2".parse().unwrap());
+        let now = Instant::now();
+        for name in ["a", "b"] {
+            assert_eq!(throttle.failed(name, address, now), Failure::First);
+        }
+        assert_eq!(
+            throttle.failed("c", neighbour, now),
+            Failure::Throttled { failures: 3 },
+            "the same /64"
+        );
+        assert!(throttle.check("d", address, now).is_err());
+        assert_eq!(
+            throttle.check("d", Some("2001:db9::1".parse().unwrap()), now),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn the_throttle_holds_at_most_its_entries() {
+        let throttle = throttle(5, 5, 10);
+        let now = Instant::now();
+        for n in 0..1000u32 {
+            let address = Some(IpAddr::from(n.to_be_bytes()));
+            throttle.failed(
+                &format!("name-{n}"),
+                address,
+                now + Duration::from_millis(n.into()),
+            );
+            assert!(throttle.len() <= 10, "{} entries", throttle.len());
+        }
+    }
+
+    #[test]
+    fn refused_sign_ins_are_audited_once_per_name_address_and_window_up_to_a_cap() {
+        let throttle = throttle(u32::MAX, u32::MAX, 100_000);
+        let now = Instant::now();
+        let address = Some("192.0.2.1".parse().unwrap());
+        let audited = (0..50)
+            .filter(|_| throttle.failed("dee", address, now) != Failure::Counted)
+            .count();
+        assert_eq!(audited, 1);
+        let mut audited = 0;
+        for n in 0..(2 * REFUSED_AUDIT_PER_WINDOW) {
+            if throttle.failed(&format!("n{n}"), address, now) != Failure::Counted {
+                audited += 1;
+            }
+        }
+        assert_eq!(audited, REFUSED_AUDIT_PER_WINDOW - 1, "the cap, with dee's");
+        // A new window audits again.
+        let later = now + Duration::from_secs(61);
+        assert_eq!(throttle.failed("dee", address, later), Failure::First);
+    }
+
+    #[test]
+    fn a_long_name_is_cut() {
+        assert_eq!(shown_name(&"x".repeat(1000)).len(), NAME_CHARS);
     }
 }

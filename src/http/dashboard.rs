@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar};
-use maud::{DOCTYPE, Markup, PreEscaped, html};
+use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
 use super::api::{self, environment_list, parse_state, time};
@@ -19,31 +19,6 @@ use crate::config::Role;
 use crate::deploy::format_elapsed;
 use crate::store::{Deployment, ListFilter, State as DeploymentState};
 
-const STYLE: &str = r#"
-*{box-sizing:border-box}
-body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1150px;padding:0 1rem 2rem;color:#1b1f24;background:#fff}
-nav{display:flex;flex-wrap:wrap;gap:.2rem 1rem;align-items:center;padding:.6rem 0;border-bottom:1px solid #d0d7de;margin-bottom:.8rem}
-nav a{color:#1b1f24;text-decoration:none}nav a.on{font-weight:700;text-decoration:underline}
-nav .who{margin-left:auto;color:#57606a}nav form{display:inline}
-h1{font-size:1.3rem;margin:.2rem 0}h2{font-size:1.05rem;margin:1.2rem 0 .4rem}
-.meta{color:#57606a;margin:.2rem 0}code{font-size:.9em}a{color:#0969da}
-.badge{display:inline-block;padding:.1rem .5rem;border-radius:1rem;font-weight:600;color:#fff;background:#8c959f}
-.ok{background:#dafbe1}.bad{background:#ffebe9}.run{background:#fff8c5}.wait{background:#f6f8fa}
-.badge.ok{background:#1a7f37}.badge.bad{background:#cf222e}.badge.run{background:#9a6700}
-.scroll{overflow-x:auto}
-table{border-collapse:collapse;width:100%}th,td{border:1px solid #d0d7de;padding:.3rem .5rem;text-align:left;white-space:nowrap;vertical-align:top}
-#grid{display:block;overflow-x:auto}
-pre{background:#0d1117;color:#e6edf3;padding:.7rem;border-radius:6px;overflow-x:auto;font-size:13px;line-height:1.4}
-.line.stderr{color:#ffa198}.line.dropship{color:#79c0ff}.server,.app{color:#8b949e;display:inline-block;min-width:6ch}
-.actions{display:flex;flex-wrap:wrap;gap:.4rem;margin:.4rem 0}.actions form{display:inline}
-button{font:inherit;padding:.25rem .7rem;border:1px solid #d0d7de;border-radius:6px;background:#f6f8fa;cursor:pointer}
-input,select{font:inherit;padding:.25rem .4rem;border:1px solid #d0d7de;border-radius:6px;max-width:100%}
-#filter{width:100%;margin:.3rem 0}
-.filters{display:flex;flex-wrap:wrap;gap:.4rem;margin:.4rem 0}
-.notice{padding:.5rem .8rem;border-radius:6px;background:#ddf4ff;margin:.6rem 0}.error{background:#ffebe9}
-.login{max-width:22rem;margin:3rem auto}.login label{display:block;margin:.6rem 0 .2rem}.login input{width:100%}
-"#;
-
 fn document(title: &str, nav: Markup, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
@@ -52,7 +27,7 @@ fn document(title: &str, nav: Markup, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " — dropship" }
-                style { (PreEscaped(STYLE)) }
+                link rel="stylesheet" href=(super::assets::url("style.css"));
             }
             body { (nav) main { (body) } }
         }
@@ -111,14 +86,59 @@ pub(super) struct LoginQuery {
     next: Option<String>,
 }
 
-/// Only a path on this site: never another host (`//evil`, `https://...`).
-fn safe_next(next: Option<&str>) -> String {
+/// Only a path on this site, else `/`: it starts with one `/` (not `//`, which browsers read
+/// as another host), and holds only visible ASCII other than `\` (browsers read `/\host` as
+/// `//host` and drop tabs and newlines, so `/\t/host` is `//host` too).
+pub(super) fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(next) if next.starts_with('/') && !next.starts_with("//") && !next.contains('\\') => {
+        Some(next)
+            if next.starts_with('/')
+                && !next[1..].starts_with(['/', '\\'])
+                && next.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') =>
+        {
             next.to_string()
         }
         _ => "/".into(),
     }
+}
+
+/// `url` when it is an absolute `http` or `https` URL, so it may be a link; anything else
+/// (`javascript:`, `data:`, relative) is shown as text only.
+pub(super) fn web_url(url: &str) -> Option<&str> {
+    let uri: axum::http::Uri = url.parse().ok()?;
+    let web = matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some();
+    web.then_some(url)
+}
+
+/// A link to `url` when it is a web URL, else the text of it.
+pub(super) fn url_link(url: &str) -> Markup {
+    html! {
+        @match web_url(url) {
+            Some(url) => a href=(url) rel="noreferrer" { (url) },
+            None => code { (url) },
+        }
+    }
+}
+
+/// What a path segment escapes: all but unreserved characters.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `/`-joined path segments, each percent-encoded.
+pub(super) fn path(segments: &[&str]) -> String {
+    segments
+        .iter()
+        .map(|s| format!("/{}", percent_encoding::utf8_percent_encode(s, SEGMENT)))
+        .collect()
+}
+
+/// The path of an environment (`repo` is `owner/name`) followed by `rest`.
+pub(super) fn environment_path(prefix: &str, repo: &str, environment: &str, rest: &str) -> String {
+    let (owner, name) = repo.split_once('/').unwrap_or((repo, ""));
+    format!("{}{}{rest}", prefix, path(&[owner, name, environment]))
 }
 
 fn login_page(next: &str, error: Option<&str>) -> Markup {
@@ -157,32 +177,42 @@ pub(super) struct LoginForm {
 
 pub(super) async fn login(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    request: axum::http::request::Parts,
     jar: CookieJar,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, HttpError> {
     let next = safe_next(form.next.as_deref());
-    if !state.same_origin(&headers) {
-        return Err(HttpError::new(
-            StatusCode::FORBIDDEN,
-            "this form was posted from another site",
-        ));
+    let name = form.name.trim();
+    let address = super::client_address(&request.extensions).map(|a| a.ip());
+    let now = std::time::Instant::now();
+    if let Err(wait) = state.throttle.check(name, address, now) {
+        let seconds = wait.as_secs().max(1);
+        let message = format!(
+            "Too many failed sign-ins for this name or from this address; try again in {seconds} s."
+        );
+        let page = login_page(&next, Some(&message));
+        let retry_after = [(axum::http::header::RETRY_AFTER, seconds.to_string())];
+        return Ok((StatusCode::TOO_MANY_REQUESTS, retry_after, page).into_response());
     }
     let user = state
         .user_by_token(&form.password)
-        .filter(|user| user.name == form.name.trim());
+        .filter(|user| user.name == name);
     let Some(user) = user else {
-        state
-            .audit(
-                form.name.trim(),
-                "login refused",
-                "dashboard",
-                "wrong name or token",
-            )
-            .await;
+        let failure = state.throttle.failed(name, address, now);
+        if let Some(detail) = failure.audit_detail(address) {
+            state
+                .audit(
+                    &super::auth::shown_name(name),
+                    "login refused",
+                    "dashboard",
+                    &detail,
+                )
+                .await;
+        }
         let page = login_page(&next, Some("Wrong name or token."));
         return Ok((StatusCode::UNAUTHORIZED, page).into_response());
     };
+    state.throttle.succeeded(name, address);
     let cookie = state.start_session(&user).await?;
     state.audit(&user.name, "login", "dashboard", "").await;
     Ok((jar.add(cookie), Redirect::to(&next)).into_response())
@@ -318,7 +348,7 @@ pub(super) async fn environments(
                         }
                         None => { "nothing live" }
                     }
-                    @if let Some(url) = environment.url() { " · " a href=(url) { (url) } }
+                    @if let Some(url) = environment.url() { " · " (url_link(url)) }
                 }
                 p.meta {
                     "latest: " a href={"/deployments/" (environment.latest().id)} { (environment.latest().id) }
@@ -329,15 +359,15 @@ pub(super) async fn environments(
                 }
                 @if deployer {
                     div.actions {
-                        form method="post" action={"/environments/" (repo) "/" (name) "/rollback"} {
+                        form method="post" action=(environment_path("/environments", repo, name, "/rollback")) {
                             button.rollback type="submit" { "Roll back" }
                         }
                         @if environment.lock().is_some() {
-                            form method="post" action={"/environments/" (repo) "/" (name) "/unlock"} {
+                            form method="post" action=(environment_path("/environments", repo, name, "/unlock")) {
                                 button type="submit" { "Unlock" }
                             }
                         } @else {
-                            form method="post" action={"/environments/" (repo) "/" (name) "/lock"} {
+                            form method="post" action=(environment_path("/environments", repo, name, "/lock")) {
                                 input name="reason" placeholder="why lock?";
                                 button type="submit" { "Lock" }
                             }
@@ -400,7 +430,7 @@ pub(super) async fn servers(
                             }
                             td {
                                 @for app in &r.apps {
-                                    a href={"/apps/" (app.repo) "/" (app.environment) "/logs"} { (app.repo) " " (app.environment) " " (app.app) }
+                                    a href=(environment_path("/apps", &app.repo, &app.environment, "/logs")) { (app.repo) " " (app.environment) " " (app.app) }
                                     " " span.meta { (app.state) } br;
                                 }
                             }
@@ -436,7 +466,7 @@ pub(super) async fn apps(
                             td { code { (a.app().container) } }
                             td { code { (short(&a.app().sha)) } }
                             td { (a.app().state) " · " span.meta { (a.app().status) } }
-                            td { a href={"/apps/" (a.app().repo) "/" (a.app().environment) "/logs"} { "logs" } }
+                            td { a href=(environment_path("/apps", &a.app().repo, &a.app().environment, "/logs")) { "logs" } }
                         }
                     }
                 }
@@ -473,14 +503,9 @@ pub(super) async fn audit(
 
 // ---- actions ----
 
-/// The user for a button press: a deployer, posting from these pages.
-fn actor(state: &AppState, caller: Caller, headers: &HeaderMap) -> Result<User, Refusal> {
-    if !state.same_origin(headers) {
-        return Err(Refusal::Denied(HttpError::new(
-            StatusCode::FORBIDDEN,
-            "this form was posted from another site",
-        )));
-    }
+/// The user for a button press: a deployer. (The router's cross-origin check has refused
+/// presses posted from other sites already.)
+fn actor(caller: Caller) -> Result<User, Refusal> {
     caller.page(Role::Deployer, "/")
 }
 
@@ -508,10 +533,9 @@ fn message(
 pub(super) async fn deployment_action(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
     Path((id, action)): Path<(i64, String)>,
 ) -> Response {
-    let user = match actor(&state, caller, &headers) {
+    let user = match actor(caller) {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
@@ -532,11 +556,10 @@ pub(super) struct ActionForm {
 pub(super) async fn environment_action(
     State(state): State<AppState>,
     caller: Caller,
-    headers: HeaderMap,
     Path((owner, name, environment, action)): Path<(String, String, String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let user = match actor(&state, caller, &headers) {
+    let user = match actor(caller) {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
@@ -560,4 +583,67 @@ pub(super) async fn environment_action(
         other => Err(HttpError::not_found(format!("no action `{other}`"))),
     };
     outcome(&user, result, "/environments")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_web_urls_become_links() {
+        for url in ["https://shop.example.com/a?b=1", "http://127.0.0.1:8080"] {
+            assert_eq!(web_url(url), Some(url));
+        }
+        for url in [
+            "javascript:document.title='pwned'",
+            "JavaScript:alert(1)",
+            "data:text/html,<script>alert(1)</script>",
+            "//evil.com",
+            "/relative",
+            "https:evil.com",
+            " https://a.example",
+        ] {
+            assert_eq!(web_url(url), None, "{url}");
+            let shown = url_link(url).into_string();
+            assert!(!shown.contains("href"), "{shown}");
+        }
+        let shown = url_link("https://a.example/\"><script>").into_string();
+        assert!(!shown.contains("<script>"), "{shown}");
+    }
+
+    #[test]
+    fn next_is_a_path_on_this_site() {
+        for next in [
+            "//evil.com",
+            "/\t/evil.com",
+            "/\\evil.com",
+            "/\n/evil.com",
+            "https:evil.com",
+            "https://evil.com",
+            "javascript:alert(1)",
+            "evil.com",
+            "/ /evil.com",
+            "/é",
+            "",
+        ] {
+            assert_eq!(safe_next(Some(next)), "/", "{next:?}");
+        }
+        for next in [
+            "/",
+            "/environments?repo=a%2Fb",
+            "/%09/evil.com",
+            "/deployments/1",
+        ] {
+            assert_eq!(safe_next(Some(next)), next);
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+
+    #[test]
+    fn path_segments_are_escaped() {
+        assert_eq!(
+            environment_path("/apps", "acme/shop", "</script>/x?y", "/logs"),
+            "/apps/acme/shop/%3C%2Fscript%3E%2Fx%3Fy/logs"
+        );
+    }
 }

@@ -12,15 +12,33 @@ mod error;
 mod pages;
 mod webhook;
 
+mod assets;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower_http::csrf::CsrfLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::DeadlineBody;
 
 pub use error::HttpError;
 
+use crate::config::ServerSection;
 use crate::deploy::{Engine, Queue};
-pub(crate) use crate::store::all_logs;
+use crate::metrics::Metrics;
 
 /// What handlers share.
 #[derive(Debug, Clone)]
@@ -28,13 +46,32 @@ pub struct AppState {
     pub engine: Engine,
     /// Where recorded deployments go to be run.
     pub scheduler: Queue,
+    /// Failed sign-ins per name and client address.
+    pub(crate) throttle: Arc<auth::SignInThrottle>,
 }
 
+impl AppState {
+    pub fn new(engine: Engine, scheduler: Queue) -> AppState {
+        let throttle = Arc::new(auth::SignInThrottle::new(&engine.config.api));
+        AppState {
+            engine,
+            scheduler,
+            throttle,
+        }
+    }
+}
+
+/// What pages may load and do: only Dropship's own scripts and styles (no inline script, no
+/// `eval`), fetches and form posts back to Dropship, no framing, no `<base>`.
+pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// Every route, behind the security headers and the cross-origin check.
 pub fn router(state: AppState) -> Router {
     let max_body = state.engine.config.server.max_body_bytes;
+    let csrf = csrf_layer(state.engine.config.public_url());
     let (api, openapi) = api::routes().split_for_parts();
     let openapi = std::sync::Arc::new(openapi);
-    Router::new()
+    let routes = Router::new()
         .route(
             "/webhooks/github",
             post(webhook::github).layer(DefaultBodyLimit::max(max_body)),
@@ -72,7 +109,140 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .with_state(state)
+        .route("/assets/{name}", get(assets::serve))
+        .with_state(state);
+    security_headers(routes.layer(csrf))
+}
+
+/// Every answer carries these: pages run only their own script, are never framed, never
+/// sniffed as another type, and never leak their URL (a deployment's capability link) in a
+/// `Referer`.
+fn security_headers(router: Router) -> Router {
+    let headers: [(HeaderName, &'static str); 5] = [
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (
+            HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+    ];
+    headers.into_iter().fold(router, |router, (name, value)| {
+        router.layer(SetResponseHeaderLayer::if_not_present(
+            name,
+            HeaderValue::from_static(value),
+        ))
+    })
+}
+
+/// Refuses (403) a state-changing request (anything but GET, HEAD, OPTIONS) that a browser
+/// marks as coming from another site: `Sec-Fetch-Site` other than `same-origin`/`none`, or an
+/// `Origin` that is neither `public_url`'s nor the request's own host. Requests without either
+/// header (GitHub's deliveries, curl, the CLI) carry no ambient cookie risk and pass.
+fn csrf_layer(
+    public_url: &str,
+) -> CsrfLayer<fn(tower_http::csrf::ProtectionError) -> axum::response::Response> {
+    let refuse: fn(tower_http::csrf::ProtectionError) -> axum::response::Response = |_| {
+        HttpError::new(
+            StatusCode::FORBIDDEN,
+            "this request comes from another site (Origin or Sec-Fetch-Site): changes are accepted only from Dropship's own pages, or with a bearer token and no Origin",
+        )
+        .into_response()
+    };
+    let mut layer = CsrfLayer::new();
+    if let Some(origin) = origin_of(public_url) {
+        match layer.clone().add_trusted_origin(&origin) {
+            Ok(trusted) => layer = trusted,
+            Err(error) => {
+                tracing::warn!(origin, error = ?error, "public_url's origin is not trusted for form posts")
+            }
+        }
+    }
+    layer.with_rejection_response(refuse)
+}
+
+/// `scheme://host[:port]` of a URL.
+fn origin_of(url: &str) -> Option<String> {
+    let uri: axum::http::Uri = url.parse().ok()?;
+    Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?))
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then waits for open
+/// connections to finish. Each connection must send a whole request head within
+/// `header_read_timeout` and each body within `body_read_timeout`; at most `max_connections`
+/// are served at once (the rest wait in the listen backlog).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: &ServerSection,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let limit = settings
+        .max_connections
+        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+    let permits = Arc::new(Semaphore::new(limit));
+    let (header_timeout, body_timeout) = (settings.header_read_timeout, settings.body_read_timeout);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.context("the connection semaphore closed")?,
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off a little, then go on.
+                    tracing::warn!(error = %error, "accepting an HTTP connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let (router, shutdown, open) =
+            (router.clone(), shutdown.clone(), metrics.http_connection());
+        tokio::spawn(async move {
+            let _held = (permit, open);
+            let service =
+                hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+                    let mut request =
+                        request.map(|body| Body::new(DeadlineBody::new(body_timeout, body)));
+                    request.extensions_mut().insert(ConnectInfo(remote));
+                    tower::ServiceExt::oneshot(router.clone(), request)
+                });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(error = %error, remote = %remote, "HTTP connection");
+            }
+        });
+    }
+    // Every connection holds a permit: holding them all means every connection has ended.
+    let _all = permits.acquire_many(limit as u32).await;
+    Ok(())
+}
+
+/// The client's address, when served by [`serve`].
+pub(crate) fn client_address(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0)
 }
 
 /// Prometheus' text format.

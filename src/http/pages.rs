@@ -21,16 +21,25 @@ use super::api::time;
 use axum::response::{IntoResponse, Response};
 
 use super::auth::{Caller, User};
-use super::{AppState, HttpError, all_logs, same};
+use super::{AppState, HttpError};
 use crate::config::Role;
 use crate::deploy::format_elapsed;
 use crate::logs::Event;
 use crate::store::{Deployment, LogLine, Service, StepRun, StepState};
 
+/// Log lines on the deployment page: the newest (or those before `before`), with a link to
+/// earlier ones.
+pub(super) const PAGE_LINES: i64 = 1000;
+
+/// Log lines read from the store at a time by the event stream and the text log.
+pub(super) const READ_LINES: i64 = 1000;
+
 #[derive(Debug, Deserialize)]
 pub(super) struct PageQuery {
     token: Option<String>,
     after: Option<i64>,
+    /// The page shows the lines before this sequence number, and does not follow.
+    before: Option<i64>,
 }
 
 /// The deployment, if the link's token is its own or the caller may view deployments.
@@ -43,7 +52,7 @@ async fn authorize(
     let deployment = state.engine.store.deployment(id).await?;
     let signed_in = caller.0.as_ref().is_some_and(|u| u.may(Role::Viewer));
     let allowed = match &deployment {
-        Some(d) => token.is_some_and(|t| same(t, &d.token)) || signed_in,
+        Some(d) => token.is_some_and(|t| state.engine.keys.verify_log_token(d.id, t)) || signed_in,
         None => false,
     };
     match (deployment, allowed) {
@@ -54,6 +63,16 @@ async fn authorize(
             format!("no deployment {id}, or the link's token is wrong"),
         )),
     }
+}
+
+/// Which part of the log a page shows.
+#[derive(Debug)]
+struct LogPage {
+    lines: Vec<LogLine>,
+    /// Lines exist before the first shown.
+    earlier: bool,
+    /// The page shows the newest lines (and follows new ones).
+    newest: bool,
 }
 
 pub(super) async fn deployment(
@@ -75,13 +94,25 @@ pub(super) async fn deployment(
     let deployment = authorize(&state, &caller, id, query.token.as_deref()).await?;
     let steps = state.engine.store.steps(id).await?;
     let services = state.engine.store.services(id).await?;
-    let lines = all_logs(&*state.engine.store, id, 0).await?;
+    let store = &state.engine.store;
+    let lines = store
+        .logs_before(id, query.before.unwrap_or(i64::MAX), PAGE_LINES)
+        .await?;
+    let earlier = match lines.first() {
+        Some(first) => !store.logs_before(id, first.seq, 1).await?.is_empty(),
+        None => false,
+    };
+    let log = LogPage {
+        lines,
+        earlier,
+        newest: query.before.is_none(),
+    };
     let body = render(
         &deployment,
         &steps,
         &services,
-        &lines,
-        query.token.as_deref().unwrap_or_default(),
+        &log,
+        query.token.as_deref(),
         caller.0.as_ref(),
         &state.engine.config.github_web_url(),
     );
@@ -92,6 +123,25 @@ pub(super) async fn deployment(
         None => super::dashboard::bare(&format!("deployment {id}"), body),
     }
     .into_response())
+}
+
+/// Page state for the page's script: a `<script type="application/json">` element, whose
+/// JSON has `<`, `>` and `&` escaped (`\u003c`...), so no text in it can end the element or
+/// open a comment.
+pub(super) fn data_island(value: &serde_json::Value) -> Markup {
+    let json = serde_json::to_string(value).expect("JSON values serialize");
+    let mut escaped = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => escaped.push_str("\\u003c"),
+            '>' => escaped.push_str("\\u003e"),
+            '&' => escaped.push_str("\\u0026"),
+            '\u{2028}' => escaped.push_str("\\u2028"),
+            '\u{2029}' => escaped.push_str("\\u2029"),
+            c => escaped.push(c),
+        }
+    }
+    html! { script #page-state type="application/json" { (PreEscaped(escaped)) } }
 }
 
 /// The CSS class of a deployment or step state.
@@ -118,13 +168,12 @@ fn step_cell(step: &StepRun) -> String {
     text
 }
 
-#[allow(clippy::too_many_arguments)]
 fn render(
     deployment: &Deployment,
     steps: &[StepRun],
     services: &[Service],
-    lines: &[LogLine],
-    token: &str,
+    log: &LogPage,
+    token: Option<&str>,
     user: Option<&User>,
     github_web: &str,
 ) -> Markup {
@@ -133,17 +182,53 @@ fn render(
         (Some(s), Some(f)) => format_elapsed(Duration::from_millis((f - s).max(0) as u64)),
         _ => String::new(),
     };
+    let lines = &log.lines;
     let last_seq = lines.last().map_or(0, |l| l.seq);
     let deployer = user.is_some_and(|u| u.may(Role::Deployer));
-    let repo_url = format!("{github_web}/{}", deployment.repo);
+    let repo_url = format!(
+        "{github_web}{}",
+        super::dashboard::path(&repo_parts(&deployment.repo))
+    );
+    let sha = super::dashboard::path(&[&deployment.sha]);
+    // Links to other parts of this deployment carry the link's token on.
+    let token_param = token.map(|t| {
+        format!(
+            "token={}",
+            percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC)
+        )
+    });
+    let page_url = |before: Option<i64>| {
+        let mut params: Vec<String> = token_param.iter().cloned().collect();
+        params.extend(before.map(|b| format!("before={b}")));
+        let query = if params.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", params.join("&"))
+        };
+        format!("/deployments/{}{query}", deployment.id)
+    };
+    let text_log = match &token_param {
+        Some(param) => format!("/api/deployments/{}/log?{param}", deployment.id),
+        None => format!("/api/deployments/{}/log", deployment.id),
+    };
+    let state = serde_json::json!({
+        "deployment": deployment.id,
+        "token": token,
+        "after": last_seq,
+        "final": deployment.state.is_final(),
+        "live": log.newest,
+    });
     html! {
         header {
             h1 { (deployment.repo) " → " (deployment.environment) }
             p.meta {
-                "task " code { (deployment.task) } " · ref " code { (deployment.git_ref) }
-                " · " a href={(repo_url) "/commit/" (deployment.sha)} { code title=(deployment.sha) { (deployment.sha.get(..7).unwrap_or(&deployment.sha)) } }
+                "task " code { (deployment.task) } " · ref " code #ref { (deployment.git_ref) }
+                " · " a href={(repo_url) "/commit" (sha)} { code title=(deployment.sha) { (deployment.sha.get(..7).unwrap_or(&deployment.sha)) } }
                 @if let Some(creator) = &deployment.creator { " · by " (creator) }
                 " · created " (time(deployment.created_at))
+            }
+            @if let Some(about) = deployment.description.as_deref().filter(|d| !d.is_empty()) {
+                p #about { (about) }
             }
             p {
                 span #state class={"badge " (state_class(deployment.state.as_str()))} { (deployment.state.as_str()) }
@@ -152,10 +237,10 @@ fn render(
             }
             p.meta {
                 @if let Some(url) = &deployment.environment_url {
-                    "environment: " a href=(url) { (url) } " · "
+                    "environment: " span #environment-url { (super::dashboard::url_link(url)) } " · "
                 }
-                "GitHub: " a href={(repo_url) "/deployments/" (deployment.environment)} { "deployments" }
-                " · " a href={(repo_url) "/commit/" (deployment.sha)} { "commit" }
+                "GitHub: " a href={(repo_url) "/deployments" (super::dashboard::path(&[&deployment.environment]))} { "deployments" }
+                " · " a href={(repo_url) "/commit" (sha)} { "commit" }
             }
             @if deployer {
                 div.actions {
@@ -209,6 +294,15 @@ fn render(
         }
         section {
             h2 { "Log" }
+            p.meta {
+                @if log.earlier {
+                    @if let Some(first) = lines.first() {
+                        a #earlier href=(page_url(Some(first.seq))) { "show earlier lines" } " · "
+                    }
+                }
+                @if !log.newest { a #newest href=(page_url(None)) { "newest lines (live)" } " · " }
+                a #text-log href=(text_log) { "the whole log as text" }
+            }
             input #filter type="search" placeholder="filter the log (text or server)" autocomplete="off";
             pre #log {
                 @for line in lines {
@@ -216,63 +310,35 @@ fn render(
                 }
             }
         }
-        script {
-            (PreEscaped(format!(
-                "const DEPLOYMENT={id};const TOKEN={token};let AFTER={last_seq};const FINAL={final_state};",
-                id = deployment.id,
-                token = serde_json::to_string(token).unwrap_or_default(),
-                final_state = deployment.state.is_final(),
-            )))
-            (PreEscaped(SCRIPT))
-        }
+        (data_island(&state))
+        script src=(super::assets::url("deployment.js")) {}
     }
 }
 
-/// A stable color per server name, so each server's lines are told apart at a glance.
+/// `owner` and `name` of `owner/name`.
+fn repo_parts(repo: &str) -> [&str; 2] {
+    let (owner, name) = repo.split_once('/').unwrap_or((repo, ""));
+    [owner, name]
+}
+
+/// A stable color (one of the stylesheet's 12 `hue-N` classes) per server name, so each
+/// server's lines are told apart at a glance. `deployment.js` computes the same.
 fn server_hue(server: &str) -> u32 {
     server
         .bytes()
         .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
-        % 360
+        % 12
 }
 
 fn log_line(line: &LogLine) -> Markup {
+    let server = line.server.as_deref().unwrap_or("dropship");
     html! {
         span class={"line " (line.stream)} data-seq=(line.seq) {
-            span.server style={"color:hsl(" (server_hue(line.server.as_deref().unwrap_or("dropship"))) ",70%,70%)"} { (line.server.as_deref().unwrap_or("dropship")) }
+            span class={"server hue-" (server_hue(server))} { (server) }
             " " (line.line) "\n"
         }
     }
 }
-
-const SCRIPT: &str = r#"
-(function(){
-  const log=document.getElementById('log');
-  const filter=document.getElementById('filter');
-  const hue=n=>{let h=7;for(const c of new TextEncoder().encode(n)){h=(Math.imul(h,31)+c)>>>0;}return h%360;};
-  const show=s=>{const q=filter.value.toLowerCase();s.hidden=q!==''&&!s.textContent.toLowerCase().includes(q);};
-  filter.addEventListener('input',()=>{for(const s of log.children){show(s);}});
-  if (FINAL) return;
-  const cls=s=>({success:'ok',failure:'bad',error:'bad',timed_out:'bad',running:'run'}[s]||'wait');
-  const src=new EventSource('/deployments/'+DEPLOYMENT+'/events?token='+encodeURIComponent(TOKEN)+'&after='+AFTER);
-  src.addEventListener('log',e=>{const l=JSON.parse(e.data);if(l.seq<=AFTER)return;AFTER=l.seq;
-    const s=document.createElement('span');s.className='line '+l.stream;s.dataset.seq=l.seq;
-    const v=document.createElement('span');v.className='server';const n=l.server||'dropship';v.textContent=n;v.style.color='hsl('+hue(n)+',70%,70%)';
-    s.appendChild(v);s.appendChild(document.createTextNode(' '+l.line+'\n'));show(s);log.appendChild(s);});
-  src.addEventListener('step',e=>{const s=JSON.parse(e.data);const grid=document.getElementById('grid');
-    let head=grid.tHead.rows[0];
-    if(!head.querySelector('[data-server="'+CSS.escape(s.server)+'"]')){const th=document.createElement('th');th.dataset.server=s.server;th.textContent=s.server;head.appendChild(th);
-      for(const r of grid.tBodies[0].rows){const td=document.createElement('td');td.id='cell-'+r.dataset.step+'-'+s.server;r.appendChild(td);}}
-    let row=grid.tBodies[0].querySelector('tr[data-step="'+s.step_index+'"]');
-    if(!row){row=grid.tBodies[0].insertRow();row.dataset.step=s.step_index;const th=document.createElement('th');th.textContent=s.step;row.appendChild(th);
-      for(const h of Array.from(head.cells).slice(1)){const td=document.createElement('td');td.id='cell-'+s.step_index+'-'+h.dataset.server;row.appendChild(td);}}
-    const cell=document.getElementById('cell-'+s.step_index+'-'+s.server);
-    if(cell){cell.className=cls(s.state);cell.textContent=s.state.replace('_',' ')+(s.exit_code&&s.state!=='success'?' (exit '+s.exit_code+')':'');}});
-  src.addEventListener('state',e=>{const s=JSON.parse(e.data);const b=document.getElementById('state');
-    b.textContent=s.state;b.className='badge '+cls(s.state);document.getElementById('description').textContent=s.description||'';
-    if(['success','failure','error','inactive'].includes(s.state)){src.close();const c=document.getElementById('cancel');if(c){c.closest('form').remove();}}});
-})();
-"#;
 
 /// Server-sent events for one deployment: `log`, `step` and `state`, ending after the final
 /// state. `after` (or `Last-Event-ID`) resumes the log after that line.
@@ -290,9 +356,9 @@ pub(super) async fn events(
         .and_then(|v| v.parse::<i64>().ok())
         .or(query.after)
         .unwrap_or(0);
-    let (sender, receiver) = mpsc::channel::<SseEvent>(256);
-    tokio::spawn(follow(state, deployment, resume, sender));
-    let stream = futures::StreamExt::map(ReceiverStream::new(receiver), Ok);
+    let stream = futures::StreamExt::map(follow(state, deployment, resume), |event| {
+        Ok(sse_event(&event))
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
@@ -321,63 +387,60 @@ fn sse_event(event: &Event) -> SseEvent {
     }
 }
 
-/// Feeds one SSE client until the deployment ends or the client leaves.
-async fn follow(
-    state: AppState,
-    deployment: Deployment,
-    after: i64,
-    sender: mpsc::Sender<SseEvent>,
-) {
-    let (events, mut receiver) = mpsc::channel::<Event>(256);
-    tokio::spawn(feed(state, deployment, after, events));
-    while let Some(event) = receiver.recv().await {
-        if sender.send(sse_event(&event)).await.is_err() {
-            return;
-        }
-    }
+/// Everything that happens to `deployment` (log lines after `after` first), in order and
+/// without repeats, ending after its final state. The task feeding it ends when the stream is
+/// dropped (its client left), even while nothing happens.
+pub(super) fn follow(state: AppState, deployment: Deployment, after: i64) -> ReceiverStream<Event> {
+    let (sender, receiver) = mpsc::channel::<Event>(256);
+    tokio::spawn(feed(state, deployment, after, sender));
+    ReceiverStream::new(receiver)
 }
 
-/// Sends a deployment's log lines after `after`, then new ones as they are stored, until the
-/// deployment ends or the receiver leaves.
-pub(super) async fn follow_lines(
-    state: AppState,
-    deployment: Deployment,
-    after: i64,
-    sender: mpsc::Sender<LogLine>,
-) {
-    let (events, mut receiver) = mpsc::channel::<Event>(256);
-    tokio::spawn(feed(state, deployment, after, events));
-    while let Some(event) = receiver.recv().await {
-        if let Event::Log(line) = event {
-            if sender.send(line).await.is_err() {
-                return;
+/// Sends the stored lines after `after`, a page at a time, moving `after`. False when the
+/// receiver left or the store failed.
+async fn catch_up(
+    state: &AppState,
+    id: i64,
+    after: &mut i64,
+    sender: &mpsc::Sender<Event>,
+) -> bool {
+    loop {
+        let page = match state.engine.store.logs(id, *after, READ_LINES).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    deployment.id = id,
+                    "reading a log for a live stream"
+                );
+                return false;
+            }
+        };
+        if page.is_empty() {
+            return true;
+        }
+        for line in page {
+            *after = line.seq;
+            if sender.send(Event::Log(line)).await.is_err() {
+                return false;
             }
         }
     }
 }
 
-/// Sends everything that happens to `deployment` (log lines after `after` first), in order
-/// and without repeats, ending after its final state.
 async fn feed(
     state: AppState,
     deployment: Deployment,
     mut after: i64,
     sender: mpsc::Sender<Event>,
 ) {
+    let _open = state.engine.metrics.live_stream();
     // Subscribe before reading the store: lines stored meanwhile arrive on the bus too, and
     // `seq` drops the second copy.
     let mut events = state.engine.bus.subscribe();
     let id = deployment.id;
-    let store = state.engine.store.clone();
-    let catch_up = |after: i64| {
-        let store = store.clone();
-        async move { all_logs(&*store, id, after).await.unwrap_or_default() }
-    };
-    for line in catch_up(after).await {
-        after = line.seq;
-        if sender.send(Event::Log(line)).await.is_err() {
-            return;
-        }
+    if !catch_up(&state, id, &mut after, &sender).await {
+        return;
     }
     let current = match state.engine.store.deployment(id).await {
         Ok(Some(d)) => d,
@@ -394,14 +457,15 @@ async fn feed(
         return;
     }
     loop {
-        let event = match events.recv().await {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = sender.closed() => return,
+        };
+        let event = match event {
             Ok(event) => event,
             Err(RecvError::Lagged(_)) => {
-                for line in catch_up(after).await {
-                    after = line.seq;
-                    if sender.send(Event::Log(line)).await.is_err() {
-                        return;
-                    }
+                if !catch_up(&state, id, &mut after, &sender).await {
+                    return;
                 }
                 continue;
             }
@@ -425,5 +489,43 @@ async fn feed(
         if sender.send((*event).clone()).await.is_err() || ends {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_data_island_cannot_be_closed_by_its_text() {
+        let island = data_island(&serde_json::json!({
+            "token": "</script><script>document.title='pwned'</script><!--",
+            "line": "a & b > c \u{2028}",
+        }))
+        .into_string();
+        let inner = island
+            .strip_prefix(r#"<script id="page-state" type="application/json">"#)
+            .and_then(|s| s.strip_suffix("</script>"))
+            .unwrap_or_else(|| panic!("{island}"));
+        assert!(!inner.contains(['<', '>', '&']), "{inner}");
+        let back: serde_json::Value = serde_json::from_str(inner).unwrap();
+        assert_eq!(
+            back["token"],
+            "</script><script>document.title='pwned'</script><!--"
+        );
+        assert_eq!(back["line"], "a & b > c \u{2028}");
+    }
+
+    #[test]
+    fn server_hues_match_the_scripts_classes() {
+        // deployment.js computes the same: h = 7; h = h * 31 + byte (mod 2^32); h % 12.
+        assert_eq!(server_hue("dropship"), {
+            let mut h: u32 = 7;
+            for b in "dropship".bytes() {
+                h = h.wrapping_mul(31).wrapping_add(u32::from(b));
+            }
+            h % 12
+        });
+        assert!(server_hue("web-1") < 12);
     }
 }

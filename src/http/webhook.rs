@@ -10,11 +10,27 @@ use serde_json::json;
 use super::{AppState, HttpError};
 use crate::deploy::queued_status;
 use crate::manifest::AutoDeployTrigger;
-use crate::store::{Delivery, Inserted, NewDeployment, new_token};
+use crate::store::{Delivery, Inserted, NewDeployment};
 use crate::webhook::{self, BranchMoved, Event};
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Events Dropship acts on, each counted under its own name in `/metrics`.
+const COUNTED_EVENTS: [&str; 5] = ["deployment", "ping", "push", "check_suite", "pull_request"];
+
+/// The `event` label of a delivery: its event when Dropship acts on it, `none` without one,
+/// and `other` for anything else. The header is read before the signature is checked, so the
+/// label set must not grow with what a sender writes there.
+fn event_label(event: Option<&str>) -> &'static str {
+    match event {
+        None => "none",
+        Some(event) => COUNTED_EVENTS
+            .into_iter()
+            .find(|known| *known == event)
+            .unwrap_or("other"),
+    }
 }
 
 pub(super) async fn github(
@@ -23,10 +39,8 @@ pub(super) async fn github(
     body: Bytes,
 ) -> Result<Response, HttpError> {
     let metrics = state.engine.metrics.clone();
-    let event_label = header(&headers, "x-github-event")
-        .unwrap_or("none")
-        .to_string();
-    let count = |result: &str| metrics.webhook(&event_label, result);
+    let event_label = event_label(header(&headers, "x-github-event"));
+    let count = |result: &str| metrics.webhook(event_label, result);
     let secrets = state.engine.config.webhook_secret_bytes();
     if let Err(error) = webhook::verify(&secrets, header(&headers, "x-hub-signature-256"), &body) {
         count("bad_signature");
@@ -81,6 +95,7 @@ pub(super) async fn github(
             repository,
             number,
             head_ref,
+            from_fork,
         } => {
             if state.engine.config.repo(&repository).is_none() {
                 state
@@ -92,6 +107,21 @@ pub(super) async fn github(
                     StatusCode::FORBIDDEN,
                     format!("repository {repository} is not allowed by the operator config"),
                 ));
+            }
+            // A fork's branch may carry the name of one of this repository's branches: its
+            // closing says nothing about this repository's previews.
+            if from_fork {
+                state
+                    .engine
+                    .store
+                    .record_delivery(delivery("ignored", Some("closed".into())))
+                    .await?;
+                count("ignored");
+                return Ok((
+                    StatusCode::ACCEPTED,
+                    Json(json!({ "pull_request": number, "ignored": "the pull request comes from a fork" })),
+                )
+                    .into_response());
             }
             let previews = state
                 .engine
@@ -181,7 +211,6 @@ pub(super) async fn github(
         installation_id: deployment.installation_id,
         transient: deployment.transient_environment,
         production: deployment.production_environment,
-        token: new_token(),
     };
     let public_url = state.engine.config.public_url().to_string();
     let queued = Box::new(move |d: &crate::store::Deployment| queued_status(&public_url, d));
@@ -236,8 +265,8 @@ async fn auto_deploy(
     trigger: AutoDeployTrigger,
     delivery: Delivery,
 ) -> Result<Response, HttpError> {
-    let event = delivery.event.clone();
-    let count = |result: &str| state.engine.metrics.webhook(&event, result);
+    let event = event_label(Some(&delivery.event));
+    let count = |result: &str| state.engine.metrics.webhook(event, result);
     if state.engine.config.repo(&moved.repository).is_none() {
         count("ignored");
         let delivery = Delivery {
@@ -266,4 +295,18 @@ async fn auto_deploy(
         Err(_) => json!({ "auto_deploy": "continuing in the background" }),
     };
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_label;
+
+    #[test]
+    fn unknown_events_share_one_label() {
+        assert_eq!(event_label(Some("deployment")), "deployment");
+        assert_eq!(event_label(Some("check_suite")), "check_suite");
+        assert_eq!(event_label(Some("x-3f9a")), "other");
+        assert_eq!(event_label(Some("deployment ")), "other");
+        assert_eq!(event_label(None), "none");
+    }
 }

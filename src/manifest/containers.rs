@@ -152,7 +152,7 @@ fn parse_memory(text: &str) -> Option<i64> {
 }
 
 /// `8080`, `80:8080`, `127.0.0.1:80:8080`, each with an optional `/tcp` or `/udp`.
-fn parse_port(text: &str) -> Result<PortMapping, String> {
+pub(super) fn parse_port(text: &str) -> Result<PortMapping, String> {
     let (spec, protocol) = match text.rsplit_once('/') {
         Some((spec, protocol @ ("tcp" | "udp"))) => (spec, protocol),
         Some((_, other)) => {
@@ -196,6 +196,41 @@ fn command(raw: &RawCommand) -> Vec<String> {
         RawCommand::Shell(text) => vec!["sh".into(), "-c".into(), text.clone()],
         RawCommand::Exec(list) => list.clone(),
     }
+}
+
+/// The index of the argument that a shell runs as a script: the text of `command: "..."`
+/// (run by `sh -c`), or the third of `[sh, -c, SCRIPT, ...]` for a known shell.
+pub(super) fn script_argument(command: &[String]) -> Option<usize> {
+    let shell = command.first()?.rsplit('/').next()?;
+    let flags = command.get(1)?;
+    let is_shell = ["sh", "bash", "dash", "ash", "zsh", "ksh", "mksh"].contains(&shell);
+    (is_shell && command.len() >= 3 && flags.starts_with('-') && flags.contains('c')).then_some(2)
+}
+
+/// A container's command with its expressions filled in. The script a shell runs gets
+/// variable references (the values are added to `env`, the container's environment); any
+/// other argument gets the value itself, as part of that one argument, since no shell reads
+/// it.
+fn plan_command(
+    raw: &RawCommand,
+    context: &Context,
+    env: &mut BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut args = command(raw);
+    let script = script_argument(&args);
+    for (i, arg) in args.iter_mut().enumerate() {
+        if Some(i) == script {
+            if let Ok(rewritten) = super::shell::rewrite(arg) {
+                for (name, reference) in rewritten.variables {
+                    env.insert(name, context.value(&reference));
+                }
+                *arg = rewritten.text;
+            }
+        } else {
+            *arg = substitute(arg, context, Quoting::Raw);
+        }
+    }
+    args
 }
 
 /// Stage 1 checks of a `container:` block at `path` (`tasks.deploy[0].container`).
@@ -289,6 +324,11 @@ pub(super) fn check_container(c: &mut Collector<'_>, path: &str, raw: &RawContai
                 &format!("{path}.env.{key}"),
                 format!("`{key}` is not a valid environment variable name"),
             );
+        } else if key.starts_with("DROPSHIP_") {
+            c.at_key(
+                &format!("{path}.env.{key}"),
+                format!("`{key}`: names starting with DROPSHIP_ are set by dropship"),
+            );
         }
     }
     for (i, secret) in raw.secrets.iter().enumerate() {
@@ -307,6 +347,7 @@ pub(super) fn check_container(c: &mut Collector<'_>, path: &str, raw: &RawContai
             );
         }
     }
+    super::check_duration(c, &format!("{path}.stop_timeout"), raw.stop_timeout);
     if let Some(health) = &raw.healthcheck {
         check_health(c, &format!("{path}.healthcheck"), raw, health);
     }
@@ -404,6 +445,13 @@ fn check_health(
                 );
             }
         }
+    }
+    for (key, value) in [
+        ("interval", health.interval),
+        ("timeout", health.timeout),
+        ("start_period", health.start_period),
+    ] {
+        super::check_duration(c, &format!("{path}.{key}"), value);
     }
     for (key, value) in [("interval", health.interval), ("timeout", health.timeout)] {
         if value == Some(Duration::ZERO) {
@@ -532,11 +580,16 @@ pub(super) fn plan_container(raw: &RawContainer, context: &Context) -> Container
             start_period: Duration::ZERO,
         },
     };
+    let mut env = raw_env(&raw.env, context);
+    let command = raw
+        .command
+        .as_ref()
+        .map(|c| plan_command(c, context, &mut env));
     ContainerPlan {
         app,
         image,
-        command: raw.command.as_ref().map(command),
-        env: raw_env(&raw.env, context),
+        command,
+        env,
         secrets: raw.secrets.clone(),
         ports,
         volumes: raw.volumes.clone(),
@@ -563,18 +616,32 @@ pub(super) fn plan_container(raw: &RawContainer, context: &Context) -> Container
 
 /// Stage 2: the plan of a checked `compose:` block.
 pub(super) fn plan_compose(raw: &RawCompose, context: &Context) -> ComposePlan {
+    let name = raw.project.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            default_app(&context.repo_name),
+            default_app(&context.environment)
+        )
+        .replace('.', "-")
+    });
     ComposePlan {
-        project: raw.project.clone().unwrap_or_else(|| {
-            format!(
-                "{}-{}",
-                default_app(&context.repo_name),
-                default_app(&context.environment)
-            )
-            .replace('.', "-")
-        }),
+        project: namespaced_project(&name, &context.repo_owner, &context.repo_name),
         files: compose_files(raw),
         env: raw_env(&raw.env, context),
     }
+}
+
+/// A compose project's name on the server: the manifest's name, lowercased, then `-` and
+/// eight hex digits derived from the repository, so that no repository can name (and so
+/// replace or bring down) another repository's stack.
+pub fn namespaced_project(name: &str, owner: &str, repo: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{owner}/{repo}").to_ascii_lowercase().as_bytes());
+    format!(
+        "{}-{}",
+        name.to_ascii_lowercase(),
+        &hex::encode(digest)[..8]
+    )
 }
 
 /// The container plan for a deployment whose payload carries an image (the GitShip shape:

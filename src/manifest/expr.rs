@@ -98,6 +98,29 @@ fn valid_key(key: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+impl Reference {
+    /// The environment variable that carries this reference's value into a script:
+    /// `DROPSHIP_REF`, or for `deployment.payload.a-b.c` `DROPSHIP_PAYLOAD_A_B__C`.
+    pub(crate) fn variable_name(&self) -> String {
+        match self {
+            Reference::Sha => "DROPSHIP_SHA".into(),
+            Reference::Ref => "DROPSHIP_REF".into(),
+            Reference::Environment => "DROPSHIP_ENVIRONMENT".into(),
+            Reference::Id => "DROPSHIP_DEPLOYMENT_ID".into(),
+            Reference::Task => "DROPSHIP_TASK".into(),
+            Reference::RepoOwner => "DROPSHIP_REPO_OWNER".into(),
+            Reference::RepoName => "DROPSHIP_REPO_NAME".into(),
+            Reference::Payload(keys) => {
+                let keys: Vec<String> = keys
+                    .iter()
+                    .map(|k| k.to_ascii_uppercase().replace('-', "_"))
+                    .collect();
+                format!("DROPSHIP_PAYLOAD_{}", keys.join("__"))
+            }
+        }
+    }
+}
+
 impl Context {
     /// The value of a reference, as text. A missing payload key is empty; an object or array
     /// is its JSON.
@@ -149,16 +172,20 @@ impl Context {
     }
 }
 
-/// How substituted values are written.
-#[derive(Debug, Clone, Copy)]
+/// How a substituted value is written where no shell reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Quoting {
-    /// Single-quoted for `sh`, so a value can never become code.
-    Shell,
+    /// As it is: the text is data (a Docker label, an environment variable's value, a build
+    /// argument), never parsed by a shell.
     Raw,
+    /// Percent-encoded, so that a value stays inside the URL component it stands in and
+    /// cannot change the scheme, host or path around it.
+    Url,
 }
 
-/// Replaces every expression in `text`; the text was validated already, so an expression
-/// that does not parse is left as written.
+/// Replaces every expression in `text` by its value; the text was validated already, so an
+/// expression that does not parse is left as written. Scripts never go through here: see
+/// [`super::shell::rewrite`].
 pub(crate) fn substitute(text: &str, context: &Context, quoting: Quoting) -> String {
     let mut out = String::with_capacity(text.len());
     let mut last = 0;
@@ -169,7 +196,10 @@ pub(crate) fn substitute(text: &str, context: &Context, quoting: Quoting) -> Str
                 let value = context.value(&reference);
                 match quoting {
                     Quoting::Raw => out.push_str(&value),
-                    Quoting::Shell => out.push_str(&shell_quote(&value)),
+                    Quoting::Url => out.extend(percent_encoding::utf8_percent_encode(
+                        &value,
+                        percent_encoding::NON_ALPHANUMERIC,
+                    )),
                 }
             }
             Err(_) => out.push_str(&text[occurrence.start..occurrence.end]),
@@ -208,31 +238,29 @@ mod tests {
     }
 
     #[test]
-    fn substitution_quotes_for_the_shell() {
+    fn substitution_writes_values_raw_or_percent_encoded() {
         let cases = [
-            ("echo ${{ deployment.sha }}", "echo abc123"),
+            ("${{ deployment.sha }}", Quoting::Raw, "abc123"),
             (
-                "echo ${{deployment.ref}}-${{ deployment.id }}",
-                "echo main-42",
+                "${{deployment.ref}}-${{ deployment.id }}",
+                Quoting::Raw,
+                "main-42",
             ),
-            ("echo ${{ deployment.payload.version }}", "echo 1.2"),
-            ("echo ${{ deployment.payload.nested.n }}", "echo 3"),
-            ("echo ${{ deployment.payload.missing }}", "echo ''"),
+            ("${{ deployment.payload.nested.n }}", Quoting::Raw, "3"),
+            ("${{ deployment.payload.missing }}", Quoting::Raw, ""),
             (
-                "echo ${{ deployment.payload.evil }}",
-                r#"echo "'; rm -rf / #""#,
+                "${{ deployment.payload.evil }}",
+                Quoting::Raw,
+                "'; rm -rf / #",
             ),
             (
-                "cd /srv/${{ repo.owner }}/${{ repo.name }}",
-                "cd /srv/acme/shop",
+                "https://example.com/${{ deployment.payload.evil }}",
+                Quoting::Url,
+                "https://example.com/%27%3B%20rm%20%2Drf%20%2F%20%23",
             ),
         ];
-        for (input, expected) in cases {
-            assert_eq!(
-                substitute(input, &context(), Quoting::Shell),
-                expected,
-                "{input}"
-            );
+        for (input, quoting, expected) in cases {
+            assert_eq!(substitute(input, &context(), quoting), expected, "{input}");
         }
     }
 

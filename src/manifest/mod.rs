@@ -8,18 +8,21 @@
 //!
 //! Architecture invariant: this module does no IO. It receives text and returns values.
 
+mod compose_policy;
 mod containers;
 mod expr;
 mod positions;
 mod raw;
+mod shell;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
+pub use compose_policy::check_compose_file;
 pub use containers::{
     BuildPlan, ComposePlan, ContainerPlan, DEFAULT_COMPOSE_FILE, ImageSource, ProxyPlan,
-    default_app, safe_relative_path, valid_project,
+    default_app, namespaced_project, safe_relative_path, valid_project,
 };
 pub use expr::{Context, shell_quote};
 pub use positions::Position;
@@ -117,6 +120,9 @@ pub struct Inventory {
     pub preview_domain: Option<String>,
     /// `https` when the proxy serves TLS, else `http`: the scheme of a preview's URL.
     pub preview_scheme: String,
+    /// What this repository's containers may do beyond an ordinary container; `None` checks
+    /// nothing (`dropship validate` without a repository).
+    pub containers: Option<crate::config::ContainerPolicy>,
 }
 
 impl Inventory {
@@ -208,12 +214,14 @@ pub const BUILT_IN_TASKS: [&str; 2] = ["rollback", "stop"];
 pub struct PlannedStep {
     pub name: String,
     pub action: Action,
-    /// The script with every expression substituted (shell-quoted); empty unless `Shell`.
+    /// The script, each expression replaced by a reference to a variable in `env` (see
+    /// `manifest/shell.rs`); empty unless `Shell`.
     pub script: String,
     /// The servers it runs on, in environment order.
     pub servers: Vec<String>,
     pub timeout: Duration,
-    /// Step `env`, expressions substituted; the `DROPSHIP_*` variables come from [`Context`].
+    /// Step `env`, expressions substituted, plus the variables the script refers to; the
+    /// other `DROPSHIP_*` variables come from [`Context`].
     pub env: BTreeMap<String, String>,
     /// Names of secrets to export; their values are looked up when the step runs.
     pub secrets: Vec<String>,
@@ -260,6 +268,16 @@ impl Collector<'_> {
                 .sort_by_key(|d| d.position.map(|p| (p.line, p.column)));
             Err(Diagnostics(self.found))
         }
+    }
+}
+
+/// The longest duration a manifest may write (a step's timeout, a pause, a health check's
+/// interval): one day. Longer values are mistakes, and unbounded ones overflow deadlines.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn check_duration(c: &mut Collector<'_>, path: &str, value: Option<Duration>) {
+    if value.is_some_and(|d| d > MAX_DURATION) {
+        c.at_value(path, "a duration may be at most 24h");
     }
 }
 
@@ -386,7 +404,14 @@ impl Manifest {
             }
             if let Some(url) = &environment.url {
                 check_expressions(&mut c, text, &format!("{path}.url"), url);
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    c.at_value(
+                        &format!("{path}.url"),
+                        format!("url `{url}` must start with https:// or http:// (expressions may fill in the rest)"),
+                    );
+                }
             }
+            check_duration(&mut c, &format!("{path}.pause"), environment.pause);
             match (environment.strategy, &environment.batch) {
                 (RawStrategy::Parallel, Some(_)) => c.at_key(
                     &format!("{path}.batch"),
@@ -474,7 +499,9 @@ impl Manifest {
                         .as_deref()
                         .is_some_and(|g| crate::config::glob_match(g, &context.environment)))
         });
-        let preview = preview_of.is_some() || (context.transient && previews.is_some());
+        // GitHub's `transient_environment` never turns an environment the manifest defines
+        // into a preview: that would give it preview hosts and a teardown.
+        let preview = preview_of.is_some();
         let defined_as = preview_of.map_or(context.environment.as_str(), |p| p.like.as_str());
         let Some(environment) = self.raw.environments.get(defined_as) else {
             let known = self
@@ -585,9 +612,20 @@ impl Manifest {
                     }
                 }
             }
-            let script = match action {
-                Action::Shell => step.run.as_deref().unwrap_or_default(),
-                _ => "",
+            // Expressions in a script become variable references; the values travel in the
+            // step's environment (src/manifest/shell.rs).
+            let (script, variables) = match action {
+                Action::Shell => {
+                    let run = step.run.as_deref().unwrap_or_default();
+                    match shell::rewrite(run) {
+                        Ok(script) => (script.text, script.variables),
+                        Err(error) => {
+                            c.at_value(&format!("{path}.run"), error.message);
+                            (String::new(), Vec::new())
+                        }
+                    }
+                }
+                _ => (String::new(), Vec::new()),
             };
             let name = match &action {
                 Action::Rollback { app, .. } => format!("rollback {app}"),
@@ -598,13 +636,18 @@ impl Manifest {
             planned.push(PlannedStep {
                 name,
                 action,
-                script: substitute(script, context, Quoting::Shell),
+                script,
                 servers: step_servers,
                 timeout: step.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
                 env: step
                     .env
                     .iter()
                     .map(|(k, v)| (k.clone(), substitute(v, context, Quoting::Raw)))
+                    .chain(
+                        variables
+                            .iter()
+                            .map(|(name, reference)| (name.clone(), context.value(reference))),
+                    )
                     .collect(),
                 secrets: step.secrets.clone(),
                 working_dir: step.working_dir.clone(),
@@ -630,7 +673,7 @@ impl Manifest {
                 None => environment
                     .url
                     .as_ref()
-                    .map(|u| substitute(u, context, Quoting::Raw)),
+                    .map(|u| substitute(u, context, Quoting::Url)),
             },
             servers,
             strategy,
@@ -767,6 +810,7 @@ impl Manifest {
 }
 
 fn check_step(c: &mut Collector<'_>, text: &str, path: &str, step: &RawStep) {
+    check_duration(c, &format!("{path}.timeout"), step.timeout);
     let kinds = [
         step.run.is_some(),
         step.container.is_some(),
@@ -817,7 +861,10 @@ fn check_step(c: &mut Collector<'_>, text: &str, path: &str, step: &RawStep) {
             &format!("{path}.run"),
             format!("step `{}` has an empty `run`", step.name),
         ),
-        Some(run) => check_expressions(c, text, &format!("{path}.run"), run),
+        Some(run) => {
+            check_expressions(c, text, &format!("{path}.run"), run);
+            check_script(c, text, &format!("{path}.run"), run);
+        }
     }
     if step.name.trim().is_empty() {
         c.at_value(&format!("{path}.name"), "a step name cannot be empty");
@@ -862,6 +909,27 @@ fn check_step(c: &mut Collector<'_>, text: &str, path: &str, step: &RawStep) {
 }
 
 fn check_container_env(c: &mut Collector<'_>, text: &str, path: &str, raw: &raw::RawContainer) {
+    if let Some(command) = &raw.command {
+        // `command: "..."` is one script for `sh -c`; a list is one argument each.
+        let (args, shell_form) = match command {
+            raw::RawCommand::Shell(script) => {
+                (vec!["sh".into(), "-c".into(), script.clone()], true)
+            }
+            raw::RawCommand::Exec(list) => (list.clone(), false),
+        };
+        let script = containers::script_argument(&args);
+        for (i, arg) in args.iter().enumerate().skip(if shell_form { 2 } else { 0 }) {
+            let arg_path = if shell_form {
+                format!("{path}.command")
+            } else {
+                format!("{path}.command[{i}]")
+            };
+            check_expressions(c, text, &arg_path, arg);
+            if Some(i) == script {
+                check_script(c, text, &arg_path, arg);
+            }
+        }
+    }
     for (key, value) in &raw.env {
         check_expressions(c, text, &format!("{path}.env.{key}"), value);
     }
@@ -878,6 +946,22 @@ fn check_container_env(c: &mut Collector<'_>, text: &str, path: &str, raw: &raw:
         for (key, value) in &build.args {
             check_expressions(c, text, &format!("{path}.build.args.{key}"), value);
         }
+    }
+}
+
+/// Reports an expression that cannot stand where it stands in a shell script (in a quoted
+/// heredoc, which expands nothing).
+fn check_script(c: &mut Collector<'_>, text: &str, path: &str, script: &str) {
+    if let Err(error) = shell::rewrite(script) {
+        let start = c.positions.value(path);
+        let needle = occurrences(&script[error.offset..])
+            .first()
+            .map(|o| script[error.offset + o.start..error.offset + o.end].to_string())
+            .unwrap_or_default();
+        let position = start
+            .and_then(|s| find_in_source(text, s, &needle))
+            .or(start);
+        c.push(position, error.message);
     }
 }
 
@@ -1027,7 +1111,53 @@ fn check_secrets(c: &mut Collector<'_>, inventory: &Inventory, path: &str, step:
     check_secrets_only(c, inventory, path, step);
 }
 
+/// A container step may do only what the operator's container policy allows this repository.
+fn check_container_policy(
+    c: &mut Collector<'_>,
+    inventory: &Inventory,
+    path: &str,
+    step: &RawStep,
+) {
+    let (Some(policy), Some(container)) = (&inventory.containers, &step.container) else {
+        return;
+    };
+    let path = format!("{path}.container");
+    for (i, volume) in container.volumes.iter().enumerate() {
+        let source = volume.split(':').next().unwrap_or_default();
+        if source.starts_with('/') {
+            if let Some(why) = policy.refuses_mount(source) {
+                c.at_value(&format!("{path}.volumes[{i}]"), why);
+            }
+        }
+    }
+    if container.network.as_deref() == Some("host") && !policy.host_network {
+        c.at_value(
+            &format!("{path}.network"),
+            "`network: host` shares the server's network and bypasses the proxy; the operator config does not allow it (repos.containers.host_network)",
+        );
+    }
+    if !policy.public_ports {
+        for (i, port) in container.ports.iter().enumerate() {
+            if let Ok(mapping) = containers::parse_port(port) {
+                if let Some(ip) = mapping.host_ip.as_deref().filter(|ip| !is_loopback(ip)) {
+                    c.at_value(
+                        &format!("{path}.ports[{i}]"),
+                        format!("`{port}` publishes on {ip}, beside the proxy; ports are published on the server's private address unless the operator config allows public ports (repos.containers.public_ports)"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn is_loopback(ip: &str) -> bool {
+    ip.trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn check_secrets_only(c: &mut Collector<'_>, inventory: &Inventory, path: &str, step: &RawStep) {
+    check_container_policy(c, inventory, path, step);
     let (path, secrets) = match &step.container {
         Some(container) => (format!("{path}.container"), &container.secrets),
         None => (path.to_string(), &step.secrets),

@@ -47,6 +47,7 @@ fn inventory() -> Inventory {
         hosts: vec!["shop.example.com".into(), "*.preview.example.com".into()],
         preview_domain: Some("preview.test".into()),
         preview_scheme: "https".into(),
+        containers: Some(crate::config::ContainerPolicy::default()),
     }
 }
 
@@ -95,11 +96,21 @@ fn a_good_manifest_plans() {
             pause: Some(Duration::from_secs(1))
         }
     );
-    assert_eq!(plan.steps[0].script, "echo building 0123abc for shop");
+    // Expressions in scripts are variable references; the values are in the step's env.
+    assert_eq!(
+        plan.steps[0].script,
+        r#"echo building "${DROPSHIP_SHA}" for "${DROPSHIP_REPO_NAME}""#
+    );
+    assert_eq!(plan.steps[0].env["DROPSHIP_SHA"], "0123abc");
+    assert_eq!(plan.steps[0].env["DROPSHIP_REPO_NAME"], "shop");
     assert_eq!(plan.steps[0].servers, plan.servers);
     assert_eq!(plan.steps[0].timeout, DEFAULT_STEP_TIMEOUT);
     assert_eq!(plan.steps[1].servers, ["web-1"]);
-    assert_eq!(plan.steps[1].script, "./migrate --version 2");
+    assert_eq!(
+        plan.steps[1].script,
+        r#"./migrate --version "${DROPSHIP_PAYLOAD_VERSION}""#
+    );
+    assert_eq!(plan.steps[1].env["DROPSHIP_PAYLOAD_VERSION"], "2");
     assert_eq!(plan.steps[1].env["LEVEL"], "production");
     assert_eq!(plan.steps[1].secrets, ["DATABASE_URL"]);
     assert_eq!(plan.steps[2].servers, ["worker-1", "worker-2"]);
@@ -112,7 +123,7 @@ fn the_example_manifest_is_valid() {
     let text = include_str!("../../dropship.example.yml");
     let manifest = Manifest::parse("dropship.example.yml", text).unwrap();
     let inventory = Inventory {
-        repo: "local/example".into(),
+        repo: "_local/example".into(),
         servers: vec![InventoryServer {
             name: "local".into(),
             roles: vec!["local".into()],
@@ -122,6 +133,7 @@ fn the_example_manifest_is_valid() {
         hosts: Vec::new(),
         preview_domain: None,
         preview_scheme: "http".into(),
+        containers: Some(crate::config::ContainerPolicy::default()),
     };
     for environment in manifest.environment_names() {
         for task in manifest.task_names() {
@@ -292,7 +304,11 @@ fn container_and_compose_steps_plan_and_derive_rollback_and_stop() {
     let Action::Compose(stack) = &plan.steps[1].action else {
         panic!()
     };
-    assert_eq!(stack.project, "shop-production");
+    assert_eq!(
+        stack.project,
+        namespaced_project("shop-production", "acme", "shop")
+    );
+    assert_eq!(stack.project, "shop-production-d21b2cdf");
     assert_eq!(stack.files, ["deploy/a.yml", "deploy/b.yml"]);
 
     let rollback = manifest
@@ -428,5 +444,91 @@ fn previews_run_like_their_environment_with_a_host_of_their_own() {
     check(
         "version: 1\nenvironments:\n  staging:\n    servers: [web-1]\npreviews:\n  like: prod\ntasks:\n  deploy:\n    - name: a\n      run: x\n",
         expect!["dropship.yml:6:9: previews are like environment `prod`, which is not defined"],
+    );
+}
+
+#[test]
+fn transient_environment_never_turns_a_defined_environment_into_a_preview() {
+    let text = "version: 1\nenvironments:\n  staging:\n    servers: [web-1]\npreviews:\n  environments: pr-*\n  like: staging\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: a\n        ports: [\"3000\"]\n        proxy:\n          hosts: [shop.example.com]\n";
+    let manifest = Manifest::parse("dropship.yml", text).unwrap();
+    let mut transient = context("staging", "deploy");
+    transient.transient = true;
+    let plan = manifest.plan(&transient, &inventory()).unwrap();
+    assert!(!plan.preview);
+    let Action::Container(web) = &plan.steps[0].action else {
+        panic!()
+    };
+    // Its own host, not a preview host; and `task: stop` is not a teardown.
+    assert_eq!(web.proxy.as_ref().unwrap().hosts, ["shop.example.com"]);
+    transient.task = "stop".into();
+    assert!(!manifest.plan(&transient, &inventory()).unwrap().teardown);
+    // An undefined transient environment is still a preview.
+    let mut undefined = context("feature-x", "deploy");
+    undefined.transient = true;
+    assert!(manifest.plan(&undefined, &inventory()).unwrap().preview);
+}
+
+#[test]
+fn durations_are_bounded_with_their_position() {
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    strategy: rolling\n    pause: 100000h\ntasks:\n  deploy:\n    - name: a\n      timeout: 18446744073709551615s\n      run: x\n    - name: web\n      container:\n        image: a\n        stop_timeout: 25h\n        healthcheck: { command: [\"true\"], interval: 9999999h }\n",
+        expect![[r#"
+            dropship.yml:6:12: a duration may be at most 24h
+            dropship.yml:10:16: a duration may be at most 24h
+            dropship.yml:15:23: a duration may be at most 24h
+            dropship.yml:16:53: a duration may be at most 24h"#]],
+    );
+}
+
+#[test]
+fn container_steps_get_only_what_the_container_policy_allows() {
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: a\n        network: host\n        ports: [\"0.0.0.0:80:80\", \"127.0.0.1:81:81\", \"8080:80\"]\n        volumes: [\"/:/host\", \"/var/run/docker.sock:/var/run/docker.sock\", \"/srv/data:/data\", \"data:/data2\"]\n",
+        expect![[r#"
+            dropship.yml:10:18: `network: host` shares the server's network and bypasses the proxy; the operator config does not allow it (repos.containers.host_network)
+            dropship.yml:11:17: `0.0.0.0:80:80` publishes on 0.0.0.0, beside the proxy; ports are published on the server's private address unless the operator config allows public ports (repos.containers.public_ports)
+            dropship.yml:12:19: `/` holds the Docker socket, which controls the whole server; the operator config does not allow it (repos.containers.docker_socket)
+            dropship.yml:12:30: `/var/run/docker.sock` holds the Docker socket, which controls the whole server; the operator config does not allow it (repos.containers.docker_socket)
+            dropship.yml:12:75: host path `/srv/data`: this repository may use named volumes only (the operator config's repos.containers.mounts allows host paths)"#]],
+    );
+}
+
+#[test]
+fn script_expressions_and_reserved_names() {
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    url: javascript:alert(1)//${{ deployment.ref }}\ntasks:\n  deploy:\n    - name: a\n      env:\n        DROPSHIP_REF: spoofed\n      run: echo hi\n    - name: web\n      container:\n        image: a\n        env:\n          DROPSHIP_SHA: spoofed\n        command: [\"sh\", \"-c\", \"cat <<'EOF'\\n${{ deployment.ref }}\\nEOF\"]\n",
+        expect![[r#"
+            dropship.yml:5:10: url `javascript:alert(1)//${{ deployment.ref }}` must start with https:// or http:// (expressions may fill in the rest)
+            dropship.yml:10:9: `DROPSHIP_REF`: names starting with DROPSHIP_ are set by dropship
+            dropship.yml:16:11: `DROPSHIP_SHA`: names starting with DROPSHIP_ are set by dropship
+            dropship.yml:17:45: `${{ deployment.ref }}` stands in a quoted heredoc (<<'EOF'), which expands nothing: use an unquoted heredoc (<<EOF) or the variable's name"#]],
+    );
+}
+
+#[test]
+fn url_values_are_percent_encoded_and_container_commands_refer_to_variables() {
+    let text = "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    url: https://shop.example.com/${{ deployment.ref }}\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: a\n        command: \"echo ${{ deployment.ref }}\"\n    - name: list\n      container:\n        name: list\n        image: a\n        command: [\"run\", \"--ref=${{ deployment.ref }}\"]\n";
+    let manifest = Manifest::parse("dropship.yml", text).unwrap();
+    let mut context = context("production", "deploy");
+    context.git_ref = "x/../../@evil.com#$(id)".into();
+    let plan = manifest.plan(&context, &inventory()).unwrap();
+    assert_eq!(
+        plan.environment_url.as_deref(),
+        Some("https://shop.example.com/x%2F%2E%2E%2F%2E%2E%2F%40evil%2Ecom%23%24%28id%29")
+    );
+    let Action::Container(web) = &plan.steps[0].action else {
+        panic!()
+    };
+    assert_eq!(
+        web.command.as_deref().unwrap(),
+        ["sh", "-c", r#"echo "${DROPSHIP_REF}""#]
+    );
+    assert_eq!(web.env["DROPSHIP_REF"], context.git_ref);
+    let Action::Container(list) = &plan.steps[1].action else {
+        panic!()
+    };
+    assert_eq!(
+        list.command.as_deref().unwrap(),
+        ["run", "--ref=x/../../@evil.com#$(id)"]
     );
 }

@@ -93,7 +93,13 @@ impl Caddy {
     /// Caddy's JSON for every stored route: longest path prefix first within a host.
     fn server_config(&self, routes: &[RouteRecord]) -> Value {
         let mut routes: Vec<&RouteRecord> = routes.iter().collect();
-        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.trim_end_matches('/').len()));
+        // Longest prefix first, then by route: the same precedence as the built-in proxy.
+        routes.sort_by(|a, b| {
+            let len = |r: &RouteRecord| r.path_prefix.trim_end_matches('/').len();
+            len(b).cmp(&len(a)).then_with(|| {
+                (&a.repo, &a.environment, &a.app).cmp(&(&b.repo, &b.environment, &b.app))
+            })
+        });
         let policy = match self.settings.balance {
             Balance::RoundRobin => "round_robin",
             Balance::LeastInFlight => "least_conn",
@@ -187,10 +193,17 @@ impl Routes for Caddy {
         next: Option<(RouteSpec, Vec<UpstreamSpec>)>,
     ) -> anyhow::Result<Drain> {
         let _serial = self.changes.lock().await;
-        let old: Vec<String> = self
-            .store
-            .routes()
-            .await?
+        let routes = self.store.routes().await?;
+        if let Some((spec, _)) = &next {
+            super::refuse_taken(
+                spec,
+                super::host_taken(
+                    spec,
+                    routes.iter().map(|r| (r.repo.as_str(), r.hosts.as_slice())),
+                ),
+            )?;
+        }
+        let old: Vec<String> = routes
             .into_iter()
             .find(|r| r.repo == key.repo && r.environment == key.environment && r.app == key.app)
             .map(|r| r.upstreams.into_iter().map(|u| u.address).collect())

@@ -164,7 +164,9 @@ impl Drop for InFlight {
 /// One app's upstreams behind a route.
 #[derive(Debug)]
 pub(crate) struct Backend {
-    /// Requests answered, by status, under the route's name (`repo/environment/app`).
+    /// The route's name (`repo/environment/app`): the tie-breaker of precedence.
+    route: String,
+    /// Requests answered, by status, under the route's name.
     pub(crate) counters: crate::metrics::RouteCounters,
     pub(crate) path_prefix: String,
     upstreams: Vec<Arc<Upstream>>,
@@ -178,6 +180,7 @@ impl Backend {
         metrics: &crate::metrics::Metrics,
     ) -> Arc<Backend> {
         Arc::new(Backend {
+            route: spec.key.to_string(),
             counters: metrics.proxy_route(spec.key.to_string()),
             path_prefix: spec.path_prefix.clone(),
             upstreams,
@@ -336,7 +339,32 @@ impl Proxy {
     }
 }
 
-/// Rebuilds the host index from the backends: per host, longest prefix first.
+/// A host of `spec` that another repository's route already serves, and that repository: a
+/// host belongs to one repository, so that none can take over another's traffic.
+pub(crate) fn host_taken<'a>(
+    spec: &RouteSpec,
+    routes: impl IntoIterator<Item = (&'a str, &'a [String])>,
+) -> Option<(String, String)> {
+    routes.into_iter().find_map(|(repo, hosts)| {
+        (repo != spec.key.repo)
+            .then(|| hosts.iter().find(|h| spec.hosts.contains(h)))
+            .flatten()
+            .map(|host| (host.clone(), repo.to_string()))
+    })
+}
+
+fn refuse_taken(spec: &RouteSpec, taken: Option<(String, String)>) -> anyhow::Result<()> {
+    match taken {
+        Some((host, repo)) => anyhow::bail!(
+            "host `{host}` is routed for {repo}; a host belongs to one repository, so {} cannot route it",
+            spec.key.repo
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Rebuilds the host index from the backends: per host, longest prefix first, then by route
+/// (`repo/environment/app`), so that precedence never depends on the order of changes.
 fn index(table: &mut Table) {
     table.hosts.clear();
     for (spec, backend) in table.backends.values() {
@@ -349,7 +377,12 @@ fn index(table: &mut Table) {
         }
     }
     for backends in table.hosts.values_mut() {
-        backends.sort_by_key(|b| std::cmp::Reverse(b.path_prefix.len()));
+        backends.sort_by(|a, b| {
+            b.path_prefix
+                .len()
+                .cmp(&a.path_prefix.len())
+                .then_with(|| a.route.cmp(&b.route))
+        });
     }
 }
 
@@ -374,6 +407,18 @@ impl Routes for Proxy {
     ) -> anyhow::Result<Drain> {
         let _serial = self.inner.changes.lock().await;
         let current = self.inner.table.load_full();
+        if let Some((spec, _)) = &next {
+            refuse_taken(
+                spec,
+                host_taken(
+                    spec,
+                    current
+                        .backends
+                        .values()
+                        .map(|(s, _)| (s.key.repo.as_str(), s.hosts.as_slice())),
+                ),
+            )?;
+        }
         let mut backends = current.backends.clone();
         let old = backends.remove(key);
         match &next {
@@ -449,6 +494,36 @@ impl Routes for Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(repo: &str, app: &str, hosts: &[&str]) -> RouteSpec {
+        RouteSpec {
+            key: RouteKey {
+                repo: repo.into(),
+                environment: "production".into(),
+                app: app.into(),
+            },
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            path_prefix: "/".into(),
+        }
+    }
+
+    #[test]
+    fn a_host_belongs_to_one_repository() {
+        let mine = spec("acme/shop", "web", &["shop.example.com"]);
+        let theirs = spec(
+            "evil/app",
+            "web",
+            &["other.example.com", "shop.example.com"],
+        );
+        let routes = [(mine.key.repo.as_str(), mine.hosts.as_slice())];
+        assert_eq!(
+            host_taken(&theirs, routes),
+            Some(("shop.example.com".into(), "acme/shop".into()))
+        );
+        // The same repository may move its own host between apps and environments.
+        let again = spec("acme/shop", "api", &["shop.example.com"]);
+        assert_eq!(host_taken(&again, routes), None);
+    }
 
     #[test]
     fn prefixes_match_whole_segments() {

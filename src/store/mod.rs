@@ -17,7 +17,8 @@ pub use sqlite::Sqlite;
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
-/// A fresh, unguessable capability token (192 bits) for a deployment's page.
+/// A fresh, unguessable random token (192 bits): session ids, API tokens. (A deployment page's
+/// token is not random but derived: `Keys::log_token`.)
 pub fn new_token() -> String {
     use rand::RngExt;
     let bytes: [u8; 24] = rand::rng().random();
@@ -119,7 +120,6 @@ pub struct NewDeployment {
     pub installation_id: Option<i64>,
     pub transient: bool,
     pub production: bool,
-    pub token: String,
 }
 
 /// Builds the `queued` status of a deployment once its id is known, so that the status is
@@ -141,7 +141,6 @@ pub struct Deployment {
     pub installation_id: Option<i64>,
     pub transient: bool,
     pub production: bool,
-    pub token: String,
     /// GitHub's check run for this deployment, once created (GitHub App auth only).
     pub check_run_id: Option<i64>,
     pub state: State,
@@ -414,6 +413,14 @@ pub trait Store: Send + Sync + fmt::Debug {
         &self,
         deployment_id: i64,
         after_seq: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<LogLine>>;
+    /// The last `limit` lines before `before_seq` (all lines: `i64::MAX`), oldest first: a page
+    /// of the log read backwards.
+    async fn logs_before(
+        &self,
+        deployment_id: i64,
+        before_seq: i64,
         limit: i64,
     ) -> anyhow::Result<Vec<LogLine>>;
     /// The last `limit` output lines (not Dropship's own notes) of `step` on `server`, oldest

@@ -17,6 +17,9 @@ pub enum Event {
         number: i64,
         /// The pull request's head branch, which its preview deployments deployed.
         head_ref: String,
+        /// The head branch lives in another repository (a fork, or one since deleted): its
+        /// name says nothing about this repository's branches.
+        from_fork: bool,
     },
     /// Commits pushed to a branch of a repository (not a tag, not a deletion).
     Push(Box<BranchMoved>),
@@ -132,6 +135,14 @@ struct RawPullRequest {
 struct RawBranch {
     #[serde(rename = "ref")]
     git_ref: String,
+    /// Null when the head repository was deleted.
+    #[serde(default)]
+    repo: Option<RawHeadRepository>,
+}
+
+#[derive(Deserialize)]
+struct RawHeadRepository {
+    full_name: String,
 }
 
 #[derive(Deserialize)]
@@ -226,10 +237,15 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
         }
         ("pull_request", Some("closed")) => {
             let raw: RawPullRequestEvent = typed(event, body)?;
+            let head = raw.pull_request.head;
+            let from_fork = head
+                .repo
+                .is_none_or(|r| !r.full_name.eq_ignore_ascii_case(&raw.repository.full_name));
             Ok(Event::PullRequestClosed {
                 repository: raw.repository.full_name,
                 number: raw.number,
-                head_ref: raw.pull_request.head.git_ref,
+                head_ref: head.git_ref,
+                from_fork,
             })
         }
         ("push", _) => {
@@ -400,16 +416,32 @@ mod tests {
     }
 
     #[test]
-    fn a_closed_pull_request_names_its_head_branch() {
-        let body = br#"{"action": "closed", "number": 12, "pull_request": {"head": {"ref": "feature/x"}}, "repository": {"full_name": "acme/shop"}}"#;
+    fn a_closed_pull_request_names_its_head_branch_and_whether_it_is_a_fork() {
+        let body = fixture("pull_request.closed.json");
         assert_eq!(
-            parse("pull_request", body).unwrap(),
+            parse("pull_request", &body).unwrap(),
             Event::PullRequestClosed {
-                repository: "acme/shop".into(),
-                number: 12,
-                head_ref: "feature/x".into()
+                repository: "Codertocat/Hello-World".into(),
+                number: 2,
+                head_ref: "changes".into(),
+                from_fork: false,
             }
         );
+        let mut forked: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        forked["pull_request"]["head"]["repo"]["full_name"] = "mallory/Hello-World".into();
+        let Event::PullRequestClosed { from_fork, .. } =
+            parse("pull_request", &serde_json::to_vec(&forked).unwrap()).unwrap()
+        else {
+            panic!("not a closed pull request")
+        };
+        assert!(from_fork);
+        forked["pull_request"]["head"]["repo"] = serde_json::Value::Null;
+        let Event::PullRequestClosed { from_fork, .. } =
+            parse("pull_request", &serde_json::to_vec(&forked).unwrap()).unwrap()
+        else {
+            panic!("not a closed pull request")
+        };
+        assert!(from_fork, "a deleted head repository is not this one");
         let opened = br#"{"action": "opened", "number": 12}"#;
         assert!(matches!(
             parse("pull_request", opened).unwrap(),

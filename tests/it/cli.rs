@@ -72,7 +72,7 @@ fn validate_checks_a_manifest_alone_and_against_the_operator_config() {
     let config = dir.path().join("dropship.toml");
     std::fs::write(
         &config,
-        "[[servers]]\nname = \"web-1\"\nhost = \"10.0.0.1\"\nhost_key = \"accept-new\"\nroles = [\"web\"]\n\n[[repos]]\nname = \"acme/shop\"\n[repos.secrets]\nDB = \"x\"\n",
+        "[[servers]]\nname = \"web-1\"\nhost = \"10.0.0.1\"\nhost_key = \"accept-new\"\nroles = [\"web\"]\n\n[[repos]]\nname = \"acme/shop\"\nservers = [\"web-*\"]\n[repos.secrets]\nDB = \"x\"\n",
     )
     .unwrap();
     let manifest = dir.path().join("dropship.yml");

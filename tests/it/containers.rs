@@ -15,7 +15,7 @@ use crate::support::{
     TestServer, config_toml, deployment_payload, eventually, free_port, healthy, read_until, serve,
 };
 
-const SECRET: &str = "tok-very-secret-4711";
+pub(crate) const SECRET: &str = "tok-very-secret-4711";
 
 /// A sha per version, in order.
 pub(crate) fn sha(n: u32) -> String {
@@ -802,14 +802,22 @@ async fn a_compose_stack_comes_up_in_its_project_directory_and_stops() {
     };
     w.github
         .add_file("acme/stack", &shas[0], "deploy/compose.yml", COMPOSE_FILE);
-    let _down = ComposeDown("shop-stack");
+    // Projects are namespaced by repository: no other repository can name this stack.
+    let project = dropship::manifest::namespaced_project("shop-stack", "acme", "stack");
+    assert_ne!(
+        project,
+        dropship::manifest::namespaced_project("shop-stack", "acme", "other")
+    );
+    let _down = ComposeDown(project.clone());
 
     let (id, statuses) = w.deploy(1, &shas[0], "deploy", serde_json::json!({})).await;
     let log = w.server.log(id).await;
     assert_eq!(last(&statuses).0, "success", "{statuses:#?}\n{log}");
-    let written = root.path().join("compose/shop-stack/deploy/compose.yml");
+    let written = root
+        .path()
+        .join(format!("compose/{project}/deploy/compose.yml"));
     assert_eq!(std::fs::read_to_string(&written).unwrap(), COMPOSE_FILE);
-    let running = compose_containers("shop-stack");
+    let running = compose_containers(&project);
     assert_eq!(running.len(), 1, "{running:?}");
     assert!(running[0].ends_with(" running"), "{running:?}");
     // The page shows the stack's services and their states.
@@ -820,11 +828,11 @@ async fn a_compose_stack_comes_up_in_its_project_directory_and_stops() {
     // task: stop brings it down.
     let (_, statuses) = w.deploy(2, &shas[0], "stop", serde_json::json!({})).await;
     assert_eq!(last(&statuses).0, "success", "{statuses:#?}");
-    assert!(compose_containers("shop-stack").is_empty());
+    assert!(compose_containers(&project).is_empty());
 }
 
 /// `docker-compose down` for a project, whatever the test's outcome.
-struct ComposeDown(&'static str);
+pub(crate) struct ComposeDown(pub(crate) String);
 
 impl Drop for ComposeDown {
     fn drop(&mut self) {
@@ -1089,7 +1097,8 @@ async fn a_compose_project_directory_that_is_a_symlink_out_of_the_root_is_refuse
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
     }
     std::fs::create_dir(root.path().join("compose")).unwrap();
-    std::os::unix::fs::symlink(outside.path(), root.path().join("compose/link-stack")).unwrap();
+    let project = dropship::manifest::namespaced_project("link-stack", "acme", "symlink");
+    std::os::unix::fs::symlink(outside.path(), root.path().join("compose").join(&project)).unwrap();
     let extra = format!(
         "[containers]\ncompose_root = \"{}/compose\"\n",
         root.path().display()
@@ -1107,7 +1116,7 @@ async fn a_compose_project_directory_that_is_a_symlink_out_of_the_root_is_refuse
     };
     w.github
         .add_file("acme/symlink", &shas[0], "deploy/compose.yml", COMPOSE_FILE);
-    let _down = ComposeDown("link-stack");
+    let _down = ComposeDown(project.clone());
     let (id, statuses) = w.deploy(1, &shas[0], "deploy", serde_json::json!({})).await;
     let log = w.server.log(id).await;
     assert_eq!(last(&statuses).0, "failure", "{statuses:#?}\n{log}");

@@ -3,12 +3,17 @@
 // Test support is shared between modules of this one test binary.
 #![allow(unreachable_pub)]
 
+mod bounded;
 mod cli;
 mod containers;
 mod deploy;
+mod injection;
+mod lanes;
 mod intake;
 mod live;
 mod people;
 mod proxy;
 mod restart;
+mod secrets;
 mod support;
+mod web_security;

@@ -17,8 +17,7 @@ use crate::support::{
 
 const SHA: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
 const RELEASE_SHA: &str = "cccccccccccccccccccccccccccccccccccccccc";
-const LOCAL: &str =
-    "[[servers]]\nname = \"local\"\nhost = \"local\"\n\n[[repos]]\nname = \"acme/shop\"\n";
+const LOCAL: &str = "[[servers]]\nname = \"local\"\nhost = \"local\"\n\n[[repos]]\nname = \"acme/shop\"\nservers = [\"local\"]\n";
 
 const HELLO: &str = "version: 1
 environments:
@@ -126,6 +125,44 @@ async fn api_tokens_have_roles_and_every_action_is_audited() {
         "{}",
         last.description()
     );
+    // Writing the locker's name into a payload passes no lock, nor does a made-up proof.
+    for (github_id, dropship) in [
+        (3103, json!({ "requested_by": "dee" })),
+        (
+            3104,
+            json!({ "requested_by": "dee", "proof": "0".repeat(64) }),
+        ),
+    ] {
+        let mut body: Value = serde_json::from_slice(&deployment_payload(
+            github_id,
+            "acme/shop",
+            SHA,
+            "production",
+            "deploy",
+        ))
+        .unwrap();
+        body["deployment"]["payload"] = json!({ "dropship": dropship });
+        let response = server
+            .deliver(
+                "deployment",
+                &format!("d-{github_id}"),
+                &serde_json::to_vec(&body).unwrap(),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let statuses = github.wait_final(github_id, Duration::from_secs(30)).await;
+        let last = statuses.last().unwrap();
+        assert_eq!(
+            (
+                last.state(),
+                last.description()
+                    .starts_with("environment production is locked by dee")
+            ),
+            ("error", true),
+            "{}",
+            last.description()
+        );
+    }
     // The locker may still deploy: a redeploy dee asks for runs.
     let redeploy = call(
         &server,
@@ -741,23 +778,13 @@ impl Drop for Driver {
     }
 }
 
-#[tokio::test]
-async fn the_dashboard_in_a_real_browser() {
-    use fantoccini::Locator;
-    let Some((chromium, chromedriver)) = browser() else {
-        return;
-    };
+/// chromedriver and a headless Chromium session through it.
+async fn open_browser(chromium: &str, chromedriver: &str) -> (Driver, fantoccini::Client) {
     // fantoccini's TLS (unused here: chromedriver speaks plain HTTP) needs a crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let gate_dir = tempfile::tempdir().unwrap();
-    let gate = gate_dir.path().join("go");
-    let (server, github) = start(&gated_manifest(&gate), LOCAL).await;
-    let answer = deliver(&server, 3501, "production", "deploy").await;
-    let id = answer["id"].as_i64().unwrap();
-
     let port = free_port();
     let driver = Driver(
-        std::process::Command::new(&chromedriver)
+        std::process::Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -793,6 +820,22 @@ async fn the_dashboard_in_a_real_browser() {
         .connect(&webdriver)
         .await
         .expect("a Chromium session");
+    (driver, browser)
+}
+
+#[tokio::test]
+async fn the_dashboard_in_a_real_browser() {
+    use fantoccini::Locator;
+    let Some((chromium, chromedriver)) = browser() else {
+        return;
+    };
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("go");
+    let (server, github) = start(&gated_manifest(&gate), LOCAL).await;
+    let answer = deliver(&server, 3501, "production", "deploy").await;
+    let id = answer["id"].as_i64().unwrap();
+
+    let (_driver, browser) = open_browser(&chromium, &chromedriver).await;
     // Each wait names what it waits for, for the panic message.
     let wait = |_what: &'static str| {
         browser
@@ -1096,4 +1139,248 @@ async fn deployers_cancel_redeploy_and_roll_back_through_the_api() {
         .collect();
     assert_eq!(actions, ["rollback", "redeploy", "cancel", "cancel"]);
     assert!(github.violations().is_empty(), "{:?}", github.violations());
+}
+
+/// What each injection would set `document.title` to, if it ran.
+const PWNED: &str = "pwned";
+
+/// A manifest whose step prints markup and script, waits for `gate`, then prints more.
+fn injecting_manifest(gate: &Path) -> String {
+    format!(
+        r#"version: 1
+environments:
+  production:
+    servers: [local]
+tasks:
+  deploy:
+    - name: wait
+      run: |
+        echo '</script><script>document.title="{PWNED}"</script>'
+        echo '<img src=x onerror="document.title=1">'
+        while [ ! -e {gate} ]; do sleep 0.05; done
+        echo '</script><script>document.title="{PWNED}"</script><img src=y onerror="document.title=2">'
+        echo second line
+"#,
+        gate = gate.display()
+    )
+}
+
+/// Fails if any injected script ran: the title is still `expected`, and no injected element
+/// exists.
+async fn assert_not_pwned(browser: &fantoccini::Client, expected: &str, page: &str) {
+    let title = browser.title().await.unwrap();
+    assert_eq!(title, expected, "{page}: an injected script ran");
+    let injected = browser
+        .execute(
+            "return document.querySelectorAll('img, main script:not([src]):not([type=\"application/json\"])').length;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, json!(0), "{page}: injected elements");
+}
+
+#[tokio::test]
+async fn no_injected_script_runs_in_a_real_browser() {
+    use fantoccini::Locator;
+    let Some((chromium, chromedriver)) = browser() else {
+        return;
+    };
+    let script = format!("</script><script>document.title='{PWNED}'</script>");
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("go");
+    let github = FakeGithub::start().await;
+    github.add_file("acme/shop", SHA, "dropship.yml", &injecting_manifest(&gate));
+    let data = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&config_toml(data.path(), &github.url, LOCAL)).unwrap();
+    let database = config.database_path();
+    let server = TestServer::start(config, Some(data)).await;
+    github.deliver_to(&server.url("/webhooks/github"), WEBHOOK_SECRET);
+
+    // The branch name and the description carry script.
+    let mut body: Value = serde_json::from_slice(&deployment_payload(
+        3701,
+        "acme/shop",
+        SHA,
+        "production",
+        "deploy",
+    ))
+    .unwrap();
+    body["deployment"]["ref"] = json!(script);
+    let about = format!("<img src=x onerror=\"document.title='{PWNED}'\">{script}");
+    body["deployment"]["description"] = json!(about);
+    let answer = server
+        .deliver("deployment", "d-3701", &serde_json::to_vec(&body).unwrap())
+        .await;
+    assert_eq!(answer.status(), StatusCode::ACCEPTED);
+    let answer: Value = answer.json().await.unwrap();
+    let id = answer["id"].as_i64().unwrap();
+    let log_url = answer["log_url"].as_str().unwrap().to_string();
+    let token = log_url.split("token=").nth(1).unwrap().to_string();
+    eventually(
+        Duration::from_secs(30),
+        "the injected lines to be stored",
+        || async { server.log(id).await.contains("onerror") },
+    )
+    .await;
+
+    // Container log lines, stored the way the followers store them.
+    let store = dropship::store::Sqlite::open(&database).await.unwrap();
+    use dropship::store::Store;
+    let line = |n: i64, text: &str| dropship::store::AppLogLine {
+        id: 0,
+        repo: "acme/shop".into(),
+        environment: "production".into(),
+        app: format!("web{script}"),
+        server: "local".into(),
+        container: "0123456789abcdef".into(),
+        ts: 1_700_000_000_000_000_000 + n,
+        stream: "stdout".into(),
+        line: text.into(),
+    };
+    store
+        .append_app_logs(
+            vec![
+                line(1, &script),
+                line(
+                    2,
+                    &format!("<img src=x onerror=\"document.title='{PWNED}'\">"),
+                ),
+            ],
+            1 << 20,
+        )
+        .await
+        .unwrap();
+
+    let (_driver, browser) = open_browser(&chromium, &chromedriver).await;
+    let wait = || {
+        browser
+            .wait()
+            .at_most(Duration::from_secs(30))
+            .every(Duration::from_millis(50))
+    };
+
+    // The capability link, not signed in: lines, ref and description are text.
+    browser
+        .goto(&server.url(&format!("/deployments/{id}?token={token}")))
+        .await
+        .unwrap();
+    wait()
+        .for_element(Locator::XPath(
+            "//pre[@id='log']/span[contains(., 'onerror')]",
+        ))
+        .await
+        .expect("the injected log lines, as text");
+    let shown = browser
+        .find(Locator::Id("ref"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(shown, script, "the branch name, as text");
+    let shown = browser
+        .find(Locator::Id("about"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(shown, about, "the description, as text");
+    let title = format!("deployment {id} — dropship");
+    assert_not_pwned(&browser, &title, "the capability link").await;
+
+    // Signed in, with script in the query string; the page still follows live.
+    browser.goto(&server.url("/login")).await.unwrap();
+    sign_in(&browser, "dee", DEPLOYER_TOKEN).await;
+    wait().for_element(Locator::Id("user")).await.unwrap();
+    let query = format!("/deployments/{id}?token={script}");
+    browser.goto(&server.url(&query)).await.unwrap();
+    wait()
+        .for_element(Locator::XPath(
+            "//pre[@id='log']/span[contains(., 'onerror')]",
+        ))
+        .await
+        .expect("the page, signed in");
+    std::fs::write(&gate, "").unwrap();
+    wait()
+        .for_element(Locator::XPath(
+            "//pre[@id='log']/span[contains(., 'second line')]",
+        ))
+        .await
+        .expect("the lines printed later arrive live");
+    wait()
+        .for_element(Locator::Css("#state.badge.ok"))
+        .await
+        .expect("the state turns success live");
+    let description = browser
+        .find(Locator::Id("description"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!description.contains("<img"), "{description}");
+    assert_not_pwned(&browser, &title, "the query string").await;
+    // Reloaded, the live lines come from the store.
+    browser.refresh().await.unwrap();
+    wait()
+        .for_element(Locator::XPath(
+            "//pre[@id='log']/span[contains(., 'src=y')]",
+        ))
+        .await
+        .unwrap();
+    assert_not_pwned(&browser, &title, "the finished page").await;
+
+    // The lists show the branch name.
+    for (path, title) in [
+        ("/", "deployments — dropship"),
+        ("/environments", "environments — dropship"),
+    ] {
+        browser.goto(&server.url(path)).await.unwrap();
+        wait().for_element(Locator::Id("user")).await.unwrap();
+        assert_not_pwned(&browser, title, path).await;
+    }
+
+    // Script in a path segment.
+    let segment = "%3C%2Fscript%3E%3Cscript%3Edocument.title%3D%27pwned%27%3C%2Fscript%3E";
+    browser
+        .goto(&server.url(&format!("/apps/acme/shop/{segment}/logs")))
+        .await
+        .unwrap();
+    wait().for_element(Locator::Id("log")).await.unwrap();
+    let heading = browser
+        .find(Locator::Css("main h1"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(heading, format!("acme/shop → {script}"));
+    assert_not_pwned(
+        &browser,
+        &format!("acme/shop {script} logs — dropship"),
+        "a path segment",
+    )
+    .await;
+
+    // Container log lines.
+    browser
+        .goto(&server.url("/apps/acme/shop/production/logs"))
+        .await
+        .unwrap();
+    wait()
+        .for_element(Locator::XPath(
+            "//pre[@id='log']/span[contains(., 'onerror')]",
+        ))
+        .await
+        .expect("the container lines, as text");
+    assert_not_pwned(
+        &browser,
+        "acme/shop production logs — dropship",
+        "container logs",
+    )
+    .await;
+    browser.close().await.unwrap();
+    github.wait_final(3701, Duration::from_secs(30)).await;
 }

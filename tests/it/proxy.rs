@@ -146,9 +146,7 @@ async fn the_proxy_routes_by_host_and_prefix_and_switches_under_load_without_a_f
     let shas: Vec<String> = (1..=3).map(sha).collect();
     let port = free_port();
     let proxy = format!("127.0.0.1:{port}");
-    let extra = format!(
-        "[proxy]\nlisten = \"{proxy}\"\nupstream_bind = \"127.0.0.1\"\ndrain_timeout = \"5s\"\n"
-    );
+    let extra = format!("[proxy]\nlisten = \"{proxy}\"\ndrain_timeout = \"5s\"\n");
     let Some(w) = world("acme/edge", MANIFEST, &shas, true, &extra).await else {
         return;
     };
@@ -266,7 +264,7 @@ async fn https_picks_each_hosts_certificate_by_sni() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let extra = format!(
-        "[proxy]\nlisten_tls = \"127.0.0.1:{port}\"\nupstream_bind = \"127.0.0.1\"\n{}",
+        "[proxy]\nlisten_tls = \"127.0.0.1:{port}\"\n{}",
         certificates(dir.path(), &["shop.test", "other.test"])
     );
     let manifest = format!(
@@ -387,7 +385,7 @@ async fn the_caddy_backend_gets_the_same_routes_and_the_same_zero_failure_switch
     };
     let shas: Vec<String> = (31..=32).map(sha).collect();
     let extra = format!(
-        "[proxy]\nbackend = \"caddy\"\ncaddy_admin = \"{}\"\nlisten = \"{}\"\nupstream_bind = \"127.0.0.1\"\ndrain_timeout = \"5s\"\n",
+        "[proxy]\nbackend = \"caddy\"\ncaddy_admin = \"{}\"\nlisten = \"{}\"\ndrain_timeout = \"5s\"\n",
         caddy.admin, caddy.listen
     );
     let manifest = MANIFEST
@@ -429,7 +427,7 @@ async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop_or_a_c
     let port = free_port();
     let proxy = format!("127.0.0.1:{port}");
     let extra = format!(
-        "[proxy]\nlisten = \"{proxy}\"\nupstream_bind = \"127.0.0.1\"\npreview_domain = \"preview.test\"\ndrain_timeout = \"2s\"\n"
+        "[proxy]\nlisten = \"{proxy}\"\npreview_domain = \"preview.test\"\ndrain_timeout = \"2s\"\n"
     );
     let manifest = MANIFEST
         .replace("acme/edge", "acme/preview")
@@ -491,7 +489,22 @@ async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop_or_a_c
             .0,
         200
     );
-    let closed = pull_request_closed(8, "master");
+    // A fork's pull request from a branch of the same name tears nothing down.
+    let fork = pull_request_closed(9, "master", "mallory/preview");
+    let answer = w.server.deliver("pull_request", "pr-closed-9", &fork).await;
+    assert_eq!(answer.status(), 202);
+    let answer: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(
+        answer["ignored"], "the pull request comes from a fork",
+        "{answer}"
+    );
+    assert_eq!(
+        get(&client, &proxy, "preview-pr-8.preview.test", "/version")
+            .await
+            .0,
+        200
+    );
+    let closed = pull_request_closed(8, "master", "acme/preview");
     let answer = w
         .server
         .deliver("pull_request", "pr-closed-8", &closed)
@@ -514,26 +527,20 @@ async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop_or_a_c
     assert!(crate::support::docker::containers("acme/preview", "preview").is_empty());
 }
 
-/// A `pull_request` delivery with action `closed`. `../shared/github` has no published
-/// pull_request example, so this carries the fields Dropship reads (`action`, `number`,
-/// `pull_request.head.ref`, `repository.full_name`) with the `repository` and `sender`
-/// objects of GitHub's deployment example.
-fn pull_request_closed(number: i64, head_ref: &str) -> Vec<u8> {
+/// GitHub's example `pull_request` delivery with action `closed`, for `acme/preview`'s pull
+/// request `number` from branch `head_ref` of `head_repo`.
+fn pull_request_closed(number: i64, head_ref: &str, head_repo: &str) -> Vec<u8> {
     let text = std::fs::read_to_string(crate::support::fixture(
-        "github/webhooks/deployment.created.json",
+        "github/webhooks/pull_request.closed.json",
     ))
     .unwrap();
-    let example: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut repository = example["repository"].clone();
-    repository["full_name"] = "acme/preview".into();
-    serde_json::to_vec(&json!({
-        "action": "closed",
-        "number": number,
-        "pull_request": {"number": number, "state": "closed", "head": {"ref": head_ref}},
-        "repository": repository,
-        "sender": example["sender"],
-    }))
-    .unwrap()
+    let mut body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    body["number"] = number.into();
+    body["pull_request"]["number"] = number.into();
+    body["pull_request"]["head"]["ref"] = head_ref.into();
+    body["pull_request"]["head"]["repo"]["full_name"] = head_repo.into();
+    body["repository"]["full_name"] = "acme/preview".into();
+    serde_json::to_vec(&body).unwrap()
 }
 
 /// A stand-in app for the proxy's own behaviour: `/headers` answers the request's headers,
@@ -801,4 +808,102 @@ async fn least_in_flight_avoids_a_busy_upstream_and_timeouts_end_slow_answers_an
     );
     let _ = idle.write_all(b"x").await;
     shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_host_routed_for_one_repository_is_refused_to_another_and_precedence_is_stable() {
+    use dropship::proxy::{Proxy, RouteKey, RouteSpec, Routes, UpstreamSpec};
+    let (app_a, app_b, app_c) = (
+        stand_in_app().await,
+        stand_in_app().await,
+        stand_in_app().await,
+    );
+    let data = tempfile::tempdir().unwrap();
+    let open = || async {
+        let store: std::sync::Arc<dyn dropship::store::Store> = std::sync::Arc::new(
+            dropship::store::Sqlite::open(&data.path().join("dropship.db"))
+                .await
+                .unwrap(),
+        );
+        Proxy::load(store, Default::default(), Default::default())
+            .await
+            .unwrap()
+    };
+    let route = |repo: &str, app: &str| RouteSpec {
+        key: RouteKey {
+            repo: repo.into(),
+            environment: "production".into(),
+            app: app.into(),
+        },
+        hosts: vec!["app.test".into()],
+        path_prefix: "/".into(),
+    };
+    let to = |address: std::net::SocketAddr| {
+        vec![UpstreamSpec {
+            address: address.to_string(),
+            container: address.to_string(),
+        }]
+    };
+    let proxy = open().await;
+    // Two apps of one repository on the same host and prefix: the route named first wins,
+    // whichever was switched last.
+    proxy
+        .switch(&route("acme/app", "zeta"), to(app_b.address))
+        .await
+        .unwrap();
+    proxy
+        .switch(&route("acme/app", "alpha"), to(app_a.address))
+        .await
+        .unwrap();
+    // Another repository cannot take the host, even for a moment.
+    let refused = proxy
+        .switch(&route("evil/app", "web"), to(app_c.address))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.to_string(),
+        "host `app.test` is routed for acme/app; a host belongs to one repository, so evil/app cannot route it"
+    );
+    let serve = |proxy: Proxy| async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(dropship::proxy::serve(
+            listener,
+            proxy,
+            None,
+            shutdown.clone(),
+        ));
+        (address, shutdown)
+    };
+    let client = reqwest::Client::new();
+    let (address, shutdown) = serve(proxy).await;
+    assert_eq!(
+        get(&client, &address, "app.test", "/whoami").await.1,
+        app_a.address.to_string()
+    );
+    shutdown.cancel();
+    // The same after a restart, whatever order the store returns the routes in.
+    let (address, shutdown) = serve(open().await).await;
+    assert_eq!(
+        get(&client, &address, "app.test", "/whoami").await.1,
+        app_a.address.to_string()
+    );
+    shutdown.cancel();
+    // Once acme/app no longer routes the host, another repository may.
+    let proxy = open().await;
+    for app in ["alpha", "zeta"] {
+        proxy
+            .remove(&RouteKey {
+                repo: "acme/app".into(),
+                environment: "production".into(),
+                app: app.into(),
+            })
+            .await
+            .unwrap();
+    }
+    proxy
+        .switch(&route("other/app", "web"), to(app_c.address))
+        .await
+        .unwrap();
 }

@@ -94,7 +94,6 @@ fn deployment_from_row(row: &SqliteRow) -> anyhow::Result<Deployment> {
         installation_id: row.try_get("installation_id")?,
         transient: row.try_get("transient")?,
         production: row.try_get("production")?,
-        token: row.try_get("token")?,
         check_run_id: row.try_get("check_run_id")?,
         state: State::parse(&state)
             .with_context(|| format!("unknown deployment state `{state}` in the database"))?,
@@ -244,6 +243,24 @@ impl Store for Sqlite {
         )
         .bind(deployment_id)
         .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(log_line_from_row).collect()
+    }
+
+    async fn logs_before(
+        &self,
+        deployment_id: i64,
+        before_seq: i64,
+        limit: i64,
+    ) -> anyhow::Result<Vec<LogLine>> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM log_lines WHERE deployment_id = ? AND seq < ?
+                ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+        )
+        .bind(deployment_id)
+        .bind(before_seq)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -743,7 +760,6 @@ mod tests {
             installation_id: None,
             transient: false,
             production: true,
-            token: crate::store::new_token(),
         }
     }
 

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use anyhow::Context;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::deployment_from_row;
@@ -17,6 +17,9 @@ use crate::store::{
 
 /// Writes taken in one cycle at most.
 const CYCLE: usize = 512;
+/// Writes waiting for the writer at most; callers wait for room beyond that (each caller also
+/// waits for its own write's commit, so this is reached only by many callers at once).
+const QUEUE: usize = 4096;
 
 /// A delivery (and maybe its deployment) to record.
 pub(super) struct IntakeJob {
@@ -131,7 +134,7 @@ impl<T: Into<Arg>> From<Option<T>> for Arg {
 /// The handle every write method uses.
 #[derive(Debug, Clone)]
 pub(super) struct Writer {
-    sender: mpsc::UnboundedSender<Write>,
+    sender: mpsc::Sender<Write>,
 }
 
 fn stopped() -> anyhow::Error {
@@ -141,7 +144,7 @@ fn stopped() -> anyhow::Error {
 impl Writer {
     /// Starts the writer task on `pool`, whose one connection is the only one that writes.
     pub(super) fn start(pool: SqlitePool) -> Writer {
-        let (sender, receiver) = mpsc::unbounded_channel();
+        let (sender, receiver) = mpsc::channel(QUEUE);
         tokio::spawn(run(pool, receiver));
         Writer { sender }
     }
@@ -158,6 +161,7 @@ impl Writer {
                 delivery,
                 reply,
             })))
+            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -170,6 +174,7 @@ impl Writer {
                 transition,
                 reply,
             })
+            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -178,6 +183,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Write::Step { step, reply })
+            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -186,6 +192,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Write::Logs { lines, reply })
+            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -194,6 +201,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Write::Services { services, reply })
+            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -210,6 +218,7 @@ impl Writer {
                 retention_bytes,
                 reply,
             })
+            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -222,6 +231,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Write::Route { key, route, reply })
+            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -240,6 +250,7 @@ impl Writer {
                 git_ref,
                 reply,
             })
+            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -248,6 +259,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Write::ContainerHost { server, reply })
+            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -257,6 +269,7 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Write::Exec { sql, args, reply })
+            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
@@ -265,12 +278,13 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Write::Status { id, change, reply })
+            .await
             .map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
 
-async fn run(pool: SqlitePool, mut receiver: mpsc::UnboundedReceiver<Write>) {
+async fn run(pool: SqlitePool, mut receiver: mpsc::Receiver<Write>) {
     let mut writes = Vec::with_capacity(CYCLE);
     while receiver.recv_many(&mut writes, CYCLE).await > 0 {
         let mut intake = Vec::new();
@@ -753,9 +767,9 @@ async fn write_intake(
     if !new.is_empty() {
         let mut insert = sqlx::QueryBuilder::new(
             "INSERT INTO deployments (github_id, repo, environment, task, git_ref, sha, payload, description,
-                creator, installation_id, transient, production, token, state, created_at) ",
+                creator, installation_id, transient, production, insert_key, state, created_at) ",
         );
-        insert.push_values(&new, |mut row, (_, d, _)| {
+        insert.push_values(&new, |mut row, (index, d, _)| {
             row.push_bind(d.github_id)
                 .push_bind(&d.repo)
                 .push_bind(&d.environment)
@@ -768,20 +782,23 @@ async fn write_intake(
                 .push_bind(d.installation_id)
                 .push_bind(d.transient)
                 .push_bind(d.production)
-                .push_bind(&d.token)
+                .push_bind(index.to_string())
                 .push_bind("queued")
                 .push_bind(now);
         });
         insert.push(" ON CONFLICT (github_id) DO NOTHING RETURNING *");
-        // RETURNING's order is unspecified: match rows by their unique token.
-        let mut inserted: HashMap<String, Deployment> = HashMap::new();
+        // RETURNING's order is unspecified: match rows by their place in this batch.
+        let mut inserted: HashMap<usize, Deployment> = HashMap::new();
         for row in insert.build().fetch_all(&mut *tx).await? {
-            let deployment = deployment_from_row(&row)?;
-            inserted.insert(deployment.token.clone(), deployment);
+            let key: String = row.try_get("insert_key")?;
+            let index = key
+                .parse()
+                .with_context(|| format!("an inserted deployment's insert_key is `{key}`"))?;
+            inserted.insert(index, deployment_from_row(&row)?);
         }
         let duplicate_ids: Vec<i64> = new
             .iter()
-            .filter(|(_, d, _)| !inserted.contains_key(&d.token))
+            .filter(|(index, _, _)| !inserted.contains_key(index))
             .filter_map(|(_, d, _)| d.github_id)
             .collect();
         let mut duplicates: HashMap<i64, Deployment> = HashMap::new();
@@ -800,7 +817,7 @@ async fn write_intake(
         }
         let mut statuses: Vec<(i64, StatusDraft)> = Vec::new();
         for (index, d, status) in new {
-            let outcome = match inserted.remove(&d.token) {
+            let outcome = match inserted.remove(&index) {
                 Some(deployment) => {
                     if let Some(status) = status {
                         statuses.push((deployment.id, status(&deployment)));

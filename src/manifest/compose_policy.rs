@@ -1,0 +1,482 @@
+//! A compose file may do only what the operator's container policy allows its repository.
+//!
+//! Checked on the file's text, after YAML merge keys are applied, right before `docker compose
+//! up`: every service's privileges, namespaces, capabilities, devices, published ports and
+//! host paths (volumes, `env_file`, `build`, `extends`), and the top level's `include`,
+//! `secrets`/`configs` files and bind-type volumes. A checked key may not use interpolation
+//! (`${VAR}`): its value must be what the file says, not what an environment makes of it.
+
+use serde_yaml::Value;
+
+use super::positions::Positions;
+use super::{Diagnostic, Diagnostics};
+use crate::config::ContainerPolicy;
+
+/// Checks one compose file; `file` names it in messages.
+pub fn check_compose_file(
+    file: &str,
+    text: &str,
+    policy: &ContainerPolicy,
+) -> Result<(), Diagnostics> {
+    let positions = Positions::index(text);
+    let mut found = Vec::new();
+    let mut say = |path: &str, message: String| {
+        found.push(Diagnostic {
+            file: file.to_string(),
+            // A key that a merge (`<<: *common`) brought in has no place of its own: point
+            // at the nearest enclosing one written in the file.
+            position: std::iter::successors(Some(path), |p| p.rsplit_once('.').map(|(a, _)| a))
+                .find_map(|p| positions.value(p).or_else(|| positions.key(p))),
+            message,
+        });
+    };
+    let mut document: Value = match serde_yaml::from_str(text) {
+        Ok(document) => document,
+        Err(error) => {
+            return Err(Diagnostics(vec![super::yaml_diagnostic(file, &error)]));
+        }
+    };
+    if let Err(error) = document.apply_merge() {
+        say("", format!("cannot apply YAML merge keys: {error}"));
+    }
+    if let Some(services) = document.get("services").and_then(Value::as_mapping) {
+        for (name, service) in services {
+            let name = text_of(name);
+            check_service(&format!("services.{name}"), service, policy, &mut say);
+        }
+    }
+    if let Some(includes) = document.get("include").and_then(Value::as_sequence) {
+        for (i, include) in includes.iter().enumerate() {
+            let path = format!("include[{i}]");
+            match include {
+                Value::String(file) => inside_project(&path, file, &mut say),
+                Value::Mapping(_) => {
+                    for (key, value) in each_string(include.get("path")) {
+                        inside_project(&format!("{path}.path{key}"), &value, &mut say);
+                    }
+                    for (key, value) in each_string(include.get("env_file")) {
+                        inside_project(&format!("{path}.env_file{key}"), &value, &mut say);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for section in ["secrets", "configs"] {
+        if let Some(entries) = document.get(section).and_then(Value::as_mapping) {
+            for (name, entry) in entries {
+                if let Some(file) = entry.get("file").and_then(Value::as_str) {
+                    let path = format!("{section}.{}.file", text_of(name));
+                    host_path(&path, file, policy, &mut say);
+                }
+            }
+        }
+    }
+    if let Some(volumes) = document.get("volumes").and_then(Value::as_mapping) {
+        for (name, volume) in volumes {
+            let options = volume.get("driver_opts");
+            if let Some(device) = options
+                .and_then(|o| o.get("device"))
+                .and_then(Value::as_str)
+            {
+                let path = format!("volumes.{}.driver_opts.device", text_of(name));
+                no_interpolation(&path, device, &mut say);
+                if device.starts_with('/') || device.starts_with('.') || device.starts_with('~') {
+                    host_path(&path, device, policy, &mut say);
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        Ok(())
+    } else {
+        found.sort_by_key(|d| d.position.map(|p| (p.line, p.column)));
+        Err(Diagnostics(found))
+    }
+}
+
+type Say<'a> = dyn FnMut(&str, String) + 'a;
+
+fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mut Say<'_>) {
+    let field = |key: &str| service.get(key);
+    if let Some(value) = field("privileged") {
+        let at = format!("{path}.privileged");
+        if is_true(value) && !policy.privileged {
+            say(
+                &at,
+                "`privileged: true` gives the container the whole server; the operator config does not allow it (repos.containers.privileged)".into(),
+            );
+        }
+        interpolated(&at, value, say);
+    }
+    for (key, value) in each_string(field("security_opt")) {
+        let at = format!("{path}.security_opt{key}");
+        no_interpolation(&at, &value, say);
+        let lowered = value.to_ascii_lowercase();
+        let unconfined = lowered.contains("unconfined")
+            || lowered.contains("label=disable")
+            || lowered.contains("label:disable");
+        if unconfined && !policy.privileged {
+            say(
+                &at,
+                format!(
+                    "`{value}` turns the container's confinement off; the operator config does not allow it (repos.containers.privileged)"
+                ),
+            );
+        }
+    }
+    if let Some(mode) = field("network_mode").and_then(Value::as_str) {
+        let at = format!("{path}.network_mode");
+        no_interpolation(&at, mode, say);
+        if mode == "host" && !policy.host_network {
+            say(
+                &at,
+                "`network_mode: host` shares the server's network and bypasses the proxy; the operator config does not allow it (repos.containers.host_network)".into(),
+            );
+        } else if mode.starts_with("container:") && !policy.host_namespaces {
+            say(
+                &at,
+                format!(
+                    "`{mode}` joins a container outside this stack; the operator config does not allow it (repos.containers.host_namespaces)"
+                ),
+            );
+        }
+    }
+    for key in ["pid", "ipc", "uts", "cgroup", "userns_mode"] {
+        if let Some(mode) = field(key).and_then(Value::as_str) {
+            let at = format!("{path}.{key}");
+            no_interpolation(&at, mode, say);
+            if (mode == "host" || mode.starts_with("container:")) && !policy.host_namespaces {
+                say(
+                    &at,
+                    format!(
+                        "`{key}: {mode}` shares a namespace outside this stack; the operator config does not allow it (repos.containers.host_namespaces)"
+                    ),
+                );
+            }
+        }
+    }
+    for (key, cap) in each_string(field("cap_add")) {
+        let at = format!("{path}.cap_add{key}");
+        no_interpolation(&at, &cap, say);
+        if let Some(why) = policy.refuses_capability(&cap) {
+            say(&at, why);
+        }
+    }
+    for section in ["devices", "device_cgroup_rules"] {
+        if let Some(devices) = field(section).and_then(Value::as_sequence) {
+            if !devices.is_empty() && !policy.devices {
+                say(
+                    &format!("{path}.{section}"),
+                    format!(
+                        "`{section}` passes host devices in; the operator config does not allow it (repos.containers.devices)"
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(volumes) = field("volumes").and_then(Value::as_sequence) {
+        for (i, volume) in volumes.iter().enumerate() {
+            let at = format!("{path}.volumes[{i}]");
+            match volume {
+                Value::String(short) => {
+                    no_interpolation(&at, short, say);
+                    let source = short.split(':').next().unwrap_or_default();
+                    if short.contains(':') || source.starts_with(['/', '.', '~']) {
+                        mount_source(&at, source, policy, say);
+                    }
+                }
+                Value::Mapping(_) => {
+                    let kind = volume
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("volume");
+                    let source = volume.get("source").and_then(Value::as_str).unwrap_or("");
+                    no_interpolation(&format!("{at}.source"), source, say);
+                    match kind {
+                        "bind" => host_path(&format!("{at}.source"), source, policy, say),
+                        "volume" | "tmpfs" | "image" => {}
+                        other => say(
+                            &format!("{at}.type"),
+                            format!("volume type `{other}` is not allowed"),
+                        ),
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for (key, from) in each_string(field("volumes_from")) {
+        let at = format!("{path}.volumes_from{key}");
+        no_interpolation(&at, &from, say);
+        if from.starts_with("container:") && !policy.host_namespaces {
+            say(
+                &at,
+                format!(
+                    "`{from}` takes the volumes of a container outside this stack; the operator config does not allow it (repos.containers.host_namespaces)"
+                ),
+            );
+        }
+    }
+    if let Some(ports) = field("ports").and_then(Value::as_sequence) {
+        for (i, port) in ports.iter().enumerate() {
+            let at = format!("{path}.ports[{i}]");
+            check_port(&at, port, policy, say);
+        }
+    }
+    for (key, file) in env_files(field("env_file")) {
+        inside_project(&format!("{path}.env_file{key}"), &file, say);
+    }
+    match field("build") {
+        Some(Value::String(context)) => build_context(&format!("{path}.build"), context, say),
+        Some(build @ Value::Mapping(_)) => {
+            if let Some(context) = build.get("context").and_then(Value::as_str) {
+                build_context(&format!("{path}.build.context"), context, say);
+            }
+            if let Some(dockerfile) = build.get("dockerfile").and_then(Value::as_str) {
+                inside_project(&format!("{path}.build.dockerfile"), dockerfile, say);
+            }
+            if let Some(extra) = build.get("additional_contexts").and_then(Value::as_mapping) {
+                for (name, context) in extra {
+                    if let Some(context) = context.as_str() {
+                        let at = format!("{path}.build.additional_contexts.{}", text_of(name));
+                        build_context(&at, context, say);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    if let Some(file) = field("extends")
+        .and_then(|e| e.get("file"))
+        .and_then(Value::as_str)
+    {
+        inside_project(&format!("{path}.extends.file"), file, say);
+    }
+}
+
+fn check_port(at: &str, port: &Value, policy: &ContainerPolicy, say: &mut Say<'_>) {
+    if policy.public_ports {
+        return;
+    }
+    let address = match port {
+        Value::String(short) => {
+            no_interpolation(at, short, say);
+            // IP:HOST:CONTAINER (an IPv6 address in brackets); anything shorter publishes on
+            // every address.
+            let without_protocol = short.split('/').next().unwrap_or_default();
+            without_protocol
+                .rsplit_once(':')
+                .and_then(|(front, _)| front.rsplit_once(':'))
+                .map(|(ip, _)| ip.trim_matches(['[', ']']).to_string())
+        }
+        Value::Number(_) => None,
+        Value::Mapping(_) => {
+            if port.get("published").is_none() {
+                return;
+            }
+            port.get("host_ip")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        }
+        _ => return,
+    };
+    let loopback = address
+        .as_deref()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_loopback());
+    if !loopback {
+        say(
+            at,
+            format!(
+                "{} publishes on {}, beside the proxy; publish on 127.0.0.1 (`127.0.0.1:8080:80`) or have the operator config allow public ports (repos.containers.public_ports)",
+                match port {
+                    Value::String(s) => format!("`{s}`"),
+                    _ => "this port".into(),
+                },
+                address.as_deref().unwrap_or("every address")
+            ),
+        );
+    }
+}
+
+/// A volume's source: a named volume, a path inside the project, or an allowed host path.
+fn mount_source(at: &str, source: &str, policy: &ContainerPolicy, say: &mut Say<'_>) {
+    if source.starts_with('/') || source.starts_with('~') {
+        host_path(at, source, policy, say);
+    } else if source.starts_with('.') {
+        inside_project(at, source, say);
+    }
+}
+
+fn host_path(at: &str, path: &str, policy: &ContainerPolicy, say: &mut Say<'_>) {
+    if path.starts_with('/') {
+        if let Some(why) = policy.refuses_mount(path) {
+            say(at, why);
+        }
+    } else {
+        inside_project(at, path, say);
+    }
+}
+
+/// A relative path that stays inside the project directory.
+fn inside_project(at: &str, path: &str, say: &mut Say<'_>) {
+    no_interpolation(at, path, say);
+    let escapes = path.starts_with('/')
+        || path.starts_with('~')
+        || std::path::Path::new(path)
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if escapes {
+        say(
+            at,
+            format!(
+                "`{path}` is outside the compose project: use a path relative to it, without `..`"
+            ),
+        );
+    }
+}
+
+fn build_context(at: &str, context: &str, say: &mut Say<'_>) {
+    // A remote context (a Git URL) reads nothing of the server's.
+    if context.contains("://") || context.starts_with("git@") {
+        no_interpolation(at, context, say);
+        return;
+    }
+    inside_project(at, context, say);
+}
+
+fn no_interpolation(at: &str, value: &str, say: &mut Say<'_>) {
+    if value.replace("$$", "").contains('$') {
+        say(
+            at,
+            format!("`{value}`: interpolation (`$`) is not allowed here; write the value itself"),
+        );
+    }
+}
+
+fn interpolated(at: &str, value: &Value, say: &mut Say<'_>) {
+    if let Value::String(text) = value {
+        no_interpolation(at, text, say);
+    }
+}
+
+fn is_true(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => *b,
+        Value::String(s) => !matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "false" | "no" | "0" | ""
+        ),
+        _ => true,
+    }
+}
+
+fn text_of(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+    }
+}
+
+/// A string, or each string of a list, with the path suffix that locates it (`""`, `[i]`).
+fn each_string(value: Option<&Value>) -> Vec<(String, String)> {
+    match value {
+        Some(Value::String(s)) => vec![(String::new(), s.clone())],
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| item.as_str().map(|s| (format!("[{i}]"), s.to_string())))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `env_file` as a string, a list of strings, or a list of `{path: ...}`.
+fn env_files(value: Option<&Value>) -> Vec<(String, String)> {
+    match value {
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| match item {
+                Value::String(s) => Some((format!("[{i}]"), s.clone())),
+                Value::Mapping(_) => item
+                    .get("path")
+                    .and_then(Value::as_str)
+                    .map(|s| (format!("[{i}].path"), s.to_string())),
+                _ => None,
+            })
+            .collect(),
+        other => each_string(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusals(text: &str, policy: &ContainerPolicy) -> Vec<String> {
+        match check_compose_file("docker-compose.yml", text, policy) {
+            Ok(()) => Vec::new(),
+            Err(Diagnostics(found)) => found.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn an_ordinary_stack_passes() {
+        let text = "services:\n  web:\n    image: nginx\n    ports: [\"127.0.0.1:8080:80\"]\n    volumes: [\"data:/data\", \"./conf:/etc/conf:ro\"]\n    env_file: .env.web\n    build: { context: ./web }\n  db:\n    image: postgres\n    expose: [\"5432\"]\nvolumes:\n  data: {}\n";
+        assert_eq!(
+            refusals(text, &ContainerPolicy::default()),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn escapes_are_refused_with_their_position() {
+        let text = "x-common: &common\n  privileged: true\nservices:\n  web:\n    <<: *common\n    image: nginx\n    network_mode: host\n    pid: host\n    cap_add: [SYS_ADMIN]\n    devices: [\"/dev/sda:/dev/sda\"]\n    security_opt: [\"seccomp=unconfined\"]\n    ports: [\"8080:80\", \"0.0.0.0:81:81\", \"82\"]\n    volumes:\n      - /:/host\n      - /var/run/docker.sock:/var/run/docker.sock\n      - ../other:/other\n      - type: bind\n        source: /etc\n        target: /etc2\n    env_file: /etc/dropship/secrets.env\n    build: { context: / }\n    extends: { file: ../../x.yml, service: a }\n  b:\n    image: busybox\n    privileged: \"${PRIV}\"\n    network_mode: \"container:other-app\"\nsecrets:\n  key: { file: /root/.ssh/id_ed25519 }\nvolumes:\n  root:\n    driver_opts: { type: none, o: bind, device: / }\ninclude: [../../other/compose.yml]\n";
+        let found = refusals(text, &ContainerPolicy::default());
+        let all = found.join("\n");
+        for expected in [
+            "privileged: true",
+            "network_mode: host",
+            "`pid: host`",
+            "capability `SYS_ADMIN`",
+            "`devices` passes host devices",
+            "seccomp=unconfined",
+            "`8080:80` publishes on every address",
+            "`0.0.0.0:81:81` publishes on 0.0.0.0",
+            "`82` publishes on every address",
+            "docker-compose.yml:5:7: `privileged: true`",
+            "docker-compose.yml:14:9: `/` holds the Docker socket",
+            "`/var/run/docker.sock` holds the Docker socket",
+            "`../other` is outside",
+            "host path `/etc`",
+            "20:15: `/etc/dropship/secrets.env` is outside the compose project",
+            "21:23: `/` is outside the compose project",
+            "`../../x.yml` is outside",
+            "`${PRIV}`: interpolation",
+            "`container:other-app` joins a container",
+            "host path `/root/.ssh/id_ed25519`",
+            "31:49: `/` holds the Docker socket",
+            "`../../other/compose.yml` is outside",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn the_policy_opens_what_it_names() {
+        let text = "services:\n  web:\n    image: nginx\n    network_mode: host\n    cap_add: [NET_ADMIN]\n    volumes: [\"/srv/shop/data:/data\"]\n    ports: [\"8080:80\"]\n";
+        let policy = ContainerPolicy {
+            mounts: vec!["/srv/shop/*".into()],
+            host_network: true,
+            cap_add: vec!["NET_ADMIN".into()],
+            public_ports: true,
+            ..ContainerPolicy::default()
+        };
+        assert_eq!(refusals(text, &policy), Vec::<String>::new());
+    }
+}

@@ -1,0 +1,447 @@
+//! Expressions in shell scripts become references to environment variables.
+//!
+//! A value from GitHub (a ref, a payload field) must never become shell code, whatever quotes
+//! the author wrapped the expression in. So a script's `${{ deployment.ref }}` is never
+//! replaced by the ref itself: it is replaced by a reference to a variable (`DROPSHIP_REF`)
+//! written so that the shell expands it as one piece of data in the quoting context where the
+//! expression stands, and the value travels in the step's environment. The rewritten script
+//! is the same text for every deployment; only the environment differs.
+//!
+//! | where the expression stands | it becomes |
+//! |---|---|
+//! | unquoted (`echo ${{ x }}`), inside `$( )` or backticks | `"${VAR}"` |
+//! | inside double quotes, or an unquoted heredoc (`<<EOF`) | `${VAR}` |
+//! | inside single quotes | `'"${VAR}"'` (the quote is closed, the variable double-quoted, the quote reopened) |
+//! | a comment | `${VAR}` |
+//! | a quoted heredoc (`<<'EOF'`), which expands nothing | refused at validation |
+//!
+//! The scanner follows POSIX `sh` quoting; if it misjudged an exotic construct, the worst
+//! outcome is wrong text or word splitting, never code: the value is not in the script.
+
+use std::collections::BTreeMap;
+
+use super::expr::{Occurrence, Reference, occurrences, parse_reference};
+
+/// A script with its expressions replaced by variable references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ShellScript {
+    pub(crate) text: String,
+    /// The variables the text refers to, and what each one holds.
+    pub(crate) variables: Vec<(String, Reference)>,
+}
+
+/// Why an expression cannot stand where it stands: `offset` is its byte offset in the script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScriptError {
+    pub(crate) offset: usize,
+    pub(crate) message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Frame {
+    /// Top level, or inside `$( )` (`parens` counts the `(` opened inside it).
+    Unquoted {
+        parens: u32,
+        closes_on_paren: bool,
+    },
+    Double,
+    Single,
+    Backtick,
+}
+
+#[derive(Debug)]
+struct PendingHeredoc {
+    delimiter: String,
+    quoted: bool,
+    strip_tabs: bool,
+}
+
+/// Rewrites `script`; an expression that does not parse is left as written (validation
+/// reports those).
+pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
+    let found = occurrences(script);
+    let mut names = Names::default();
+    let mut out = String::with_capacity(script.len() + 16 * found.len());
+    let mut expressions = found.iter().peekable();
+    let bytes = script.as_bytes();
+    let mut stack = vec![Frame::Unquoted {
+        parens: 0,
+        closes_on_paren: false,
+    }];
+    let mut pending: Vec<PendingHeredoc> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        // An expression whose `$` was escaped (`\${{`) was copied as written.
+        while expressions.next_if(|o| o.start < i).is_some() {}
+        if let Some(occurrence) = expressions.next_if(|o| o.start == i) {
+            let frame = *stack.last().unwrap_or(&Frame::Double);
+            out.push_str(&replacement(occurrence, &mut names, frame, script));
+            i = occurrence.end;
+            continue;
+        }
+        let frame = *stack.last().unwrap_or(&Frame::Double);
+        let c = bytes[i];
+        match frame {
+            Frame::Single => {
+                if c == b'\'' {
+                    stack.pop();
+                }
+            }
+            Frame::Double => match c {
+                b'"' => {
+                    stack.pop();
+                }
+                b'\\' => {
+                    i = copy_escaped(script, i, &mut out);
+                    continue;
+                }
+                b'$' if bytes.get(i + 1) == Some(&b'(') => {
+                    out.push_str("$(");
+                    stack.push(Frame::Unquoted {
+                        parens: 0,
+                        closes_on_paren: true,
+                    });
+                    i += 2;
+                    continue;
+                }
+                b'`' => stack.push(Frame::Backtick),
+                _ => {}
+            },
+            Frame::Unquoted { .. } | Frame::Backtick => match c {
+                b'\\' => {
+                    i = copy_escaped(script, i, &mut out);
+                    continue;
+                }
+                b'\'' => stack.push(Frame::Single),
+                b'"' => stack.push(Frame::Double),
+                b'`' if frame == Frame::Backtick => {
+                    stack.pop();
+                }
+                b'`' => stack.push(Frame::Backtick),
+                b'$' if bytes.get(i + 1) == Some(&b'(') => {
+                    out.push_str("$(");
+                    stack.push(Frame::Unquoted {
+                        parens: 0,
+                        closes_on_paren: true,
+                    });
+                    i += 2;
+                    continue;
+                }
+                b'(' => {
+                    if let Some(Frame::Unquoted { parens, .. }) = stack.last_mut() {
+                        *parens += 1;
+                    }
+                }
+                b')' => match stack.last_mut() {
+                    Some(Frame::Unquoted { parens, .. }) if *parens > 0 => *parens -= 1,
+                    Some(Frame::Unquoted {
+                        closes_on_paren: true,
+                        ..
+                    }) => {
+                        stack.pop();
+                    }
+                    _ => {}
+                },
+                b'#' if starts_word(bytes, i) => {
+                    // A comment runs to the end of the line; expressions in it are harmless
+                    // but still rewritten, so the value never appears in the text.
+                    let end = script[i..].find('\n').map_or(script.len(), |n| i + n);
+                    copy_plain(script, i, end, &mut expressions, &mut names, &mut out);
+                    i = end;
+                    continue;
+                }
+                b'<' if bytes.get(i + 1) == Some(&b'<') && bytes.get(i + 2) != Some(&b'<') => {
+                    let (heredoc, after) = heredoc_operator(script, i);
+                    out.push_str(&script[i..after]);
+                    pending.extend(heredoc);
+                    i = after;
+                    continue;
+                }
+                b'\n' if !pending.is_empty() => {
+                    out.push('\n');
+                    i += 1;
+                    for heredoc in pending.drain(..) {
+                        i = heredoc_body(
+                            script,
+                            i,
+                            &heredoc,
+                            &mut expressions,
+                            &mut names,
+                            &mut out,
+                        )?;
+                    }
+                    continue;
+                }
+                _ => {}
+            },
+        }
+        let width = script[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&script[i..i + width]);
+        i += width;
+    }
+    Ok(ShellScript {
+        text: out,
+        variables: names.into_variables(),
+    })
+}
+
+/// Copies a backslash and the character it escapes.
+fn copy_escaped(script: &str, i: usize, out: &mut String) -> usize {
+    let width = script[i + 1..].chars().next().map_or(0, char::len_utf8);
+    out.push_str(&script[i..i + 1 + width]);
+    i + 1 + width
+}
+
+fn starts_word(bytes: &[u8], i: usize) -> bool {
+    i == 0
+        || matches!(
+            bytes[i - 1],
+            b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' | b'('
+        )
+}
+
+/// Copies `script[from..to]`, rewriting expressions as in a double-quoted context.
+fn copy_plain<'a>(
+    script: &str,
+    from: usize,
+    to: usize,
+    expressions: &mut std::iter::Peekable<std::slice::Iter<'a, Occurrence>>,
+    names: &mut Names,
+    out: &mut String,
+) {
+    let mut at = from;
+    while let Some(occurrence) = expressions.next_if(|o| o.start < to) {
+        if occurrence.start < at {
+            continue;
+        }
+        out.push_str(&script[at..occurrence.start]);
+        out.push_str(&replacement(occurrence, names, Frame::Double, script));
+        at = occurrence.end;
+    }
+    if at < to {
+        out.push_str(&script[at..to]);
+    }
+}
+
+/// Reads `<<[-] WORD` at `i`; returns the heredoc (if a delimiter followed) and where the
+/// operator and its word end.
+fn heredoc_operator(script: &str, i: usize) -> (Option<PendingHeredoc>, usize) {
+    let bytes = script.as_bytes();
+    let mut at = i + 2;
+    let strip_tabs = bytes.get(at) == Some(&b'-');
+    if strip_tabs {
+        at += 1;
+    }
+    while matches!(bytes.get(at), Some(b' ' | b'\t')) {
+        at += 1;
+    }
+    let start = at;
+    let mut quote: Option<u8> = None;
+    while let Some(&c) = bytes.get(at) {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == b'\'' || c == b'"' => quote = Some(c),
+            None if c.is_ascii_whitespace() || b";&|<>()".contains(&c) => break,
+            None => {}
+        }
+        at += 1;
+    }
+    let word = &script[start..at];
+    if word.is_empty() {
+        return (None, at);
+    }
+    let quoted = word.contains(['\'', '"', '\\']);
+    let delimiter: String = word
+        .chars()
+        .filter(|c| !matches!(c, '\'' | '"' | '\\'))
+        .collect();
+    (
+        Some(PendingHeredoc {
+            delimiter,
+            quoted,
+            strip_tabs,
+        }),
+        at,
+    )
+}
+
+/// Copies one heredoc body starting at `i` (the start of a line) through its delimiter line;
+/// returns where it ended.
+fn heredoc_body<'a>(
+    script: &str,
+    mut i: usize,
+    heredoc: &PendingHeredoc,
+    expressions: &mut std::iter::Peekable<std::slice::Iter<'a, Occurrence>>,
+    names: &mut Names,
+    out: &mut String,
+) -> Result<usize, ScriptError> {
+    while i < script.len() {
+        let end = script[i..].find('\n').map_or(script.len(), |n| i + n);
+        let line = &script[i..end];
+        let bare = if heredoc.strip_tabs {
+            line.trim_start_matches('\t')
+        } else {
+            line
+        };
+        let next = (end + 1).min(script.len());
+        if bare == heredoc.delimiter {
+            out.push_str(&script[i..next]);
+            return Ok(next);
+        }
+        if heredoc.quoted {
+            if let Some(occurrence) = expressions.peek().filter(|o| o.start < end) {
+                return Err(ScriptError {
+                    offset: occurrence.start,
+                    message: format!(
+                        "`{}` stands in a quoted heredoc (<<'{}'), which expands nothing: use an unquoted heredoc (<<{}) or the variable's name",
+                        &script[occurrence.start..occurrence.end],
+                        heredoc.delimiter,
+                        heredoc.delimiter
+                    ),
+                });
+            }
+            out.push_str(&script[i..next]);
+        } else {
+            copy_plain(script, i, next, expressions, names, out);
+        }
+        i = next;
+    }
+    Ok(i)
+}
+
+fn replacement(occurrence: &Occurrence, names: &mut Names, frame: Frame, script: &str) -> String {
+    let Ok(reference) = parse_reference(&occurrence.inner) else {
+        return script[occurrence.start..occurrence.end].to_string();
+    };
+    let name = names.name_for(reference);
+    match frame {
+        Frame::Unquoted { .. } | Frame::Backtick => format!("\"${{{name}}}\""),
+        Frame::Double => format!("${{{name}}}"),
+        Frame::Single => format!("'\"${{{name}}}\"'"),
+    }
+}
+
+/// Variable names for references: the `DROPSHIP_*` name of each, made unique.
+#[derive(Debug, Default)]
+struct Names {
+    by_name: BTreeMap<String, Reference>,
+    order: Vec<String>,
+}
+
+impl Names {
+    fn name_for(&mut self, reference: Reference) -> String {
+        let base = reference.variable_name();
+        let mut name = base.clone();
+        let mut n = 1;
+        loop {
+            match self.by_name.get(&name) {
+                Some(existing) if *existing == reference => return name,
+                Some(_) => {
+                    n += 1;
+                    name = format!("{base}_{n}");
+                }
+                None => {
+                    self.by_name.insert(name.clone(), reference);
+                    self.order.push(name.clone());
+                    return name;
+                }
+            }
+        }
+    }
+
+    fn into_variables(mut self) -> Vec<(String, Reference)> {
+        self.order
+            .into_iter()
+            .filter_map(|name| self.by_name.remove(&name).map(|r| (name, r)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(script: &str, expected: &str) {
+        let rewritten = rewrite(script).unwrap();
+        assert_eq!(rewritten.text, expected, "{script}");
+    }
+
+    #[test]
+    fn each_quoting_context_gets_a_reference_it_expands_as_data() {
+        check("echo ${{ deployment.ref }}", r#"echo "${DROPSHIP_REF}""#);
+        check(
+            r#"echo "ref is ${{ deployment.ref }}""#,
+            r#"echo "ref is ${DROPSHIP_REF}""#,
+        );
+        check(
+            "echo 'ref is ${{ deployment.ref }}'",
+            r#"echo 'ref is '"${DROPSHIP_REF}"''"#,
+        );
+        check(
+            "cat <<EOF\nref ${{ deployment.ref }}\nEOF\necho ${{deployment.sha}}",
+            "cat <<EOF\nref ${DROPSHIP_REF}\nEOF\necho \"${DROPSHIP_SHA}\"",
+        );
+        check(
+            "x=$(echo \"${{ deployment.payload.a-b.c }}\" | tr a b)",
+            "x=$(echo \"${DROPSHIP_PAYLOAD_A_B__C}\" | tr a b)",
+        );
+        check(
+            "echo \"$(echo ${{ deployment.ref }})\"",
+            "echo \"$(echo \"${DROPSHIP_REF}\")\"",
+        );
+        check(
+            "echo `echo ${{ deployment.ref }}`",
+            "echo `echo \"${DROPSHIP_REF}\"`",
+        );
+        check(
+            "# deploys ${{ deployment.ref }} it's fine\necho ${{ deployment.ref }}",
+            "# deploys ${DROPSHIP_REF} it's fine\necho \"${DROPSHIP_REF}\"",
+        );
+        check(
+            "echo \\'${{ deployment.ref }}",
+            "echo \\'\"${DROPSHIP_REF}\"",
+        );
+    }
+
+    #[test]
+    fn payload_names_that_collide_are_made_unique() {
+        let rewritten =
+            rewrite("echo ${{ deployment.payload.a-b }} ${{ deployment.payload.a_b }}").unwrap();
+        assert_eq!(
+            rewritten.text,
+            r#"echo "${DROPSHIP_PAYLOAD_A_B}" "${DROPSHIP_PAYLOAD_A_B_2}""#
+        );
+        assert_eq!(rewritten.variables.len(), 2);
+    }
+
+    #[test]
+    fn a_quoted_heredoc_refuses_expressions() {
+        let error = rewrite("cat <<'EOF'\n${{ deployment.ref }}\nEOF\n").unwrap_err();
+        assert_eq!(error.offset, 12);
+        assert!(
+            error.message.contains("quoted heredoc"),
+            "{}",
+            error.message
+        );
+        // The same body after the heredoc ends is fine.
+        assert!(rewrite("cat <<'EOF'\nplain\nEOF\necho ${{ deployment.ref }}\n").is_ok());
+        assert!(rewrite("cat <<-\"EOF\"\n\t$x\n\tEOF\necho ${{ deployment.ref }}\n").is_ok());
+    }
+
+    #[test]
+    fn the_text_never_depends_on_a_value() {
+        let script =
+            "echo \"${{ deployment.ref }}\" '${{ deployment.payload.x }}' ${{ repo.name }}";
+        let rewritten = rewrite(script).unwrap();
+        assert!(!rewritten.text.contains("${{"));
+        assert_eq!(
+            rewritten
+                .variables
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>(),
+            ["DROPSHIP_REF", "DROPSHIP_PAYLOAD_X", "DROPSHIP_REPO_NAME"]
+        );
+    }
+}
