@@ -700,6 +700,13 @@ impl Config {
             }
             server.docker_endpoint()?;
         }
+        for (i, secret) in self.github.webhook_secrets.iter().enumerate() {
+            if secret.expose_secret().trim().is_empty() {
+                bail!(
+                    "github.webhook_secrets[{i}] is empty: anyone could sign a delivery with it; set the secret of the GitHub webhook (`openssl rand -hex 32` makes one), or remove the entry"
+                );
+            }
+        }
         if self.github.token.is_some() && self.github.app.is_some() {
             bail!("github: set either `token` or `[github.app]`, not both");
         }
@@ -726,6 +733,70 @@ impl Config {
         url_parse(&self.server.public_url).context("server.public_url")?;
         url_parse(&self.github.api_url).context("github.api_url")?;
         Ok(())
+    }
+
+    /// What in this configuration an operator should know is risky, one sentence each, for
+    /// `dropship check`: trust on first use, repositories granted Dropship's own machine,
+    /// plain-HTTP listeners beyond loopback, container policies that give away a server.
+    pub fn risks(&self) -> Vec<String> {
+        let mut risks = Vec::new();
+        for server in &self.servers {
+            if matches!(server.host_key(), Ok(HostKey::AcceptNew)) {
+                risks.push(format!(
+                    "server `{}` trusts the first host key it sees (host_key = \"accept-new\"): pin it (`ssh-keyscan -t ed25519 {}`)",
+                    server.name, server.host
+                ));
+            }
+        }
+        for repo in &self.repos {
+            for server in self.servers.iter().filter(|s| repo.allows_server(s)) {
+                if server.is_local() {
+                    risks.push(format!(
+                        "[[repos]] `{}` may run steps on `{}`, Dropship's own machine, which holds every repository's secrets, the GitHub credentials and the SSH keys",
+                        repo.name, server.name
+                    ));
+                }
+            }
+            let policy = &repo.containers;
+            let mut grants = Vec::new();
+            if policy.privileged {
+                grants.push("privileged containers");
+            }
+            if policy.docker_socket {
+                grants.push("the Docker socket");
+            }
+            if policy.host_namespaces {
+                grants.push("the host's namespaces");
+            }
+            if policy.devices {
+                grants.push("host devices");
+            }
+            if policy.cap_add.iter().any(|c| c.eq_ignore_ascii_case("ALL")) {
+                grants.push("every capability");
+            }
+            if !grants.is_empty() {
+                risks.push(format!(
+                    "[[repos]] `{}` may use {}: its containers can take over their servers",
+                    repo.name,
+                    grants.join(", ")
+                ));
+            }
+        }
+        if !self.server.listen.ip().is_loopback() && self.server.public_url.starts_with("http://")
+        {
+            risks.push(format!(
+                "server.listen {} answers beyond this machine, and public_url is plain http: sign-in tokens, session cookies and log links cross the network unencrypted; put TLS in front and set an https public_url",
+                self.server.listen
+            ));
+        }
+        if let Some(listen) = self.proxy.listen {
+            if !listen.ip().is_loopback() && self.proxy.listen_tls.is_none() {
+                risks.push(format!(
+                    "proxy.listen {listen} serves the apps over plain HTTP only (no proxy.listen_tls)"
+                ));
+            }
+        }
+        risks
     }
 
     /// GitHub's web address, for links: github.com, or the Enterprise host of `api_url`.
@@ -1021,6 +1092,45 @@ mod tests {
         assert!(nothing.servers.is_empty());
         assert!(!nothing.allows_server(local));
         assert!(config.repo("acme/named").unwrap().allows_server(local));
+    }
+
+    #[test]
+    fn an_empty_webhook_secret_is_refused() {
+        for secrets in ["[\"\"]", "[\"good-secret\", \"  \"]"] {
+            let error = Config::from_toml(&format!("[github]\nwebhook_secrets = {secrets}\n"))
+                .unwrap_err();
+            assert!(
+                format!("{error:#}").contains("is empty: anyone could sign a delivery with it"),
+                "{error:#}"
+            );
+        }
+        assert!(Config::from_toml("[github]\nwebhook_secrets = [\"good-secret\"]\n").is_ok());
+    }
+
+    #[test]
+    fn risky_settings_are_named() {
+        let config = Config::from_toml(
+            "[server]\nlisten = \"0.0.0.0:8080\"\npublic_url = \"http://deploy.example.com\"\n[proxy]\nlisten = \"0.0.0.0:80\"\n[[servers]]\nname = \"local\"\nhost = \"local\"\n[[servers]]\nname = \"web-1\"\nhost = \"10.0.0.1\"\nhost_key = \"accept-new\"\n[[repos]]\nname = \"acme/ops\"\nservers = [\"local\"]\n[repos.containers]\nprivileged = true\ncap_add = [\"ALL\"]\n",
+        )
+        .unwrap();
+        expect_test::expect![[r#"
+            server `web-1` trusts the first host key it sees (host_key = "accept-new"): pin it (`ssh-keyscan -t ed25519 10.0.0.1`)
+            [[repos]] `acme/ops` may run steps on `local`, Dropship's own machine, which holds every repository's secrets, the GitHub credentials and the SSH keys
+            [[repos]] `acme/ops` may use privileged containers, every capability: its containers can take over their servers
+            server.listen 0.0.0.0:8080 answers beyond this machine, and public_url is plain http: sign-in tokens, session cookies and log links cross the network unencrypted; put TLS in front and set an https public_url
+            proxy.listen 0.0.0.0:80 serves the apps over plain HTTP only (no proxy.listen_tls)"#]]
+        .assert_eq(&config.risks().join("\n"));
+        // The shipped example grants no GitHub repository this machine: `_` cannot begin an
+        // owner's name on GitHub.
+        let example = Config::from_toml(EXAMPLE).unwrap();
+        let local = example.server(LOCAL).unwrap();
+        for entry in &example.repos {
+            if entry.allows_server(local) {
+                assert!(entry.name.starts_with("_local/"), "{}", entry.name);
+            }
+        }
+        assert!(example.repo("local/anything").is_none());
+        assert!(example.repo("_local/checkout").is_some());
     }
 
     #[test]

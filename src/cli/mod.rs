@@ -880,6 +880,9 @@ async fn check(path: Option<&Path>) -> anyhow::Result<ExitCode> {
         config.servers.len(),
         if config.servers.len() == 1 { "" } else { "s" }
     );
+    for risk in config.risks() {
+        println!("warning: {risk}");
+    }
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

@@ -496,12 +496,13 @@ fn container_steps_get_only_what_the_container_policy_allows() {
 #[test]
 fn script_expressions_and_reserved_names() {
     check(
-        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    url: javascript:alert(1)//${{ deployment.ref }}\ntasks:\n  deploy:\n    - name: a\n      env:\n        DROPSHIP_REF: spoofed\n      run: echo hi\n    - name: web\n      container:\n        image: a\n        env:\n          DROPSHIP_SHA: spoofed\n        command: [\"sh\", \"-c\", \"cat <<'EOF'\\n${{ deployment.ref }}\\nEOF\"]\n",
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    url: javascript:alert(1)//${{ deployment.ref }}\ntasks:\n  deploy:\n    - name: a\n      env:\n        DROPSHIP_REF: spoofed\n      run: echo hi\n    - name: web\n      container:\n        image: a\n        env:\n          DROPSHIP_SHA: spoofed\n        labels:\n          dropship.repo: acme/other\n        command: [\"sh\", \"-c\", \"cat <<'EOF'\\n${{ deployment.ref }}\\nEOF\"]\n",
         expect![[r#"
             dropship.yml:5:10: url `javascript:alert(1)//${{ deployment.ref }}` must start with https:// or http:// (expressions may fill in the rest)
             dropship.yml:10:9: `DROPSHIP_REF`: names starting with DROPSHIP_ are set by dropship
             dropship.yml:16:11: `DROPSHIP_SHA`: names starting with DROPSHIP_ are set by dropship
-            dropship.yml:17:45: `${{ deployment.ref }}` stands in a quoted heredoc (<<'EOF'), which expands nothing: use an unquoted heredoc (<<EOF) or the variable's name"#]],
+            dropship.yml:18:11: `dropship.repo`: labels starting with dropship. are set by dropship
+            dropship.yml:19:45: `${{ deployment.ref }}` stands in a quoted heredoc (<<'EOF'), which expands nothing: use an unquoted heredoc (<<EOF) or the variable's name"#]],
     );
 }
 
