@@ -782,8 +782,7 @@ impl Config {
                 ));
             }
         }
-        if !self.server.listen.ip().is_loopback() && self.server.public_url.starts_with("http://")
-        {
+        if !self.server.listen.ip().is_loopback() && self.server.public_url.starts_with("http://") {
             risks.push(format!(
                 "server.listen {} answers beyond this machine, and public_url is plain http: sign-in tokens, session cookies and log links cross the network unencrypted; put TLS in front and set an https public_url",
                 self.server.listen
@@ -1097,8 +1096,8 @@ mod tests {
     #[test]
     fn an_empty_webhook_secret_is_refused() {
         for secrets in ["[\"\"]", "[\"good-secret\", \"  \"]"] {
-            let error = Config::from_toml(&format!("[github]\nwebhook_secrets = {secrets}\n"))
-                .unwrap_err();
+            let error =
+                Config::from_toml(&format!("[github]\nwebhook_secrets = {secrets}\n")).unwrap_err();
             assert!(
                 format!("{error:#}").contains("is empty: anyone could sign a delivery with it"),
                 "{error:#}"

@@ -114,35 +114,33 @@ proptest! {
                 prop_assert!(!path.is_empty());
             }
             (Ok(Event::Deployment(d)), Some(json)) => {
-                let deployment = &json["deployment"];
-                prop_assert_eq!(deployment["id"].as_i64(), Some(d.github_id));
-                prop_assert_eq!(deployment["sha"].as_str(), Some(d.sha.as_str()));
-                prop_assert_eq!(deployment["ref"].as_str(), Some(d.git_ref.as_str()));
-                prop_assert_eq!(deployment["task"].as_str(), Some(d.task.as_str()));
-                prop_assert_eq!(
-                    deployment["environment"].as_str(),
-                    Some(d.environment.as_str())
-                );
-                prop_assert_eq!(
-                    json["repository"]["full_name"].as_str(),
-                    Some(d.repository.as_str())
-                );
+                agrees(json, "/deployment/id", d.github_id.into())?;
+                agrees(json, "/deployment/sha", d.sha.as_str().into())?;
+                agrees(json, "/deployment/ref", d.git_ref.as_str().into())?;
+                agrees(json, "/deployment/task", d.task.as_str().into())?;
+                agrees(json, "/deployment/environment", d.environment.as_str().into())?;
+                agrees(json, "/repository/full_name", d.repository.as_str().into())?;
             }
             (Ok(Event::Push(moved)), Some(json)) => {
-                let git_ref = format!("refs/heads/{}", moved.branch);
-                prop_assert_eq!(json["ref"].as_str(), Some(git_ref.as_str()));
-                prop_assert_eq!(json["after"].as_str(), Some(moved.sha.as_str()));
+                agrees(json, "/ref", format!("refs/heads/{}", moved.branch).into())?;
+                agrees(json, "/after", moved.sha.as_str().into())?;
             }
             (Ok(Event::PullRequestClosed { head_ref, number, .. }), Some(json)) => {
-                prop_assert_eq!(json["number"].as_i64(), Some(*number));
-                prop_assert_eq!(
-                    json["pull_request"]["head"]["ref"].as_str(),
-                    Some(head_ref.as_str())
-                );
+                agrees(json, "/number", (*number).into())?;
+                agrees(json, "/pull_request/head/ref", head_ref.as_str().into())?;
             }
             _ => {}
         }
     }
+}
+
+/// Where the JSON has a value at `pointer`, it is the one parsed. (serde also reads a struct
+/// written as the array of its fields, `"head": ["main"]`, which has no `/head/ref`.)
+fn agrees(json: &Value, pointer: &str, parsed: Value) -> Result<(), TestCaseError> {
+    if let Some(value) = json.pointer(pointer) {
+        prop_assert_eq!(value, &parsed, "at {}", pointer);
+    }
+    Ok(())
 }
 
 /// One delivery: the `X-GitHub-Event` value, the body, and the JSON it was written from.

@@ -271,6 +271,10 @@ impl Collector<'_> {
     }
 }
 
+/// The largest manifest Dropship reads. Real ones are a few KiB; GitHub's contents API serves
+/// files up to 1 MB.
+pub const MAX_MANIFEST_BYTES: usize = 512 * 1024;
+
 /// The longest duration a manifest may write (a step's timeout, a pause, a health check's
 /// interval): one day. Longer values are mistakes, and unbounded ones overflow deadlines.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -336,7 +340,27 @@ impl Manifest {
 
     /// Stage 1: parses `text`, read from `file` (used in messages).
     pub fn parse(file: &str, text: &str) -> Result<Manifest, Diagnostics> {
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(Diagnostics(vec![Diagnostic {
+                file: file.to_string(),
+                position: None,
+                message: format!(
+                    "the manifest is {} bytes; it may be at most {MAX_MANIFEST_BYTES} (512 KiB)",
+                    text.len()
+                ),
+            }]));
+        }
         let positions = Positions::index(text);
+        if let Some(position) = positions.too_deep {
+            return Err(Diagnostics(vec![Diagnostic {
+                file: file.to_string(),
+                position: Some(position),
+                message: format!(
+                    "mappings and lists nest deeper than {} levels here",
+                    positions::MAX_DEPTH
+                ),
+            }]));
+        }
         let raw: RawManifest = match serde_yaml::from_str(text) {
             Ok(raw) => raw,
             Err(error) => return Err(Diagnostics(vec![yaml_diagnostic(file, &error)])),

@@ -13,10 +13,17 @@ pub struct Position {
     pub column: usize,
 }
 
+/// How deep a document may nest mappings and sequences. Deeper ones are refused before they
+/// are deserialized: recursive parsers would exhaust the stack, and serde_yaml's time grows
+/// with the square of flow nesting.
+pub(crate) const MAX_DEPTH: usize = 64;
+
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Positions {
     keys: HashMap<String, Position>,
     values: HashMap<String, Position>,
+    /// Where the document first nests deeper than [`MAX_DEPTH`], if it does.
+    pub(crate) too_deep: Option<Position>,
 }
 
 impl Positions {
@@ -25,7 +32,19 @@ impl Positions {
     pub(crate) fn index(text: &str) -> Positions {
         let mut builder = Builder::default();
         let mut parser = Parser::new_from_str(text);
-        let _ = parser.load(&mut builder, false);
+        // Event by event (`Parser::load` recurses once per level), and no deeper than
+        // MAX_DEPTH.
+        while let Ok((event, mark)) = parser.next_token() {
+            let end = matches!(event, Event::DocumentEnd | Event::StreamEnd);
+            builder.on_event(event, mark);
+            if builder.stack.len() > MAX_DEPTH {
+                builder.positions.too_deep = Some(position(mark));
+                break;
+            }
+            if end {
+                break;
+            }
+        }
         builder.positions
     }
 

@@ -533,3 +533,32 @@ fn url_values_are_percent_encoded_and_container_commands_refer_to_variables() {
         ["run", "--ref=x/../../@evil.com#$(id)"]
     );
 }
+
+#[test]
+fn deep_or_huge_manifests_are_refused_without_exhausting_the_stack() {
+    // 1,000 levels of block sequences overflowed a 2 MiB stack in a recursive YAML loader.
+    let deep = format!("{}x\n", "- ".repeat(1000));
+    let error = Manifest::parse("dropship.yml", &deep)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("nest deeper than 64 levels"), "{error}");
+    let flow = format!(
+        "version: 1\nenvironments: {}{}\n",
+        "{a: ".repeat(20_000),
+        "}".repeat(20_000)
+    );
+    let error = Manifest::parse("dropship.yml", &flow)
+        .unwrap_err()
+        .to_string();
+    assert!(error.starts_with("dropship.yml:2:"), "{error}");
+    let huge = format!("version: 1\n# {}\n", "x".repeat(MAX_MANIFEST_BYTES));
+    assert_eq!(
+        Manifest::parse("dropship.yml", &huge)
+            .unwrap_err()
+            .to_string(),
+        format!(
+            "dropship.yml: the manifest is {} bytes; it may be at most 524288 (512 KiB)",
+            huge.len()
+        )
+    );
+}

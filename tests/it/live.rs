@@ -12,8 +12,7 @@ use crate::support::github::FakeGithub;
 use crate::support::{TestServer, config_toml, deployment_payload, eventually, fixture};
 
 const SHA: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
-const LOCAL: &str =
-    "[[servers]]\nname = \"local\"\nhost = \"local\"\n\n[[repos]]\nname = \"acme/shop\"\nservers = [\"local\"]\n";
+const LOCAL: &str = "[[servers]]\nname = \"local\"\nhost = \"local\"\n\n[[repos]]\nname = \"acme/shop\"\nservers = [\"local\"]\n";
 
 /// A manifest whose one step prints `first`, waits for `gate` to exist, then prints `second`.
 fn gated_manifest(gate: &Path) -> String {
