@@ -22,6 +22,16 @@ proptest! {
         }
     }
 
+    /// The container policy's check of a compose file answers every text, under the strictest
+    /// policy, with `Ok` or diagnostics that each say something.
+    #[test]
+    fn compose_check_never_panics(text in hostile_compose()) {
+        let policy = crate::config::ContainerPolicy::default();
+        if let Err(diagnostics) = crate::manifest::check_compose_file("compose.yml", &text, &policy) {
+            check_diagnostics(&diagnostics)?;
+        }
+    }
+
     /// Planning a parsed manifest for any deployment answers with a plan or diagnostics, and a
     /// plan uses only servers the inventory allows.
     #[test]
@@ -1073,16 +1083,122 @@ fn inventory() -> impl Strategy<Value = Inventory> {
             nasty_string(),
         ]),
         select(&["https", "http"][..]),
+        // No policy (validate without a repository), the default one, or one that opens
+        // everything it can.
+        prop_oneof![
+            Just(None),
+            Just(Some(crate::config::ContainerPolicy::default())),
+            (prop::collection::vec(nasty_string(), 0..2), any::<bool>()).prop_map(
+                |(mounts, open)| Some(crate::config::ContainerPolicy {
+                    mounts,
+                    docker_socket: open,
+                    host_network: open,
+                    privileged: open,
+                    host_namespaces: open,
+                    cap_add: vec!["ALL".into()],
+                    devices: open,
+                    public_ports: open,
+                })
+            ),
+        ],
     )
         .prop_map(
-            |(servers, secrets, hosts, preview_domain, scheme)| Inventory {
+            |(servers, secrets, hosts, preview_domain, scheme, containers)| Inventory {
                 repo: "acme/shop".into(),
                 servers,
                 secrets: secrets.into_iter().map(str::to_string).collect(),
                 hosts,
                 preview_domain,
                 preview_scheme: scheme.into(),
-                ..Inventory::default()
+                containers,
             },
         )
+}
+
+/// Compose files from pieces of every checked key, with hostile values in them, sometimes cut
+/// short or nested deep.
+fn hostile_compose() -> impl Strategy<Value = String> {
+    let value = prop_oneof![
+        select(
+            &[
+                "true",
+                "host",
+                "\"container:x\"",
+                "/",
+                "/var/run/docker.sock:/s",
+                "../x:/y",
+                "\"8080:80\"",
+                "\"${X}\"",
+                "[SYS_ADMIN, ALL]",
+                "{type: bind, source: /etc}",
+                "[\"dropship.repo=x\"]",
+                "{ dropship.managed: \"true\" }",
+                "*a",
+                "&a {}",
+                "[[[[[[",
+                "{a: {b: {c: [1, 2]}}}",
+                "~",
+                "null",
+                "- /x:/y",
+            ][..]
+        )
+        .prop_map(str::to_string),
+        nasty_string().prop_map(|s| format!("{s:?}")),
+    ];
+    let key = select(
+        &[
+            "privileged",
+            "security_opt",
+            "network_mode",
+            "pid",
+            "ipc",
+            "userns_mode",
+            "cap_add",
+            "devices",
+            "volumes",
+            "volumes_from",
+            "ports",
+            "env_file",
+            "build",
+            "extends",
+            "labels",
+            "deploy",
+            "<<",
+            "image",
+        ][..],
+    );
+    let service = prop::collection::vec((key, value), 0..6).prop_map(|pairs| {
+        pairs
+            .into_iter()
+            .map(|(key, value)| format!("    {key}: {value}\n"))
+            .collect::<String>()
+    });
+    (
+        prop::collection::vec(service, 0..3),
+        select(
+            &[
+                "",
+                "include: [../x.yml]\n",
+                "secrets: {k: {file: /etc/shadow}}\n",
+                "volumes: {v: {driver_opts: {device: /}}}\n",
+            ][..],
+        ),
+        any::<Index>(),
+        any::<bool>(),
+    )
+        .prop_map(|(services, top, cut, truncate)| {
+            let mut text = String::from("services:\n");
+            for (i, service) in services.iter().enumerate() {
+                text.push_str(&format!("  s{i}:\n{service}"));
+            }
+            text.push_str(top);
+            if truncate && !text.is_empty() {
+                let mut at = cut.index(text.len());
+                while !text.is_char_boundary(at) {
+                    at -= 1;
+                }
+                text.truncate(at);
+            }
+            text
+        })
 }

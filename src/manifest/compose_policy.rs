@@ -156,6 +156,42 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
             }
         }
     }
+    // Dropship's own labels mark its containers by repository and app: a stack wearing them
+    // could pass its containers off as another repository's (a version that repository's
+    // rollback would start, and route to).
+    for (at, labels) in [
+        (format!("{path}.labels"), field("labels")),
+        (
+            format!("{path}.deploy.labels"),
+            field("deploy").and_then(|d| d.get("labels")),
+        ),
+    ] {
+        let names: Vec<(String, String)> = match labels {
+            Some(Value::Mapping(map)) => map
+                .keys()
+                .map(|k| (format!("{at}.{}", text_of(k)), text_of(k)))
+                .collect(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| {
+                    item.as_str().map(|s| {
+                        let name = s.split('=').next().unwrap_or_default().to_string();
+                        (format!("{at}[{i}]"), name)
+                    })
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (label_at, name) in names {
+            if name.trim().to_ascii_lowercase().starts_with("dropship.") {
+                say(
+                    &label_at,
+                    format!("label `{name}`: labels starting with dropship. are set by dropship"),
+                );
+            }
+        }
+    }
     for (key, cap) in each_string(field("cap_add")) {
         let at = format!("{path}.cap_add{key}");
         no_interpolation(&at, &cap, say);
@@ -436,7 +472,7 @@ mod tests {
 
     #[test]
     fn escapes_are_refused_with_their_position() {
-        let text = "x-common: &common\n  privileged: true\nservices:\n  web:\n    <<: *common\n    image: nginx\n    network_mode: host\n    pid: host\n    cap_add: [SYS_ADMIN]\n    devices: [\"/dev/sda:/dev/sda\"]\n    security_opt: [\"seccomp=unconfined\"]\n    ports: [\"8080:80\", \"0.0.0.0:81:81\", \"82\"]\n    volumes:\n      - /:/host\n      - /var/run/docker.sock:/var/run/docker.sock\n      - ../other:/other\n      - type: bind\n        source: /etc\n        target: /etc2\n    env_file: /etc/dropship/secrets.env\n    build: { context: / }\n    extends: { file: ../../x.yml, service: a }\n  b:\n    image: busybox\n    privileged: \"${PRIV}\"\n    network_mode: \"container:other-app\"\nsecrets:\n  key: { file: /root/.ssh/id_ed25519 }\nvolumes:\n  root:\n    driver_opts: { type: none, o: bind, device: / }\ninclude: [../../other/compose.yml]\n";
+        let text = "x-common: &common\n  privileged: true\nservices:\n  web:\n    <<: *common\n    image: nginx\n    network_mode: host\n    pid: host\n    cap_add: [SYS_ADMIN]\n    devices: [\"/dev/sda:/dev/sda\"]\n    security_opt: [\"seccomp=unconfined\"]\n    ports: [\"8080:80\", \"0.0.0.0:81:81\", \"82\"]\n    volumes:\n      - /:/host\n      - /var/run/docker.sock:/var/run/docker.sock\n      - ../other:/other\n      - type: bind\n        source: /etc\n        target: /etc2\n    env_file: /etc/dropship/secrets.env\n    build: { context: / }\n    extends: { file: ../../x.yml, service: a }\n  b:\n    image: busybox\n    labels: { dropship.repo: other/repo }\n    deploy: { labels: [\"dropship.managed=true\"] }\n    privileged: \"${PRIV}\"\n    network_mode: \"container:other-app\"\nsecrets:\n  key: { file: /root/.ssh/id_ed25519 }\nvolumes:\n  root:\n    driver_opts: { type: none, o: bind, device: / }\ninclude: [../../other/compose.yml]\n";
         let found = refusals(text, &ContainerPolicy::default());
         let all = found.join("\n");
         for expected in [
@@ -460,8 +496,10 @@ mod tests {
             "`${PRIV}`: interpolation",
             "`container:other-app` joins a container",
             "host path `/root/.ssh/id_ed25519`",
-            "31:49: `/` holds the Docker socket",
+            "33:49: `/` holds the Docker socket",
             "`../../other/compose.yml` is outside",
+            "label `dropship.repo`: labels starting with dropship. are set by dropship",
+            "label `dropship.managed`: labels starting",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }

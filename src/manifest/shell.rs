@@ -39,14 +39,33 @@ pub(crate) struct ScriptError {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Frame {
-    /// Top level, or inside `$( )` (`parens` counts the `(` opened inside it).
+    /// Top level, or inside `$( )`: `parens` counts the `(` opened inside it, `cases` the
+    /// `case` commands open (whose patterns end with a `)` that closes nothing).
     Unquoted {
         parens: u32,
         closes_on_paren: bool,
+        cases: u32,
     },
     Double,
     Single,
     Backtick,
+    /// `$(( ))` or bash's `(( ))`: bash evaluates a variable's value there as arithmetic,
+    /// which runs `$( )` inside array subscripts, so no expression may stand in one.
+    Arithmetic {
+        parens: u32,
+    },
+    /// bash's `[[ ]]`: its `-eq`, `-lt`... evaluate values as arithmetic too.
+    Test,
+}
+
+impl Frame {
+    fn unquoted(closes_on_paren: bool) -> Frame {
+        Frame::Unquoted {
+            parens: 0,
+            closes_on_paren,
+            cases: 0,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -57,23 +76,35 @@ struct PendingHeredoc {
 }
 
 /// Rewrites `script`; an expression that does not parse is left as written (validation
-/// reports those).
+/// reports those). A script with expressions is refused where one stands in arithmetic, or
+/// where the scan cannot tell where its quotes, substitutions or heredocs end: there it cannot
+/// know what the shell will make of a reference.
 pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
     let found = occurrences(script);
     let mut names = Names::default();
     let mut out = String::with_capacity(script.len() + 16 * found.len());
     let mut expressions = found.iter().peekable();
     let bytes = script.as_bytes();
-    let mut stack = vec![Frame::Unquoted {
-        parens: 0,
-        closes_on_paren: false,
-    }];
+    let mut stack = vec![Frame::unquoted(false)];
     let mut pending: Vec<PendingHeredoc> = Vec::new();
+    let mut unterminated: Option<String> = None;
     let mut i = 0;
     while i < bytes.len() {
         // An expression whose `$` was escaped (`\${{`) was copied as written.
         while expressions.next_if(|o| o.start < i).is_some() {}
         if let Some(occurrence) = expressions.next_if(|o| o.start == i) {
+            if stack
+                .iter()
+                .any(|f| matches!(f, Frame::Arithmetic { .. } | Frame::Test))
+            {
+                return Err(ScriptError {
+                    offset: occurrence.start,
+                    message: format!(
+                        "`{}` stands in arithmetic (`$(( ))`, `(( ))` or `[[ ]]`), where a shell may evaluate a value as code: assign it to a variable and check it is a number first, or compare with `[ ]`",
+                        &script[occurrence.start..occurrence.end]
+                    ),
+                });
+            }
             let frame = *stack.last().unwrap_or(&Frame::Double);
             out.push_str(&replacement(occurrence, &mut names, frame, script));
             i = occurrence.end;
@@ -81,6 +112,7 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
         }
         let frame = *stack.last().unwrap_or(&Frame::Double);
         let c = bytes[i];
+        let next = bytes.get(i + 1).copied();
         match frame {
             Frame::Single => {
                 if c == b'\'' {
@@ -95,19 +127,42 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                     i = copy_escaped(script, i, &mut out);
                     continue;
                 }
-                b'$' if bytes.get(i + 1) == Some(&b'(') => {
+                b'$' if script[i..].starts_with("$((") => {
+                    out.push_str("$((");
+                    stack.push(Frame::Arithmetic { parens: 0 });
+                    i += 3;
+                    continue;
+                }
+                b'$' if next == Some(b'(') => {
                     out.push_str("$(");
-                    stack.push(Frame::Unquoted {
-                        parens: 0,
-                        closes_on_paren: true,
-                    });
+                    stack.push(Frame::unquoted(true));
                     i += 2;
                     continue;
                 }
                 b'`' => stack.push(Frame::Backtick),
                 _ => {}
             },
-            Frame::Unquoted { .. } | Frame::Backtick => match c {
+            Frame::Arithmetic { .. } => match c {
+                b'(' => {
+                    if let Some(Frame::Arithmetic { parens }) = stack.last_mut() {
+                        *parens += 1;
+                    }
+                }
+                b')' => match stack.last_mut() {
+                    Some(Frame::Arithmetic { parens }) if *parens > 0 => *parens -= 1,
+                    _ => {
+                        // `))` ends it.
+                        stack.pop();
+                        if next == Some(b')') {
+                            out.push_str("))");
+                            i += 2;
+                            continue;
+                        }
+                    }
+                },
+                _ => {}
+            },
+            Frame::Unquoted { .. } | Frame::Backtick | Frame::Test => match c {
                 b'\\' => {
                     i = copy_escaped(script, i, &mut out);
                     continue;
@@ -118,14 +173,53 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                     stack.pop();
                 }
                 b'`' => stack.push(Frame::Backtick),
-                b'$' if bytes.get(i + 1) == Some(&b'(') => {
+                b'$' if script[i..].starts_with("$((") => {
+                    out.push_str("$((");
+                    stack.push(Frame::Arithmetic { parens: 0 });
+                    i += 3;
+                    continue;
+                }
+                b'$' if next == Some(b'(') => {
                     out.push_str("$(");
-                    stack.push(Frame::Unquoted {
-                        parens: 0,
-                        closes_on_paren: true,
-                    });
+                    stack.push(Frame::unquoted(true));
                     i += 2;
                     continue;
+                }
+                b'(' if next == Some(b'(') && starts_word(bytes, i) => {
+                    out.push_str("((");
+                    stack.push(Frame::Arithmetic { parens: 0 });
+                    i += 2;
+                    continue;
+                }
+                b'[' if frame != Frame::Test
+                    && script[i..].starts_with("[[")
+                    && starts_word(bytes, i)
+                    && ends_word(bytes, i + 2) =>
+                {
+                    out.push_str("[[");
+                    stack.push(Frame::Test);
+                    i += 2;
+                    continue;
+                }
+                b']' if frame == Frame::Test
+                    && script[i..].starts_with("]]")
+                    && starts_word(bytes, i)
+                    && ends_word(bytes, i + 2) =>
+                {
+                    out.push_str("]]");
+                    stack.pop();
+                    i += 2;
+                    continue;
+                }
+                b'c' if word_at(bytes, i, b"case") => {
+                    if let Some(Frame::Unquoted { cases, .. }) = stack.last_mut() {
+                        *cases += 1;
+                    }
+                }
+                b'e' if word_at(bytes, i, b"esac") => {
+                    if let Some(Frame::Unquoted { cases, .. }) = stack.last_mut() {
+                        *cases = cases.saturating_sub(1);
+                    }
                 }
                 b'(' => {
                     if let Some(Frame::Unquoted { parens, .. }) = stack.last_mut() {
@@ -134,6 +228,8 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                 }
                 b')' => match stack.last_mut() {
                     Some(Frame::Unquoted { parens, .. }) if *parens > 0 => *parens -= 1,
+                    // The end of a `case` pattern.
+                    Some(Frame::Unquoted { cases, .. }) if *cases > 0 => {}
                     Some(Frame::Unquoted {
                         closes_on_paren: true,
                         ..
@@ -150,7 +246,12 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                     i = end;
                     continue;
                 }
-                b'<' if bytes.get(i + 1) == Some(&b'<') && bytes.get(i + 2) != Some(&b'<') => {
+                b'<' if script[i..].starts_with("<<<") => {
+                    out.push_str("<<<");
+                    i += 3;
+                    continue;
+                }
+                b'<' if next == Some(b'<') => {
                     let (heredoc, after) = heredoc_operator(script, i);
                     out.push_str(&script[i..after]);
                     pending.extend(heredoc);
@@ -161,7 +262,7 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                     out.push('\n');
                     i += 1;
                     for heredoc in pending.drain(..) {
-                        i = heredoc_body(
+                        let (after, ended) = heredoc_body(
                             script,
                             i,
                             &heredoc,
@@ -169,6 +270,10 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                             &mut names,
                             &mut out,
                         )?;
+                        if !ended {
+                            unterminated = Some(heredoc.delimiter.clone());
+                        }
+                        i = after;
                     }
                     continue;
                 }
@@ -178,6 +283,26 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
         let width = script[i..].chars().next().map_or(1, char::len_utf8);
         out.push_str(&script[i..i + width]);
         i += width;
+    }
+    let balanced = stack.len() == 1 && pending.is_empty() && unterminated.is_none();
+    if !balanced && !found.is_empty() {
+        let what = match (stack.last(), &unterminated) {
+            (_, Some(delimiter)) => format!("the heredoc ending with `{delimiter}` never ends"),
+            (Some(Frame::Single), _) => "a single quote is never closed".to_string(),
+            (Some(Frame::Double), _) => "a double quote is never closed".to_string(),
+            (Some(Frame::Backtick), _) => "a backtick is never closed".to_string(),
+            (Some(Frame::Arithmetic { .. }), _) => "a `$((` is never closed".to_string(),
+            (Some(Frame::Test), _) => "a `[[` is never closed".to_string(),
+            _ if !pending.is_empty() => "a heredoc has no body".to_string(),
+            _ => "a `$(` is never closed".to_string(),
+        };
+        return Err(ScriptError {
+            offset: found[0].start,
+            message: format!(
+                "Dropship cannot tell how this script quotes `{}`: {what} (as Dropship reads it); balance the quoting, or pass the value through `env:`",
+                &script[found[0].start..found[0].end]
+            ),
+        });
     }
     Ok(ShellScript {
         text: out,
@@ -192,12 +317,28 @@ fn copy_escaped(script: &str, i: usize, out: &mut String) -> usize {
     i + 1 + width
 }
 
+/// Whether a word (a token) starts at `i`: at the start, or after a blank or an operator.
 fn starts_word(bytes: &[u8], i: usize) -> bool {
     i == 0
         || matches!(
             bytes[i - 1],
-            b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' | b'('
+            b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' | b'(' | b')' | b'<' | b'>'
         )
+}
+
+/// Whether a word ends at `i` (before a blank, an operator or the end).
+fn ends_word(bytes: &[u8], i: usize) -> bool {
+    bytes.get(i).is_none_or(|c| {
+        matches!(
+            c,
+            b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' | b'(' | b')' | b'<' | b'>'
+        )
+    })
+}
+
+/// Whether the reserved word `word` stands at `i`.
+fn word_at(bytes: &[u8], i: usize, word: &[u8]) -> bool {
+    bytes[i..].starts_with(word) && starts_word(bytes, i) && ends_word(bytes, i + word.len())
 }
 
 /// Copies `script[from..to]`, rewriting expressions as in a double-quoted context.
@@ -267,7 +408,7 @@ fn heredoc_operator(script: &str, i: usize) -> (Option<PendingHeredoc>, usize) {
 }
 
 /// Copies one heredoc body starting at `i` (the start of a line) through its delimiter line;
-/// returns where it ended.
+/// returns where it ended, and whether its delimiter was found.
 fn heredoc_body<'a>(
     script: &str,
     mut i: usize,
@@ -275,7 +416,7 @@ fn heredoc_body<'a>(
     expressions: &mut std::iter::Peekable<std::slice::Iter<'a, Occurrence>>,
     names: &mut Names,
     out: &mut String,
-) -> Result<usize, ScriptError> {
+) -> Result<(usize, bool), ScriptError> {
     while i < script.len() {
         let end = script[i..].find('\n').map_or(script.len(), |n| i + n);
         let line = &script[i..end];
@@ -287,7 +428,7 @@ fn heredoc_body<'a>(
         let next = (end + 1).min(script.len());
         if bare == heredoc.delimiter {
             out.push_str(&script[i..next]);
-            return Ok(next);
+            return Ok((next, true));
         }
         if heredoc.quoted {
             if let Some(occurrence) = expressions.peek().filter(|o| o.start < end) {
@@ -307,7 +448,7 @@ fn heredoc_body<'a>(
         }
         i = next;
     }
-    Ok(i)
+    Ok((i, false))
 }
 
 fn replacement(occurrence: &Occurrence, names: &mut Names, frame: Frame, script: &str) -> String {
@@ -316,7 +457,9 @@ fn replacement(occurrence: &Occurrence, names: &mut Names, frame: Frame, script:
     };
     let name = names.name_for(reference);
     match frame {
-        Frame::Unquoted { .. } | Frame::Backtick => format!("\"${{{name}}}\""),
+        Frame::Unquoted { .. } | Frame::Backtick | Frame::Test | Frame::Arithmetic { .. } => {
+            format!("\"${{{name}}}\"")
+        }
         Frame::Double => format!("${{{name}}}"),
         Frame::Single => format!("'\"${{{name}}}\"'"),
     }
@@ -402,6 +545,72 @@ mod tests {
             "echo \\'${{ deployment.ref }}",
             "echo \\'\"${DROPSHIP_REF}\"",
         );
+    }
+
+    #[test]
+    fn constructs_that_used_to_mislead_the_scan() {
+        // A comment right after a subshell's `)`: its apostrophe opens nothing.
+        check(
+            "(cd /srv)# don't fail\nfind . -name \"${{ deployment.ref }}\"",
+            "(cd /srv)# don't fail\nfind . -name \"${DROPSHIP_REF}\"",
+        );
+        // `<<` in arithmetic is a shift, not a heredoc.
+        check(
+            "n=$((1<<3))\necho ${{ deployment.ref }}",
+            "n=$((1<<3))\necho \"${DROPSHIP_REF}\"",
+        );
+        // A `case` pattern's `)` inside `$( )` closes nothing.
+        check(
+            "x=$(case a in a) echo ${{ deployment.ref }};; esac)\necho \"${{ deployment.sha }}\"",
+            "x=$(case a in a) echo \"${DROPSHIP_REF}\";; esac)\necho \"${DROPSHIP_SHA}\"",
+        );
+        // A here-string is not a heredoc.
+        check(
+            "cat <<< x\necho ${{ deployment.ref }}",
+            "cat <<< x\necho \"${DROPSHIP_REF}\"",
+        );
+        // `[ ]` compares strings.
+        check(
+            "[ \"${{ deployment.ref }}\" = main ] && echo ok",
+            "[ \"${DROPSHIP_REF}\" = main ] && echo ok",
+        );
+    }
+
+    #[test]
+    fn arithmetic_and_unbalanced_scripts_are_refused() {
+        for script in [
+            "echo $(( ${{ deployment.payload.n }} + 1 ))",
+            "echo \"$(( ${{ deployment.payload.n }} + 1 ))\"",
+            "(( ${{ deployment.payload.n }} > 1 )) && echo big",
+            "[[ \"${{ deployment.payload.n }}\" -eq 1 ]] && echo one",
+        ] {
+            let error = rewrite(script).unwrap_err();
+            assert!(
+                error.message.contains("stands in arithmetic"),
+                "{script}: {}",
+                error.message
+            );
+        }
+        for (script, what) in [
+            (
+                "echo 'it\necho ${{ deployment.ref }}",
+                "a single quote is never closed",
+            ),
+            (
+                "echo \"${{ deployment.ref }}",
+                "a double quote is never closed",
+            ),
+            ("x=$(echo ${{ deployment.ref }}", "a `$(` is never closed"),
+            (
+                "cat <<EOF\n${{ deployment.ref }}\n",
+                "the heredoc ending with `EOF` never ends",
+            ),
+        ] {
+            let error = rewrite(script).unwrap_err();
+            assert!(error.message.contains(what), "{script}: {}", error.message);
+        }
+        // Without expressions there is nothing to protect: no refusal.
+        assert!(rewrite("echo 'unbalanced").is_ok());
     }
 
     #[test]

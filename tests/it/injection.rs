@@ -29,6 +29,9 @@ fn hostile(dir: &str) -> Vec<String> {
         format!(";touch${{IFS}}{};", f(6)),
         format!("x\nEOF\ntouch {}\ncat <<EOF", f(7)),
         format!("'\"$(touch {})\"'", f(8)),
+        // Split into words or globbed, this would print differently (and with `find`, could
+        // be `-exec`).
+        "a  b  * -exec  ;".to_string(),
     ]
 }
 
@@ -38,6 +41,12 @@ fn shell_manifest(count: usize, control: &str) -> String {
     let mut text = format!(
         "version: 1\nenvironments:\n  production:\n    servers: [box]\ntasks:\n  deploy:\n    - name: control\n      run: touch {control}\n    - name: ref\n      run: |\n        echo \"ref:${{{{ deployment.ref }}}}\"\n        echo 'ref:${{{{ deployment.ref }}}}'\n"
     );
+    // Constructs that once misled the scan: a comment right after a subshell, a shift in
+    // arithmetic, a `case` inside `$( )`.
+    let last = format!("${{{{ deployment.payload.v{} }}}}", count - 1);
+    text.push_str(&format!(
+        "    - name: tricky\n      run: |\n        (cd /)# don't fail\n        echo \"tq:{last}\"\n        n=$((1<<3))\n        echo tu:{last}\n        x=$(case a in a) echo \"tc:{last}\";; esac)\n        printf '%s\\n' \"$x\"\n"
+    ));
     for n in 0..count {
         let v = format!("${{{{ deployment.payload.v{n} }}}}");
         text.push_str(&format!(
@@ -138,6 +147,13 @@ async fn hostile_refs_and_payload_values_are_printed_never_run_in_any_shell_cont
         leftovers(dir.path()),
         Vec::<PathBuf>::new(),
         "a value ran:\n{log}"
+    );
+    let tricky = printed(&log, "tricky");
+    let value = values.last().unwrap();
+    assert_eq!(
+        tricky,
+        format!("tq:{value}\ntu:{value}\ntc:{value}"),
+        "{log}"
     );
     let refs = printed(&log, "ref");
     assert_eq!(refs, format!("ref:{0}\nref:{0}", values[0]), "{log}");
@@ -243,7 +259,7 @@ tasks:
     )
 }
 
-const BUILD_DOCKERFILE: &str = "FROM dropship-test/sh:base\nARG V0\nARG V1\nARG V2\nARG V3\nARG V4\nARG V5\nARG V6\nARG V7\nARG V8\nRUN touch /tmp/control && printf '%s\\n' \"$V0\" \"$V1\" \"$V2\" \"$V3\" \"$V4\" \"$V5\" \"$V6\" \"$V7\" \"$V8\" > /args\nCMD [\"sleep\", \"3600\"]\n";
+const BUILD_DOCKERFILE: &str = "FROM dropship-test/sh:base\nARG V0\nARG V1\nARG V2\nARG V3\nARG V4\nARG V5\nARG V6\nARG V7\nARG V8\nARG V9\nRUN touch /tmp/control && printf '%s\\n' \"$V0\" \"$V1\" \"$V2\" \"$V3\" \"$V4\" \"$V5\" \"$V6\" \"$V7\" \"$V8\" \"$V9\" > /args\nCMD [\"sleep\", \"3600\"]\n";
 
 const COMPOSE: &str = "services:\n  app:\n    image: dropship-test/sh:base\n    environment:\n      V0: \"${V0}\"\n    command: [\"sh\", \"-c\", \"touch /tmp/control; printf '%s' \\\"$$V0\\\" > /out; exec sleep 3600\"]\n";
 
@@ -273,6 +289,14 @@ async fn hostile_values_reach_containers_builds_and_compose_as_data() {
         root.path().display()
     );
     let manifest = container_manifest(values.len());
+    // A build left by an earlier run of this test would be reused: build afresh.
+    let _ = docker::docker()
+        .args([
+            "rmi",
+            "-f",
+            &format!("dropship/acme-inject-built:{}", shas[0]),
+        ])
+        .output();
     let Some(w) = container_world("acme/inject", &manifest, &shas, false, &extra).await else {
         return;
     };
