@@ -544,6 +544,18 @@ impl ServerEntry {
         self.host == LOCAL
     }
 
+    /// Whether the server is Dropship's own machine: `local`, or reached over SSH at a
+    /// loopback address or `localhost`.
+    pub fn on_this_machine(&self) -> bool {
+        self.is_local()
+            || self.host.eq_ignore_ascii_case("localhost")
+            || self
+                .host
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     pub fn host_key(&self) -> anyhow::Result<HostKey> {
         match self.host_key.as_deref().map(str::trim) {
             Some("accept-new") => Ok(HostKey::AcceptNew),
@@ -618,10 +630,10 @@ impl RepoEntry {
         self.hosts.iter().any(|pattern| host_matches(pattern, host))
     }
 
-    /// Whether the repo may use `server`: a server on this machine only when the entry names
-    /// it exactly, any other when a pattern matches its name.
+    /// Whether the repo may use `server`: a server on this machine (`local`, or a loopback
+    /// address) only when the entry names it exactly, any other when a pattern matches its name.
     pub fn allows_server(&self, server: &ServerEntry) -> bool {
-        if server.is_local() {
+        if server.on_this_machine() {
             self.servers.contains(&server.name)
         } else {
             self.servers.iter().any(|p| glob_match(p, &server.name))
@@ -750,7 +762,7 @@ impl Config {
         }
         for repo in &self.repos {
             for server in self.servers.iter().filter(|s| repo.allows_server(s)) {
-                if server.is_local() {
+                if server.on_this_machine() {
                     risks.push(format!(
                         "[[repos]] `{}` may run steps on `{}`, Dropship's own machine, which holds every repository's secrets, the GitHub credentials and the SSH keys",
                         repo.name, server.name
@@ -1091,6 +1103,16 @@ mod tests {
         assert!(nothing.servers.is_empty());
         assert!(!nothing.allows_server(local));
         assert!(config.repo("acme/named").unwrap().allows_server(local));
+        // Reached over SSH at a loopback address, it is still this machine.
+        for host in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "LOCALHOST"] {
+            let over_ssh = ServerEntry {
+                name: "web-self".into(),
+                host: host.into(),
+                ..web_local.clone()
+            };
+            assert!(over_ssh.on_this_machine(), "{host}");
+            assert!(!everything.allows_server(&over_ssh), "{host}");
+        }
     }
 
     #[test]

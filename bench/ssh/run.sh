@@ -48,7 +48,9 @@ CONF
     "$i" "$port" "$user" "$work" "$hostkey" >> "$config"
   names+=("s$i")
 done
-printf '[[repos]]\nname = "bench/*"\nservers = ["s*"]\n' >> "$config"
+# Servers on this machine (loopback) are granted only by their exact names.
+granted=$(printf '"%s", ' "${names[@]}")
+printf '[[repos]]\nname = "bench/*"\nservers = [%s]\n' "${granted%, }" >> "$config"
 printf 'version: 1\nenvironments:\n  fleet:\n    servers: [fleet]\ntasks:\n  deploy:\n    - name: true\n      run: "true"\n' > "$work/dropship.yml"
 for i in $(seq 1 "$servers"); do
   for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$((22000 + i))) 2>/dev/null && break; sleep 0.05; done

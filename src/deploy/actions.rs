@@ -52,26 +52,76 @@ pub enum ActionError {
 /// What a lock's proof is a MAC of (`lock_proof`).
 const LOCK_PROOF: &str = "lock-proof";
 
-/// Proves that Dropship itself created a deployment of `sha` (`task`, to `repo`'s
-/// `environment`) for its user `by`: a MAC under Dropship's key, which only Dropship holds, so
-/// that writing a lock holder's name into a payload passes no lock. It binds everything the
-/// deployment does, so replaying it only runs again exactly what `by` asked for.
+/// Proves that Dropship itself created a deployment for its user `by`: a MAC under Dropship's
+/// key, which only Dropship holds, of everything the deployment is (repository, environment,
+/// ref, sha, task, the payload without the proof, and `by`), so that writing a lock holder's
+/// name (or a proof copied from another deployment) into a payload passes no lock. Replaying
+/// it can only run again exactly what `by` asked for.
 pub(crate) fn lock_proof(
     keys: &crate::keys::Keys,
-    repo: &str,
-    environment: &str,
-    sha: &str,
-    task: &str,
+    target: &ProofTarget<'_>,
+    payload: &serde_json::Value,
     by: &str,
 ) -> String {
-    keys.mac(
-        LOCK_PROOF,
-        lock_message(repo, environment, sha, task, by).as_bytes(),
-    )
+    keys.mac(LOCK_PROOF, lock_message(target, payload, by).as_bytes())
 }
 
-fn lock_message(repo: &str, environment: &str, sha: &str, task: &str, by: &str) -> String {
-    serde_json::json!([repo, environment, sha, task, by]).to_string()
+/// What a proof binds besides the payload.
+#[derive(Debug)]
+pub(crate) struct ProofTarget<'a> {
+    pub(crate) repo: &'a str,
+    pub(crate) environment: &'a str,
+    pub(crate) git_ref: &'a str,
+    pub(crate) sha: &'a str,
+    pub(crate) task: &'a str,
+}
+
+fn lock_message(target: &ProofTarget<'_>, payload: &serde_json::Value, by: &str) -> String {
+    let mut payload = payload.clone();
+    if let Some(dropship) = payload
+        .get_mut("dropship")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        dropship.remove("proof");
+    }
+    canonical(&serde_json::json!([
+        target.repo,
+        target.environment,
+        target.git_ref,
+        target.sha,
+        target.task,
+        by,
+        payload
+    ]))
+}
+
+/// JSON with every object's keys sorted, so that the same value always gives the same text
+/// (GitHub may hand a payload back with its keys in another order).
+fn canonical(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        serde_json::Value::from(k.as_str()),
+                        canonical(&map[k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        serde_json::Value::Array(items) => {
+            format!(
+                "[{}]",
+                items.iter().map(canonical).collect::<Vec<_>>().join(",")
+            )
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Whether `deployment` carries Dropship's proof that it was made for user `by`.
@@ -81,18 +131,18 @@ pub(crate) fn proves_requested_by(
     by: &str,
 ) -> bool {
     let dropship = &deployment.payload["dropship"];
+    let target = ProofTarget {
+        repo: &deployment.repo,
+        environment: &deployment.environment,
+        git_ref: &deployment.git_ref,
+        sha: &deployment.sha,
+        task: &deployment.task,
+    };
     dropship["requested_by"].as_str() == Some(by)
         && dropship["proof"].as_str().is_some_and(|proof| {
             keys.verify(
                 LOCK_PROOF,
-                lock_message(
-                    &deployment.repo,
-                    &deployment.environment,
-                    &deployment.sha,
-                    &deployment.task,
-                    by,
-                )
-                .as_bytes(),
+                lock_message(&target, &deployment.payload, by).as_bytes(),
                 proof,
             )
         })
@@ -177,15 +227,16 @@ impl Engine {
         payload["dropship"] = serde_json::json!({
             "requested_by": by,
             "redeploy_of": deployment.public_id(),
-            "proof": lock_proof(
-                &self.keys,
-                &deployment.repo,
-                &deployment.environment,
-                &deployment.sha,
-                &deployment.task,
-                by,
-            ),
         });
+        // GitHub resolves the ref (the commit itself) to the same sha.
+        let target = ProofTarget {
+            repo: &deployment.repo,
+            environment: &deployment.environment,
+            git_ref: &deployment.sha,
+            sha: &deployment.sha,
+            task: &deployment.task,
+        };
+        payload["dropship"]["proof"] = lock_proof(&self.keys, &target, &payload, by).into();
         self.create_github_deployment(
             &deployment.repo,
             &NewGithubDeployment {
@@ -228,6 +279,15 @@ impl Engine {
                 ))
             })?;
         let description = format!("rollback requested by {by} in Dropship");
+        let mut payload = serde_json::json!({ "dropship": { "requested_by": by } });
+        let target = ProofTarget {
+            repo,
+            environment,
+            git_ref: &newest.sha,
+            sha: &newest.sha,
+            task: "rollback",
+        };
+        payload["dropship"]["proof"] = lock_proof(&self.keys, &target, &payload, by).into();
         self.create_github_deployment(
             repo,
             &NewGithubDeployment {
@@ -237,10 +297,7 @@ impl Engine {
                 description: &description,
                 auto_merge: false,
                 required_contexts: Some(Vec::new()),
-                payload: serde_json::json!({ "dropship": {
-                    "requested_by": by,
-                    "proof": lock_proof(&self.keys, repo, environment, &newest.sha, "rollback", by),
-                } }),
+                payload,
             },
             newest.installation_id,
         )

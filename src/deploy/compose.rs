@@ -105,14 +105,18 @@ impl Engine {
                 Ok(Some(file)) => {
                     // The repository's container policy, checked on the file as it will run.
                     if up {
+                        let (owner, name) = deployment.repo_parts();
                         let policy = self
                             .config
                             .repo(&deployment.repo)
                             .map(|r| r.containers.clone())
                             .unwrap_or_default();
-                        if let Err(refused) =
-                            crate::manifest::check_compose_file(path, &file.text, &policy)
-                        {
+                        if let Err(refused) = crate::manifest::check_compose_file(
+                            path,
+                            &file.text,
+                            &policy,
+                            &crate::manifest::repo_digest(owner, name),
+                        ) {
                             return Ok(ServerResult::Failed(format!(
                                 "compose file refused by the operator's container policy:\n{refused}"
                             )));

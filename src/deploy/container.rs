@@ -842,12 +842,7 @@ impl Engine {
                 v4 => v4.to_string(),
             });
         }
-        let loopback = entry.is_local()
-            || entry
-                .host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback());
-        if loopback {
+        if entry.on_this_machine() {
             Ok("127.0.0.1".into())
         } else {
             Err(format!(

@@ -27,7 +27,7 @@ proptest! {
     #[test]
     fn compose_check_never_panics(text in hostile_compose()) {
         let policy = crate::config::ContainerPolicy::default();
-        if let Err(diagnostics) = crate::manifest::check_compose_file("compose.yml", &text, &policy) {
+        if let Err(diagnostics) = crate::manifest::check_compose_file("compose.yml", &text, &policy, "1a2b3c4d") {
             check_diagnostics(&diagnostics)?;
         }
     }

@@ -17,6 +17,7 @@ pub fn check_compose_file(
     file: &str,
     text: &str,
     policy: &ContainerPolicy,
+    digest: &str,
 ) -> Result<(), Diagnostics> {
     let positions = Positions::index(text);
     let mut found = Vec::new();
@@ -39,6 +40,8 @@ pub fn check_compose_file(
     if let Err(error) = document.apply_merge() {
         say("", format!("cannot apply YAML merge keys: {error}"));
     }
+    // Compose reads through tags such as `!override` and `!reset`; so does the check.
+    let document = untag(document);
     if let Some(services) = document.get("services").and_then(Value::as_mapping) {
         for (name, service) in services {
             let name = text_of(name);
@@ -72,6 +75,31 @@ pub fn check_compose_file(
             }
         }
     }
+    // A stack's own volumes and networks carry its (namespaced) project name; one named
+    // outright, or external, must carry the repository's digest, so that no stack mounts or
+    // joins another repository's.
+    for section in ["volumes", "networks"] {
+        if let Some(entries) = document.get(section).and_then(Value::as_mapping) {
+            for (name, entry) in entries {
+                let key = text_of(name);
+                let named = entry.get("name").and_then(Value::as_str);
+                let external = entry.get("external").is_some_and(is_true);
+                let actual = named.unwrap_or(&key);
+                if (named.is_some() || external) && !actual.contains(&format!("-{digest}")) {
+                    let at = format!("{section}.{key}");
+                    no_interpolation(&at, actual, &mut say);
+                    say(
+                        &at,
+                        format!(
+                            "`{actual}` names a {} outside this stack, which may be another repository's: use one of this stack's own, or a name carrying this repository's digest ({})",
+                            &section[..section.len() - 1],
+                            super::containers::namespaced_name(actual, digest)
+                        ),
+                    );
+                }
+            }
+        }
+    }
     if let Some(volumes) = document.get("volumes").and_then(Value::as_mapping) {
         for (name, volume) in volumes {
             let options = volume.get("driver_opts");
@@ -96,6 +124,20 @@ pub fn check_compose_file(
 }
 
 type Say<'a> = dyn FnMut(&str, String) + 'a;
+
+/// `value` with every YAML tag removed, at every depth.
+fn untag(value: Value) -> Value {
+    match value {
+        Value::Tagged(tagged) => untag(tagged.value),
+        Value::Sequence(items) => Value::Sequence(items.into_iter().map(untag).collect()),
+        Value::Mapping(map) => Value::Mapping(
+            map.into_iter()
+                .map(|(key, value)| (untag(key), untag(value)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
 
 fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mut Say<'_>) {
     let field = |key: &str| service.get(key);
@@ -230,7 +272,7 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
                     let source = volume.get("source").and_then(Value::as_str).unwrap_or("");
                     no_interpolation(&format!("{at}.source"), source, say);
                     match kind {
-                        "bind" => host_path(&format!("{at}.source"), source, policy, say),
+                        "bind" => mount_source(&format!("{at}.source"), source, policy, say),
                         "volume" | "tmpfs" | "image" => {}
                         other => say(
                             &format!("{at}.type"),
@@ -266,6 +308,24 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
     match field("build") {
         Some(Value::String(context)) => build_context(&format!("{path}.build"), context, say),
         Some(build @ Value::Mapping(_)) => {
+            if build.get("network").and_then(Value::as_str) == Some("host") && !policy.host_network
+            {
+                say(
+                    &format!("{path}.build.network"),
+                    "`network: host` for a build reaches the server's own services; the operator config does not allow it (repos.containers.host_network)".into(),
+                );
+            }
+            let entitled = build
+                .get("entitlements")
+                .and_then(Value::as_sequence)
+                .is_some_and(|e| !e.is_empty());
+            let privileged = build.get("privileged").is_some_and(is_true);
+            if (entitled || privileged) && !policy.privileged {
+                say(
+                    &format!("{path}.build"),
+                    "a privileged build (`privileged`, `entitlements`) reaches the whole server; the operator config does not allow it (repos.containers.privileged)".into(),
+                );
+            }
             if let Some(context) = build.get("context").and_then(Value::as_str) {
                 build_context(&format!("{path}.build.context"), context, say);
             }
@@ -307,14 +367,12 @@ fn check_port(at: &str, port: &Value, policy: &ContainerPolicy, say: &mut Say<'_
                 .map(|(ip, _)| ip.trim_matches(['[', ']']).to_string())
         }
         Value::Number(_) => None,
-        Value::Mapping(_) => {
-            if port.get("published").is_none() {
-                return;
-            }
-            port.get("host_ip")
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        }
+        // The long syntax publishes (on a port Docker picks without `published`) on
+        // `host_ip`, or every address.
+        Value::Mapping(_) => port
+            .get("host_ip")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         _ => return,
     };
     let loopback = address
@@ -336,12 +394,19 @@ fn check_port(at: &str, port: &Value, policy: &ContainerPolicy, say: &mut Say<'_
     }
 }
 
-/// A volume's source: a named volume, a path inside the project, or an allowed host path.
+/// A bind mount's source: an allowed absolute host path. One in the project directory is
+/// refused too: a container could plant a symlink there (`ln -s / data/root`) that a later
+/// deployment's `./data/root:/host` would follow on the server.
 fn mount_source(at: &str, source: &str, policy: &ContainerPolicy, say: &mut Say<'_>) {
-    if source.starts_with('/') || source.starts_with('~') {
+    if source.starts_with('/') {
         host_path(at, source, policy, say);
-    } else if source.starts_with('.') {
-        inside_project(at, source, say);
+    } else if source.starts_with('.') || source.starts_with('~') || source.is_empty() {
+        say(
+            at,
+            format!(
+                "`{source}` mounts a host path, and a path in the project directory may be a symlink a container planted; use a named volume, or an absolute path the operator config allows (repos.containers.mounts)"
+            ),
+        );
     }
 }
 
@@ -358,6 +423,15 @@ fn host_path(at: &str, path: &str, policy: &ContainerPolicy, say: &mut Say<'_>) 
 /// A relative path that stays inside the project directory.
 fn inside_project(at: &str, path: &str, say: &mut Say<'_>) {
     no_interpolation(at, path, say);
+    if path.contains("://") || path.starts_with("git@") || path.starts_with("oci:") {
+        say(
+            at,
+            format!(
+                "`{path}` is a remote file, which Compose fetches unchecked: use a file of the repository"
+            ),
+        );
+        return;
+    }
     let escapes = path.starts_with('/')
         || path.starts_with('~')
         || std::path::Path::new(path)
@@ -455,7 +529,7 @@ mod tests {
     use super::*;
 
     fn refusals(text: &str, policy: &ContainerPolicy) -> Vec<String> {
-        match check_compose_file("docker-compose.yml", text, policy) {
+        match check_compose_file("docker-compose.yml", text, policy, "1a2b3c4d") {
             Ok(()) => Vec::new(),
             Err(Diagnostics(found)) => found.iter().map(ToString::to_string).collect(),
         }
@@ -463,7 +537,7 @@ mod tests {
 
     #[test]
     fn an_ordinary_stack_passes() {
-        let text = "services:\n  web:\n    image: nginx\n    ports: [\"127.0.0.1:8080:80\"]\n    volumes: [\"data:/data\", \"./conf:/etc/conf:ro\"]\n    env_file: .env.web\n    build: { context: ./web }\n  db:\n    image: postgres\n    expose: [\"5432\"]\nvolumes:\n  data: {}\n";
+        let text = "services:\n  web:\n    image: nginx\n    ports: [\"127.0.0.1:8080:80\"]\n    volumes: [\"data:/data\"]\n    env_file: .env.web\n    build: { context: ./web }\n  db:\n    image: postgres\n    expose: [\"5432\"]\nvolumes:\n  data: {}\n";
         assert_eq!(
             refusals(text, &ContainerPolicy::default()),
             Vec::<String>::new()
@@ -488,7 +562,7 @@ mod tests {
             "docker-compose.yml:5:7: `privileged: true`",
             "docker-compose.yml:14:9: `/` holds the Docker socket",
             "`/var/run/docker.sock` holds the Docker socket",
-            "`../other` is outside",
+            "`../other` mounts a host path",
             "host path `/etc`",
             "20:15: `/etc/dropship/secrets.env` is outside the compose project",
             "21:23: `/` is outside the compose project",
@@ -500,6 +574,40 @@ mod tests {
             "`../../other/compose.yml` is outside",
             "label `dropship.repo`: labels starting with dropship. are set by dropship",
             "label `dropship.managed`: labels starting",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn tags_remote_files_project_paths_builds_and_long_ports_are_checked_too() {
+        let text = "services:\n  web:\n    image: nginx\n    volumes: [!override \"/:/host\", \"./data/root:/host2\"]\n    ports:\n      - !override \"0.0.0.0:80:80\"\n      - target: 81\n    build: !override { context: ., network: host, entitlements: [security.insecure] }\n  b:\n    image: busybox\n    build: !reset { context: / }\ninclude: [\"oci://docker.io/evil/c:latest\", !override ../x.yml]\n";
+        let all = refusals(text, &ContainerPolicy::default()).join("\n");
+        for expected in [
+            "docker-compose.yml:4:25: `/` holds the Docker socket",
+            "`./data/root` mounts a host path",
+            "`0.0.0.0:80:80` publishes on 0.0.0.0",
+            "docker-compose.yml:7:15: this port publishes on every address",
+            "`network: host` for a build",
+            "a privileged build",
+            "`/` is outside the compose project",
+            "`oci://docker.io/evil/c:latest` is a remote file",
+            "`../x.yml` is outside",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn volumes_and_networks_outside_the_stack_must_be_the_repositorys_own() {
+        let text = "services:\n  web:\n    image: nginx\nvolumes:\n  db: {external: true, name: shop-9f8e7d6c_db}\n  mine: {external: true, name: data-1a2b3c4d}\n  local: {}\nnetworks:\n  theirs: {name: shop-9f8e7d6c_default}\n  plain: {external: true}\n";
+        let found = refusals(text, &ContainerPolicy::default());
+        let all = found.join("\n");
+        assert_eq!(found.len(), 3, "{all}");
+        for expected in [
+            "`shop-9f8e7d6c_db` names a volume outside this stack",
+            "`shop-9f8e7d6c_default` names a network outside this stack",
+            "`plain` names a network outside this stack, which may be another repository's: use one of this stack's own, or a name carrying this repository's digest (plain-1a2b3c4d)",
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }

@@ -198,19 +198,34 @@ fn command(raw: &RawCommand) -> Vec<String> {
     }
 }
 
-/// The index of the argument that a shell runs as a script: the text of `command: "..."`
-/// (run by `sh -c`), or the third of `[sh, -c, SCRIPT, ...]` for a known shell.
+/// The index of the argument that a shell runs as a script: the text of `command: "..."` (run
+/// by `sh -c`), or SCRIPT in `[SHELL, -FLAGS..., -c, SCRIPT, ...]` for a known shell (sh, bash,
+/// dash, ash, zsh, ksh, mksh), also behind `env` or `busybox`. Flags before the one holding
+/// `c` must be single-dash flags without arguments (`-e`, `-x`, `-ec`).
 pub(super) fn script_argument(command: &[String]) -> Option<usize> {
-    let shell = command.first()?.rsplit('/').next()?;
-    let flags = command.get(1)?;
-    let is_shell = ["sh", "bash", "dash", "ash", "zsh", "ksh", "mksh"].contains(&shell);
-    (is_shell && command.len() >= 3 && flags.starts_with('-') && flags.contains('c')).then_some(2)
+    let base = |i: usize| command.get(i).and_then(|a| a.rsplit('/').next());
+    let mut i = usize::from(matches!(base(0), Some("env" | "busybox")));
+    let shell = base(i)?;
+    if !["sh", "bash", "dash", "ash", "zsh", "ksh", "mksh"].contains(&shell) {
+        return None;
+    }
+    i += 1;
+    while let Some(flag) = command.get(i) {
+        if !flag.starts_with('-') || flag.starts_with("--") || flag.len() < 2 {
+            return None;
+        }
+        if flag.contains('c') {
+            return (i + 1 < command.len()).then_some(i + 1);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// A container's command with its expressions filled in. The script a shell runs gets
-/// variable references (the values are added to `env`, the container's environment); any
-/// other argument gets the value itself, as part of that one argument, since no shell reads
-/// it.
+/// variable references (the values are added to `env`, the container's environment).
+/// Validation refuses expressions in any other argument, since it cannot know whether that
+/// argument is code to the program (an entrypoint's `sh -c`, `-exec`...).
 fn plan_command(
     raw: &RawCommand,
     context: &Context,
@@ -580,6 +595,7 @@ pub(super) fn plan_container(raw: &RawContainer, context: &Context) -> Container
             start_period: Duration::ZERO,
         },
     };
+    let digest = repo_digest(&context.repo_owner, &context.repo_name);
     let mut env = raw_env(&raw.env, context);
     let command = raw
         .command
@@ -592,7 +608,17 @@ pub(super) fn plan_container(raw: &RawContainer, context: &Context) -> Container
         env,
         secrets: raw.secrets.clone(),
         ports,
-        volumes: raw.volumes.clone(),
+        // Named volumes are the repository's own; host paths were checked by the policy.
+        volumes: raw
+            .volumes
+            .iter()
+            .map(|volume| match volume.split_once(':') {
+                Some((source, rest)) if !source.starts_with('/') => {
+                    format!("{}:{rest}", namespaced_name(source, &digest))
+                }
+                _ => volume.clone(),
+            })
+            .collect(),
         labels: raw_env(&raw.labels, context),
         restart: raw
             .restart
@@ -600,7 +626,7 @@ pub(super) fn plan_container(raw: &RawContainer, context: &Context) -> Container
             .unwrap_or_else(|| "unless-stopped".into()),
         memory_bytes: raw.memory.as_deref().and_then(parse_memory),
         nano_cpus: raw.cpus.map(|c| (c * 1e9) as i64),
-        network: raw.network.clone(),
+        network: raw.network.as_deref().map(|n| namespaced_name(n, &digest)),
         init: raw.init,
         replicas: raw.replicas.unwrap_or(1),
         health,
@@ -635,13 +661,30 @@ pub(super) fn plan_compose(raw: &RawCompose, context: &Context) -> ComposePlan {
 /// eight hex digits derived from the repository, so that no repository can name (and so
 /// replace or bring down) another repository's stack.
 pub fn namespaced_project(name: &str, owner: &str, repo: &str) -> String {
+    format!("{}-{}", name.to_ascii_lowercase(), repo_digest(owner, repo))
+}
+
+/// Eight hex digits of the SHA-256 of `owner/name` (lowercased): what a repository's compose
+/// projects, named volumes and networks carry on a server, so that none can name another's.
+pub fn repo_digest(owner: &str, repo: &str) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(format!("{owner}/{repo}").to_ascii_lowercase().as_bytes());
-    format!(
-        "{}-{}",
-        name.to_ascii_lowercase(),
-        &hex::encode(digest)[..8]
-    )
+    hex::encode(digest)[..8].to_string()
+}
+
+/// A named volume or network of the repository with `digest`: kept if it already carries the
+/// digest (`data-1a2b3c4d`, or a compose project's `web-1a2b3c4d_default`), else given it.
+/// Docker's own networks (`bridge`, `none`, `host`) are kept.
+pub fn namespaced_name(name: &str, digest: &str) -> String {
+    let suffix = format!("-{digest}");
+    if ["bridge", "none", "host"].contains(&name)
+        || name.ends_with(&suffix)
+        || name.contains(&format!("{suffix}_"))
+    {
+        name.to_string()
+    } else {
+        format!("{name}{suffix}")
+    }
 }
 
 /// The container plan for a deployment whose payload carries an image (the GitShip shape:

@@ -22,7 +22,8 @@ use std::time::Duration;
 pub use compose_policy::check_compose_file;
 pub use containers::{
     BuildPlan, ComposePlan, ContainerPlan, DEFAULT_COMPOSE_FILE, ImageSource, ProxyPlan,
-    default_app, namespaced_project, safe_relative_path, valid_project,
+    default_app, namespaced_name, namespaced_project, repo_digest, safe_relative_path,
+    valid_project,
 };
 pub use expr::{Context, shell_quote};
 pub use positions::Position;
@@ -951,6 +952,18 @@ fn check_container_env(c: &mut Collector<'_>, text: &str, path: &str, raw: &raw:
             check_expressions(c, text, &arg_path, arg);
             if Some(i) == script {
                 check_script(c, text, &arg_path, arg);
+            } else if let Some(first) = occurrences(arg).first() {
+                let needle = &arg[first.start..first.end.min(arg.len())];
+                let start = c.positions.value(&arg_path);
+                let position = start
+                    .and_then(|s| find_in_source(text, s, needle))
+                    .or(start);
+                c.push(
+                    position,
+                    format!(
+                        "`{needle}` may stand in a command list only in the script a shell runs (`[sh, -c, SCRIPT]`), where it becomes a variable: elsewhere the program may run it as code; pass the value through `env:` and read the variable"
+                    ),
+                );
             }
         }
     }

@@ -508,7 +508,7 @@ fn script_expressions_and_reserved_names() {
 
 #[test]
 fn url_values_are_percent_encoded_and_container_commands_refer_to_variables() {
-    let text = "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    url: https://shop.example.com/${{ deployment.ref }}\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: a\n        command: \"echo ${{ deployment.ref }}\"\n    - name: list\n      container:\n        name: list\n        image: a\n        command: [\"run\", \"--ref=${{ deployment.ref }}\"]\n";
+    let text = "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    url: https://shop.example.com/${{ deployment.ref }}\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: a\n        command: \"echo ${{ deployment.ref }}\"\n    - name: list\n      container:\n        name: list\n        image: a\n        command: [\"env\", \"bash\", \"-e\", \"-xc\", \"echo '${{ deployment.ref }}'\", \"--plain\"]\n";
     let manifest = Manifest::parse("dropship.yml", text).unwrap();
     let mut context = context("production", "deploy");
     context.git_ref = "x/../../@evil.com#$(id)".into();
@@ -530,7 +530,21 @@ fn url_values_are_percent_encoded_and_container_commands_refer_to_variables() {
     };
     assert_eq!(
         list.command.as_deref().unwrap(),
-        ["run", "--ref=x/../../@evil.com#$(id)"]
+        [
+            "env",
+            "bash",
+            "-e",
+            "-xc",
+            r#"echo ''"${DROPSHIP_REF}"''"#,
+            "--plain"
+        ]
+    );
+    // Anywhere else in a list, an expression is refused: the program may run it.
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: web\n      container:\n        image: a\n        command: [\"bash\", \"-o\", \"pipefail\", \"-c\", \"echo ${{ deployment.ref }}\"]\n    - name: app\n      container:\n        name: app\n        image: a\n        command: [\"./app\", \"--ref=${{ deployment.ref }}\"]\n",
+        expect![[r#"
+            dropship.yml:10:57: `${{ deployment.ref }}` may stand in a command list only in the script a shell runs (`[sh, -c, SCRIPT]`), where it becomes a variable: elsewhere the program may run it as code; pass the value through `env:` and read the variable
+            dropship.yml:15:35: `${{ deployment.ref }}` may stand in a command list only in the script a shell runs (`[sh, -c, SCRIPT]`), where it becomes a variable: elsewhere the program may run it as code; pass the value through `env:` and read the variable"#]],
     );
 }
 

@@ -732,19 +732,21 @@ async fn a_build_deploy_builds_the_repository_tarball_on_the_builder_and_pushes_
         "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.RestartPolicy.Name}} {{index .Config.Labels \"team\"}} {{range .Mounts}}{{.Name}}:{{.Destination}}{{end}} {{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
         &plain[1].id,
     ]);
+    // Named volumes and networks carry the repository's digest: no other repository can name
+    // them.
+    let own = format!(
+        "dropship-test-built-{}",
+        dropship::manifest::repo_digest("acme", "built")
+    );
     assert_eq!(
         settings,
-        "67108864 500000000 no shop dropship-test-built:/data dropship-test-built"
+        format!("67108864 500000000 no shop {own}:/data {own}")
     );
     let _ = docker::docker()
         .args(["rm", "-f", &plain[0].id, &plain[1].id])
         .output();
-    let _ = docker::docker()
-        .args(["network", "rm", "dropship-test-built"])
-        .output();
-    let _ = docker::docker()
-        .args(["volume", "rm", "dropship-test-built"])
-        .output();
+    let _ = docker::docker().args(["network", "rm", &own]).output();
+    let _ = docker::docker().args(["volume", "rm", &own]).output();
     assert!(
         log.contains("is healthy (`/bin/busybox test -f /www/up`"),
         "{log}"

@@ -61,7 +61,7 @@ async fn world(manifest: &str, pin: impl Fn(usize, &Sshd) -> String) -> Option<W
             &pin(i, sshd),
         ));
     }
-    let repos = "[[repos]]\nname = \"acme/shop\"\nenvironments = [\"production\"]\nservers = [\"web-*\"]\n[repos.secrets]\nDATABASE_URL = \"postgres://user:hunter2@db/shop\"\n";
+    let repos = "[[repos]]\nname = \"acme/shop\"\nenvironments = [\"production\"]\nservers = [\"web-1\", \"web-2\", \"web-3\"]\n[repos.secrets]\nDATABASE_URL = \"postgres://user:hunter2@db/shop\"\n";
     let data = tempfile::tempdir().unwrap();
     let config = Config::from_toml(&config_toml(
         data.path(),

@@ -177,6 +177,37 @@ async fn api_tokens_have_roles_and_every_action_is_audited() {
         .unwrap();
     let statuses = github.wait_final(id, Duration::from_secs(30)).await;
     assert_eq!(statuses.last().unwrap().state(), "success");
+    // The proof binds the payload: copied into a deployment with another payload, it passes
+    // nothing.
+    let mut replayed = github.created_deployments_all("acme/shop")[0]["payload"].clone();
+    replayed["version"] = json!("not what dee asked for");
+    let mut body: Value = serde_json::from_slice(&deployment_payload(
+        3105,
+        "acme/shop",
+        SHA,
+        "production",
+        "deploy",
+    ))
+    .unwrap();
+    body["deployment"]["payload"] = replayed;
+    // Everything else as in the redeploy Dropship made: the ref is the commit itself.
+    body["deployment"]["ref"] = json!(SHA);
+    let response = server
+        .deliver("deployment", "d-3105", &serde_json::to_vec(&body).unwrap())
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let statuses = github.wait_final(3105, Duration::from_secs(30)).await;
+    let last = statuses.last().unwrap();
+    assert_eq!(
+        (
+            last.state(),
+            last.description()
+                .starts_with("environment production is locked by dee")
+        ),
+        ("error", true),
+        "{}",
+        last.description()
+    );
     let unlocked = call(&server, Method::DELETE, path, Some(DEPLOYER_TOKEN)).await;
     assert_eq!(unlocked.status(), StatusCode::NO_CONTENT);
     deliver(&server, 3102, "production", "deploy").await;

@@ -33,7 +33,7 @@ async fn a_deployment_interrupted_by_a_crash_ends_error_with_one_final_status() 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let extra = format!(
-        "{}[[repos]]\nname = \"acme/shop\"\nservers = [\"web-*\"]\n",
+        "{}[[repos]]\nname = \"acme/shop\"\nservers = [\"web-1\"]\n",
         sshd.server_toml("web-1", &["web"], &key, &sshd.host_key)
     );
     let toml = config_toml(data.path(), &github.url, &extra)
