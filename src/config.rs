@@ -117,7 +117,7 @@ pub struct ProxySection {
     /// An upstream that refused a connection gets no requests for this long.
     #[serde(default = "default_eject_for", with = "humantime_serde")]
     pub eject_for: Duration,
-    /// Preview environments get the host `APP-ENVIRONMENT.preview_domain` (point a wildcard
+    /// Preview environments get the host `APP-ENVIRONMENT-DIGEST.preview_domain` (point a wildcard
     /// DNS record and certificate at the proxy).
     pub preview_domain: Option<String>,
 }
@@ -473,8 +473,15 @@ pub struct ContainerPolicy {
     pub public_ports: bool,
 }
 
-/// Docker engine sockets: mounting one gives a container control of the whole server.
-pub const DOCKER_SOCKETS: [&str; 2] = ["/var/run/docker.sock", "/run/docker.sock"];
+/// Container engine sockets (Docker's, and the containerd under it): mounting one gives a
+/// container control of the whole server. A socket elsewhere (a server's own `docker_socket`)
+/// must be kept out of `mounts`.
+pub const DOCKER_SOCKETS: [&str; 4] = [
+    "/var/run/docker.sock",
+    "/run/docker.sock",
+    "/var/run/containerd/containerd.sock",
+    "/run/containerd/containerd.sock",
+];
 
 impl ContainerPolicy {
     /// Why mounting host path `source` is refused, if it is.

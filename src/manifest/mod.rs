@@ -580,7 +580,12 @@ impl Manifest {
                 if let Some(proxy) = &mut plan.proxy {
                     match &inventory.preview_domain {
                         Some(domain) => {
-                            let host = preview_host(&plan.app, &context.environment, domain);
+                            let host = preview_host(
+                                &plan.app,
+                                &context.environment,
+                                &repo_digest(&context.repo_owner, &context.repo_name),
+                                domain,
+                            );
                             preview_url.get_or_insert_with(|| {
                                 format!("{}://{host}", inventory.preview_scheme)
                             });
@@ -1133,14 +1138,20 @@ fn check_hosts(c: &mut Collector<'_>, inventory: &Inventory, path: &str, step: &
     }
 }
 
-/// A preview's host for `app`: `APP-ENVIRONMENT.domain`, as one DNS label plus the domain.
-pub fn preview_host(app: &str, environment: &str, domain: &str) -> String {
+/// A preview's host for `app` of the repository with `digest`: `APP-ENVIRONMENT-DIGEST.domain`,
+/// as one DNS label plus the domain. The digest keeps one repository's previews from taking
+/// (or squatting) another's hosts.
+pub fn preview_host(app: &str, environment: &str, digest: &str, domain: &str) -> String {
     let label: String = format!("{app}-{environment}")
         .to_ascii_lowercase()
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    format!("{}.{}", label.trim_matches('-'), domain.trim_matches('.'))
+    // A DNS label holds 63 characters: the digest always fits.
+    let room = 63 - digest.len() - 1;
+    let label = label.trim_matches('-');
+    let label = label[..label.len().min(room)].trim_end_matches('-');
+    format!("{label}-{digest}.{}", domain.trim_matches('.'))
 }
 
 fn check_secrets(c: &mut Collector<'_>, inventory: &Inventory, path: &str, step: &RawStep) {

@@ -424,11 +424,20 @@ fn previews_run_like_their_environment_with_a_host_of_their_own() {
     };
     assert_eq!(
         web.proxy.as_ref().unwrap().hosts,
-        ["shop-pr-12.preview.test"]
+        [format!(
+            "shop-pr-12-{}.preview.test",
+            repo_digest("acme", "shop")
+        )]
     );
     assert_eq!(
         plan.environment_url.as_deref(),
-        Some("https://shop-pr-12.preview.test")
+        Some(
+            format!(
+                "https://shop-pr-12-{}.preview.test",
+                repo_digest("acme", "shop")
+            )
+            .as_str()
+        )
     );
     assert!(!plan.teardown);
     let stop = manifest

@@ -439,6 +439,9 @@ async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop_or_a_c
     let Some(w) = world("acme/preview", &manifest, &shas, true, &extra).await else {
         return;
     };
+    // Preview hosts carry the repository's digest: no other repository's preview can take them.
+    let digest = dropship::manifest::repo_digest("acme", "preview");
+    let host = |label: &str| format!("{label}-{digest}.preview.test");
     w.registry.as_ref().unwrap().push("acme/preview", &shas[0]);
     let client = reqwest::Client::new();
     let (id, statuses) = w.deploy_to(1, &shas[0], "pr-7", "deploy", json!({})).await;
@@ -446,20 +449,14 @@ async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop_or_a_c
     assert_eq!(state, "success", "{}", w.server.log(id).await);
     assert_eq!(
         statuses.last().unwrap().body["environment_url"],
-        "http://preview-pr-7.preview.test"
+        format!("http://{}", host("preview-pr-7"))
     );
     assert_eq!(
-        get(&client, &proxy, "preview-pr-7.preview.test", "/version").await,
+        get(&client, &proxy, &host("preview-pr-7"), "/version").await,
         (200, shas[0].clone())
     );
     assert_eq!(
-        get(
-            &client,
-            &proxy,
-            "preview-api-pr-7.preview.test",
-            "/api/version"
-        )
-        .await,
+        get(&client, &proxy, &host("preview-api-pr-7"), "/api/version").await,
         (200, format!("api-{}", shas[0]))
     );
 
@@ -467,7 +464,7 @@ async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop_or_a_c
     let (_, statuses) = w.deploy_to(2, &shas[0], "pr-7", "stop", json!({})).await;
     assert_eq!(last(&statuses).0, "inactive", "{statuses:#?}");
     assert_eq!(
-        get(&client, &proxy, "preview-pr-7.preview.test", "/version")
+        get(&client, &proxy, &host("preview-pr-7"), "/version")
             .await
             .0,
         404
@@ -484,7 +481,7 @@ async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop_or_a_c
     let (id, statuses) = w.deploy_to(3, &shas[0], "pr-8", "deploy", json!({})).await;
     assert_eq!(last(&statuses).0, "success", "{}", w.server.log(id).await);
     assert_eq!(
-        get(&client, &proxy, "preview-pr-8.preview.test", "/version")
+        get(&client, &proxy, &host("preview-pr-8"), "/version")
             .await
             .0,
         200
@@ -499,7 +496,7 @@ async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop_or_a_c
         "{answer}"
     );
     assert_eq!(
-        get(&client, &proxy, "preview-pr-8.preview.test", "/version")
+        get(&client, &proxy, &host("preview-pr-8"), "/version")
             .await
             .0,
         200
@@ -519,7 +516,7 @@ async fn a_preview_environment_gets_its_own_host_and_is_torn_down_by_stop_or_a_c
     )
     .await;
     assert_eq!(
-        get(&client, &proxy, "preview-pr-8.preview.test", "/version")
+        get(&client, &proxy, &host("preview-pr-8"), "/version")
             .await
             .0,
         404
