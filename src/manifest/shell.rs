@@ -127,16 +127,8 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                     i = copy_escaped(script, i, &mut out);
                     continue;
                 }
-                b'$' if script[i..].starts_with("$((") => {
-                    out.push_str("$((");
-                    stack.push(Frame::Arithmetic { parens: 0 });
-                    i += 3;
-                    continue;
-                }
                 b'$' if next == Some(b'(') => {
-                    out.push_str("$(");
-                    stack.push(Frame::unquoted(true));
-                    i += 2;
+                    i = open_substitution(script, i, &mut stack, &mut out);
                     continue;
                 }
                 b'`' => stack.push(Frame::Backtick),
@@ -173,16 +165,8 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                     stack.pop();
                 }
                 b'`' => stack.push(Frame::Backtick),
-                b'$' if script[i..].starts_with("$((") => {
-                    out.push_str("$((");
-                    stack.push(Frame::Arithmetic { parens: 0 });
-                    i += 3;
-                    continue;
-                }
                 b'$' if next == Some(b'(') => {
-                    out.push_str("$(");
-                    stack.push(Frame::unquoted(true));
-                    i += 2;
+                    i = open_substitution(script, i, &mut stack, &mut out);
                     continue;
                 }
                 b'(' if next == Some(b'(') && starts_word(bytes, i) => {
@@ -308,6 +292,19 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
         text: out,
         variables: names.into_variables(),
     })
+}
+
+/// Copies the `$(` or `$((` at `i` and opens its frame; returns where it ends.
+fn open_substitution(script: &str, i: usize, stack: &mut Vec<Frame>, out: &mut String) -> usize {
+    if script[i..].starts_with("$((") {
+        out.push_str("$((");
+        stack.push(Frame::Arithmetic { parens: 0 });
+        i + 3
+    } else {
+        out.push_str("$(");
+        stack.push(Frame::unquoted(true));
+        i + 2
+    }
 }
 
 /// Copies a backslash and the character it escapes.

@@ -792,13 +792,7 @@ fn compose_containers(project: &str) -> Vec<String> {
 #[tokio::test]
 async fn a_compose_stack_comes_up_in_its_project_directory_and_stops() {
     let shas = vec![sha(3)];
-    let root = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let extra = format!(
-        "[containers]\ncompose_root = \"{}/compose\"\n",
-        root.path().display()
-    );
+    let (root, extra) = compose_root();
     let Some(w) = world("acme/stack", COMPOSE_MANIFEST, &shas, false, &extra).await else {
         return;
     };
@@ -831,6 +825,19 @@ async fn a_compose_stack_comes_up_in_its_project_directory_and_stops() {
     let (_, statuses) = w.deploy(2, &shas[0], "stop", serde_json::json!({})).await;
     assert_eq!(last(&statuses).0, "success", "{statuses:#?}");
     assert!(compose_containers(&project).is_empty());
+}
+
+/// A compose root the test's SSH user can write (a temporary directory), and the config that
+/// points Dropship at it.
+pub(crate) fn compose_root() -> (tempfile::TempDir, String) {
+    let root = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let extra = format!(
+        "[containers]\ncompose_root = \"{}/compose\"\n",
+        root.path().display()
+    );
+    (root, extra)
 }
 
 /// `docker-compose down` for a project, whatever the test's outcome.

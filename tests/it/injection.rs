@@ -9,7 +9,7 @@ use dropship::config::Config;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::containers::{last, sha, world as container_world};
+use crate::containers::{compose_root, last, sha, world as container_world};
 use crate::support::docker;
 use crate::support::github::FakeGithub;
 use crate::support::sshd::{self, ClientKey, Sshd};
@@ -280,13 +280,7 @@ async fn hostile_values_reach_containers_builds_and_compose_as_data() {
     build_sh_image();
     let values = hostile("/tmp");
     let shas = vec![sha(91)];
-    let root = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let extra = format!(
-        "[containers]\ncompose_root = \"{}/compose\"\n",
-        root.path().display()
-    );
+    let (_root, extra) = compose_root();
     let manifest = container_manifest(values.len());
     // A build left by an earlier run of this test would be reused: build afresh.
     let _ = docker::docker()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use dropship::config::Config;
 use serde_json::{Value, json};
 
-use crate::containers::{ComposeDown, last, sha, world};
+use crate::containers::{ComposeDown, compose_root, last, sha, world};
 use crate::support::docker;
 use crate::support::github::FakeGithub;
 use crate::support::{TestServer, config_toml, deployment_payload};
@@ -158,13 +158,7 @@ const GREEDY_COMPOSE: &str = "services:\n  web:\n    image: dropship-test/web:ba
 #[tokio::test]
 async fn a_compose_file_beyond_the_container_policy_is_refused_with_file_line_and_column() {
     let shas = vec![sha(83)];
-    let root = tempfile::tempdir().unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let extra = format!(
-        "[containers]\ncompose_root = \"{}/compose\"\n",
-        root.path().display()
-    );
+    let (root, extra) = compose_root();
     let Some(w) = world("acme/greedy", STACK_MANIFEST, &shas, false, &extra).await else {
         return;
     };

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::support::github::FakeGithub;
 use crate::support::{
     API_TOKEN, DEPLOYER_TOKEN, TestServer, VIEWER_TOKEN, WEBHOOK_SECRET, config_toml,
-    deployment_payload, eventually, fixture, free_port,
+    deployment_payload, eventually, fixture, free_port, metrics, sample,
 };
 
 const SHA: &str = "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -327,32 +327,6 @@ async fn the_openapi_document_validates_and_lists_every_route() {
             "{method} {concrete} is not routed: {status} {body:?}"
         );
     }
-}
-
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let lines = text.lines().map(|l| Ok(l.to_string()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("Prometheus text");
-    scrape
-        .samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => f64::NAN,
-        })
-}
-
-async fn metrics(server: &TestServer) -> String {
-    let response = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    response.text().await.unwrap()
 }
 
 #[tokio::test]
@@ -1032,11 +1006,10 @@ async fn deployers_cancel_redeploy_and_roll_back_through_the_api() {
     );
     let (server, github) = start(&manifest, LOCAL).await;
     use reqwest::Method;
-    // One runs (held by the gate), the next for the same environment waits queued.
+    // One runs (held by the gate), the next for the same environment waits queued. The second
+    // is delivered once the first runs: two queued together, the scheduler would run the newer
+    // and supersede the older.
     let running = deliver(&server, 3601, "production", "deploy").await["id"]
-        .as_i64()
-        .unwrap();
-    let queued = deliver(&server, 3602, "production", "deploy").await["id"]
         .as_i64()
         .unwrap();
     eventually(
@@ -1045,6 +1018,9 @@ async fn deployers_cancel_redeploy_and_roll_back_through_the_api() {
         || async { server.deployment(running).await["state"] == "running" },
     )
     .await;
+    let queued = deliver(&server, 3602, "production", "deploy").await["id"]
+        .as_i64()
+        .unwrap();
     let path = |id: i64, action: &str| format!("/api/deployments/{id}/{action}");
     let viewer = call(
         &server,

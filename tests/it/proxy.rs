@@ -318,10 +318,10 @@ async fn https_picks_each_hosts_certificate_by_sni() {
 
 /// Debian's Caddy, run for the test, with an admin API and a server of the team's own that
 /// Dropship must leave alone.
-struct CaddyProcess {
+pub(crate) struct CaddyProcess {
     child: std::process::Child,
-    admin: String,
-    listen: String,
+    pub(crate) admin: String,
+    pub(crate) listen: String,
     _dir: tempfile::TempDir,
 }
 
@@ -333,7 +333,7 @@ impl Drop for CaddyProcess {
 }
 
 impl CaddyProcess {
-    async fn start() -> Option<CaddyProcess> {
+    pub(crate) async fn start() -> Option<CaddyProcess> {
         if !std::path::Path::new("/usr/bin/caddy").exists() {
             crate::support::missing("Debian's caddy (/usr/bin/caddy)");
             return None;
@@ -544,8 +544,8 @@ fn pull_request_closed(number: i64, head_ref: &str, head_repo: &str) -> Vec<u8> 
 /// `/whoami` its address, `/slow` its address once the test releases it, `/stream` a first
 /// chunk, then (once released) the rest, and an `Upgrade: echo` request switches protocols and
 /// echoes every byte back (what a websocket needs of a proxy).
-struct StandIn {
-    address: std::net::SocketAddr,
+pub(crate) struct StandIn {
+    pub(crate) address: std::net::SocketAddr,
     /// Each permit lets one held answer go on.
     gate: Arc<tokio::sync::Semaphore>,
 }
@@ -557,7 +557,7 @@ impl StandIn {
     }
 }
 
-async fn stand_in_app() -> StandIn {
+pub(crate) async fn stand_in_app() -> StandIn {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
