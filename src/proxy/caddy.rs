@@ -161,6 +161,9 @@ impl Caddy {
     /// Waits until Caddy has no request in flight to any of `addresses`, or `timeout`.
     pub(super) async fn drained(&self, addresses: &[String], timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
+        // Caddy counts a request on its upstream only once the old configuration's handler
+        // has picked it: quiet must be seen twice, a poll apart, before the upstream goes.
+        let mut quiet = 0;
         loop {
             let busy = match self
                 .call(http::Method::GET, "/reverse_proxy/upstreams", None)
@@ -174,7 +177,8 @@ impl Caddy {
                 }),
                 None => false,
             };
-            if !busy {
+            quiet = if busy { 0 } else { quiet + 1 };
+            if quiet >= 2 {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {

@@ -308,8 +308,37 @@ impl Proxy {
                 candidates().min_by_key(|u| u.in_flight.load(Ordering::SeqCst))?
             }
         };
+        // Counted first, then checked: a switch marks its replaced upstreams draining and then
+        // waits for their counts to reach zero, so either it sees this request, or this
+        // request sees the mark and goes elsewhere (both sides SeqCst).
         chosen.in_flight.fetch_add(1, Ordering::SeqCst);
-        Some(InFlight(chosen.clone()))
+        let in_flight = InFlight(chosen.clone());
+        if chosen.draining.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(in_flight)
+    }
+
+    /// An upstream for a request to `host` at `path` that looked up `backend`: from it, or, when
+    /// a switch replaced all of its upstreams since the lookup, from the route as it is now
+    /// (`backend` is updated). `None` only when the current route has no upstream to offer: a
+    /// switch never fails a request.
+    pub(crate) fn pick_current(
+        &self,
+        backend: &mut Arc<Backend>,
+        host: &str,
+        path: &str,
+        tried: &[String],
+    ) -> Option<InFlight> {
+        loop {
+            if let Some(in_flight) = self.pick(backend, tried) {
+                return Some(in_flight);
+            }
+            match self.find(host, path) {
+                Some(current) if !Arc::ptr_eq(&current, backend) => *backend = current,
+                _ => return None,
+            }
+        }
     }
 
     /// Passive health: an upstream that refused a connection rests for `eject_for`.
@@ -480,10 +509,12 @@ impl Routes for Proxy {
                     .collect()
             })
             .unwrap_or_default();
+        // The new table first: a request that then finds its upstream draining looks the route
+        // up again and gets the new one.
+        self.inner.table.store(Arc::new(table));
         for upstream in &replaced {
             upstream.draining.store(true, Ordering::SeqCst);
         }
-        self.inner.table.store(Arc::new(table));
         Ok(Drain {
             upstreams: replaced,
             external: None,
@@ -523,6 +554,41 @@ mod tests {
         // The same repository may move its own host between apps and environments.
         let again = spec("acme/shop", "api", &["shop.example.com"]);
         assert_eq!(host_taken(&again, routes), None);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_looked_up_the_route_before_a_switch_gets_the_new_upstream() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            crate::store::Sqlite::open(&dir.path().join("dropship.db"))
+                .await
+                .unwrap(),
+        );
+        let proxy = Proxy::load(store, ProxySection::default(), Default::default())
+            .await
+            .unwrap();
+        let route = spec("acme/shop", "web", &["shop.test"]);
+        let to = |address: &str| {
+            vec![UpstreamSpec {
+                address: address.into(),
+                container: address.into(),
+            }]
+        };
+        proxy.switch(&route, to("10.0.0.1:80")).await.unwrap();
+        // The lookup happens, then the switch, then the pick.
+        let mut backend = proxy.find("shop.test", "/").unwrap();
+        let drain = proxy.switch(&route, to("10.0.0.2:80")).await.unwrap();
+        assert!(
+            proxy.pick(&backend, &[]).is_none(),
+            "the old upstream drains"
+        );
+        let in_flight = proxy
+            .pick_current(&mut backend, "shop.test", "/", &[])
+            .expect("the new upstream");
+        assert_eq!(in_flight.0.address, "10.0.0.2:80");
+        // Nothing was counted on the old upstream: its drain is over.
+        assert!(drain.wait(Duration::from_millis(1)).await);
+        drop(in_flight);
     }
 
     #[test]

@@ -24,14 +24,14 @@ use super::{Backend, InFlight, Proxy};
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
-/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
+/// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1). `Trailer`
+/// is not among them: it announces the body's trailers, which are forwarded.
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
@@ -273,7 +273,7 @@ async fn forward(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let Some(backend) = proxy.find(&host, &path) else {
+    let Some(mut backend) = proxy.find(&host, &path) else {
         return page(
             StatusCode::NOT_FOUND,
             &format!("No app is served at {host}{path}."),
@@ -314,23 +314,21 @@ async fn forward(
         parts.headers.insert("x-forwarded-host", value);
     }
     // A request without a body can be sent again to another upstream when the first refuses
-    // the connection; one with a body goes once.
-    let bodiless = body.is_end_stream()
-        || (!parts.headers.contains_key(header::TRANSFER_ENCODING)
-            && parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .is_none_or(|v| v.as_bytes() == b"0"));
+    // the connection; one with a body goes once. hyper knows from the request's framing
+    // (`Content-Length`, or chunked `Transfer-Encoding`, which was stripped above as
+    // hop-by-hop and is framed again on the way out).
+    let bodiless = body.is_end_stream();
     let mut body = Some(body.boxed());
     let mut tried: Vec<String> = Vec::new();
     let settings = proxy.settings();
     loop {
-        let Some(in_flight) = proxy.pick(&backend, &tried) else {
+        let Some(in_flight) = proxy.pick_current(&mut backend, &host, &path, &tried) else {
             return page(
                 StatusCode::BAD_GATEWAY,
                 &format!("No healthy upstream for {host}{path}."),
             );
         };
+        *found = Some(backend.clone());
         let upstream = in_flight.0.clone();
         tried.push(upstream.address.clone());
         let uri = match format!("http://{}{path}", upstream.address).parse::<http::Uri>() {

@@ -5,6 +5,7 @@
 
 mod bounded;
 mod cli;
+mod conformance;
 mod containers;
 mod deploy;
 mod injection;
@@ -16,4 +17,5 @@ mod proxy;
 mod restart;
 mod secrets;
 mod support;
+mod switches;
 mod web_security;

@@ -548,12 +548,19 @@ pub(crate) struct StandIn {
     pub(crate) address: std::net::SocketAddr,
     /// Each permit lets one held answer go on.
     gate: Arc<tokio::sync::Semaphore>,
+    /// The accept loop: aborted by `stop`, which closes the listener.
+    accepting: tokio::task::JoinHandle<()>,
 }
 
 impl StandIn {
     /// Lets one held answer (`/slow`, or the rest of `/stream`) go on.
     fn release(&self) {
         self.gate.add_permits(1);
+    }
+
+    /// Stops taking connections, as a stopped container does; answers under way finish.
+    pub(crate) fn stop(&self) {
+        self.accepting.abort();
     }
 }
 
@@ -563,7 +570,7 @@ pub(crate) async fn stand_in_app() -> StandIn {
     let address = listener.local_addr().unwrap();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let held = gate.clone();
-    tokio::spawn(async move {
+    let accepting = tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let held = held.clone();
             tokio::spawn(async move {
@@ -631,7 +638,11 @@ pub(crate) async fn stand_in_app() -> StandIn {
             });
         }
     });
-    StandIn { address, gate }
+    StandIn {
+        address,
+        gate,
+        accepting,
+    }
 }
 
 #[tokio::test]

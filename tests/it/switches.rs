@@ -1,0 +1,184 @@
+//! A switch never fails a request: 200 switches back and forth between two upstreams under
+//! concurrent load, over kept-alive and new connections, on the built-in proxy and on Caddy.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dropship::proxy::{Proxy, RouteKey, RouteSpec, Routes, UpstreamSpec};
+
+use crate::proxy::{CaddyProcess, stand_in_app};
+use crate::support::eventually;
+
+const SWITCHES: usize = 200;
+
+fn route() -> RouteSpec {
+    RouteSpec {
+        key: RouteKey {
+            repo: "acme/switch".into(),
+            environment: "production".into(),
+            app: "web".into(),
+        },
+        hosts: vec!["switch.test".into()],
+        path_prefix: "/".into(),
+    }
+}
+
+fn to(address: std::net::SocketAddr) -> Vec<UpstreamSpec> {
+    vec![UpstreamSpec {
+        address: address.to_string(),
+        container: format!("container-{address}"),
+    }]
+}
+
+async fn store(dir: &std::path::Path) -> Arc<dyn dropship::store::Store> {
+    Arc::new(
+        dropship::store::Sqlite::open(&dir.join("dropship.db"))
+            .await
+            .unwrap(),
+    )
+}
+
+/// Switches `routes` `SWITCHES` times, each time to a new stand-in app, and stops the old one
+/// once it drained, as a deployment replaces a container; meanwhile 4 clients on kept-alive
+/// connections and 4 on a new connection per request keep asking `listen` (each loop bounded
+/// to 90 s and 50,000 requests). No request may fail, and many apps must have answered.
+async fn switches_under_load(routes: &dyn Routes, listen: &str, retry_resets: bool) {
+    let mut current = stand_in_app().await;
+    routes.switch(&route(), to(current.address)).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicUsize::new(0));
+    let mut load = Vec::new();
+    for n in 0..8 {
+        let client = if n % 2 == 0 {
+            reqwest::Client::new()
+        } else {
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap()
+        };
+        let (stop, sent, listen) = (stop.clone(), sent.clone(), listen.to_string());
+        load.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut seen = std::collections::BTreeSet::new();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+            while !stop.load(Ordering::SeqCst)
+                && tokio::time::Instant::now() < deadline
+                && sent.fetch_add(1, Ordering::SeqCst) < 50_000
+            {
+                let ask = || {
+                    client
+                        .get(format!("http://{listen}/whoami"))
+                        .header("host", "switch.test")
+                        .timeout(Duration::from_secs(10))
+                        .send()
+                };
+                let mut answer = ask().await;
+                // Caddy closes idle kept-alive connections when its configuration changes; a
+                // browser sends such a request again, and so does this client. An HTTP error
+                // is never retried.
+                if retry_resets && answer.is_err() {
+                    answer = ask().await;
+                }
+                match answer {
+                    Ok(response) if response.status() == 200 => {
+                        seen.insert(response.text().await.unwrap_or_default());
+                    }
+                    Ok(response) => failures.push(format!(
+                        "{} {}",
+                        response.status(),
+                        response.text().await.unwrap_or_default()
+                    )),
+                    Err(error) => failures.push(error.to_string()),
+                }
+            }
+            (failures, seen)
+        }));
+    }
+    eventually(Duration::from_secs(10), "the load to start", || async {
+        sent.load(Ordering::SeqCst) > 50
+    })
+    .await;
+    for n in 0..SWITCHES {
+        // Each switch happens under load: some requests go out between two switches.
+        let before = sent.load(Ordering::SeqCst);
+        eventually(
+            Duration::from_secs(10),
+            "requests between switches",
+            || async { sent.load(Ordering::SeqCst) >= before + 16 },
+        )
+        .await;
+        let next = stand_in_app().await;
+        let drain = routes.switch(&route(), to(next.address)).await.unwrap();
+        assert!(
+            drain.wait(Duration::from_secs(10)).await,
+            "switch {n}: the old upstream did not drain"
+        );
+        // Drained: the old app goes away, as its container stops.
+        current.stop();
+        current = next;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut failures = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for task in load {
+        let (failed, answered) = task.await.unwrap();
+        failures.extend(failed);
+        seen.extend(answered);
+    }
+    let total = sent.load(Ordering::SeqCst);
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed over {SWITCHES} switches: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(total > 16 * SWITCHES, "only {total} requests were sent");
+    assert!(
+        seen.len() > SWITCHES / 10,
+        "only {} of the apps answered",
+        seen.len()
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_switches_under_load_fail_no_request_on_the_built_in_proxy() {
+    let data = tempfile::tempdir().unwrap();
+    let proxy = Proxy::load(
+        store(data.path()).await,
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listen = listener.local_addr().unwrap().to_string();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(dropship::proxy::serve(
+        listener,
+        proxy.clone(),
+        None,
+        shutdown.clone(),
+    ));
+    switches_under_load(&proxy, &listen, false).await;
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn two_hundred_switches_under_load_fail_no_request_on_caddy() {
+    let Some(caddy) = CaddyProcess::start().await else {
+        return;
+    };
+    let data = tempfile::tempdir().unwrap();
+    let settings = dropship::config::ProxySection {
+        backend: dropship::config::ProxyBackend::Caddy,
+        caddy_admin: caddy.admin.clone(),
+        listen: Some(caddy.listen.parse().unwrap()),
+        ..Default::default()
+    };
+    let routes = dropship::proxy::Caddy::connect(store(data.path()).await, settings)
+        .await
+        .unwrap();
+    switches_under_load(&routes, &caddy.listen, true).await;
+}
