@@ -30,6 +30,7 @@ async fn reporting_upstream() -> std::net::SocketAddr {
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -37,7 +38,32 @@ async fn reporting_upstream() -> std::net::SocketAddr {
     address
 }
 
-async fn report(request: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn report(mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+    // `Upgrade: echo` switches protocols, then echoes every byte back.
+    if request
+        .headers()
+        .get("upgrade")
+        .is_some_and(|v| v == "echo")
+    {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let mut buffer = [0u8; 1024];
+                while let Ok(n) = io.read(&mut buffer).await {
+                    if n == 0 || io.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        return Response::builder()
+            .status(101)
+            .header("upgrade", "echo")
+            .header("connection", "upgrade")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+    }
     let (parts, body) = request.into_parts();
     if let Some(code) = parts.uri.path().strip_prefix("/status/") {
         let status = code.parse::<u16>().unwrap_or(500);
@@ -277,6 +303,25 @@ async fn suite(listen: &str, builtin: bool) {
             .contains("127.0.0.1"),
         "{headers}"
     );
+
+    // An upgrade carries bytes both ways.
+    let mut stream = connect().await;
+    let (status, head, _) = exchange(
+        &mut stream,
+        b"GET /upgrade HTTP/1.1\r\nHost: whole.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n",
+        true,
+    )
+    .await;
+    assert_eq!(status, 101, "{head}");
+    for message in [&b"ping over the tunnel"[..], b"and back again"] {
+        stream.write_all(message).await.unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut echoed))
+            .await
+            .expect("the echo within 10 s")
+            .unwrap();
+        assert_eq!(echoed, message);
+    }
 
     // Conflicting Content-Length and Transfer-Encoding smuggles nothing: the body is read as
     // chunked (Transfer-Encoding wins, RFC 9112 §6.3), and the connection closes after the
