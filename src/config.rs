@@ -554,13 +554,22 @@ impl ServerEntry {
     /// Whether the server is Dropship's own machine: `local`, or reached over SSH at a
     /// loopback address or `localhost`.
     pub fn on_this_machine(&self) -> bool {
+        let host = self
+            .host
+            .trim_matches(['[', ']'])
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        let this_machine = |ip: std::net::IpAddr| {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || matches!(ip, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback() || v4.is_unspecified()))
+        };
         self.is_local()
-            || self.host.eq_ignore_ascii_case("localhost")
-            || self
-                .host
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
+            || host == "localhost"
+            || host.ends_with(".localhost")
+            // `127.1` and the like: inet_aton's short forms of 127.0.0.0/8.
+            || host.starts_with("127.")
+            || host.parse::<std::net::IpAddr>().is_ok_and(this_machine)
     }
 
     pub fn host_key(&self) -> anyhow::Result<HostKey> {
@@ -1111,7 +1120,19 @@ mod tests {
         assert!(!nothing.allows_server(local));
         assert!(config.repo("acme/named").unwrap().allows_server(local));
         // Reached over SSH at a loopback address, it is still this machine.
-        for host in ["127.0.0.1", "127.1.2.3", "::1", "[::1]", "LOCALHOST"] {
+        for host in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "127.1",
+            "::1",
+            "[::1]",
+            "LOCALHOST",
+            "localhost.",
+            "db.localhost",
+            "0.0.0.0",
+            "::",
+            "::ffff:127.0.0.1",
+        ] {
             let over_ssh = ServerEntry {
                 name: "web-self".into(),
                 host: host.into(),

@@ -74,6 +74,9 @@ pub(crate) struct ProofTarget<'a> {
     pub(crate) git_ref: &'a str,
     pub(crate) sha: &'a str,
     pub(crate) task: &'a str,
+    /// When the environment's lock was taken (none if unlocked): a proof passes only the lock
+    /// it was made under, never a later one.
+    pub(crate) lock: Option<crate::store::Millis>,
 }
 
 fn lock_message(target: &ProofTarget<'_>, payload: &serde_json::Value, by: &str) -> String {
@@ -90,6 +93,7 @@ fn lock_message(target: &ProofTarget<'_>, payload: &serde_json::Value, by: &str)
         target.git_ref,
         target.sha,
         target.task,
+        target.lock,
         by,
         payload
     ]))
@@ -124,12 +128,14 @@ fn canonical(value: &serde_json::Value) -> String {
     }
 }
 
-/// Whether `deployment` carries Dropship's proof that it was made for user `by`.
+/// Whether `deployment` carries Dropship's proof that it was made for the holder of `lock`,
+/// under that lock.
 pub(crate) fn proves_requested_by(
     keys: &crate::keys::Keys,
     deployment: &Deployment,
-    by: &str,
+    lock: &Lock,
 ) -> bool {
+    let by = lock.locked_by.as_str();
     let dropship = &deployment.payload["dropship"];
     let target = ProofTarget {
         repo: &deployment.repo,
@@ -137,6 +143,7 @@ pub(crate) fn proves_requested_by(
         git_ref: &deployment.git_ref,
         sha: &deployment.sha,
         task: &deployment.task,
+        lock: Some(lock.locked_at),
     };
     dropship["requested_by"].as_str() == Some(by)
         && dropship["proof"].as_str().is_some_and(|proof| {
@@ -229,12 +236,16 @@ impl Engine {
             "redeploy_of": deployment.public_id(),
         });
         // GitHub resolves the ref (the commit itself) to the same sha.
+        let lock = self
+            .lock_of(&deployment.repo, &deployment.environment)
+            .await?;
         let target = ProofTarget {
             repo: &deployment.repo,
             environment: &deployment.environment,
             git_ref: &deployment.sha,
             sha: &deployment.sha,
             task: &deployment.task,
+            lock: lock.map(|l| l.locked_at),
         };
         payload["dropship"]["proof"] = lock_proof(&self.keys, &target, &payload, by).into();
         self.create_github_deployment(
@@ -280,12 +291,14 @@ impl Engine {
             })?;
         let description = format!("rollback requested by {by} in Dropship");
         let mut payload = serde_json::json!({ "dropship": { "requested_by": by } });
+        let lock = self.lock_of(repo, environment).await?;
         let target = ProofTarget {
             repo,
             environment,
             git_ref: &newest.sha,
             sha: &newest.sha,
             task: "rollback",
+            lock: lock.map(|l| l.locked_at),
         };
         payload["dropship"]["proof"] = lock_proof(&self.keys, &target, &payload, by).into();
         self.create_github_deployment(

@@ -66,12 +66,16 @@ pub struct Engine {
     pub keys: Arc<crate::keys::Keys>,
 }
 
-/// Whether `locked_by` asked for this deployment: GitHub's creator, or the Dropship user a
-/// redeploy or rollback from the dashboard or API was made for, proven by Dropship's own MAC
-/// (a name written into a payload proves nothing).
-fn lock_holder(keys: &crate::keys::Keys, deployment: &Deployment, locked_by: &str) -> bool {
-    deployment.creator.as_deref() == Some(locked_by)
-        || actions::proves_requested_by(keys, deployment, locked_by)
+/// Whether the holder of `lock` asked for this deployment: GitHub's creator of that name, or
+/// a redeploy or rollback Dropship made for that user under this very lock, proven by
+/// Dropship's own MAC (a name written into a payload proves nothing).
+fn lock_holder(
+    keys: &crate::keys::Keys,
+    deployment: &Deployment,
+    lock: &crate::store::Lock,
+) -> bool {
+    deployment.creator.as_deref() == Some(lock.locked_by.as_str())
+        || actions::proves_requested_by(keys, deployment, lock)
 }
 
 /// What `${{ }}` expressions and the `DROPSHIP_*` variables see of a deployment.
@@ -598,7 +602,7 @@ impl Engine {
             .lock_of(&deployment.repo, &deployment.environment)
             .await
         {
-            Ok(Some(lock)) if !lock_holder(&self.keys, deployment, &lock.locked_by) => {
+            Ok(Some(lock)) if !lock_holder(&self.keys, deployment, &lock) => {
                 return Err(Outcome::error(format!(
                     "environment {} is locked by {} ({}); unlock it on the dashboard or with DELETE /api/environments/{}/{}/lock",
                     deployment.environment,

@@ -85,9 +85,12 @@ pub fn check_compose_file(
                 let named = entry.get("name").and_then(Value::as_str);
                 let external = entry.get("external").is_some_and(is_true);
                 let actual = named.unwrap_or(&key);
-                if (named.is_some() || external) && !actual.contains(&format!("-{digest}")) {
-                    let at = format!("{section}.{key}");
+                let at = format!("{section}.{key}");
+                if named.is_some() || external {
+                    // Checked before the digest: `${V:-x-DIGEST}` carries it and means anything.
                     no_interpolation(&at, actual, &mut say);
+                }
+                if (named.is_some() || external) && !actual.contains(&format!("-{digest}")) {
                     say(
                         &at,
                         format!(

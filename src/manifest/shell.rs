@@ -14,9 +14,13 @@
 //! | inside single quotes | `'"${VAR}"'` (the quote is closed, the variable double-quoted, the quote reopened) |
 //! | a comment | `${VAR}` |
 //! | a quoted heredoc (`<<'EOF'`), which expands nothing | refused at validation |
+//! | inside `${ }`, an array subscript, or a script using bash arithmetic anywhere (`((`, `$[`, `[[`, `let`, `declare -i`, `[ -v`) | refused at validation |
 //!
-//! The scanner follows POSIX `sh` quoting; if it misjudged an exotic construct, the worst
-//! outcome is wrong text or word splitting, never code: the value is not in the script.
+//! Bash (the `sh` of some systems) evaluates a variable's value as arithmetic in those last
+//! places, which runs any `$( )` in it however the reference is quoted, so a script holding an
+//! expression may not use them at all. A script whose quoting the scan cannot follow to the end
+//! is refused too. The scanner follows POSIX `sh` quoting; if it misjudged an exotic construct
+//! that still balances, the worst outcome is wrong text or word splitting of a value.
 
 use std::collections::BTreeMap;
 
@@ -56,6 +60,8 @@ enum Frame {
     },
     /// bash's `[[ ]]`: its `-eq`, `-lt`... evaluate values as arithmetic too.
     Test,
+    /// `${ ... }`: bash evaluates substring offsets and array subscripts there as arithmetic.
+    Parameter,
 }
 
 impl Frame {
@@ -88,6 +94,18 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
     let mut stack = vec![Frame::unquoted(false)];
     let mut pending: Vec<PendingHeredoc> = Vec::new();
     let mut unterminated: Option<String> = None;
+    if let (Some(first), Some(construct)) = (found.first(), bash_arithmetic(script)) {
+        return Err(ScriptError {
+            offset: first.start,
+            message: format!(
+                "this script uses {construct}, where bash (the `sh` of some systems) evaluates values as arithmetic and runs the `$( )` inside them; a script with `{}` may not: pass the value through `env:` and check it is a number before any arithmetic",
+                &script[first.start..first.end]
+            ),
+        });
+    }
+    // Where a word continues after a `$( )`, `$(( ))` or backtick substitution closed: a `#`
+    // there does not start a comment.
+    let mut glued = usize::MAX;
     let mut i = 0;
     while i < bytes.len() {
         // An expression whose `$` was escaped (`\${{`) was copied as written.
@@ -95,12 +113,13 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
         if let Some(occurrence) = expressions.next_if(|o| o.start == i) {
             if stack
                 .iter()
-                .any(|f| matches!(f, Frame::Arithmetic { .. } | Frame::Test))
+                .any(|f| matches!(f, Frame::Arithmetic { .. } | Frame::Test | Frame::Parameter))
+                || in_subscript(bytes, i)
             {
                 return Err(ScriptError {
                     offset: occurrence.start,
                     message: format!(
-                        "`{}` stands in arithmetic (`$(( ))`, `(( ))` or `[[ ]]`), where a shell may evaluate a value as code: assign it to a variable and check it is a number first, or compare with `[ ]`",
+                        "`{}` stands in arithmetic (`$(( ))`, `(( ))`, `[[ ]]`, `${{ }}` or an array subscript), where a shell may evaluate a value as code: assign it to a variable and check it is a number first, or compare with `[ ]`",
                         &script[occurrence.start..occurrence.end]
                     ),
                 });
@@ -122,6 +141,12 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
             Frame::Double => match c {
                 b'"' => {
                     stack.pop();
+                }
+                b'$' if next == Some(b'{') => {
+                    out.push_str("${");
+                    stack.push(Frame::Parameter);
+                    i += 2;
+                    continue;
                 }
                 b'\\' => {
                     i = copy_escaped(script, i, &mut out);
@@ -148,13 +173,14 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                         if next == Some(b')') {
                             out.push_str("))");
                             i += 2;
+                            glued = i;
                             continue;
                         }
                     }
                 },
                 _ => {}
             },
-            Frame::Unquoted { .. } | Frame::Backtick | Frame::Test => match c {
+            Frame::Unquoted { .. } | Frame::Backtick | Frame::Test | Frame::Parameter => match c {
                 b'\\' => {
                     i = copy_escaped(script, i, &mut out);
                     continue;
@@ -163,11 +189,21 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                 b'"' => stack.push(Frame::Double),
                 b'`' if frame == Frame::Backtick => {
                     stack.pop();
+                    glued = i + 1;
                 }
                 b'`' => stack.push(Frame::Backtick),
                 b'$' if next == Some(b'(') => {
                     i = open_substitution(script, i, &mut stack, &mut out);
                     continue;
+                }
+                b'$' if next == Some(b'{') => {
+                    out.push_str("${");
+                    stack.push(Frame::Parameter);
+                    i += 2;
+                    continue;
+                }
+                b'}' if frame == Frame::Parameter => {
+                    stack.pop();
                 }
                 b'(' if next == Some(b'(') && starts_word(bytes, i) => {
                     out.push_str("((");
@@ -195,12 +231,12 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                     i += 2;
                     continue;
                 }
-                b'c' if word_at(bytes, i, b"case") => {
+                b'c' if word_at(bytes, i, b"case") && at_command_start(bytes, i) => {
                     if let Some(Frame::Unquoted { cases, .. }) = stack.last_mut() {
                         *cases += 1;
                     }
                 }
-                b'e' if word_at(bytes, i, b"esac") => {
+                b'e' if word_at(bytes, i, b"esac") && at_command_start(bytes, i) => {
                     if let Some(Frame::Unquoted { cases, .. }) = stack.last_mut() {
                         *cases = cases.saturating_sub(1);
                     }
@@ -219,10 +255,11 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
                         ..
                     }) => {
                         stack.pop();
+                        glued = i + 1;
                     }
                     _ => {}
                 },
-                b'#' if starts_word(bytes, i) => {
+                b'#' if starts_word(bytes, i) && i != glued => {
                     // A comment runs to the end of the line; expressions in it are harmless
                     // but still rewritten, so the value never appears in the text.
                     let end = script[i..].find('\n').map_or(script.len(), |n| i + n);
@@ -277,6 +314,7 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
             (Some(Frame::Backtick), _) => "a backtick is never closed".to_string(),
             (Some(Frame::Arithmetic { .. }), _) => "a `$((` is never closed".to_string(),
             (Some(Frame::Test), _) => "a `[[` is never closed".to_string(),
+            (Some(Frame::Parameter), _) => "a `${` is never closed".to_string(),
             _ if !pending.is_empty() => "a heredoc has no body".to_string(),
             _ => "a `$(` is never closed".to_string(),
         };
@@ -331,6 +369,75 @@ fn ends_word(bytes: &[u8], i: usize) -> bool {
             b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' | b'(' | b')' | b'<' | b'>'
         )
     })
+}
+
+/// The first construct of `script` in which bash evaluates a variable's value as arithmetic
+/// (and so runs a `$( )` inside it), if any: `((`, `$[`, `[[`, `let`, an integer declaration,
+/// or `-v` in a test. A script that holds an expression may use none of them: however it
+/// quotes the reference, bash would evaluate the value.
+fn bash_arithmetic(script: &str) -> Option<&'static str> {
+    if script.contains("((") {
+        return Some("`((`");
+    }
+    if script.contains("$[") {
+        return Some("`$[ ]`");
+    }
+    if script.contains("[[") {
+        return Some("`[[ ]]`");
+    }
+    let words: Vec<&str> = script
+        .split(|c: char| c.is_whitespace() || ";&|()`".contains(c))
+        .filter(|w| !w.is_empty())
+        .collect();
+    for pair in words.windows(2) {
+        let (word, next) = (pair[0], pair[1]);
+        if matches!(
+            word,
+            "declare" | "typeset" | "local" | "readonly" | "export"
+        ) && next.starts_with('-')
+            && next.contains('i')
+        {
+            return Some("an integer declaration (`declare -i`)");
+        }
+        if matches!(word, "[" | "test") && next == "-v" {
+            return Some("`-v` in a test");
+        }
+    }
+    words.contains(&"let").then_some("`let`")
+}
+
+/// Whether `i` stands inside the brackets of an array subscript in its word (`a[...]`).
+fn in_subscript(bytes: &[u8], i: usize) -> bool {
+    let start = bytes[..i]
+        .iter()
+        .rposition(|c| matches!(c, b' ' | b'\t' | b'\n' | b';' | b'&' | b'|' | b'(' | b')'))
+        .map_or(0, |p| p + 1);
+    let word = &bytes[start..i];
+    word.iter().rposition(|c| *c == b'[') > word.iter().rposition(|c| *c == b']')
+}
+
+/// Whether a command starts at `i`: at the start, after a newline or an operator, or after a
+/// reserved word that a command follows.
+fn at_command_start(bytes: &[u8], i: usize) -> bool {
+    let before = &bytes[..i];
+    let end = before
+        .iter()
+        .rposition(|c| *c != b' ' && *c != b'\t')
+        .map_or(0, |p| p + 1);
+    if end == 0 {
+        return true;
+    }
+    if matches!(before[end - 1], b'\n' | b';' | b'&' | b'|' | b'(') {
+        return true;
+    }
+    let word_start = before[..end]
+        .iter()
+        .rposition(|c| !c.is_ascii_alphabetic() && *c != b'!' && *c != b'{')
+        .map_or(0, |p| p + 1);
+    matches!(
+        &before[word_start..end],
+        b"then" | b"do" | b"else" | b"elif" | b"if" | b"while" | b"until" | b"!" | b"{"
+    )
 }
 
 /// Whether the reserved word `word` stands at `i`.
@@ -441,6 +548,21 @@ fn heredoc_body<'a>(
             }
             out.push_str(&script[i..next]);
         } else {
+            // An unquoted body expands `${ }` too: no expression inside one, or in a subscript.
+            let line = &script[i..next];
+            for occurrence in occurrences(line) {
+                let before = &line[..occurrence.start];
+                let open = before.matches("${").count() > before.matches('}').count();
+                if open || in_subscript(line.as_bytes(), occurrence.start) {
+                    return Err(ScriptError {
+                        offset: i + occurrence.start,
+                        message: format!(
+                            "`{}` stands inside `${{ }}` or an array subscript in a heredoc, where bash evaluates values as arithmetic: pass the value through `env:`",
+                            &line[occurrence.start..occurrence.end]
+                        ),
+                    });
+                }
+            }
             copy_plain(script, i, next, expressions, names, out);
         }
         i = next;
@@ -454,7 +576,11 @@ fn replacement(occurrence: &Occurrence, names: &mut Names, frame: Frame, script:
     };
     let name = names.name_for(reference);
     match frame {
-        Frame::Unquoted { .. } | Frame::Backtick | Frame::Test | Frame::Arithmetic { .. } => {
+        Frame::Unquoted { .. }
+        | Frame::Backtick
+        | Frame::Test
+        | Frame::Arithmetic { .. }
+        | Frame::Parameter => {
             format!("\"${{{name}}}\"")
         }
         Frame::Double => format!("${{{name}}}"),
@@ -551,10 +677,15 @@ mod tests {
             "(cd /srv)# don't fail\nfind . -name \"${{ deployment.ref }}\"",
             "(cd /srv)# don't fail\nfind . -name \"${DROPSHIP_REF}\"",
         );
-        // `<<` in arithmetic is a shift, not a heredoc.
+        // `#` right after a substitution continues the word: no comment.
         check(
-            "n=$((1<<3))\necho ${{ deployment.ref }}",
-            "n=$((1<<3))\necho \"${DROPSHIP_REF}\"",
+            "echo $(date)#'\necho ${{ deployment.ref }}'",
+            "echo $(date)#'\necho '\"${DROPSHIP_REF}\"''",
+        );
+        // `case` as an argument is just a word.
+        check(
+            "echo \"$(echo case)\"\necho ${{ deployment.ref }}",
+            "echo \"$(echo case)\"\necho \"${DROPSHIP_REF}\"",
         );
         // A `case` pattern's `)` inside `$( )` closes nothing.
         check(
@@ -580,10 +711,25 @@ mod tests {
             "echo \"$(( ${{ deployment.payload.n }} + 1 ))\"",
             "(( ${{ deployment.payload.n }} > 1 )) && echo big",
             "[[ \"${{ deployment.payload.n }}\" -eq 1 ]] && echo one",
+            "for((i=0;i<${{ deployment.payload.n }};i++)); do :; done",
+            "if((\"${{ deployment.payload.n }}\" > 1)); then :; fi",
+            "echo \"$(echo case)\"\n(( ${{ deployment.payload.n }} > 1 ))\necho \" esac )\"",
+            "echo $(date)#; (( ${{ deployment.payload.n }} > 1 ))",
+            "cat <<EOF\n$(( ${{ deployment.payload.n }} + 1 ))\nEOF",
+            "echo $[ ${{ deployment.payload.n }} ]",
+            "let \"n=${{ deployment.payload.n }}\"",
+            "declare -i n; n=${{ deployment.payload.n }}",
+            "[ -v \"${{ deployment.payload.n }}\" ]",
+            "echo \"${arr[${{ deployment.payload.n }}]}\"",
+            "echo ${s:${{ deployment.payload.n }}}",
+            "a[${{ deployment.payload.n }}]=1",
+            "cat <<EOF\n${arr[${{ deployment.payload.n }}]}\nEOF",
+            // Even a default value: inside `${ }` Dropship does not tell offsets from words.
+            "echo \"${X:-${{ deployment.ref }}}\"",
         ] {
             let error = rewrite(script).unwrap_err();
             assert!(
-                error.message.contains("stands in arithmetic"),
+                error.message.contains("arithmetic"),
                 "{script}: {}",
                 error.message
             );

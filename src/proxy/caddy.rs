@@ -175,7 +175,8 @@ impl Caddy {
                     addresses.iter().any(|a| u["address"] == a.as_str())
                         && u["num_requests"].as_u64().unwrap_or(0) > 0
                 }),
-                None => false,
+                // Not known is not quiet.
+                None => true,
             };
             quiet = if busy { 0 } else { quiet + 1 };
             if quiet >= 2 {

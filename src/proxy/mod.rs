@@ -302,7 +302,10 @@ impl Proxy {
                     return None;
                 }
                 let n = backend.next.fetch_add(1, Ordering::Relaxed);
-                candidates().nth(n % count)?
+                // An upstream ejected since the count: take the first still open.
+                candidates()
+                    .nth(n % count)
+                    .or_else(|| candidates().next())?
             }
             Balance::LeastInFlight => {
                 candidates().min_by_key(|u| u.in_flight.load(Ordering::SeqCst))?
@@ -496,15 +499,25 @@ impl Routes for Proxy {
             backends,
         };
         index(&mut table);
-        let staying: Vec<String> = next
+        // An upstream stays when the same container is at the same address (as `kept` above);
+        // every other old one drains.
+        let staying: Vec<(String, String)> = next
             .as_ref()
-            .map(|(_, u)| u.iter().map(|u| u.address.clone()).collect())
+            .map(|(_, u)| {
+                u.iter()
+                    .map(|u| (u.address.clone(), u.container.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
         let replaced: Vec<Arc<Upstream>> = old
             .map(|(_, b)| {
                 b.upstreams
                     .iter()
-                    .filter(|u| !staying.contains(&u.address))
+                    .filter(|u| {
+                        !staying
+                            .iter()
+                            .any(|(a, c)| *a == u.address && *c == u.container)
+                    })
                     .cloned()
                     .collect()
             })

@@ -237,6 +237,44 @@ async fn api_tokens_have_roles_and_every_action_is_audited() {
     );
     assert_eq!(entries[2]["target"], "acme/shop production");
     assert_eq!(entries[2]["detail"], "database migration");
+    // A proof passes only the lock it was made under: the same redeploy, replayed whole under
+    // a later lock of the same holder, is held back.
+    let relocked = server
+        .client
+        .put(server.url(path))
+        .bearer_auth(DEPLOYER_TOKEN)
+        .json(&json!({ "reason": "again" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(relocked.status(), StatusCode::OK);
+    let original = github.created_deployments_all("acme/shop")[0]["payload"].clone();
+    let mut body: Value = serde_json::from_slice(&deployment_payload(
+        3106,
+        "acme/shop",
+        SHA,
+        "production",
+        "deploy",
+    ))
+    .unwrap();
+    body["deployment"]["payload"] = original;
+    body["deployment"]["ref"] = json!(SHA);
+    let response = server
+        .deliver("deployment", "d-3106", &serde_json::to_vec(&body).unwrap())
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let statuses = github.wait_final(3106, Duration::from_secs(30)).await;
+    let last = statuses.last().unwrap();
+    assert!(
+        last.state() == "error"
+            && last
+                .description()
+                .starts_with("environment production is locked by dee (again)"),
+        "{}",
+        last.description()
+    );
+    let unlocked = call(&server, Method::DELETE, path, Some(DEPLOYER_TOKEN)).await;
+    assert_eq!(unlocked.status(), StatusCode::NO_CONTENT);
     // A plain token cannot create check runs: none were tried.
     assert!(github.check_runs().is_empty());
     assert!(github.violations().is_empty(), "{:?}", github.violations());
