@@ -41,11 +41,11 @@ fn shell_manifest(count: usize, control: &str) -> String {
     let mut text = format!(
         "version: 1\nenvironments:\n  production:\n    servers: [box]\ntasks:\n  deploy:\n    - name: control\n      run: touch {control}\n    - name: ref\n      run: |\n        echo \"ref:${{{{ deployment.ref }}}}\"\n        echo 'ref:${{{{ deployment.ref }}}}'\n"
     );
-    // Constructs that once misled the scan: a comment right after a subshell, a shift in
-    // arithmetic, a `case` inside `$( )`.
+    // Constructs that once misled the scan: a comment right after a subshell, a `#` glued to a
+    // substitution, a `case` inside `$( )`.
     let last = format!("${{{{ deployment.payload.v{} }}}}", count - 1);
     text.push_str(&format!(
-        "    - name: tricky\n      run: |\n        (cd /)# don't fail\n        echo \"tq:{last}\"\n        n=$((1<<3))\n        echo tu:{last}\n        x=$(case a in a) echo \"tc:{last}\";; esac)\n        printf '%s\\n' \"$x\"\n"
+        "    - name: tricky\n      run: |\n        (cd /)# don't fail\n        echo \"tq:{last}\"\n        echo $(true)#'\n        echo tu:{last}'\n        x=$(case a in a) echo \"tc:{last}\";; esac)\n        printf '%s\\n' \"$x\"\n"
     ));
     for n in 0..count {
         let v = format!("${{{{ deployment.payload.v{n} }}}}");
@@ -152,7 +152,7 @@ async fn hostile_refs_and_payload_values_are_printed_never_run_in_any_shell_cont
     let value = values.last().unwrap();
     assert_eq!(
         tricky,
-        format!("tq:{value}\ntu:{value}\ntc:{value}"),
+        format!("tq:{value}\n#\necho tu:{value}\ntc:{value}"),
         "{log}"
     );
     let refs = printed(&log, "ref");

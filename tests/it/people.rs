@@ -66,6 +66,47 @@ async fn deliver(server: &TestServer, github_id: i64, environment: &str, task: &
     response.json().await.unwrap()
 }
 
+/// Delivers deployment `github_id` of `SHA` to production with `payload` (and `git_ref`, if
+/// given) and asserts that it ends `error`, held back by dee's lock with `reason`.
+async fn held_by_the_lock(
+    server: &TestServer,
+    github: &FakeGithub,
+    github_id: i64,
+    payload: Value,
+    git_ref: Option<&str>,
+    reason: &str,
+) {
+    let mut body: Value = serde_json::from_slice(&deployment_payload(
+        github_id,
+        "acme/shop",
+        SHA,
+        "production",
+        "deploy",
+    ))
+    .unwrap();
+    body["deployment"]["payload"] = payload;
+    if let Some(git_ref) = git_ref {
+        body["deployment"]["ref"] = json!(git_ref);
+    }
+    let response = server
+        .deliver(
+            "deployment",
+            &format!("d-{github_id}"),
+            &serde_json::to_vec(&body).unwrap(),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let statuses = github.wait_final(github_id, Duration::from_secs(30)).await;
+    let last = statuses.last().unwrap();
+    let expected = format!("environment production is locked by dee ({reason})");
+    assert!(
+        last.state() == "error" && last.description().starts_with(&expected),
+        "{github_id}: {} {}",
+        last.state(),
+        last.description()
+    );
+}
+
 async fn call(
     server: &TestServer,
     method: reqwest::Method,
@@ -133,35 +174,16 @@ async fn api_tokens_have_roles_and_every_action_is_audited() {
             json!({ "requested_by": "dee", "proof": "0".repeat(64) }),
         ),
     ] {
-        let mut body: Value = serde_json::from_slice(&deployment_payload(
+        let payload = json!({ "dropship": dropship });
+        held_by_the_lock(
+            &server,
+            &github,
             github_id,
-            "acme/shop",
-            SHA,
-            "production",
-            "deploy",
-        ))
-        .unwrap();
-        body["deployment"]["payload"] = json!({ "dropship": dropship });
-        let response = server
-            .deliver(
-                "deployment",
-                &format!("d-{github_id}"),
-                &serde_json::to_vec(&body).unwrap(),
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-        let statuses = github.wait_final(github_id, Duration::from_secs(30)).await;
-        let last = statuses.last().unwrap();
-        assert_eq!(
-            (
-                last.state(),
-                last.description()
-                    .starts_with("environment production is locked by dee")
-            ),
-            ("error", true),
-            "{}",
-            last.description()
-        );
+            payload,
+            None,
+            "database migration",
+        )
+        .await;
     }
     // The locker may still deploy: a redeploy dee asks for runs.
     let redeploy = call(
@@ -177,37 +199,19 @@ async fn api_tokens_have_roles_and_every_action_is_audited() {
         .unwrap();
     let statuses = github.wait_final(id, Duration::from_secs(30)).await;
     assert_eq!(statuses.last().unwrap().state(), "success");
-    // The proof binds the payload: copied into a deployment with another payload, it passes
-    // nothing.
+    // The proof binds the payload: copied into a deployment with another payload (everything
+    // else as in the redeploy Dropship made: the ref is the commit itself), it passes nothing.
     let mut replayed = github.created_deployments_all("acme/shop")[0]["payload"].clone();
     replayed["version"] = json!("not what dee asked for");
-    let mut body: Value = serde_json::from_slice(&deployment_payload(
+    held_by_the_lock(
+        &server,
+        &github,
         3105,
-        "acme/shop",
-        SHA,
-        "production",
-        "deploy",
-    ))
-    .unwrap();
-    body["deployment"]["payload"] = replayed;
-    // Everything else as in the redeploy Dropship made: the ref is the commit itself.
-    body["deployment"]["ref"] = json!(SHA);
-    let response = server
-        .deliver("deployment", "d-3105", &serde_json::to_vec(&body).unwrap())
-        .await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let statuses = github.wait_final(3105, Duration::from_secs(30)).await;
-    let last = statuses.last().unwrap();
-    assert_eq!(
-        (
-            last.state(),
-            last.description()
-                .starts_with("environment production is locked by dee")
-        ),
-        ("error", true),
-        "{}",
-        last.description()
-    );
+        replayed,
+        Some(SHA),
+        "database migration",
+    )
+    .await;
     let unlocked = call(&server, Method::DELETE, path, Some(DEPLOYER_TOKEN)).await;
     assert_eq!(unlocked.status(), StatusCode::NO_CONTENT);
     deliver(&server, 3102, "production", "deploy").await;
@@ -249,30 +253,7 @@ async fn api_tokens_have_roles_and_every_action_is_audited() {
         .unwrap();
     assert_eq!(relocked.status(), StatusCode::OK);
     let original = github.created_deployments_all("acme/shop")[0]["payload"].clone();
-    let mut body: Value = serde_json::from_slice(&deployment_payload(
-        3106,
-        "acme/shop",
-        SHA,
-        "production",
-        "deploy",
-    ))
-    .unwrap();
-    body["deployment"]["payload"] = original;
-    body["deployment"]["ref"] = json!(SHA);
-    let response = server
-        .deliver("deployment", "d-3106", &serde_json::to_vec(&body).unwrap())
-        .await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let statuses = github.wait_final(3106, Duration::from_secs(30)).await;
-    let last = statuses.last().unwrap();
-    assert!(
-        last.state() == "error"
-            && last
-                .description()
-                .starts_with("environment production is locked by dee (again)"),
-        "{}",
-        last.description()
-    );
+    held_by_the_lock(&server, &github, 3106, original, Some(SHA), "again").await;
     let unlocked = call(&server, Method::DELETE, path, Some(DEPLOYER_TOKEN)).await;
     assert_eq!(unlocked.status(), StatusCode::NO_CONTENT);
     // A plain token cannot create check runs: none were tried.

@@ -161,7 +161,12 @@ impl TestServer {
         });
         TestServer {
             address,
-            client: reqwest::Client::new(),
+            // Idle connections are let go before the server's header read timeout (10 s)
+            // closes them, so a request never races a closing kept-alive connection.
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
             shutdown,
             task: Some(task),
             _data: data,
