@@ -162,10 +162,11 @@ fn closed_before_read(error: &reqwest::Error) -> bool {
     let text = format!("{error:?}");
     // On a kept-alive connection, or on a new one Caddy accepted in its old configuration and
     // closed unread while it swapped.
-    (text.contains("SendRequest") || text.contains("Connect"))
+    (text.contains("SendRequest") || text.contains("Connect") || text.contains("Canceled"))
         && (text.contains("ConnectionReset")
             || text.contains("IncompleteMessage")
-            || text.contains("connection closed before message completed"))
+            || text.contains("connection closed before message completed")
+            || text.contains("connection was not ready"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
