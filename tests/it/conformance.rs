@@ -2,7 +2,6 @@
 //! what it received, run on the built-in proxy and on Caddy.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,9 +12,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use dropship::proxy::{Proxy, RouteKey, RouteSpec, Routes, UpstreamSpec};
+use dropship::proxy::{RouteKey, RouteSpec, Routes, UpstreamSpec};
 
-use crate::proxy::CaddyProcess;
+use crate::proxy::{CaddyProcess, caddy_routes, serve_builtin};
 
 /// An upstream that answers every request with what it received, as JSON: method, path,
 /// headers, the body's length and its trailers. `/status/N` answers status N with no body.
@@ -353,37 +352,19 @@ async fn suite(listen: &str, builtin: bool) {
     }
 }
 
+fn reporting(upstream: std::net::SocketAddr) -> Vec<UpstreamSpec> {
+    vec![UpstreamSpec {
+        address: upstream.to_string(),
+        container: "reporting".into(),
+    }]
+}
+
 #[tokio::test]
 async fn the_built_in_proxy_carries_every_request_whole() {
     let upstream = reporting_upstream().await;
     let data = tempfile::tempdir().unwrap();
-    let store: Arc<dyn dropship::store::Store> = Arc::new(
-        dropship::store::Sqlite::open(&data.path().join("dropship.db"))
-            .await
-            .unwrap(),
-    );
-    let proxy = Proxy::load(store, Default::default(), Default::default())
-        .await
-        .unwrap();
-    proxy
-        .switch(
-            &route(),
-            vec![UpstreamSpec {
-                address: upstream.to_string(),
-                container: "reporting".into(),
-            }],
-        )
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let listen = listener.local_addr().unwrap().to_string();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(dropship::proxy::serve(
-        listener,
-        proxy,
-        None,
-        shutdown.clone(),
-    ));
+    let (proxy, listen, shutdown) = serve_builtin(data.path(), Default::default()).await;
+    proxy.switch(&route(), reporting(upstream)).await.unwrap();
     suite(&listen, true).await;
     shutdown.cancel();
 }
@@ -395,29 +376,7 @@ async fn caddy_carries_every_request_whole() {
     };
     let upstream = reporting_upstream().await;
     let data = tempfile::tempdir().unwrap();
-    let store: Arc<dyn dropship::store::Store> = Arc::new(
-        dropship::store::Sqlite::open(&data.path().join("dropship.db"))
-            .await
-            .unwrap(),
-    );
-    let settings = dropship::config::ProxySection {
-        backend: dropship::config::ProxyBackend::Caddy,
-        caddy_admin: caddy.admin.clone(),
-        listen: Some(caddy.listen.parse().unwrap()),
-        ..Default::default()
-    };
-    let routes = dropship::proxy::Caddy::connect(store, settings)
-        .await
-        .unwrap();
-    routes
-        .switch(
-            &route(),
-            vec![UpstreamSpec {
-                address: upstream.to_string(),
-                container: "reporting".into(),
-            }],
-        )
-        .await
-        .unwrap();
+    let routes = caddy_routes(&caddy, data.path(), Default::default()).await;
+    routes.switch(&route(), reporting(upstream)).await.unwrap();
     suite(&caddy.listen, false).await;
 }

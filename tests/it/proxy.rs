@@ -732,6 +732,57 @@ async fn the_proxy_forwards_headers_streams_upgrades_and_ejects_a_dead_upstream(
     shutdown.cancel();
 }
 
+/// A SQLite store in `dir`.
+pub(crate) async fn store_in(dir: &std::path::Path) -> std::sync::Arc<dyn dropship::store::Store> {
+    std::sync::Arc::new(
+        dropship::store::Sqlite::open(&dir.join("dropship.db"))
+            .await
+            .unwrap(),
+    )
+}
+
+/// The built-in proxy on a store in `dir`, serving on a port-0 listener: the proxy, its
+/// address, and what stops it.
+pub(crate) async fn serve_builtin(
+    dir: &std::path::Path,
+    settings: dropship::config::ProxySection,
+) -> (
+    dropship::proxy::Proxy,
+    String,
+    tokio_util::sync::CancellationToken,
+) {
+    let proxy = dropship::proxy::Proxy::load(store_in(dir).await, settings, Default::default())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(dropship::proxy::serve(
+        listener,
+        proxy.clone(),
+        None,
+        shutdown.clone(),
+    ));
+    (proxy, address, shutdown)
+}
+
+/// Dropship's Caddy backend, on a store in `dir`, writing into `caddy`.
+pub(crate) async fn caddy_routes(
+    caddy: &CaddyProcess,
+    dir: &std::path::Path,
+    settings: dropship::config::ProxySection,
+) -> dropship::proxy::Caddy {
+    let settings = dropship::config::ProxySection {
+        backend: dropship::config::ProxyBackend::Caddy,
+        caddy_admin: caddy.admin.clone(),
+        listen: Some(caddy.listen.parse().unwrap()),
+        ..settings
+    };
+    dropship::proxy::Caddy::connect(store_in(dir).await, settings)
+        .await
+        .unwrap()
+}
+
 /// A proxy (its listener address) with one route, `app.test`, to `upstreams`.
 async fn proxy_to(
     upstreams: &[std::net::SocketAddr],
@@ -741,16 +792,9 @@ async fn proxy_to(
     tokio_util::sync::CancellationToken,
     tempfile::TempDir,
 ) {
-    use dropship::proxy::{Proxy, RouteKey, RouteSpec, Routes, UpstreamSpec};
+    use dropship::proxy::{RouteKey, RouteSpec, Routes, UpstreamSpec};
     let data = tempfile::tempdir().unwrap();
-    let store: std::sync::Arc<dyn dropship::store::Store> = std::sync::Arc::new(
-        dropship::store::Sqlite::open(&data.path().join("dropship.db"))
-            .await
-            .unwrap(),
-    );
-    let proxy = Proxy::load(store, settings, Default::default())
-        .await
-        .unwrap();
+    let (proxy, address, shutdown) = serve_builtin(data.path(), settings).await;
     let route = RouteSpec {
         key: RouteKey {
             repo: "acme/app".into(),
@@ -768,15 +812,6 @@ async fn proxy_to(
         })
         .collect();
     proxy.switch(&route, upstreams).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(dropship::proxy::serve(
-        listener,
-        proxy,
-        None,
-        shutdown.clone(),
-    ));
     (address, shutdown, data)
 }
 
@@ -841,14 +876,13 @@ async fn a_host_routed_for_one_repository_is_refused_to_another_and_precedence_i
     );
     let data = tempfile::tempdir().unwrap();
     let open = || async {
-        let store: std::sync::Arc<dyn dropship::store::Store> = std::sync::Arc::new(
-            dropship::store::Sqlite::open(&data.path().join("dropship.db"))
-                .await
-                .unwrap(),
-        );
-        Proxy::load(store, Default::default(), Default::default())
-            .await
-            .unwrap()
+        Proxy::load(
+            store_in(data.path()).await,
+            Default::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
     };
     let route = |repo: &str, app: &str| RouteSpec {
         key: RouteKey {

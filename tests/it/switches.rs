@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dropship::proxy::{Proxy, RouteKey, RouteSpec, Routes, UpstreamSpec};
+use dropship::proxy::{RouteKey, RouteSpec, Routes, UpstreamSpec};
 
-use crate::proxy::{CaddyProcess, stand_in_app};
+use crate::proxy::{CaddyProcess, caddy_routes, serve_builtin, stand_in_app};
 use crate::support::eventually;
 
 const SWITCHES: usize = 200;
@@ -34,14 +34,6 @@ fn to(address: std::net::SocketAddr) -> Vec<UpstreamSpec> {
         address: address.to_string(),
         container: format!("container-{address}"),
     }]
-}
-
-async fn store(dir: &std::path::Path) -> Arc<dyn dropship::store::Store> {
-    Arc::new(
-        dropship::store::Sqlite::open(&dir.join("dropship.db"))
-            .await
-            .unwrap(),
-    )
 }
 
 /// Switches `routes` `SWITCHES` times, each time to a new stand-in app, and stops the old one
@@ -172,23 +164,7 @@ fn closed_before_read(error: &reqwest::Error) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_switches_under_load_fail_no_request_on_the_built_in_proxy() {
     let data = tempfile::tempdir().unwrap();
-    let settings = dropship::config::ProxySection {
-        connect_timeout: SLOW,
-        response_timeout: SLOW,
-        ..Default::default()
-    };
-    let proxy = Proxy::load(store(data.path()).await, settings, Default::default())
-        .await
-        .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let listen = listener.local_addr().unwrap().to_string();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(dropship::proxy::serve(
-        listener,
-        proxy.clone(),
-        None,
-        shutdown.clone(),
-    ));
+    let (proxy, listen, shutdown) = serve_builtin(data.path(), slow_settings()).await;
     switches_under_load(&proxy, &listen, false).await;
     shutdown.cancel();
 }
@@ -199,16 +175,14 @@ async fn two_hundred_switches_under_load_fail_no_request_on_caddy() {
         return;
     };
     let data = tempfile::tempdir().unwrap();
-    let settings = dropship::config::ProxySection {
-        backend: dropship::config::ProxyBackend::Caddy,
-        caddy_admin: caddy.admin.clone(),
-        listen: Some(caddy.listen.parse().unwrap()),
+    let routes = caddy_routes(&caddy, data.path(), slow_settings()).await;
+    switches_under_load(&routes, &caddy.listen, true).await;
+}
+
+fn slow_settings() -> dropship::config::ProxySection {
+    dropship::config::ProxySection {
         connect_timeout: SLOW,
         response_timeout: SLOW,
         ..Default::default()
-    };
-    let routes = dropship::proxy::Caddy::connect(store(data.path()).await, settings)
-        .await
-        .unwrap();
-    switches_under_load(&routes, &caddy.listen, true).await;
+    }
 }
