@@ -355,13 +355,7 @@ impl Redactor {
     /// Masks every secret the operator config gives `repo`, and the operator's own credentials
     /// ([`operator_secrets`]).
     pub fn for_repo(config: &Config, repo: &str) -> Redactor {
-        use secrecy::ExposeSecret;
-        let operator = operator_secrets(config);
-        let own = config
-            .repo(repo)
-            .into_iter()
-            .flat_map(|entry| entry.secrets.values().map(|s| s.expose_secret()));
-        Redactor::new(own.chain(operator.iter().map(String::as_str)))
+        Redactor::for_entry(config.repo(repo), &operator_secrets(config))
     }
 
     /// Masks every secret in the config: every repository's and the operator's (for
@@ -374,6 +368,15 @@ impl Redactor {
             .iter()
             .flat_map(|entry| entry.secrets.values().map(|s| s.expose_secret()));
         Redactor::new(repos.chain(operator.iter().map(String::as_str)))
+    }
+
+    /// Built from `operator` (already read) and the secrets of `entry`.
+    fn for_entry(entry: Option<&crate::config::RepoEntry>, operator: &[String]) -> Redactor {
+        use secrecy::ExposeSecret;
+        let own = entry
+            .into_iter()
+            .flat_map(|entry| entry.secrets.values().map(|s| s.expose_secret()));
+        Redactor::new(own.chain(operator.iter().map(String::as_str)))
     }
 
     pub fn redact(&self, text: String) -> String {
@@ -436,6 +439,45 @@ pub fn operator_secrets(config: &Config) -> Vec<String> {
         }
     }
     values
+}
+
+/// Every repository's [`Redactor`], built once at start: building one reads the GitHub App's
+/// key file and computes every masked form of every secret, which state changes, step
+/// records, container log followers and the outbox would otherwise redo each time.
+#[derive(Debug, Clone)]
+pub struct Redactors {
+    config: Arc<Config>,
+    /// One per `[[repos]]` entry, in the config's order (a repository gets its first match).
+    by_entry: Arc<Vec<Redactor>>,
+    /// For a repository no entry matches: the operator's credentials only.
+    unmatched: Redactor,
+}
+
+impl Redactors {
+    pub fn new(config: Arc<Config>) -> Redactors {
+        let operator = operator_secrets(&config);
+        let by_entry = config
+            .repos
+            .iter()
+            .map(|entry| Redactor::for_entry(Some(entry), &operator))
+            .collect();
+        Redactors {
+            unmatched: Redactor::for_entry(None, &operator),
+            by_entry: Arc::new(by_entry),
+            config,
+        }
+    }
+
+    /// What masks `repo`'s output: its own secrets and the operator's credentials (the same
+    /// as [`Redactor::for_repo`]).
+    pub fn for_repo(&self, repo: &str) -> &Redactor {
+        self.config
+            .repos
+            .iter()
+            .position(|entry| entry.matches_repo(repo))
+            .and_then(|i| self.by_entry.get(i))
+            .unwrap_or(&self.unmatched)
+    }
 }
 
 /// Every form of `value` to look for.
@@ -809,6 +851,17 @@ secrets = { DB = "blog-db-password" }
         );
         let everything = Redactor::for_config(&config);
         assert_eq!(everything.redact(text.into()), "*** *** *** *** ***");
+        // Built once at start, each repository's masks the same; an unknown repository's
+        // masks the operator's credentials only.
+        let redactors = Redactors::new(Arc::new(config));
+        assert_eq!(
+            redactors.for_repo("acme/shop").redact(text.into()),
+            "*** blog-db-password *** *** ***"
+        );
+        assert_eq!(
+            redactors.for_repo("acme/unknown").redact(text.into()),
+            "shop-db-password blog-db-password *** *** ***"
+        );
     }
 
     #[test]

@@ -33,7 +33,13 @@ pub async fn engine(
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let fleet = Fleet::from_config(&config, metrics.clone())?;
     let hosts = Hosts::from_config(&config, &fleet)?;
-    let followers = Followers::new(hosts.clone(), store.clone(), config.clone());
+    let redactors = crate::logs::Redactors::new(config.clone());
+    let followers = Followers::new(
+        hosts.clone(),
+        store.clone(),
+        config.clone(),
+        redactors.clone(),
+    );
 
     Ok(Engine {
         config,
@@ -53,6 +59,7 @@ pub async fn engine(
         cancels: Default::default(),
         metrics,
         keys,
+        redactors,
     })
 }
 
@@ -130,7 +137,11 @@ pub async fn run(
         github,
         engine.metrics.clone(),
         engine.outbox.clone(),
-        crate::github::Outgoing::new(config.clone(), engine.keys.clone()),
+        crate::github::Outgoing::new(
+            config.clone(),
+            engine.keys.clone(),
+            engine.redactors.clone(),
+        ),
         shutdown.clone().cancelled_owned(),
     ));
     let (scheduler, queue) = Scheduler::load(engine.clone(), config.server.max_running_deployments)

@@ -19,7 +19,6 @@ use super::{
     ContainerHost, ContainerInfo, Hosts, LABEL_APP, LABEL_ENVIRONMENT, LABEL_REPO, LogEntry,
 };
 use crate::config::Config;
-use crate::logs::Redactor;
 use crate::store::{AppLogLine, LogCursor, Store};
 
 /// Lines stored per write at most.
@@ -37,6 +36,8 @@ struct Inner {
     hosts: Hosts,
     store: Arc<dyn Store>,
     config: Arc<Config>,
+    /// Each repository's secret masking, built once at start.
+    redactors: crate::logs::Redactors,
     live: broadcast::Sender<Arc<AppLogLine>>,
     servers: Mutex<HashSet<String>>,
     following: Mutex<HashSet<String>>,
@@ -82,12 +83,18 @@ impl Skip {
 }
 
 impl Followers {
-    pub fn new(hosts: Hosts, store: Arc<dyn Store>, config: Arc<Config>) -> Followers {
+    pub fn new(
+        hosts: Hosts,
+        store: Arc<dyn Store>,
+        config: Arc<Config>,
+        redactors: crate::logs::Redactors,
+    ) -> Followers {
         Followers {
             inner: Arc::new(Inner {
                 hosts,
                 store,
                 config,
+                redactors,
                 live: broadcast::channel(4096).0,
                 servers: Mutex::new(HashSet::new()),
                 following: Mutex::new(HashSet::new()),
@@ -224,7 +231,7 @@ impl Followers {
             .unwrap_or_default()
             .to_string();
         let app = container.label(LABEL_APP).unwrap_or_default().to_string();
-        let redactor = Redactor::for_repo(&self.inner.config, &repo);
+        let redactor = self.inner.redactors.for_repo(&repo).clone();
         let retention = self.inner.config.containers.log_retention_bytes;
         let mut skip = Skip {
             cursor: self

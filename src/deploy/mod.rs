@@ -64,6 +64,8 @@ pub struct Engine {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Dropship's secret key: log links' tokens are derived from it, never stored.
     pub keys: Arc<crate::keys::Keys>,
+    /// Each repository's secret masking, built once at start.
+    pub redactors: crate::logs::Redactors,
 }
 
 /// Whether the holder of `lock` asked for this deployment: GitHub's creator of that name, or
@@ -145,7 +147,7 @@ enum ServerResult {
 impl Engine {
     /// Masks the values of every secret the deployment's repository may use.
     pub fn redactor(&self, deployment: &Deployment) -> Redactor {
-        Redactor::for_repo(&self.config, &deployment.repo)
+        self.redactors.for_repo(&deployment.repo).clone()
     }
 
     /// GitHub's `auto_inactive`, mirrored in Dropship's records: when `deployment` succeeds,

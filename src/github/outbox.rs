@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::{ApiError, Github, StatusBody};
 use crate::config::Config;
 use crate::keys::Keys;
-use crate::logs::Redactor;
+use crate::logs::{Redactor, Redactors};
 use crate::store::{Deployment, OutboxItem, Store, now_ms};
 
 /// What happens to a status or check run between the store and GitHub: every string in it is
@@ -26,23 +26,28 @@ use crate::store::{Deployment, OutboxItem, Store, now_ms};
 pub struct Outgoing {
     config: Arc<Config>,
     keys: Arc<Keys>,
+    redactors: Redactors,
 }
 
 impl Outgoing {
-    pub fn new(config: Arc<Config>, keys: Arc<Keys>) -> Outgoing {
-        Outgoing { config, keys }
+    pub fn new(config: Arc<Config>, keys: Arc<Keys>, redactors: Redactors) -> Outgoing {
+        Outgoing {
+            config,
+            keys,
+            redactors,
+        }
     }
 
     /// `item` as GitHub gets it: every string masked, the log token in.
     fn prepare(&self, deployment: &Deployment, item: &OutboxItem) -> OutboxItem {
-        let redactor = Redactor::for_repo(&self.config, &deployment.repo);
-        let text = |t: &str| self.text(&redactor, deployment, t);
+        let redactor = self.redactors.for_repo(&deployment.repo);
+        let text = |t: &str| self.text(redactor, deployment, t);
         let mut prepared = item.clone();
         prepared.description = text(&item.description);
         prepared.log_url = item.log_url.as_deref().map(text);
         prepared.environment_url = item.environment_url.as_deref().map(text);
         if let Some(body) = prepared.body.as_mut() {
-            self.json(&redactor, deployment, body);
+            self.json(redactor, deployment, body);
         }
         prepared
     }
@@ -281,7 +286,8 @@ mod tests {
         )
         .unwrap();
         let keys = Arc::new(Keys::from_bytes([7; crate::keys::KEY_BYTES]));
-        let outgoing = Outgoing::new(Arc::new(config), keys.clone());
+        let config = Arc::new(config);
+        let outgoing = Outgoing::new(config.clone(), keys.clone(), Redactors::new(config));
         let deployment = Deployment {
             id: 12,
             github_id: Some(1),

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::github::FakeGithub;
-use crate::support::{
-    API_TOKEN, WEBHOOK_SECRET, config_toml, deployment_payload, free_port, healthy,
-};
+use crate::support::{API_TOKEN, config_toml, deployment_payload, free_port, healthy};
 
 const SHA: &str = "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b";
 const MIB: u64 = 1024 * 1024;
@@ -92,17 +90,8 @@ async fn a_step_printing_2_gib_keeps_memory_and_database_within_the_caps_and_the
     let idle_kib = dropship.status_kib("VmRSS");
 
     let body = deployment_payload(7001, "acme/flood", SHA, "production", "deploy");
-    let response = client
-        .post(format!("{base}/webhooks/github"))
-        .header("X-GitHub-Event", "deployment")
-        .header(
-            "X-Hub-Signature-256",
-            dropship::webhook::sign(WEBHOOK_SECRET.as_bytes(), &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        crate::support::deliver_to(&client, &base, "deployment", "flood-7001", &body).await;
     assert_eq!(response.status(), 202);
     let answer: Value = response.json().await.unwrap();
     let id = answer["id"].as_i64().unwrap();

@@ -519,17 +519,8 @@ async fn container_logs_are_kept_live_and_resume_after_a_crash_without_loss_or_r
     let first = serve(&config);
     healthy(&client, &base).await;
     let body = deployment_payload(1, "acme/chatty", &shas[0], "production", "deploy");
-    let response = client
-        .post(format!("{base}/webhooks/github"))
-        .header("X-GitHub-Event", "deployment")
-        .header(
-            "X-Hub-Signature-256",
-            dropship::webhook::sign(crate::support::WEBHOOK_SECRET.as_bytes(), &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        crate::support::deliver_to(&client, &base, "deployment", "chatty-1", &body).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let statuses = w.github.wait_final(1, Duration::from_secs(120)).await;
     assert_eq!(last(&statuses).0, "success", "{statuses:#?}");

@@ -9,8 +9,7 @@ use serde_json::Value;
 use crate::support::github::FakeGithub;
 use crate::support::sshd::{self, ClientKey, Sshd};
 use crate::support::{
-    API_TOKEN, WEBHOOK_SECRET, config_toml, deployment_payload, eventually, free_port, healthy,
-    serve,
+    API_TOKEN, config_toml, deployment_payload, eventually, free_port, healthy, serve,
 };
 
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -45,17 +44,8 @@ async fn a_deployment_interrupted_by_a_crash_ends_error_with_one_final_status() 
     let first = serve(&config);
     healthy(&client, &base).await;
     let body = deployment_payload(2001, "acme/shop", SHA, "production", "deploy");
-    let response = client
-        .post(format!("{base}/webhooks/github"))
-        .header("X-GitHub-Event", "deployment")
-        .header(
-            "X-Hub-Signature-256",
-            dropship::webhook::sign(WEBHOOK_SECRET.as_bytes(), &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        crate::support::deliver_to(&client, &base, "deployment", "restart-2001", &body).await;
     assert_eq!(response.status(), 202);
     let id = response.json::<Value>().await.unwrap()["id"]
         .as_i64()

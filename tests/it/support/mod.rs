@@ -139,6 +139,27 @@ token_sha256 = "{viewer}"
     )
 }
 
+/// Sends a delivery of `event` signed with the test secret to the Dropship at `base`.
+pub async fn deliver_to(
+    client: &reqwest::Client,
+    base: &str,
+    event: &str,
+    delivery: &str,
+    body: &[u8],
+) -> reqwest::Response {
+    let signature = dropship::webhook::sign(WEBHOOK_SECRET.as_bytes(), body);
+    client
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", event)
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", signature)
+        .header("Content-Type", "application/json")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Dropship serving in this process on a port-0 listener.
 pub struct TestServer {
     pub address: SocketAddr,
@@ -187,17 +208,7 @@ impl TestServer {
 
     /// Sends a signed delivery of `event`.
     pub async fn deliver(&self, event: &str, delivery: &str, body: &[u8]) -> reqwest::Response {
-        let signature = dropship::webhook::sign(WEBHOOK_SECRET.as_bytes(), body);
-        self.client
-            .post(self.url("/webhooks/github"))
-            .header("X-GitHub-Event", event)
-            .header("X-GitHub-Delivery", delivery)
-            .header("X-Hub-Signature-256", signature)
-            .header("Content-Type", "application/json")
-            .body(body.to_vec())
-            .send()
-            .await
-            .unwrap()
+        deliver_to(&self.client, &self.url(""), event, delivery, body).await
     }
 
     /// Signs in through the login form as `name`: the `Cookie` header value to send.
