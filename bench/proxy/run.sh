@@ -1,40 +1,57 @@
 #!/usr/bin/env bash
-# Requests per second and latency through a reverse proxy to one upstream serving 1 KB, at 64
-# connections: Dropship's proxy against nginx (one worker) and haproxy (one thread), each set up
-# as an equivalent keep-alive reverse proxy, and against the upstream directly. wrk and the
-# upstream (nginx serving a static file, one worker) share core 0; each proxy has core 1.
-# Usage: bench/proxy/run.sh [SECONDS]   (needs: apt-get install wrk nginx-light haproxy sqlite3)
+# The edge proxy side by side with nginx (one worker) and haproxy (one thread), each set up as an
+# equivalent keep-alive reverse proxy in front of one upstream that answers 1 KB.
+#
+# Every proxy gets core 1 (`taskset`); the client (wrk) and the upstream share core 0. The
+# upstream is `examples/upstream.rs`, which answers from memory without parsing, so that core 0
+# is well above every proxy: the first line of each table is wrk against the upstream alone.
+#
+# Measured, in this order, for each proxy:
+#   ka      saturation, 64 kept-alive connections: requests/s and p99
+#   new     saturation, a new connection per request (64 at a time): requests/s and p99
+#   5k/20k  paced at 5,000 and 20,000 requests/s (wrk's `delay()`, bench/proxy/paced.lua), kept
+#           alive: p99, and the proxy's CPU time per 1,000 requests (utime + stime from
+#           /proc/PID/stat, all threads)
+#   tls-new HTTPS, a new connection (a full handshake) per request: handshakes/s (nginx and
+#           Dropship, same RSA-2048 certificate)
+#   tls-ka  HTTPS, 64 kept-alive connections: requests/s and p99
+#
+# Usage: bench/proxy/run.sh [SECONDS]
+#   (needs: apt-get install wrk nginx-light haproxy sqlite3 openssl)
+# DROPSHIP_BIN=path skips the build; BENCH_ONLY="ka new" runs only those measures;
+# BENCH_PERF=/tmp/perf.data records Dropship under `perf record -g` during its `ka` run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-10}
+only=${BENCH_ONLY:-ka new 5k 20k tls-new tls-ka}
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; pkill -F "$work/upstream.pid" 2>/dev/null || true; pkill -F "$work/nginx.pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-for tool in wrk nginx haproxy sqlite3; do command -v $tool >/dev/null || [ -x /usr/sbin/$tool ] || { echo "needs $tool" >&2; exit 1; }; done
+trap 'kill $(jobs -p) 2>/dev/null || true; pkill -F "$work/nginx.pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+for tool in wrk nginx haproxy sqlite3 openssl; do command -v $tool >/dev/null || [ -x /usr/sbin/$tool ] || { echo "needs $tool" >&2; exit 1; }; done
 bin=${DROPSHIP_BIN:-target/release/dropship}
 [ -n "${DROPSHIP_BIN:-}" ] || cargo build --release --quiet --bin dropship
+cargo build --release --quiet --example upstream
+upstream_bin=${CARGO_TARGET_DIR:-target}/release/examples/upstream
 
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
+wants() { [[ " $only " == *" $1 "* ]]; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-# The upstream: 1 KB from nginx, one worker, on core 0 (with wrk).
-mkdir -p "$work/www"
-chmod 755 "$work" "$work/www"
-head -c 1024 /dev/zero | tr '\0' 'x' > "$work/www/index.html"
-cat > "$work/upstream.conf" <<CONF
-worker_processes 1; daemon on; pid $work/upstream.pid; error_log $work/upstream.err;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000;
-  server { listen 127.0.0.1:19101; root $work/www; } }
-CONF
-taskset -c 0 nginx -c "$work/upstream.conf" -p "$work"
+# The upstream, on core 0 with wrk.
+taskset -c 0 "$upstream_bin" 127.0.0.1:19101 1024 &
 wait_port 19101
+
+openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=bench.test -addext subjectAltName=DNS:bench.test \
+  -keyout "$work/key.pem" -out "$work/cert.pem" -days 2 2>/dev/null
 
 # nginx as the reverse proxy: one worker, pooled keep-alive to the upstream.
 cat > "$work/nginx.conf" <<CONF
 worker_processes 1; daemon on; pid $work/nginx.pid; error_log $work/nginx.err;
 events { worker_connections 4096; }
-http { access_log off; keepalive_requests 100000;
+http { access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:19101; keepalive 64; }
-  server { listen 127.0.0.1:19102;
+  server { listen 127.0.0.1:19102; listen 127.0.0.1:19202 ssl;
+    ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
+    ssl_session_cache off; ssl_session_tickets off;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto \$scheme; } } }
@@ -70,30 +87,73 @@ token = "bench"
 webhook_secrets = ["bench"]
 [proxy]
 listen = "127.0.0.1:19104"
+listen_tls = "127.0.0.1:19204"
+[[proxy.certificates]]
+hosts = ["bench.test"]
+cert = "$work/cert.pem"
+key = "$work/key.pem"
 TOML
 "$bin" serve --config "$work/dropship.toml" >/dev/null 2>&1 &
 wait_port 19110
-kill %1; wait %1 2>/dev/null || true
+kill %%; wait %% 2>/dev/null || true
 sqlite3 "$work/data/dropship.db" "INSERT INTO routes VALUES ('acme/bench', 'production', 'web', '[\"bench.test\"]', '/', '[{\"address\":\"127.0.0.1:19101\",\"container\":\"bench\"}]', 0)"
 
-run() { # name port [host]
-  echo "== $1 =="
-  taskset -c 0 wrk -t1 -c64 -d"${seconds}s" --latency -H "Host: ${3:-bench.test}" "http://127.0.0.1:$2/" | grep -E "Requests/sec|Latency  |50%|90%|99%|Non-2xx|Socket errors"
+# wrk, pinned to core 0, parsed into "requests/s p99".
+wrk_run() { # url connections [extra wrk arguments...]
+  local url=$1 connections=$2; shift 2
+  taskset -c 0 wrk -t1 -c"$connections" -d"${seconds}s" --latency -H "Host: bench.test" "$@" "$url" > "$work/wrk.out"
+  if grep -q "Non-2xx\|Socket errors" "$work/wrk.out"; then grep "Non-2xx\|Socket errors" "$work/wrk.out" | sed 's/^/    /' >&2; fi
+  awk '/Requests\/sec/ {rate=$2} / 99%/ {p99=$2} END {printf "%d %s\n", rate, p99}' "$work/wrk.out"
 }
-run "upstream directly (nginx, static 1 KB)" 19101
+
+# One proxy through every wanted measure. name pid http_port tls_port(or -)
+measure() {
+  local name=$1 pid=$2 port=$3 tls=$4 line="" result before after
+  for kind in $only; do
+    case $kind in
+      ka) result=$(wrk_run "http://127.0.0.1:$port/" 64) ;;
+      new) result=$(wrk_run "http://127.0.0.1:$port/" 64 -H "Connection: close") ;;
+      5k|20k)
+        # 50 connections each sending every 10 ms ≈ 5,000/s; 200 ≈ 20,000/s.
+        local connections=$([ "$kind" = 5k ] && echo 50 || echo 200)
+        before=$(cpu_ticks "$pid")
+        result=$(DELAY_MS=10 wrk_run "http://127.0.0.1:$port/" "$connections" -s bench/proxy/paced.lua)
+        after=$(cpu_ticks "$pid")
+        local rate=${result%% *} ticks=$((after - before))
+        # ticks are 1/100 s: ms per 1,000 requests = ticks * 10 * 1000 / (rate * seconds).
+        result="$result $(awk -v t="$ticks" -v r="$rate" -v s="$seconds" 'BEGIN {printf "%.1fms/1k", t * 10000 / (r * s)}')"
+        ;;
+      tls-new) [ "$tls" = - ] && result="-" || result=$(wrk_run "https://127.0.0.1:$tls/" 64 -H "Connection: close") ;;
+      tls-ka) [ "$tls" = - ] && result="-" || result=$(wrk_run "https://127.0.0.1:$tls/" 64) ;;
+    esac
+    line="$line | $result"
+  done
+  echo "| $name$line | $(awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/$pid/status) |"
+}
+
+header="| proxy |" rule="|---|"
+for kind in $only; do header="$header $kind |" rule="$rule---|"; done
+echo "$header peak RSS |"
+echo "$rule---|"
+echo "| upstream alone (keep-alive) | $(wrk_run http://127.0.0.1:19101/ 64) |"
 
 taskset -c 1 nginx -c "$work/nginx.conf" -p "$work"
 wait_port 19102
-run "nginx 1.22 (1 worker)" 19102
+nginx_worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
+measure "nginx $(nginx -v 2>&1 | sed 's|.*/||') (1 worker)" "$nginx_worker" 19102 19202
 pkill -F "$work/nginx.pid"
 
 taskset -c 1 haproxy -f "$work/haproxy.cfg" >/dev/null 2>&1 &
+haproxy_pid=$!
 wait_port 19103
-run "haproxy $(haproxy -v | head -1 | awk '{print $3}') (1 thread)" 19103
-kill %%; wait 2>/dev/null || true
+measure "haproxy $(haproxy -v | head -1 | awk '{print $3}') (1 thread)" "$haproxy_pid" 19103 -
+kill "$haproxy_pid"; wait "$haproxy_pid" 2>/dev/null || true
 
 RUST_LOG=error taskset -c 1 "$bin" serve --config "$work/dropship.toml" >/dev/null 2>&1 &
 dropship_pid=$!
 wait_port 19104
-run "dropship" 19104
-grep VmHWM /proc/$dropship_pid/status | sed 's/^/dropship peak /'
+wait_port 19204
+if [ -n "${BENCH_PERF:-}" ]; then
+  perf record -g -o "$BENCH_PERF" -p "$dropship_pid" -- sleep "$seconds" >/dev/null 2>&1 &
+fi
+measure "Dropship" "$dropship_pid" 19104 19204

@@ -7,6 +7,7 @@
 //! and restored on start).
 
 mod caddy;
+mod pool;
 mod serve;
 
 use std::collections::HashMap;
@@ -135,6 +136,8 @@ pub(crate) struct Upstream {
     /// Replaced: no new requests.
     draining: AtomicBool,
     idle: Notify,
+    /// Kept-alive connections to it.
+    pool: pool::Pool,
 }
 
 impl Upstream {
@@ -146,6 +149,7 @@ impl Upstream {
             ejected_until: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             idle: Notify::new(),
+            pool: pool::Pool::default(),
         })
     }
 }
@@ -281,11 +285,12 @@ impl Proxy {
 
     /// An upstream of `backend` for the next request, skipping draining and ejected ones;
     /// `tried` are skipped too (a retry goes elsewhere).
-    pub(crate) fn pick(&self, backend: &Backend, tried: &[String]) -> Option<InFlight> {
+    pub(crate) fn pick(&self, backend: &Backend, tried: &[Arc<Upstream>]) -> Option<InFlight> {
         // Per request, so no allocation: an iterator over the candidates, made twice at most.
         let now = self.now_ms();
-        let open =
-            |u: &&Arc<Upstream>| !u.draining.load(Ordering::SeqCst) && !tried.contains(&u.address);
+        let open = |u: &&Arc<Upstream>| {
+            !u.draining.load(Ordering::SeqCst) && !tried.iter().any(|t| t.address == u.address)
+        };
         let rested = |u: &&Arc<Upstream>| open(u) && u.ejected_until.load(Ordering::SeqCst) <= now;
         // All ejected: try them anyway rather than fail outright.
         let any_rested = backend.upstreams.iter().any(|u| rested(&u));
@@ -331,7 +336,7 @@ impl Proxy {
         backend: &mut Arc<Backend>,
         host: &str,
         path: &str,
-        tried: &[String],
+        tried: &[Arc<Upstream>],
     ) -> Option<InFlight> {
         loop {
             if let Some(in_flight) = self.pick(backend, tried) {

@@ -1,45 +1,53 @@
 //! The proxy's listener: HTTP/1.1 from clients (keep-alive, upgrades), forwarded to upstreams
 //! over pooled keep-alive connections.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
+use http::uri::{Authority, PathAndQuery};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use std::sync::Arc;
+use super::pool::{Lease, ProxyBody, SendError};
+use super::{Backend, InFlight, Proxy, Upstream};
 
-use super::{Backend, InFlight, Proxy};
-
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Headers that belong to one connection, never forwarded (RFC 9110 §7.6.1). `Trailer`
 /// is not among them: it announces the body's trailers, which are forwarded.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
-/// A response body that keeps its upstream counted as in flight until it is fully sent.
+/// An upstream's response body. It keeps its upstream counted as in flight until it is fully
+/// sent, and then gives the connection back to the upstream's pool.
 struct Guarded {
-    body: ProxyBody,
-    _in_flight: Option<InFlight>,
+    body: Incoming,
+    in_flight: InFlight,
+    lease: Option<Lease>,
+    idle_timeout: Duration,
+    ended: bool,
 }
 
 impl Body for Guarded {
@@ -50,7 +58,11 @@ impl Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            self.ended = true;
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -59,6 +71,18 @@ impl Body for Guarded {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // Read to the end: the connection can carry another request. Otherwise it is closed
+        // (the client went away mid-body), since its unread rest would reach the next request.
+        if self.ended || self.body.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                self.in_flight.0.pool.give_back(lease, self.idle_timeout);
+            }
+        }
     }
 }
 
@@ -86,6 +110,10 @@ fn page(status: StatusCode, text: &str) -> Response<ProxyBody> {
 
 /// Drops hop-by-hop headers, and those the `Connection` header names.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass to see, instead of a lookup per name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -113,21 +141,49 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             })
 }
 
-/// The request's host, lowercase, without a port.
-fn host_of<B>(request: &Request<B>) -> Option<String> {
-    let raw = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| request.uri().authority().map(|a| a.to_string()))?;
+/// The request's host (from `Host`, or an absolute URI), lowercase, without a port or a final
+/// dot; borrowed when it already is so.
+fn host_of<'a>(
+    header: Option<&'a HeaderValue>,
+    authority: Option<&'a Authority>,
+) -> Option<Cow<'a, str>> {
+    let raw = match header {
+        Some(value) => value.to_str().ok()?,
+        None => authority?.as_str(),
+    };
     let host = match raw.rsplit_once(':') {
         Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.ends_with(']') => {
             name
         }
-        _ => raw.as_str(),
+        _ => raw,
     };
-    Some(host.trim_end_matches('.').to_ascii_lowercase())
+    let host = host.trim_end_matches('.');
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    })
+}
+
+/// Picks the certificate for the host a client names (SNI). A client that names none (one that
+/// connects to an IP address, or a very old one) gets the first configured certificate, as
+/// nginx's default server does; a host no certificate covers gets none.
+#[derive(Debug)]
+struct BySni {
+    hosts: rustls::server::ResolvesServerCertUsingSni,
+    without_sni: Option<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl rustls::server::ResolvesServerCert for BySni {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        match hello.server_name() {
+            Some(_) => self.hosts.resolve(hello),
+            None => self.without_sni.clone(),
+        }
+    }
 }
 
 /// The TLS settings for `[proxy] certificates`: each certificate served for its hosts, chosen
@@ -140,6 +196,7 @@ pub fn tls_acceptor(
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let mut resolver = rustls::server::ResolvesServerCertUsingSni::new();
+    let mut first = None;
     for entry in certificates {
         let chain = CertificateDer::pem_file_iter(&entry.cert)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
@@ -151,6 +208,7 @@ pub fn tls_acceptor(
             .load_private_key(key)
             .with_context(|| format!("loading the private key {}", entry.key.display()))?;
         let certified = rustls::sign::CertifiedKey::new(chain, key);
+        first.get_or_insert_with(|| std::sync::Arc::new(certified.clone()));
         for host in &entry.hosts {
             resolver
                 .add(&host.to_ascii_lowercase(), certified.clone())
@@ -161,9 +219,19 @@ pub fn tls_acceptor(
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?
         .with_no_client_auth()
-        .with_cert_resolver(std::sync::Arc::new(resolver));
+        .with_cert_resolver(std::sync::Arc::new(BySni {
+            hosts: resolver,
+            without_sni: first,
+        }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// What every connection of one listener shares.
+struct Forwarder {
+    proxy: Proxy,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    scheme: HeaderValue,
 }
 
 /// Serves the proxy on `listener` until `shutdown`: plain HTTP, or HTTPS with `tls`.
@@ -173,15 +241,9 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
-    let settings = proxy.settings().clone();
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(settings.connect_timeout));
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, ProxyBody> = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(settings.idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .build(connector);
-    let scheme = if tls.is_some() { "https" } else { "http" };
+    let idle = proxy.settings().idle_timeout;
+    let scheme = HeaderValue::from_static(if tls.is_some() { "https" } else { "http" });
+    let forwarder = Arc::new(Forwarder { proxy, scheme });
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -194,17 +256,16 @@ pub async fn serve(
             () = shutdown.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let client = client.clone();
+        let forwarder = forwarder.clone();
         let tls = tls.clone();
-        let idle = settings.idle_timeout;
         tokio::spawn(async move {
+            // The client's address as `X-Forwarded-For` carries it, made once per connection.
+            let client = HeaderValue::from_str(&remote.ip().to_string())
+                .expect("an IP address is a valid header value");
             let service = hyper::service::service_fn(move |request| {
-                let proxy = proxy.clone();
+                let forwarder = forwarder.clone();
                 let client = client.clone();
-                async move {
-                    Ok::<_, Infallible>(handle(&proxy, &client, remote, scheme, request).await)
-                }
+                async move { Ok::<_, Infallible>(forwarder.handle(remote, client, request).await) }
             });
             let builder = {
                 let mut builder = hyper::server::conn::http1::Builder::new();
@@ -240,158 +301,172 @@ pub async fn serve(
     }
 }
 
-/// Answers one request, counting it by route and status.
-async fn handle(
-    proxy: &Proxy,
-    client: &Client<HttpConnector, ProxyBody>,
-    remote: SocketAddr,
-    scheme: &'static str,
-    request: Request<Incoming>,
-) -> Response<ProxyBody> {
-    let mut backend = None;
-    let response = forward(proxy, client, remote, scheme, request, &mut backend).await;
-    let counters = backend
-        .as_ref()
-        .map_or(&proxy.inner.unrouted, |b: &Arc<Backend>| &b.counters);
-    counters.count(response.status().as_u16());
-    response
-}
+impl Forwarder {
+    /// Answers one request, counting it by route and status.
+    async fn handle(
+        &self,
+        remote: SocketAddr,
+        client: HeaderValue,
+        request: Request<Incoming>,
+    ) -> Response<ProxyBody> {
+        let mut backend = None;
+        let response = self.forward(remote, client, request, &mut backend).await;
+        let counters = backend
+            .as_ref()
+            .map_or(&self.proxy.inner.unrouted, |b: &Arc<Backend>| &b.counters);
+        counters.count(response.status().as_u16());
+        response
+    }
 
-async fn forward(
-    proxy: &Proxy,
-    client: &Client<HttpConnector, ProxyBody>,
-    remote: SocketAddr,
-    scheme: &'static str,
-    mut request: Request<Incoming>,
-    found: &mut Option<Arc<Backend>>,
-) -> Response<ProxyBody> {
-    let Some(host) = host_of(&request) else {
-        return page(StatusCode::BAD_REQUEST, "The request names no host.");
-    };
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    let Some(mut backend) = proxy.find(&host, &path) else {
-        return page(
-            StatusCode::NOT_FOUND,
-            &format!("No app is served at {host}{path}."),
-        );
-    };
-    *found = Some(backend.clone());
-    let upgrade = is_upgrade(request.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let (mut parts, body) = request.into_parts();
-    let upgrade_headers = upgrade.then(|| {
-        (
-            parts.headers.get(header::UPGRADE).cloned(),
-            parts.headers.get(header::CONNECTION).cloned(),
-        )
-    });
-    strip_hop_by_hop(&mut parts.headers);
-    if let Some((Some(protocol), _)) = &upgrade_headers {
-        parts.headers.insert(header::UPGRADE, protocol.clone());
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
-    let forwarded_for = match parts
-        .headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(earlier) => format!("{earlier}, {}", remote.ip()),
-        None => remote.ip().to_string(),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        parts.headers.insert("x-forwarded-for", value);
-    }
-    parts
-        .headers
-        .insert("x-forwarded-proto", HeaderValue::from_static(scheme));
-    if let Ok(value) = HeaderValue::from_str(&host) {
-        parts.headers.insert("x-forwarded-host", value);
-    }
-    // A request without a body can be sent again to another upstream when the first refuses
-    // the connection; one with a body goes once. hyper knows from the request's framing
-    // (`Content-Length`, or chunked `Transfer-Encoding`, which was stripped above as
-    // hop-by-hop and is framed again on the way out).
-    let bodiless = body.is_end_stream();
-    let mut body = Some(body.boxed());
-    let mut tried: Vec<String> = Vec::new();
-    let settings = proxy.settings();
-    loop {
-        let Some(in_flight) = proxy.pick_current(&mut backend, &host, &path, &tried) else {
+    async fn forward(
+        &self,
+        remote: SocketAddr,
+        client: HeaderValue,
+        request: Request<Incoming>,
+        found: &mut Option<Arc<Backend>>,
+    ) -> Response<ProxyBody> {
+        let proxy = &self.proxy;
+        let (mut parts, body) = request.into_parts();
+        let host_header = parts.headers.get(header::HOST).cloned();
+        let authority = parts.uri.authority().cloned();
+        let Some(host) = host_of(host_header.as_ref(), authority.as_ref()) else {
+            return page(StatusCode::BAD_REQUEST, "The request names no host.");
+        };
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let path = path_and_query.as_str();
+        let Some(mut backend) = proxy.find(&host, path) else {
             return page(
-                StatusCode::BAD_GATEWAY,
-                &format!("No healthy upstream for {host}{path}."),
+                StatusCode::NOT_FOUND,
+                &format!("No app is served at {host}{path}."),
             );
         };
         *found = Some(backend.clone());
-        let upstream = in_flight.0.clone();
-        tried.push(upstream.address.clone());
-        let uri = match format!("http://{}{path}", upstream.address).parse::<http::Uri>() {
-            Ok(uri) => uri,
-            Err(_) => return page(StatusCode::BAD_REQUEST, "The request's path is not valid."),
+        let upgrade = is_upgrade(&parts.headers);
+        let client_upgrade = upgrade
+            .then(|| parts.extensions.remove::<OnUpgrade>())
+            .flatten();
+        let upgrade_protocol = upgrade
+            .then(|| parts.headers.get(header::UPGRADE).cloned())
+            .flatten();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = upgrade_protocol {
+            parts.headers.insert(header::UPGRADE, protocol);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let forwarded_for = match parts.headers.get(X_FORWARDED_FOR) {
+            Some(earlier) => earlier
+                .to_str()
+                .ok()
+                .and_then(|earlier| {
+                    HeaderValue::from_str(&format!("{earlier}, {}", remote.ip())).ok()
+                })
+                .unwrap_or(client),
+            None => client,
         };
-        let mut attempt = Request::from_parts(parts.clone(), empty());
-        *attempt.uri_mut() = uri;
-        *attempt.body_mut() = if bodiless {
-            empty()
-        } else {
-            body.take().unwrap_or_else(empty)
+        parts.headers.insert(X_FORWARDED_FOR, forwarded_for);
+        parts.headers.insert(X_FORWARDED_PROTO, self.scheme.clone());
+        let forwarded_host = match &host_header {
+            Some(value) if value.as_bytes() == host.as_bytes() => Some(value.clone()),
+            _ => HeaderValue::from_str(&host).ok(),
         };
-        match tokio::time::timeout(settings.response_timeout, client.request(attempt)).await {
-            Err(_) => {
-                return page(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    &format!("{host}{path} did not answer in time."),
-                );
+        if let Some(value) = forwarded_host {
+            if host_header.is_none() {
+                parts.headers.insert(header::HOST, value.clone());
             }
-            Ok(Err(error)) if error.is_connect() => {
-                proxy.eject(&upstream);
-                tracing::warn!(upstream = %upstream.address, container = %upstream.container, %error, "upstream refused; ejected");
-                if bodiless && tried.len() < 3 {
-                    continue;
+            parts.headers.insert(X_FORWARDED_HOST, value);
+        }
+        // Sent in origin form; an upstream learns the host from `Host`.
+        parts.uri = Uri::from(path_and_query.clone());
+        // hyper frames the body again on the way out from what it knows of it (its length, or
+        // chunks: `Transfer-Encoding` was stripped above as hop-by-hop).
+        let mut request = Request::from_parts(parts, body.boxed());
+        // Upstreams that refused a connection: a retry goes elsewhere.
+        let mut tried: Vec<Arc<Upstream>> = Vec::new();
+        let settings = proxy.settings();
+        loop {
+            let Some(in_flight) = proxy.pick_current(&mut backend, &host, path, &tried) else {
+                return page(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("No healthy upstream for {host}{path}."),
+                );
+            };
+            *found = Some(backend.clone());
+            let upstream = &in_flight.0;
+            let sent = upstream.pool.send(
+                &upstream.address,
+                request,
+                settings.connect_timeout,
+                settings.idle_timeout,
+            );
+            match tokio::time::timeout(settings.response_timeout, sent).await {
+                Err(_) => {
+                    return page(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        &format!("{host}{path} did not answer in time."),
+                    );
                 }
-                return page(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("The app at {host}{path} could not be reached."),
-                );
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(upstream = %upstream.address, %error, "upstream failed");
-                return page(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("The app at {host}{path} failed to answer."),
-                );
-            }
-            Ok(Ok(mut response)) => {
-                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_upgrade) = client_upgrade {
-                        let upstream_upgrade = hyper::upgrade::on(&mut response);
-                        tokio::spawn(async move {
-                            let _in_flight = in_flight;
-                            if let (Ok(a), Ok(b)) = (client_upgrade.await, upstream_upgrade.await) {
-                                let _ = tokio::io::copy_bidirectional(
-                                    &mut TokioIo::new(a),
-                                    &mut TokioIo::new(b),
-                                )
-                                .await;
-                            }
-                        });
-                        let (parts, _) = response.into_parts();
-                        return Response::from_parts(parts, empty());
+                // Never sent, so it can go to another upstream, whatever its method or body.
+                Ok(Err(SendError::Connect {
+                    error,
+                    request: unsent,
+                })) => {
+                    proxy.eject(upstream);
+                    tracing::warn!(upstream = %upstream.address, container = %upstream.container, %error, "upstream refused; ejected");
+                    if tried.len() < 2 {
+                        tried.push(upstream.clone());
+                        request = *unsent;
+                        continue;
                     }
+                    return page(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("The app at {host}{path} could not be reached."),
+                    );
                 }
-                let (mut parts, body) = response.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                let body = Guarded {
-                    body: body.boxed(),
-                    _in_flight: Some(in_flight),
-                };
-                return Response::from_parts(parts, body.boxed());
+                Ok(Err(SendError::Failed(error))) => {
+                    tracing::warn!(upstream = %upstream.address, %error, "upstream failed");
+                    return page(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("The app at {host}{path} failed to answer."),
+                    );
+                }
+                Ok(Ok((mut response, lease))) => {
+                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if let Some(client_upgrade) = client_upgrade {
+                            let upstream_upgrade = hyper::upgrade::on(&mut response);
+                            tokio::spawn(async move {
+                                let _in_flight = in_flight;
+                                let _lease = lease;
+                                if let (Ok(a), Ok(b)) =
+                                    (client_upgrade.await, upstream_upgrade.await)
+                                {
+                                    let _ = tokio::io::copy_bidirectional(
+                                        &mut TokioIo::new(a),
+                                        &mut TokioIo::new(b),
+                                    )
+                                    .await;
+                                }
+                            });
+                            let (parts, _) = response.into_parts();
+                            return Response::from_parts(parts, empty());
+                        }
+                    }
+                    let (mut parts, body) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    let body = Guarded {
+                        body,
+                        in_flight,
+                        lease: Some(lease),
+                        idle_timeout: settings.idle_timeout,
+                        ended: false,
+                    };
+                    return Response::from_parts(parts, body.boxed());
+                }
             }
         }
     }
@@ -403,13 +478,19 @@ mod tests {
 
     #[test]
     fn hosts_lose_their_port_and_case() {
-        let request = Request::get("/")
-            .header("host", "Shop.Example.com:8080")
-            .body(())
-            .unwrap();
-        assert_eq!(host_of(&request).as_deref(), Some("shop.example.com"));
-        let request = Request::get("/").header("host", "[::1]").body(()).unwrap();
-        assert_eq!(host_of(&request).as_deref(), Some("[::1]"));
+        let host = |value: &'static str| {
+            host_of(Some(&HeaderValue::from_static(value)), None).map(Cow::into_owned)
+        };
+        assert_eq!(
+            host("Shop.Example.com:8080").as_deref(),
+            Some("shop.example.com")
+        );
+        assert_eq!(host("[::1]").as_deref(), Some("[::1]"));
+        let authority = Authority::from_static("shop.test:80");
+        assert!(matches!(
+            host_of(None, Some(&authority)),
+            Some(Cow::Borrowed("shop.test"))
+        ));
     }
 
     #[test]

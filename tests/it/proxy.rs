@@ -314,6 +314,17 @@ async fn https_picks_each_hosts_certificate_by_sni() {
         .send()
         .await;
     assert!(unknown.is_err(), "{unknown:?}");
+    // A client that names no host (it connects to an address) gets the first certificate, as
+    // from nginx's default server; the request then finds no route.
+    let by_address = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .get(format!("https://{address}/"))
+        .send()
+        .await
+        .expect("TLS without SNI");
+    assert_eq!(by_address.status(), 404);
 }
 
 /// Debian's Caddy, run for the test, with an admin API and a server of the team's own that
