@@ -43,7 +43,7 @@ use crate::metrics::Metrics;
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub engine: Engine,
+    pub engine: Arc<Engine>,
     /// Where recorded deployments go to be run.
     pub scheduler: Queue,
     /// Failed sign-ins per name and client address.
@@ -54,7 +54,7 @@ impl AppState {
     pub fn new(engine: Engine, scheduler: Queue) -> AppState {
         let throttle = Arc::new(auth::SignInThrottle::new(&engine.config.api));
         AppState {
-            engine,
+            engine: Arc::new(engine),
             scheduler,
             throttle,
         }
