@@ -1,8 +1,9 @@
 //! Times a task through the whole engine (plan, SSH execution, records, logs) on every server
 //! of an environment: `cold` builds a fresh engine for each run (new master connections),
-//! `warm` reuses one engine (the masters stay open). Used by `bench/ssh/run.sh`.
+//! `warm` reuses one engine (the masters stay open), `started` builds a fresh engine and opens its
+//! masters before the timed run (as `[ssh] connect_at_start` does). Used by `bench/ssh/run.sh`.
 //!
-//! Usage: cargo run --release --example fanout -- CONFIG MANIFEST ENVIRONMENT cold|warm RUNS
+//! Usage: cargo run --release --example fanout -- CONFIG MANIFEST ENVIRONMENT cold|warm|started RUNS
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +45,7 @@ async fn once(engine: &dropship::deploy::Engine, environment: &str) -> anyhow::R
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let [_, config, manifest, environment, mode, runs] = &args[..] else {
-        anyhow::bail!("usage: fanout CONFIG MANIFEST ENVIRONMENT cold|warm RUNS");
+        anyhow::bail!("usage: fanout CONFIG MANIFEST ENVIRONMENT cold|warm|started RUNS");
     };
     let runs: usize = runs.parse()?;
     let config = Arc::new(Config::load(Some(config.as_ref()))?);
@@ -61,12 +62,28 @@ async fn main() -> anyhow::Result<()> {
                 times.push(once(&engine, environment).await?);
             }
         }
+        // As `dropship serve` with `[ssh] connect_at_start`: a fresh engine whose masters were
+        // opened before the deployment (not timed), then its first deployment.
+        "started" => {
+            for _ in 0..runs {
+                let engine = dropship::server::engine(config.clone(), source.clone()).await?;
+                let failed = engine.fleet.connect_all().await;
+                anyhow::ensure!(failed.is_empty(), "could not connect: {failed:?}");
+                times.push(once(&engine, environment).await?);
+            }
+        }
         "warm" => {
             let engine = dropship::server::engine(config.clone(), source.clone()).await?;
             once(&engine, environment).await?; // opens the masters
             for _ in 0..runs {
                 times.push(once(&engine, environment).await?);
             }
+            let (masters, kib) = masters_rss(&config.server.data_dir);
+            println!(
+                "open masters: {masters}, RSS {:.1} MiB in all, {:.2} MiB each",
+                kib as f64 / 1024.0,
+                kib as f64 / 1024.0 / masters.max(1) as f64
+            );
         }
         other => anyhow::bail!("unknown mode {other}"),
     }
@@ -81,4 +98,37 @@ async fn main() -> anyhow::Result<()> {
         times[times.len() - 1].as_secs_f64() * 1e3
     );
     Ok(())
+}
+
+/// The `ssh` master processes of the engine whose data is in `data_dir` (their command lines
+/// name its control directory), and their resident memory in KiB.
+fn masters_rss(data_dir: &std::path::Path) -> (usize, u64) {
+    let needle = data_dir.to_string_lossy().into_owned();
+    let mut count = 0;
+    let mut kib = 0;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_ssh = args
+            .first()
+            .is_some_and(|a| a == "ssh" || a.ends_with("/ssh"));
+        if !is_ssh || !args.iter().any(|a| a.contains(&needle)) || !args.iter().any(|a| a == "-M") {
+            continue;
+        }
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        if let Some(rss) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            count += 1;
+            kib += rss;
+        }
+    }
+    (count, kib)
 }

@@ -319,6 +319,11 @@ pub struct SshSection {
     /// A master connection unused this long is closed; the next step opens a new one.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// `dropship serve` opens a master connection to every SSH server at start (at most
+    /// [`crate::exec::CONNECT_AT_ONCE`] at a time), so the first deployment after a restart finds
+    /// them open. They close again after `idle_timeout` unused.
+    #[serde(default)]
+    pub connect_at_start: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1014,6 +1019,7 @@ impl Default for SshSection {
         SshSection {
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle_timeout(),
+            connect_at_start: false,
         }
     }
 }

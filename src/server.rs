@@ -132,6 +132,21 @@ pub async fn run(
     // burst of webhooks is answered first; with the machine idle they get every core anyway.
     let background = Background(Some(background_runtime()?));
     let work = background.handle();
+    if config.ssh.connect_at_start {
+        let fleet = engine.fleet.clone();
+        work.spawn(async move {
+            let started = std::time::Instant::now();
+            let failed = fleet.connect_all().await;
+            for (server, error) in &failed {
+                tracing::warn!(%server, %error, "could not open the master connection at start; its next step tries again");
+            }
+            tracing::info!(
+                failed = failed.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "master connections opened at start"
+            );
+        });
+    }
     let outbox = work.spawn(run_outbox(
         engine.store.clone(),
         github,

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# `true` on 50 local sshd servers, cold and warm: Dropship's engine against 50 parallel `ssh`
-# processes and against `ssh` over ControlMaster sockets opened beforehand. Every ssh uses the
-# per-server config file Dropship writes (pinned host key, BatchMode, same options).
+# `true` on N local sshd servers (50 by default; 200 works too), cold and warm: Dropship's engine
+# against N parallel `ssh` processes and against `ssh` over ControlMaster sockets opened
+# beforehand. Every ssh uses the per-server config file Dropship writes (pinned host key,
+# BatchMode, same options). Dropship is timed three ways: cold (a fresh engine opens N masters),
+# started (a fresh engine whose masters were opened before the deployment, as `[ssh]
+# connect_at_start` does at `dropship serve`'s start) and warm (the masters of earlier
+# deployments reused); it also prints the resident memory of its open masters, and of ssh's.
 # Usage (as root): bench/ssh/run.sh [SERVERS] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -60,12 +64,15 @@ cargo build --release --quiet --example fanout
 fanout=target/release/examples/fanout
 echo "== dropship engine (includes writing each deployment's records and logs) =="
 $fanout "$config" "$work/dropship.yml" fleet cold "$runs"
+$fanout "$config" "$work/dropship.yml" fleet started "$runs"
 $fanout "$config" "$work/dropship.yml" fleet warm "$runs"
 
 # The config files Dropship wrote above, one per server, for the ssh baselines.
 sshcfg="$work/data/ssh"
 all_ssh="for i in \$(seq 1 $servers); do ssh -F $sshcfg/s\$i.config dropship-s\$i true & done; wait"
 for i in $(seq 1 "$servers"); do ssh -F "$sshcfg/s$i.config" -o ControlMaster=yes -o ControlPersist=yes -S "$work/cm-$i" -fN "dropship-s$i"; done
+cm_kib=$(ps -o rss= -p "$(pgrep -d, -f 'ControlMaster=yes')" | awk '{s += $1} END {print s}')
+awk -v k="$cm_kib" -v n="$servers" 'BEGIN {printf "ssh ControlMasters: %d, RSS %.1f MiB in all, %.2f MiB each\n", n, k / 1024, k / 1024 / n}'
 all_mux="for i in \$(seq 1 $servers); do ssh -F $sshcfg/s\$i.config -S $work/cm-\$i dropship-s\$i true & done; wait"
 echo "== ssh baselines =="
 hyperfine -N --warmup 2 --runs "$runs" --export-markdown "$work/ssh.md" \

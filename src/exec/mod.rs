@@ -235,6 +235,11 @@ pub trait Executor: Send + Sync + fmt::Debug {
     fn host_key_status(&self) -> String;
 }
 
+/// Most master connections [`Fleet::connect_all`] opens at once (sshd's default `MaxStartups`
+/// begins refusing at 10 unauthenticated connections per server, but these are to different
+/// servers; the limit keeps Dropship's own burst of `ssh` processes bounded).
+pub const CONNECT_AT_ONCE: usize = 64;
+
 /// The executors of every configured server, by name.
 #[derive(Debug, Clone, Default)]
 pub struct Fleet {
@@ -270,6 +275,21 @@ impl Fleet {
             executors: Arc::new(executors),
             ssh: Arc::new(connections),
         })
+    }
+
+    /// Opens the master connection of every SSH server, [`CONNECT_AT_ONCE`] at a time, and
+    /// returns those that failed, with why (each is tried again by its next step).
+    pub async fn connect_all(&self) -> Vec<(String, ExecError)> {
+        use futures::StreamExt;
+        futures::stream::iter(self.ssh.values().cloned())
+            .map(|ssh| async move {
+                let connected = ssh.connected().await;
+                (ssh.name().to_string(), connected)
+            })
+            .buffer_unordered(CONNECT_AT_ONCE)
+            .filter_map(|(name, connected)| async move { connected.err().map(|e| (name, e)) })
+            .collect()
+            .await
     }
 
     /// The SSH connection of an SSH server.

@@ -403,3 +403,40 @@ async fn a_rolling_deployment_stops_at_the_first_failing_batch() {
         "{log}"
     );
 }
+
+/// `[ssh] connect_at_start`: the master connections are open before any deployment, so the first
+/// one after a restart is warm; a server that cannot be reached is only reported.
+#[tokio::test]
+async fn connect_at_start_opens_every_master_before_the_first_deployment() {
+    if sshd::available().is_none() {
+        return;
+    }
+    let key = ClientKey::new();
+    let sshds: Vec<Sshd> = (0..2).map(|_| Sshd::start(&key)).collect();
+    let mut servers = String::new();
+    for (i, sshd) in sshds.iter().enumerate() {
+        servers.push_str(&sshd.server_toml(&format!("web-{i}"), &["web"], &key, &sshd.host_key));
+    }
+    // A third whose pinned key is another server's: it must not connect, and must not stop
+    // the others or the service.
+    let wrong = sshds[0].server_toml("web-wrong", &["web"], &key, &sshds[1].host_key);
+    let data = tempfile::tempdir().unwrap();
+    let config = Config::from_toml(&config_toml(
+        data.path(),
+        "http://127.0.0.1:9",
+        &format!("[ssh]\nconnect_at_start = true\n\n{servers}{wrong}"),
+    ))
+    .unwrap();
+    let server = TestServer::start(config, Some(data)).await;
+    crate::support::eventually(Duration::from_secs(20), "two open masters", || async {
+        let text = crate::support::metrics(&server).await;
+        crate::support::sample(&text, "dropship_ssh_connections_open", &[]) == Some(2.0)
+    })
+    .await;
+    let text = crate::support::metrics(&server).await;
+    assert_eq!(
+        crate::support::sample(&text, "dropship_ssh_connections_opened_total", &[]),
+        Some(2.0),
+        "{text}"
+    );
+}
