@@ -62,9 +62,9 @@ rates=($(grep "Requests/sec" "$out/webhook.txt" | awk '{print $2}'))
 line "webhook intake: requests/s (adnanh/webhook)" "${rates[0]%.*}" "${rates[1]%.*}" "≥ 20"
 p99=$(grep -m1 " 99%" "$out/webhook.txt" | awk '{print $2}')
 line "webhook intake: Dropship's p99 ms (10 ms)" "$(ms "$p99")" 10 "≤ 1"
-peak=$(awk '/^peak/ {print $3 / 1024}' "$out/webhook.txt")
+peak=$(awk '/^peak/ {printf "%.1f", $3 / 1024}' "$out/webhook.txt")
 line "webhook intake: peak RSS MiB (64 MiB)" "$peak" 64 "≤ 1"
-idle=$(awk '/^idle/ {print $3 / 1024}' "$out/webhook.txt")
+idle=$(awk '/^idle/ {printf "%.1f", $3 / 1024}' "$out/webhook.txt")
 line "webhook intake: idle RSS MiB (25 MiB)" "$idle" 25 "≤ 1"
 
 mean() { grep "^$1: runs" "$out/ssh.txt" | awk '{for (i = 1; i <= NF; i++) if ($i == "mean") print $(i + 1)}'; }
