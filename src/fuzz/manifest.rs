@@ -23,12 +23,14 @@ proptest! {
     }
 
     /// The container policy's check of a compose file answers every text, under the strictest
-    /// policy, with `Ok` or diagnostics that each say something.
+    /// policy, with `Ok` or diagnostics that each say something; a file over the size limit is
+    /// refused.
     #[test]
     fn compose_check_never_panics(text in hostile_compose()) {
         let policy = crate::config::ContainerPolicy::default();
-        if let Err(diagnostics) = crate::manifest::check_compose_file("compose.yml", &text, &policy, "1a2b3c4d") {
-            check_diagnostics(&diagnostics)?;
+        match crate::manifest::check_compose_file("compose.yml", &text, &policy, "1a2b3c4d") {
+            Err(diagnostics) => check_diagnostics(&diagnostics)?,
+            Ok(()) => prop_assert!(text.len() <= crate::manifest::MAX_MANIFEST_BYTES),
         }
     }
 
@@ -1089,6 +1091,7 @@ fn inventory() -> impl Strategy<Value = Inventory> {
                     cap_add: vec!["ALL".into()],
                     devices: open,
                     public_ports: open,
+                    ..crate::config::ContainerPolicy::default()
                 })
             ),
         ],
@@ -1106,8 +1109,19 @@ fn inventory() -> impl Strategy<Value = Inventory> {
         )
 }
 
+/// A value nested `depth` levels deep: flow sequences, flow mappings, or block sequences
+/// (compact, at `indent`).
+fn deep_value(kind: u8, depth: usize, indent: usize) -> String {
+    match kind % 3 {
+        0 => format!("{}{}", "[".repeat(depth), "]".repeat(depth)),
+        1 => format!("{}1{}", "{a: ".repeat(depth), "}".repeat(depth)),
+        _ => format!("\n{}{}x", " ".repeat(indent), "- ".repeat(depth)),
+    }
+}
+
 /// Compose files from pieces of every checked key, with hostile values in them, sometimes cut
-/// short or nested deep.
+/// short, nested deep (in a service's key, or whole services nested in block mappings; up to
+/// 3,000 levels, past `positions::MAX_DEPTH`) or larger than `MAX_MANIFEST_BYTES`.
 fn hostile_compose() -> impl Strategy<Value = String> {
     let value = prop_oneof![
         select(
@@ -1131,10 +1145,18 @@ fn hostile_compose() -> impl Strategy<Value = String> {
                 "~",
                 "null",
                 "- /x:/y",
+                "[/var/lib/data, \"/data\"]",
+                "{type: model, options: {x: y}}",
+                "[/etc/passwd, ../x]",
+                "{context: ., ssh: [default, \"k=/root/.ssh/id\"]}",
+                "{ssh: {default: ~}}",
+                "{cache_from: [\"type=local,src=/\"], cache_to: [\"type=local,dest=/tmp\"]}",
+                "{cache_from: [\"a/b:c\"], cache_to: \"type=inline\"}",
             ][..]
         )
         .prop_map(str::to_string),
         nasty_string().prop_map(|s| format!("{s:?}")),
+        (any::<u8>(), 1..3_000usize).prop_map(|(kind, depth)| deep_value(kind, depth, 6)),
     ];
     let key = select(
         &[
@@ -1156,6 +1178,8 @@ fn hostile_compose() -> impl Strategy<Value = String> {
             "deploy",
             "<<",
             "image",
+            "provider",
+            "label_file",
         ][..],
     );
     let service = prop::collection::vec((key, value), 0..6).prop_map(|pairs| {
@@ -1164,6 +1188,12 @@ fn hostile_compose() -> impl Strategy<Value = String> {
             .map(|(key, value)| format!("    {key}: {value}\n"))
             .collect::<String>()
     });
+    // Anything nested deep where the file's top level or a service stands, or a file padded
+    // past the size limit.
+    let shape = prop_oneof![
+        6 => Just(None),
+        1 => (any::<u8>(), 1..3_000usize).prop_map(|(kind, depth)| Some((kind, depth))),
+    ];
     (
         prop::collection::vec(service, 0..3),
         select(
@@ -1172,15 +1202,36 @@ fn hostile_compose() -> impl Strategy<Value = String> {
                 "include: [../x.yml]\n",
                 "secrets: {k: {file: /etc/shadow}}\n",
                 "volumes: {v: {driver_opts: {device: /}}}\n",
+                "networks: {n: {external: true, name: x-1a2b3c4d-y}}\n",
             ][..],
         ),
         any::<Index>(),
         any::<bool>(),
+        shape,
     )
-        .prop_map(|(services, top, cut, truncate)| {
+        .prop_map(|(services, top, cut, truncate, shape)| {
             let mut text = String::from("services:\n");
             for (i, service) in services.iter().enumerate() {
                 text.push_str(&format!("  s{i}:\n{service}"));
+            }
+            match shape {
+                None => {}
+                // Services inside services, as deep block mappings.
+                Some((kind, depth)) if kind % 4 == 3 => {
+                    for level in 0..depth.min(400) {
+                        text.push_str(&" ".repeat(2 + level * 2));
+                        text.push_str(&format!("n{level}:\n"));
+                    }
+                }
+                Some((kind, depth)) if kind % 8 == 4 => {
+                    // Past the size limit, in a comment (`depth` makes the excess vary).
+                    let pad =
+                        (crate::manifest::MAX_MANIFEST_BYTES + depth).saturating_sub(text.len());
+                    text.push_str(&format!("#{}\n", "x".repeat(pad)));
+                }
+                Some((kind, depth)) => {
+                    text.push_str(&format!("  deep: {}\n", deep_value(kind, depth, 4)));
+                }
             }
             text.push_str(top);
             if truncate && !text.is_empty() {

@@ -2,13 +2,15 @@
 //!
 //! Checked on the file's text, after YAML merge keys are applied, right before `docker compose
 //! up`: every service's privileges, namespaces, capabilities, devices, published ports and
-//! host paths (volumes, `env_file`, `build`, `extends`), and the top level's `include`,
-//! `secrets`/`configs` files and bind-type volumes. A checked key may not use interpolation
-//! (`${VAR}`): its value must be what the file says, not what an environment makes of it.
+//! host paths (volumes, `env_file`, `label_file`, `build` contexts, SSH and local caches,
+//! `extends`), `provider` services (refused: Compose runs their `type` as a program on the
+//! server), and the top level's `include`, `secrets`/`configs` files and bind-type volumes. A
+//! checked key may not use interpolation (`${VAR}`): its value must be what the file says, not
+//! what an environment makes of it. A file larger than [`super::MAX_MANIFEST_BYTES`] or nested
+//! deeper than [`super::positions::MAX_DEPTH`] is refused before it is parsed.
 
 use serde_yaml::Value;
 
-use super::positions::Positions;
 use super::{Diagnostic, Diagnostics};
 use crate::config::ContainerPolicy;
 
@@ -19,7 +21,7 @@ pub fn check_compose_file(
     policy: &ContainerPolicy,
     digest: &str,
 ) -> Result<(), Diagnostics> {
-    let positions = Positions::index(text);
+    let positions = super::bounded_positions(file, "the compose file", text)?;
     let mut found = Vec::new();
     let mut say = |path: &str, message: String| {
         found.push(Diagnostic {
@@ -90,7 +92,9 @@ pub fn check_compose_file(
                     // Checked before the digest: `${V:-x-DIGEST}` carries it and means anything.
                     no_interpolation(&at, actual, &mut say);
                 }
-                if (named.is_some() || external) && !actual.contains(&format!("-{digest}")) {
+                if (named.is_some() || external)
+                    && !super::containers::carries_digest(actual, digest)
+                {
                     say(
                         &at,
                         format!(
@@ -144,6 +148,19 @@ fn untag(value: Value) -> Value {
 
 fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mut Say<'_>) {
     let field = |key: &str| service.get(key);
+    // Compose (2.36 and later) runs `provider.type` as a program on the server itself (a
+    // Docker CLI plugin, or a binary on the PATH or in the project directory): nothing a
+    // container policy grants covers that.
+    if let Some(provider) = field("provider") {
+        let at = match provider.get("type") {
+            Some(_) => format!("{path}.provider.type"),
+            None => format!("{path}.provider"),
+        };
+        say(
+            &at,
+            "`provider` runs a program on the server itself, outside any container; the operator config has no grant for it: run the service from an `image`".into(),
+        );
+    }
     if let Some(value) = field("privileged") {
         let at = format!("{path}.privileged");
         if is_true(value) && !policy.privileged {
@@ -262,8 +279,9 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
             match volume {
                 Value::String(short) => {
                     no_interpolation(&at, short, say);
-                    let source = short.split(':').next().unwrap_or_default();
-                    if short.contains(':') || source.starts_with(['/', '.', '~']) {
+                    // Without a `:`, the entry is a path in the container (an anonymous
+                    // volume), not a mount source.
+                    if let Some((source, _)) = short.split_once(':') {
                         mount_source(&at, source, policy, say);
                     }
                 }
@@ -305,8 +323,10 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
             check_port(&at, port, policy, say);
         }
     }
-    for (key, file) in env_files(field("env_file")) {
-        inside_project(&format!("{path}.env_file{key}"), &file, say);
+    for section in ["env_file", "label_file"] {
+        for (key, file) in env_files(field(section)) {
+            inside_project(&format!("{path}.{section}{key}"), &file, say);
+        }
     }
     match field("build") {
         Some(Value::String(context)) => build_context(&format!("{path}.build"), context, say),
@@ -340,6 +360,21 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
                     if let Some(context) = context.as_str() {
                         let at = format!("{path}.build.additional_contexts.{}", text_of(name));
                         build_context(&at, context, say);
+                    }
+                }
+            }
+            build_ssh(&format!("{path}.build.ssh"), build.get("ssh"), say);
+            for key in ["cache_from", "cache_to"] {
+                for (index, entry) in each_string(build.get(key)) {
+                    let at = format!("{path}.build.{key}{index}");
+                    no_interpolation(&at, &entry, say);
+                    if local_cache(&entry) {
+                        say(
+                            &at,
+                            format!(
+                                "`{entry}` reads or writes a host path (a `type=local` cache); the operator config has no grant for it: use a registry cache (`type=registry`) or an image"
+                            ),
+                        );
                     }
                 }
             }
@@ -378,10 +413,7 @@ fn check_port(at: &str, port: &Value, policy: &ContainerPolicy, say: &mut Say<'_
             .map(str::to_string),
         _ => return,
     };
-    let loopback = address
-        .as_deref()
-        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-        .is_some_and(|ip| ip.is_loopback());
+    let loopback = address.as_deref().is_some_and(super::is_loopback);
     if !loopback {
         say(
             at,
@@ -457,6 +489,51 @@ fn build_context(at: &str, context: &str, say: &mut Say<'_>) {
         return;
     }
     inside_project(at, context, say);
+}
+
+/// `build.ssh` hands the server's SSH agent (`default`) or key files to the build: every entry,
+/// in a list (`[default, id=path]`) or a mapping (`{default: ~}`), is refused.
+fn build_ssh(at: &str, ssh: Option<&Value>, say: &mut Say<'_>) {
+    let entries: Vec<(String, String)> = match ssh {
+        Some(Value::Mapping(map)) => map
+            .iter()
+            .map(|(id, path)| {
+                let id = text_of(id);
+                let entry = match path.as_str() {
+                    Some(path) => format!("{id}={path}"),
+                    None => id.clone(),
+                };
+                (format!("{at}.{id}"), entry)
+            })
+            .collect(),
+        Some(Value::Sequence(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (format!("{at}[{i}]"), text_of(item)))
+            .collect(),
+        Some(Value::Null) | None => Vec::new(),
+        Some(other) => vec![(at.to_string(), text_of(other))],
+    };
+    for (entry_at, entry) in entries {
+        say(
+            &entry_at,
+            format!(
+                "`ssh` entry `{entry}` hands the server's SSH agent or keys to the build; the operator config has no grant for it: fetch private code with a build secret or before the build"
+            ),
+        );
+    }
+}
+
+/// Whether a `cache_from`/`cache_to` entry (buildx's CSV, `type=local,src=PATH`) is a local
+/// cache, which reads or writes a path on the server.
+fn local_cache(entry: &str) -> bool {
+    entry.split(',').any(|field| {
+        let field = field.trim().trim_matches('"').trim();
+        field.split_once('=').is_some_and(|(key, value)| {
+            key.trim().eq_ignore_ascii_case("type")
+                && value.trim().trim_matches('"').eq_ignore_ascii_case("local")
+        })
+    })
 }
 
 fn no_interpolation(at: &str, value: &str, say: &mut Say<'_>) {
@@ -614,6 +691,97 @@ mod tests {
         ] {
             assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
         }
+    }
+
+    #[test]
+    fn providers_label_files_build_ssh_and_local_caches_are_refused() {
+        let text = "services:\n  model:\n    provider:\n      type: ./evil\n      options: { x: y }\n  web:\n    image: nginx\n    label_file: [/etc/dropship/secrets.env, ../x.labels, ./ok.labels]\n    build:\n      context: .\n      ssh: [default, \"key=/root/.ssh/id_ed25519\"]\n      cache_from: [\"type=local,src=/etc\", \"shop/web:cache\", \"type=registry,ref=shop/web:c\"]\n      cache_to: [\" Type=Local ,dest=/srv/cache\"]\n  db:\n    image: postgres\n    label_file: /etc/passwd\n";
+        let found = refusals(text, &ContainerPolicy::default());
+        let all = found.join("\n");
+        assert_eq!(found.len(), 8, "{all}");
+        for expected in [
+            "docker-compose.yml:4:13: `provider` runs a program on the server itself",
+            "docker-compose.yml:8:18: `/etc/dropship/secrets.env` is outside the compose project",
+            "docker-compose.yml:8:45: `../x.labels` is outside the compose project",
+            "docker-compose.yml:11:13: `ssh` entry `default` hands the server's SSH agent or keys to the build",
+            "docker-compose.yml:11:22: `ssh` entry `key=/root/.ssh/id_ed25519` hands",
+            "docker-compose.yml:12:20: `type=local,src=/etc` reads or writes a host path",
+            "docker-compose.yml:13:18: ` Type=Local ,dest=/srv/cache` reads or writes a host path",
+            "docker-compose.yml:16:17: `/etc/passwd` is outside the compose project",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+        }
+        // A mapping of ssh ids is refused too, and no `provider` is allowed by any policy.
+        let text = "services:\n  web:\n    build: { context: ., ssh: { default: ~ } }\n  m:\n    provider: { type: model }\n";
+        let open = ContainerPolicy {
+            privileged: true,
+            docker_socket: true,
+            host_network: true,
+            host_namespaces: true,
+            devices: true,
+            public_ports: true,
+            mounts: vec!["/*".into()],
+            ..ContainerPolicy::default()
+        };
+        let all = refusals(text, &open).join("\n");
+        assert!(all.contains("3:42: `ssh` entry `default` hands"), "{all}");
+        assert!(all.contains("5:23: `provider` runs a program"), "{all}");
+    }
+
+    #[test]
+    fn a_bare_container_path_is_an_anonymous_volume() {
+        let text = "services:\n  db:\n    image: postgres\n    volumes: [/var/lib/postgresql/data, \"/:/host\", \"./data:/d\"]\n";
+        let all = refusals(text, &ContainerPolicy::default()).join("\n");
+        assert!(!all.contains("/var/lib/postgresql/data"), "{all}");
+        assert!(all.contains("4:41: `/` holds the Docker socket"), "{all}");
+        assert!(all.contains("`./data` mounts a host path"), "{all}");
+    }
+
+    #[test]
+    fn huge_or_deep_compose_files_are_refused_before_they_are_parsed() {
+        let deep = format!(
+            "services:\n  web:\n    labels: {}1{}\n",
+            "{a: ".repeat(20_000),
+            "}".repeat(20_000)
+        );
+        let error = refusals(&deep, &ContainerPolicy::default()).join("\n");
+        assert!(error.starts_with("docker-compose.yml:3:"), "{error}");
+        assert!(error.contains("nest deeper than 64 levels"), "{error}");
+        let block = format!(
+            "services:\n  web:\n    volumes:\n      {}x\n",
+            "- ".repeat(1000)
+        );
+        let error = refusals(&block, &ContainerPolicy::default()).join("\n");
+        assert!(error.contains("nest deeper than 64 levels"), "{error}");
+        let huge = format!(
+            "services:\n  web:\n    image: nginx\n# {}\n",
+            "x".repeat(super::super::MAX_MANIFEST_BYTES)
+        );
+        assert_eq!(
+            refusals(&huge, &ContainerPolicy::default()),
+            [format!(
+                "docker-compose.yml: the compose file is {} bytes; it may be at most 524288 (512 KiB)",
+                huge.len()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_name_carries_the_digest_at_its_end_or_before_an_underscore_only() {
+        // The rule of container steps' names (`carries_digest`): the digest ends the name, or
+        // ends a compose project's name before `_`; a digest in the middle is not enough.
+        let text = "services:\n  web:\n    image: nginx\nvolumes:\n  a: {external: true, name: x-1a2b3c4d-y}\n  b: {external: true, name: web-1a2b3c4d_data}\nnetworks:\n  host: {external: true, name: host}\n";
+        let found = refusals(text, &ContainerPolicy::default());
+        let all = found.join("\n");
+        assert_eq!(found.len(), 2, "{all}");
+        assert!(
+            all.contains("`x-1a2b3c4d-y` names a volume outside this stack"),
+            "{all}"
+        );
+        assert!(
+            all.contains("`host` names a network outside this stack"),
+            "{all}"
+        );
     }
 
     #[test]

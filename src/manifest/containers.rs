@@ -191,7 +191,8 @@ pub(super) fn parse_port(text: &str) -> Result<PortMapping, String> {
     })
 }
 
-fn command(raw: &RawCommand) -> Vec<String> {
+/// A command as its arguments: `command: "..."` is one script for `sh -c`.
+pub(super) fn command(raw: &RawCommand) -> Vec<String> {
     match raw {
         RawCommand::Shell(text) => vec!["sh".into(), "-c".into(), text.clone()],
         RawCommand::Exec(list) => list.clone(),
@@ -334,17 +335,7 @@ pub(super) fn check_container(c: &mut Collector<'_>, path: &str, raw: &RawContai
         }
     }
     for key in raw.env.keys() {
-        if !super::valid_env_name(key) {
-            c.at_key(
-                &format!("{path}.env.{key}"),
-                format!("`{key}` is not a valid environment variable name"),
-            );
-        } else if key.starts_with("DROPSHIP_") {
-            c.at_key(
-                &format!("{path}.env.{key}"),
-                format!("`{key}`: names starting with DROPSHIP_ are set by dropship"),
-            );
-        }
+        super::check_env_name(c, &format!("{path}.env.{key}"), key);
     }
     for (i, secret) in raw.secrets.iter().enumerate() {
         if !super::valid_env_name(secret) {
@@ -672,18 +663,25 @@ pub fn repo_digest(owner: &str, repo: &str) -> String {
     hex::encode(digest)[..8].to_string()
 }
 
-/// A named volume or network of the repository with `digest`: kept if it already carries the
-/// digest (`data-1a2b3c4d`, or a compose project's `web-1a2b3c4d_default`), else given it.
-/// Docker's own networks (`bridge`, `none`, `host`) are kept.
-pub fn namespaced_name(name: &str, digest: &str) -> String {
+/// Whether a volume or network `name` carries the repository's `digest`: it ends with
+/// `-DIGEST` (`data-1a2b3c4d`, as [`namespaced_name`] makes it) or holds `-DIGEST_` (a compose
+/// project's `web-1a2b3c4d_default`). Used by container steps and by the compose check alike,
+/// the stricter of the two rules they had (the compose check used to take `-DIGEST` anywhere).
+pub(super) fn carries_digest(name: &str, digest: &str) -> bool {
     let suffix = format!("-{digest}");
-    if ["bridge", "none", "host"].contains(&name)
-        || name.ends_with(&suffix)
-        || name.contains(&format!("{suffix}_"))
-    {
+    name.ends_with(&suffix) || name.contains(&format!("{suffix}_"))
+}
+
+/// A named volume or network of the repository with `digest`: kept if it already carries the
+/// digest ([`carries_digest`]), else given it. Docker's own networks (`bridge`, `none`, `host`)
+/// are kept: only here, since joining them is what a container step's `network` means, and
+/// the policy checks `host` separately; a compose file naming them outright (`name: host`) is
+/// refused by the compose check, which does not take them as the repository's own.
+pub fn namespaced_name(name: &str, digest: &str) -> String {
+    if ["bridge", "none", "host"].contains(&name) || carries_digest(name, digest) {
         name.to_string()
     } else {
-        format!("{name}{suffix}")
+        format!("{name}-{digest}")
     }
 }
 

@@ -179,9 +179,18 @@ pub(crate) enum Quoting {
     /// argument), never parsed by a shell.
     Raw,
     /// Percent-encoded, so that a value stays inside the URL component it stands in and
-    /// cannot change the scheme, host or path around it.
+    /// cannot change the scheme, host or path around it. RFC 3986's unreserved characters
+    /// stay as they are ([`URL_COMPONENT`]): `pr-12` is `pr-12`, not `pr%2D12`.
     Url,
 }
+
+/// What [`Quoting::Url`] encodes: everything but RFC 3986's unreserved characters (ALPHA,
+/// DIGIT, `-`, `.`, `_`, `~`), which mean the same encoded or not.
+const URL_COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Replaces every expression in `text` by its value; the text was validated already, so an
 /// expression that does not parse is left as written. Scripts never go through here: see
@@ -196,10 +205,9 @@ pub(crate) fn substitute(text: &str, context: &Context, quoting: Quoting) -> Str
                 let value = context.value(&reference);
                 match quoting {
                     Quoting::Raw => out.push_str(&value),
-                    Quoting::Url => out.extend(percent_encoding::utf8_percent_encode(
-                        &value,
-                        percent_encoding::NON_ALPHANUMERIC,
-                    )),
+                    Quoting::Url => {
+                        out.extend(percent_encoding::utf8_percent_encode(&value, URL_COMPONENT))
+                    }
                 }
             }
             Err(_) => out.push_str(&text[occurrence.start..occurrence.end]),
@@ -256,12 +264,27 @@ mod tests {
             (
                 "https://example.com/${{ deployment.payload.evil }}",
                 Quoting::Url,
-                "https://example.com/%27%3B%20rm%20%2Drf%20%2F%20%23",
+                "https://example.com/%27%3B%20rm%20-rf%20%2F%20%23",
             ),
         ];
         for (input, quoting, expected) in cases {
             assert_eq!(substitute(input, &context(), quoting), expected, "{input}");
         }
+    }
+
+    #[test]
+    fn url_encoding_leaves_unreserved_characters_as_they_are() {
+        let mut context = context();
+        context.environment = "pr-12".into();
+        context.git_ref = "a_b.c~d-E9/@:?#%".into();
+        assert_eq!(
+            substitute(
+                "https://${{ deployment.environment }}.example.com/${{ deployment.ref }}",
+                &context,
+                Quoting::Url
+            ),
+            "https://pr-12.example.com/a_b.c~d-E9%2F%40%3A%3F%23%25"
+        );
     }
 
     #[test]

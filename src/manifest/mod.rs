@@ -280,6 +280,35 @@ pub const MAX_MANIFEST_BYTES: usize = 512 * 1024;
 /// interval): one day. Longer values are mistakes, and unbounded ones overflow deadlines.
 pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// The positions of a YAML text read from `file` (`what` names it in messages: "the
+/// manifest"), or why it is refused before serde_yaml reads it: larger than
+/// [`MAX_MANIFEST_BYTES`], or nested deeper than [`positions::MAX_DEPTH`] (recursive parsers
+/// would exhaust the stack, and serde_yaml's time grows with the square of flow nesting).
+/// Manifests and compose files both go through here.
+fn bounded_positions(file: &str, what: &str, text: &str) -> Result<Positions, Diagnostics> {
+    if text.len() > MAX_MANIFEST_BYTES {
+        return Err(Diagnostics(vec![Diagnostic::about_file(
+            file,
+            format!(
+                "{what} is {} bytes; it may be at most {MAX_MANIFEST_BYTES} (512 KiB)",
+                text.len()
+            ),
+        )]));
+    }
+    let positions = Positions::index(text);
+    if let Some(position) = positions.too_deep {
+        return Err(Diagnostics(vec![Diagnostic {
+            file: file.to_string(),
+            position: Some(position),
+            message: format!(
+                "mappings and lists nest deeper than {} levels here",
+                positions::MAX_DEPTH
+            ),
+        }]));
+    }
+    Ok(positions)
+}
+
 fn check_duration(c: &mut Collector<'_>, path: &str, value: Option<Duration>) {
     if value.is_some_and(|d| d > MAX_DURATION) {
         c.at_value(path, "a duration may be at most 24h");
@@ -290,6 +319,23 @@ fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Reports the `env` name at `path` (a step's or a container's) unless it is a valid name that
+/// does not start with `DROPSHIP_`, which dropship sets itself: no manifest may shadow the
+/// variables its scripts refer to.
+fn check_env_name(c: &mut Collector<'_>, path: &str, name: &str) {
+    if !valid_env_name(name) {
+        c.at_key(
+            path,
+            format!("`{name}` is not a valid environment variable name"),
+        );
+    } else if name.starts_with("DROPSHIP_") {
+        c.at_key(
+            path,
+            format!("`{name}`: names starting with DROPSHIP_ are set by dropship"),
+        );
+    }
 }
 
 /// One `auto_deploy` rule.
@@ -341,27 +387,7 @@ impl Manifest {
 
     /// Stage 1: parses `text`, read from `file` (used in messages).
     pub fn parse(file: &str, text: &str) -> Result<Manifest, Diagnostics> {
-        if text.len() > MAX_MANIFEST_BYTES {
-            return Err(Diagnostics(vec![Diagnostic {
-                file: file.to_string(),
-                position: None,
-                message: format!(
-                    "the manifest is {} bytes; it may be at most {MAX_MANIFEST_BYTES} (512 KiB)",
-                    text.len()
-                ),
-            }]));
-        }
-        let positions = Positions::index(text);
-        if let Some(position) = positions.too_deep {
-            return Err(Diagnostics(vec![Diagnostic {
-                file: file.to_string(),
-                position: Some(position),
-                message: format!(
-                    "mappings and lists nest deeper than {} levels here",
-                    positions::MAX_DEPTH
-                ),
-            }]));
-        }
+        let positions = bounded_positions(file, "the manifest", text)?;
         let raw: RawManifest = match serde_yaml::from_str(text) {
             Ok(raw) => raw,
             Err(error) => return Err(Diagnostics(vec![yaml_diagnostic(file, &error)])),
@@ -907,17 +933,7 @@ fn check_step(c: &mut Collector<'_>, text: &str, path: &str, step: &RawStep) {
     }
     for (key, value) in &step.env {
         let env_path = format!("{path}.env.{key}");
-        if !valid_env_name(key) {
-            c.at_key(
-                &env_path,
-                format!("`{key}` is not a valid environment variable name"),
-            );
-        } else if key.starts_with("DROPSHIP_") {
-            c.at_key(
-                &env_path,
-                format!("`{key}`: names starting with DROPSHIP_ are set by dropship"),
-            );
-        }
+        check_env_name(c, &env_path, key);
         check_expressions(c, text, &env_path, value);
     }
     for (i, secret) in step.secrets.iter().enumerate() {
@@ -941,12 +957,8 @@ fn check_step(c: &mut Collector<'_>, text: &str, path: &str, step: &RawStep) {
 fn check_container_env(c: &mut Collector<'_>, text: &str, path: &str, raw: &raw::RawContainer) {
     if let Some(command) = &raw.command {
         // `command: "..."` is one script for `sh -c`; a list is one argument each.
-        let (args, shell_form) = match command {
-            raw::RawCommand::Shell(script) => {
-                (vec!["sh".into(), "-c".into(), script.clone()], true)
-            }
-            raw::RawCommand::Exec(list) => (list.clone(), false),
-        };
+        let args = containers::command(command);
+        let shell_form = matches!(command, raw::RawCommand::Shell(_));
         let script = containers::script_argument(&args);
         for (i, arg) in args.iter().enumerate().skip(if shell_form { 2 } else { 0 }) {
             let arg_path = if shell_form {

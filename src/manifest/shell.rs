@@ -15,12 +15,15 @@
 //! | a comment | `${VAR}` |
 //! | a quoted heredoc (`<<'EOF'`), which expands nothing | refused at validation |
 //! | inside `${ }`, an array subscript, or a script using bash arithmetic anywhere (`((`, `$[`, `[[`, `let`, `declare -i`, `[ -v`) | refused at validation |
+//! | a script using bash's ANSI-C quoting `$'…'` anywhere | refused at validation |
 //!
 //! Bash (the `sh` of some systems) evaluates a variable's value as arithmetic in those last
 //! places, which runs any `$( )` in it however the reference is quoted, so a script holding an
-//! expression may not use them at all. A script whose quoting the scan cannot follow to the end
-//! is refused too. The scanner follows POSIX `sh` quoting; if it misjudged an exotic construct
-//! that still balances, the worst outcome is wrong text or word splitting of a value.
+//! expression may not use them at all. Nor may it use bash's `$'…'` anywhere, in which `\'`
+//! does not end the string: the scan does not follow that quoting. A script whose quoting the
+//! scan cannot follow to the end is refused too. A script without expressions is returned as
+//! written. The scanner follows POSIX `sh` quoting; if it misjudged an exotic construct that
+//! still balances, the worst outcome is wrong text or word splitting of a value.
 
 use std::collections::BTreeMap;
 
@@ -87,6 +90,13 @@ struct PendingHeredoc {
 /// know what the shell will make of a reference.
 pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
     let found = occurrences(script);
+    // Without expressions the scan refuses nothing and copies every byte: nothing to do.
+    if found.is_empty() {
+        return Ok(ShellScript {
+            text: script.to_string(),
+            variables: Vec::new(),
+        });
+    }
     let mut names = Names::default();
     let mut out = String::with_capacity(script.len() + 16 * found.len());
     let mut expressions = found.iter().peekable();
@@ -99,6 +109,18 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
             offset: first.start,
             message: format!(
                 "this script uses {construct}, where bash (the `sh` of some systems) evaluates values as arithmetic and runs the `$( )` inside them; a script with `{}` may not: pass the value through `env:` and check it is a number before any arithmetic",
+                &script[first.start..first.end]
+            ),
+        });
+    }
+    // In bash's ANSI-C quoting `$'…'` a backslash escapes the quote (`$'\''` is one `'`),
+    // which POSIX quoting (what the scan follows) does not know: the scan would lose track of
+    // what is quoted from there on.
+    if let Some(first) = found.first().filter(|_| script.contains("$'")) {
+        return Err(ScriptError {
+            offset: first.start,
+            message: format!(
+                "this script uses bash's `$'…'`, in which `\\'` does not end the string: `$'…'` quoting cannot be followed in a script with `{}`; write the script without it, or pass the value through `env:`",
                 &script[first.start..first.end]
             ),
         });
@@ -754,6 +776,41 @@ mod tests {
         }
         // Without expressions there is nothing to protect: no refusal.
         assert!(rewrite("echo 'unbalanced").is_ok());
+    }
+
+    #[test]
+    fn ansi_c_quoting_is_refused_in_a_script_with_an_expression() {
+        // In `$'…'`, `\'` does not close the string: read as POSIX quoting, the scan would
+        // put the expression outside `${ }` and the arithmetic offset it stands in.
+        for script in [
+            "echo $'\\'' ${s:${{ deployment.payload.n }}} #'",
+            "echo $'a\\'b' \"${{ deployment.ref }}\"",
+            "echo ${{ deployment.ref }}; printf $'\\n'",
+        ] {
+            let error = rewrite(script).unwrap_err();
+            assert!(
+                error.message.contains("`$'…'` quoting cannot be followed"),
+                "{script}: {}",
+                error.message
+            );
+            assert_eq!(error.offset, script.find("${{").unwrap(), "{script}");
+        }
+        // Without an expression there is nothing to protect.
+        assert!(rewrite("printf $'a\\'b\\n'").is_ok());
+    }
+
+    #[test]
+    fn scripts_without_expressions_come_back_as_written() {
+        for script in [
+            "echo 'unbalanced",
+            "echo $(( 1 + 2 )) \"$x\" ${y:-z} `date` # it's\ncat <<'EOF'\n$a\nEOF\n",
+            "x=$(case a in a) echo;; esac\n[[ -n $1 ]]\necho \\$x",
+            "",
+        ] {
+            let rewritten = rewrite(script).unwrap();
+            assert_eq!(rewritten.text, script);
+            assert!(rewritten.variables.is_empty());
+        }
     }
 
     #[test]
