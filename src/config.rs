@@ -117,6 +117,11 @@ pub struct ProxySection {
     /// An upstream that refused a connection gets no requests for this long.
     #[serde(default = "default_eject_for", with = "humantime_serde")]
     pub eject_for: Duration,
+    /// Client connections served at once by each of the built-in proxy's listeners (an
+    /// upgraded one, e.g. a WebSocket, counts until it closes); more wait in the kernel's
+    /// listen backlog.
+    #[serde(default = "default_proxy_max_connections")]
+    pub max_connections: usize,
     /// Preview environments get the host `APP-ENVIRONMENT-DIGEST.preview_domain` (point a wildcard
     /// DNS record and certificate at the proxy).
     pub preview_domain: Option<String>,
@@ -161,6 +166,7 @@ impl Default for ProxySection {
             idle_timeout: default_proxy_idle_timeout(),
             drain_timeout: default_drain_timeout(),
             eject_for: default_eject_for(),
+            max_connections: default_proxy_max_connections(),
             preview_domain: None,
         }
     }
@@ -476,11 +482,16 @@ pub struct ContainerPolicy {
     /// Whether ports may be published on every address (`0.0.0.0:80:80`), bypassing the proxy.
     #[serde(default)]
     pub public_ports: bool,
+    /// Not read from the file: filled when the config loads with every configured server's
+    /// `docker_socket` (a rootless `/run/user/1000/docker.sock`, say), refused like
+    /// [`DOCKER_SOCKETS`] unless `docker_socket` is granted.
+    #[serde(skip)]
+    pub(crate) engine_sockets: Vec<String>,
 }
 
 /// Container engine sockets (Docker's, and the containerd under it): mounting one gives a
-/// container control of the whole server. A socket elsewhere (a server's own `docker_socket`)
-/// must be kept out of `mounts`.
+/// container control of the whole server. A server's own `docker_socket` elsewhere is refused
+/// as well ([`ContainerPolicy`] learns it when the config loads).
 pub const DOCKER_SOCKETS: [&str; 4] = [
     "/var/run/docker.sock",
     "/run/docker.sock",
@@ -504,10 +515,13 @@ impl ContainerPolicy {
             ));
         }
         let trimmed = source.trim_end_matches('/');
-        // The socket itself, or a directory above it (`/`, `/var`, `/run`).
+        // The socket itself, or a directory above it (`/`, `/var`, `/run`); the fixed paths
+        // and every configured server's own.
         let socket = DOCKER_SOCKETS
             .iter()
-            .any(|s| trimmed == *s || s.starts_with(&format!("{trimmed}/")));
+            .copied()
+            .chain(self.engine_sockets.iter().map(String::as_str))
+            .any(|s| trimmed == s || s.starts_with(&format!("{trimmed}/")));
         if socket && !self.docker_socket {
             return Some(format!(
                 "`{source}` holds the Docker socket, which controls the whole server; the operator config does not allow it (repos.containers.docker_socket)"
@@ -575,6 +589,8 @@ impl ServerEntry {
             // `127.1` and the like: inet_aton's short forms of 127.0.0.0/8.
             || host.starts_with("127.")
             || host.parse::<std::net::IpAddr>().is_ok_and(this_machine)
+            // `2130706433`, `0x7f000001`, `0177.0.0.1`, `0`: what ssh's resolver makes of them.
+            || inet_aton(&host).is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
     }
 
     pub fn host_key(&self) -> anyhow::Result<HostKey> {
@@ -662,6 +678,45 @@ impl RepoEntry {
     }
 }
 
+/// `host` read as an IPv4 address the way C's `inet_aton` (and so `getaddrinfo`, and ssh)
+/// reads it: one to four parts separated by dots, each decimal, `0x` hexadecimal or
+/// `0`-prefixed octal; every part but the last is one byte, and the last fills the bytes left
+/// (`127.1` is 127.0.0.1, `2130706433` is 127.0.0.1).
+fn inet_aton(host: &str) -> Option<std::net::Ipv4Addr> {
+    let parts: Vec<&str> = host.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        let (digits, radix) =
+            if let Some(hex) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+                (hex, 16)
+            } else if part.len() > 1 && part.starts_with('0') {
+                (&part[1..], 8)
+            } else {
+                (*part, 10)
+            };
+        if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+            return None;
+        }
+        values.push(u32::from_str_radix(digits, radix).ok()?);
+    }
+    let (last, bytes) = values.split_last()?;
+    if bytes.iter().any(|b| *b > 0xff) {
+        return None;
+    }
+    let room = 4 - bytes.len() as u32;
+    if room < 4 && *last >= 1 << (8 * room) {
+        return None;
+    }
+    let high = bytes
+        .iter()
+        .enumerate()
+        .fold(0u32, |acc, (i, b)| acc | (b << (24 - 8 * i as u32)));
+    Some(std::net::Ipv4Addr::from(high | last))
+}
+
 /// Whether `host` is `pattern`, or under its domain for `*.domain` (one or more labels deep,
 /// never the domain itself). Case-insensitive.
 pub fn host_matches(pattern: &str, host: &str) -> bool {
@@ -701,24 +756,54 @@ impl Config {
             }
             None => Figment::new().merge(Toml::string(EXAMPLE)),
         };
-        let config: Config = figment
+        let mut config: Config = figment
             .merge(Env::prefixed("DROPSHIP__").split("__"))
             .extract()
             .map_err(|e| anyhow::anyhow!(describe_figment_error(e)))
             .context("invalid configuration")?;
+        config.note_engine_sockets();
         config.check()?;
         Ok(config)
     }
 
     /// Parses a configuration from TOML text alone (no environment), for tests and tools.
     pub fn from_toml(text: &str) -> anyhow::Result<Config> {
-        let config: Config = Figment::new()
+        let mut config: Config = Figment::new()
             .merge(Toml::string(text))
             .extract()
             .map_err(|e| anyhow::anyhow!(describe_figment_error(e)))
             .context("invalid configuration")?;
+        config.note_engine_sockets();
         config.check()?;
         Ok(config)
+    }
+
+    /// Tells every repository's container policy the configured servers' engine sockets
+    /// (`docker_socket`), so that mounting one, or a directory above it, is refused like the
+    /// fixed [`DOCKER_SOCKETS`]. A socket under `/var/run` or `/run` counts under both (one is
+    /// usually a link to the other).
+    fn note_engine_sockets(&mut self) {
+        let mut sockets: Vec<String> = Vec::new();
+        for server in &self.servers {
+            let socket = server.docker_socket.trim();
+            let socket = socket.strip_prefix("unix://").unwrap_or(socket);
+            let socket = socket.trim_end_matches('/');
+            if !socket.starts_with('/') {
+                continue;
+            }
+            sockets.push(socket.to_string());
+            if let Some(rest) = socket.strip_prefix("/var/run/") {
+                sockets.push(format!("/run/{rest}"));
+            } else if let Some(rest) = socket.strip_prefix("/run/") {
+                sockets.push(format!("/var/run/{rest}"));
+            }
+        }
+        sockets.retain(|s| !DOCKER_SOCKETS.contains(&s.as_str()));
+        sockets.sort_unstable();
+        sockets.dedup();
+        for repo in &mut self.repos {
+            repo.containers.engine_sockets = sockets.clone();
+        }
     }
 
     /// Cross-field checks that serde cannot express.
@@ -738,6 +823,47 @@ impl Config {
                 bail!(
                     "github.webhook_secrets[{i}] is empty: anyone could sign a delivery with it; set the secret of the GitHub webhook (`openssl rand -hex 32` makes one), or remove the entry"
                 );
+            }
+        }
+        for (key, value, why) in [
+            (
+                "logs.max_step_bytes",
+                self.logs.max_step_bytes,
+                "no step could log a line of output",
+            ),
+            (
+                "logs.max_deployment_bytes",
+                self.logs.max_deployment_bytes,
+                "no deployment could log a line of output",
+            ),
+            (
+                "server.max_connections",
+                self.server.max_connections as u64,
+                "no connection would ever be served",
+            ),
+            (
+                "proxy.max_connections",
+                self.proxy.max_connections as u64,
+                "the proxy would serve no connection",
+            ),
+            (
+                "api.login_failures_per_name",
+                u64::from(self.api.login_failures_per_name),
+                "a single failed sign-in would lock the name out",
+            ),
+            (
+                "api.login_failures_per_address",
+                u64::from(self.api.login_failures_per_address),
+                "a single failed sign-in would lock the address out",
+            ),
+            (
+                "api.login_throttle_entries",
+                self.api.login_throttle_entries as u64,
+                "the sign-in throttle could remember no name or address",
+            ),
+        ] {
+            if value == 0 {
+                bail!("{key} is 0: {why}; it must be at least 1");
             }
         }
         if self.github.token.is_some() && self.github.app.is_some() {
@@ -846,7 +972,12 @@ impl Config {
 
     /// The first repo entry that matches `full_name`, if any.
     pub fn repo(&self, full_name: &str) -> Option<&RepoEntry> {
-        self.repos.iter().find(|r| r.matches_repo(full_name))
+        self.repo_index(full_name).map(|i| &self.repos[i])
+    }
+
+    /// The position in `repos` of the first entry that matches `full_name`, if any.
+    pub fn repo_index(&self, full_name: &str) -> Option<usize> {
+        self.repos.iter().position(|r| r.matches_repo(full_name))
     }
 
     /// Credentials for the registry that `image` names, if the operator gave any.
@@ -977,6 +1108,9 @@ fn default_drain_timeout() -> Duration {
 }
 fn default_eject_for() -> Duration {
     Duration::from_secs(10)
+}
+fn default_proxy_max_connections() -> usize {
+    4096
 }
 fn default_caddy_admin() -> String {
     "http://127.0.0.1:2019".to_string()
@@ -1160,6 +1294,111 @@ mod tests {
             );
         }
         assert!(Config::from_toml("[github]\nwebhook_secrets = [\"good-secret\"]\n").is_ok());
+    }
+
+    #[test]
+    fn inet_aton_spellings_of_this_machine_are_this_machine() {
+        let server = |host: &str| ServerEntry {
+            name: "web-self".into(),
+            host: host.into(),
+            port: 22,
+            user: None,
+            identity_file: None,
+            host_key: None,
+            roles: Vec::new(),
+            docker: None,
+            docker_socket: default_docker_socket(),
+            docker_tls: None,
+            private_address: None,
+        };
+        for host in [
+            "2130706433",
+            "2130706432",
+            "0x7f000001",
+            "0X7F000001",
+            "017700000001",
+            "0177.0.0.1",
+            "0177.1",
+            "0x7f.1",
+            "0x7f.0.0.0x1",
+            "127.16777215",
+            "0",
+            "0.0",
+            "00.0.0",
+            "0x0",
+        ] {
+            assert!(server(host).on_this_machine(), "{host}");
+        }
+        for host in [
+            "2113929216",
+            "2147483648",
+            "0x7e000001",
+            "0x80000001",
+            "0176.0.0.1",
+            "0400.0.0.1",
+            "08.0.0.1",
+            "0x",
+            "0x7f.0x",
+            "1.0.0.0.0",
+            "4294967296",
+            "10.0.0.1",
+            "167772161",
+            "example.com",
+            "0x7f000001.example.com",
+        ] {
+            assert!(!server(host).on_this_machine(), "{host}");
+        }
+    }
+
+    #[test]
+    fn zero_caps_and_limits_are_refused_naming_the_key() {
+        for (section, key) in [
+            ("logs", "max_step_bytes"),
+            ("logs", "max_deployment_bytes"),
+            ("server", "max_connections"),
+            ("proxy", "max_connections"),
+            ("api", "login_failures_per_name"),
+            ("api", "login_failures_per_address"),
+            ("api", "login_throttle_entries"),
+        ] {
+            let error = Config::from_toml(&format!("[{section}]\n{key} = 0\n")).unwrap_err();
+            let message = format!("{error:#}");
+            assert!(
+                message.contains(&format!("{section}.{key} is 0")),
+                "{message}"
+            );
+            assert!(message.contains("at least 1"), "{message}");
+            assert!(Config::from_toml(&format!("[{section}]\n{key} = 1\n")).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_servers_own_docker_socket_is_refused_like_the_usual_ones() {
+        let config = Config::from_toml(
+            "[[servers]]\nname = \"web-1\"\nhost = \"10.0.0.1\"\nhost_key = \"accept-new\"\ndocker_socket = \"/run/user/1000/docker.sock\"\n\
+             [[repos]]\nname = \"acme/shop\"\n[repos.containers]\nmounts = [\"/run/*\", \"/run/user/*\", \"/run/user/1000/*\", \"/var/run/user/1000/*\", \"/srv/*\"]\n\
+             [[repos]]\nname = \"acme/ops\"\n[repos.containers]\nmounts = [\"/run/user/1000/*\"]\ndocker_socket = true\n",
+        )
+        .unwrap();
+        let shop = &config.repo("acme/shop").unwrap().containers;
+        for source in [
+            "/run/user",
+            "/run/user/1000",
+            "/run/user/1000/",
+            "/run/user/1000/docker.sock",
+            "/var/run/user/1000/docker.sock",
+        ] {
+            let why = shop.refuses_mount(source);
+            assert!(
+                why.as_deref().is_some_and(|w| w.contains("Docker socket")),
+                "{source}: {why:?}"
+            );
+        }
+        assert_eq!(shop.refuses_mount("/run/user/1000/other.sock"), None);
+        assert_eq!(shop.refuses_mount("/run/lock"), None);
+        assert_eq!(shop.refuses_mount("/srv/data"), None);
+        let ops = &config.repo("acme/ops").unwrap().containers;
+        assert_eq!(ops.refuses_mount("/run/user/1000/docker.sock"), None);
     }
 
     #[test]

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -33,6 +32,9 @@ pub const LOG_TOKEN_SLOT: &str = "{log_token}";
 /// The secret key. `Debug` shows only where it came from.
 #[derive(Clone)]
 pub struct Keys {
+    /// HMAC-SHA256 keyed with the secret, cloned for each MAC.
+    keyed: HmacSha256,
+    #[cfg(test)]
     secret: [u8; KEY_BYTES],
     path: PathBuf,
 }
@@ -71,32 +73,37 @@ impl Keys {
                 bytes.len()
             )
         })?;
-        Ok(Keys {
-            secret,
-            path: path.to_path_buf(),
-        })
+        Ok(Keys::new(secret, path.to_path_buf()))
     }
 
     /// A key held only in memory, for tests and tools.
     pub fn from_bytes(secret: [u8; KEY_BYTES]) -> Keys {
+        Keys::new(secret, PathBuf::from("(in memory)"))
+    }
+
+    fn new(secret: [u8; KEY_BYTES], path: PathBuf) -> Keys {
         Keys {
+            keyed: HmacSha256::new_from_slice(&secret).expect("HMAC takes any key"),
+            #[cfg(test)]
             secret,
-            path: PathBuf::from("(in memory)"),
+            path,
         }
     }
 
     /// HMAC-SHA256 of `message` for `purpose`, hex. The purpose separates uses: a MAC made for
     /// one purpose never verifies for another.
     pub fn mac(&self, purpose: &str, message: &[u8]) -> String {
-        hex::encode(self.raw_mac(purpose, message))
+        hex::encode(self.keyed_mac(purpose, message).finalize().into_bytes())
     }
 
-    /// Whether `candidate` is [`Keys::mac`] of `message` for `purpose`, compared in constant
-    /// time.
+    /// Whether `candidate` is [`Keys::mac`] of `message` for `purpose` (hex, either case),
+    /// compared in constant time ([`Mac::verify_slice`]).
     pub fn verify(&self, purpose: &str, message: &[u8], candidate: &str) -> bool {
-        let expected = self.mac(purpose, message);
-        expected.len() == candidate.len()
-            && bool::from(expected.as_bytes().ct_eq(candidate.as_bytes()))
+        hex::decode(candidate).is_ok_and(|candidate| {
+            self.keyed_mac(purpose, message)
+                .verify_slice(&candidate)
+                .is_ok()
+        })
     }
 
     /// The capability token in deployment `id`'s `log_url`.
@@ -118,13 +125,14 @@ impl Keys {
         }
     }
 
-    fn raw_mac(&self, purpose: &str, message: &[u8]) -> [u8; 32] {
-        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key");
+    /// The keyed MAC fed with `purpose` and `message`, not yet finalized.
+    fn keyed_mac(&self, purpose: &str, message: &[u8]) -> HmacSha256 {
+        let mut mac = self.keyed.clone();
         // The purpose's length first, so no two (purpose, message) pairs feed the same bytes.
         mac.update(&(purpose.len() as u64).to_be_bytes());
         mac.update(purpose.as_bytes());
         mac.update(message);
-        mac.finalize().into_bytes().into()
+        mac
     }
 }
 

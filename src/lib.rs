@@ -14,6 +14,7 @@
 //! - [`logs`]: the live event bus that pages and the CLI follow.
 //! - [`keys`]: Dropship's own secret key (outside the database) and the capability tokens derived from it.
 //! - [`metrics`]: the Prometheus metrics `/metrics` serves.
+//! - `listen`: the capped accept loop both the web listener and the proxy's use.
 //! - [`proxy`]: the edge proxy that routes users' HTTP traffic to the apps' healthy containers.
 //! - [`server`]: wires the pieces into the running service.
 //! - [`cli`]: the `dropship` command line.
@@ -26,6 +27,7 @@ pub mod exec;
 pub mod github;
 pub mod http;
 pub mod keys;
+pub(crate) mod listen;
 pub mod logs;
 pub mod manifest;
 pub mod metrics;

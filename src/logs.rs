@@ -324,13 +324,13 @@ impl std::fmt::Debug for Redactor {
 
 /// Values shorter than this are not masked (masking `1` or `no` everywhere would garble the
 /// log without hiding anything).
-pub const MIN_SECRET_CHARS: usize = 4;
+const MIN_SECRET_CHARS: usize = 4;
 /// A line of a multi-line value, or an encoded fragment, shorter than this is not masked on its
 /// own (a PEM key's lines are 64 characters).
 const MIN_FRAGMENT_CHARS: usize = 8;
 
 impl Redactor {
-    /// Masks each of `values` and their encodings; values shorter than [`MIN_SECRET_CHARS`]
+    /// Masks each of `values` and their encodings; values shorter than `MIN_SECRET_CHARS` (4)
     /// are left alone.
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Redactor {
         let mut needles: Vec<String> = values
@@ -350,24 +350,6 @@ impl Redactor {
         Redactor {
             matcher: Some(Arc::new(matcher)),
         }
-    }
-
-    /// Masks every secret the operator config gives `repo`, and the operator's own credentials
-    /// ([`operator_secrets`]).
-    pub fn for_repo(config: &Config, repo: &str) -> Redactor {
-        Redactor::for_entry(config.repo(repo), &operator_secrets(config))
-    }
-
-    /// Masks every secret in the config: every repository's and the operator's (for
-    /// Dropship's own log, which no repository reads).
-    pub fn for_config(config: &Config) -> Redactor {
-        use secrecy::ExposeSecret;
-        let operator = operator_secrets(config);
-        let repos = config
-            .repos
-            .iter()
-            .flat_map(|entry| entry.secrets.values().map(|s| s.expose_secret()));
-        Redactor::new(repos.chain(operator.iter().map(String::as_str)))
     }
 
     /// Built from `operator` (already read) and the secrets of `entry`.
@@ -395,24 +377,18 @@ impl Redactor {
             _ => Cow::Borrowed(text),
         }
     }
+}
 
-    /// Masks every string in `value` (keys stay as they are).
-    pub fn redact_json(&self, value: &mut serde_json::Value) {
-        if self.matcher.is_none() {
-            return;
+/// Calls `f` on every string in `value`, in arrays and objects at any depth (object keys are
+/// left as they are).
+pub(crate) fn each_string_mut(value: &mut serde_json::Value, f: &mut impl FnMut(&mut String)) {
+    match value {
+        serde_json::Value::String(text) => f(text),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|v| each_string_mut(v, f)),
+        serde_json::Value::Object(fields) => {
+            fields.values_mut().for_each(|v| each_string_mut(v, f))
         }
-        match value {
-            serde_json::Value::String(text) => {
-                if let Cow::Owned(masked) = self.redact_str(text) {
-                    *text = masked;
-                }
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| self.redact_json(v)),
-            serde_json::Value::Object(fields) => {
-                fields.values_mut().for_each(|v| self.redact_json(v))
-            }
-            _ => {}
-        }
+        _ => {}
     }
 }
 
@@ -441,9 +417,10 @@ pub fn operator_secrets(config: &Config) -> Vec<String> {
     values
 }
 
-/// Every repository's [`Redactor`], built once at start: building one reads the GitHub App's
-/// key file and computes every masked form of every secret, which state changes, step
-/// records, container log followers and the outbox would otherwise redo each time.
+/// Every repository's [`Redactor`], and the one for Dropship's own log, built once at start:
+/// building one reads the GitHub App's key file and computes every masked form of every
+/// secret, which state changes, step records, container log followers and the outbox would
+/// otherwise redo each time.
 #[derive(Debug, Clone)]
 pub struct Redactors {
     config: Arc<Config>,
@@ -451,32 +428,46 @@ pub struct Redactors {
     by_entry: Arc<Vec<Redactor>>,
     /// For a repository no entry matches: the operator's credentials only.
     unmatched: Redactor,
+    /// Every secret in the config: every repository's and the operator's.
+    all: Redactor,
 }
 
 impl Redactors {
     pub fn new(config: Arc<Config>) -> Redactors {
+        use secrecy::ExposeSecret;
         let operator = operator_secrets(&config);
         let by_entry = config
             .repos
             .iter()
             .map(|entry| Redactor::for_entry(Some(entry), &operator))
             .collect();
+        let every_repo = config
+            .repos
+            .iter()
+            .flat_map(|entry| entry.secrets.values().map(|s| s.expose_secret()));
+        let all = Redactor::new(every_repo.chain(operator.iter().map(String::as_str)));
         Redactors {
             unmatched: Redactor::for_entry(None, &operator),
             by_entry: Arc::new(by_entry),
+            all,
             config,
         }
     }
 
-    /// What masks `repo`'s output: its own secrets and the operator's credentials (the same
-    /// as [`Redactor::for_repo`]).
+    /// What masks `repo`'s output: its own secrets and the operator's credentials ([`operator_secrets`]).
+    /// Another repository's values are not masked: masking them would let this one test
+    /// guesses.
     pub fn for_repo(&self, repo: &str) -> &Redactor {
         self.config
-            .repos
-            .iter()
-            .position(|entry| entry.matches_repo(repo))
+            .repo_index(repo)
             .and_then(|i| self.by_entry.get(i))
             .unwrap_or(&self.unmatched)
+    }
+
+    /// What masks Dropship's own log, which no repository reads: every secret in the config,
+    /// every repository's and the operator's ([`mask_tracing`] takes it).
+    pub fn all(&self) -> &Redactor {
+        &self.all
     }
 }
 
@@ -599,7 +590,7 @@ fn lowercase_escapes(encoded: &str) -> String {
 static TRACING_MASK: arc_swap::ArcSwapOption<Redactor> = arc_swap::ArcSwapOption::const_empty();
 
 /// Masks `redactor`'s values in every tracing event written through [`MaskedWriter`] from now
-/// on (`Redactor::for_config`, once the config is loaded).
+/// on ([`Redactors::all`], once the config is loaded).
 pub fn mask_tracing(redactor: Redactor) {
     TRACING_MASK.store(Some(Arc::new(redactor)));
 }
@@ -810,7 +801,11 @@ mod tests {
             "output": { "summary": "said hunter22", "lines": ["a", "hunter22"] },
             "hunter22": 1
         });
-        redactor.redact_json(&mut body);
+        each_string_mut(&mut body, &mut |text| {
+            if let Cow::Owned(masked) = redactor.redact_str(text) {
+                *text = masked;
+            }
+        });
         assert_eq!(
             body,
             serde_json::json!({
@@ -842,22 +837,17 @@ secrets = { DB = "blog-db-password" }
     #[test]
     fn a_repository_redactor_masks_its_secrets_and_the_operator_credentials_only() {
         let config = Config::from_toml(OPERATOR_CONFIG).unwrap();
-        let shop = Redactor::for_repo(&config, "acme/shop");
+        let redactors = Redactors::new(Arc::new(config));
+        let shop = redactors.for_repo("acme/shop");
         let text = "shop-db-password blog-db-password ghp_operator_token_1 webhook-secret-1 registry-password-1";
         assert_eq!(
             shop.redact(text.into()),
             "*** blog-db-password *** *** ***",
             "another repository's values are not masked: masking them would let this one test guesses"
         );
-        let everything = Redactor::for_config(&config);
+        let everything = redactors.all();
         assert_eq!(everything.redact(text.into()), "*** *** *** *** ***");
-        // Built once at start, each repository's masks the same; an unknown repository's
-        // masks the operator's credentials only.
-        let redactors = Redactors::new(Arc::new(config));
-        assert_eq!(
-            redactors.for_repo("acme/shop").redact(text.into()),
-            "*** blog-db-password *** *** ***"
-        );
+        // An unknown repository's masks the operator's credentials only.
         assert_eq!(
             redactors.for_repo("acme/unknown").redact(text.into()),
             "shop-db-password blog-db-password *** *** ***"
@@ -875,9 +865,11 @@ secrets = { DB = "blog-db-password" }
             key_file.display()
         ))
         .unwrap();
-        let redactor = Redactor::for_repo(&config, "acme/shop");
+        let redactors = Redactors::new(Arc::new(config));
+        let redactor = redactors.for_repo("acme/shop");
         let line = key.lines().nth(3).unwrap();
         assert_eq!(redactor.redact(line.to_string()), "***");
+        assert_eq!(redactors.all().redact(line.to_string()), "***");
     }
 
     /// Captures what a tracing subscriber writes.

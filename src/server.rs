@@ -25,7 +25,8 @@ pub async fn engine(
     manifests: Arc<dyn ManifestSource>,
 ) -> anyhow::Result<Engine> {
     // Dropship's own log masks every secret in the config from here on.
-    crate::logs::mask_tracing(crate::logs::Redactor::for_config(&config));
+    let redactors = crate::logs::Redactors::new(config.clone());
+    crate::logs::mask_tracing(redactors.all().clone());
     let keys = Arc::new(crate::keys::Keys::load_or_create(&config.key_path())?);
     let store: Arc<dyn Store> = Arc::new(Sqlite::open(&config.database_path()).await?);
     let bus = Bus::default();
@@ -33,7 +34,6 @@ pub async fn engine(
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let fleet = Fleet::from_config(&config, metrics.clone())?;
     let hosts = Hosts::from_config(&config, &fleet)?;
-    let redactors = crate::logs::Redactors::new(config.clone());
     let followers = Followers::new(
         hosts.clone(),
         store.clone(),
@@ -152,11 +152,9 @@ pub async fn run(
         github,
         engine.metrics.clone(),
         engine.outbox.clone(),
-        crate::github::Outgoing::new(
-            config.clone(),
-            engine.keys.clone(),
-            engine.redactors.clone(),
-        ),
+        crate::github::Outgoing::new(engine.keys.clone(), engine.redactors.clone()),
+        config.github.retry_base,
+        config.github.retry_max,
         shutdown.clone().cancelled_owned(),
     ));
     let (scheduler, queue) = Scheduler::load(engine.clone(), config.server.max_running_deployments)

@@ -235,19 +235,15 @@ impl Engine {
             "requested_by": by,
             "redeploy_of": deployment.public_id(),
         });
-        // GitHub resolves the ref (the commit itself) to the same sha.
-        let lock = self
-            .lock_of(&deployment.repo, &deployment.environment)
-            .await?;
-        let target = ProofTarget {
-            repo: &deployment.repo,
-            environment: &deployment.environment,
-            git_ref: &deployment.sha,
-            sha: &deployment.sha,
-            task: &deployment.task,
-            lock: lock.map(|l| l.locked_at),
-        };
-        payload["dropship"]["proof"] = lock_proof(&self.keys, &target, &payload, by).into();
+        self.prove(
+            &deployment.repo,
+            &deployment.environment,
+            &deployment.sha,
+            &deployment.task,
+            by,
+            &mut payload,
+        )
+        .await?;
         self.create_github_deployment(
             &deployment.repo,
             &NewGithubDeployment {
@@ -291,16 +287,8 @@ impl Engine {
             })?;
         let description = format!("rollback requested by {by} in Dropship");
         let mut payload = serde_json::json!({ "dropship": { "requested_by": by } });
-        let lock = self.lock_of(repo, environment).await?;
-        let target = ProofTarget {
-            repo,
-            environment,
-            git_ref: &newest.sha,
-            sha: &newest.sha,
-            task: "rollback",
-            lock: lock.map(|l| l.locked_at),
-        };
-        payload["dropship"]["proof"] = lock_proof(&self.keys, &target, &payload, by).into();
+        self.prove(repo, environment, &newest.sha, "rollback", by, &mut payload)
+            .await?;
         self.create_github_deployment(
             repo,
             &NewGithubDeployment {
@@ -315,6 +303,31 @@ impl Engine {
             newest.installation_id,
         )
         .await
+    }
+
+    /// Puts the proof that Dropship creates a deployment of `sha` (its ref too) for `by` into
+    /// `payload["dropship"]["proof"]`, made under `environment`'s current lock.
+    async fn prove(
+        &self,
+        repo: &str,
+        environment: &str,
+        sha: &str,
+        task: &str,
+        by: &str,
+        payload: &mut serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let lock = self.lock_of(repo, environment).await?;
+        // GitHub resolves the ref (the commit itself) to the same sha.
+        let target = ProofTarget {
+            repo,
+            environment,
+            git_ref: sha,
+            sha,
+            task,
+            lock: lock.map(|l| l.locked_at),
+        };
+        payload["dropship"]["proof"] = lock_proof(&self.keys, &target, payload, by).into();
+        Ok(())
     }
 
     pub(crate) async fn create_github_deployment(

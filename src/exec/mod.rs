@@ -109,7 +109,10 @@ pub enum ExecError {
 pub struct Allowance {
     limit: u64,
     left: AtomicU64,
-    /// Set once output charged to it was cut (and the note about it sent).
+    /// Set once an [`Output`] charging this as its step allowance was cut (and the note about
+    /// it sent), so the step's later output on that server is refused at once and the note is
+    /// not repeated. Only a step's allowance is ever marked: when the deployment's runs out,
+    /// each step is cut, and told, on its own.
     cut: AtomicBool,
 }
 
@@ -123,6 +126,7 @@ impl Allowance {
     }
 
     /// No limit.
+    #[cfg(test)]
     pub fn unlimited() -> Arc<Allowance> {
         Allowance::new(u64::MAX)
     }
@@ -155,6 +159,7 @@ pub struct Output {
 
 impl Output {
     /// An output without caps, and its receiving end.
+    #[cfg(test)]
     pub fn channel(capacity: usize) -> (Output, mpsc::Receiver<(Stream, String)>) {
         Output::capped(capacity, Allowance::unlimited(), Allowance::unlimited())
     }
@@ -209,7 +214,7 @@ impl Output {
 }
 
 /// `16 MiB`, `1.5 KiB`, `100 bytes`.
-pub fn human_bytes(bytes: u64) -> String {
+fn human_bytes(bytes: u64) -> String {
     const UNITS: [(&str, u64); 3] = [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
     for (unit, size) in UNITS {
         if bytes >= size {

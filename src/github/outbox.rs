@@ -13,9 +13,8 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use super::{ApiError, Github, StatusBody};
-use crate::config::Config;
 use crate::keys::Keys;
-use crate::logs::{Redactor, Redactors};
+use crate::logs::{Redactor, Redactors, each_string_mut};
 use crate::store::{Deployment, OutboxItem, Store, now_ms};
 
 /// What happens to a status or check run between the store and GitHub: every string in it is
@@ -24,32 +23,26 @@ use crate::store::{Deployment, OutboxItem, Store, now_ms};
 /// token, stored only as `keys::LOG_TOKEN_SLOT`, is derived and put in.
 #[derive(Debug, Clone)]
 pub struct Outgoing {
-    config: Arc<Config>,
     keys: Arc<Keys>,
     redactors: Redactors,
 }
 
 impl Outgoing {
-    pub fn new(config: Arc<Config>, keys: Arc<Keys>, redactors: Redactors) -> Outgoing {
-        Outgoing {
-            config,
-            keys,
-            redactors,
-        }
+    pub fn new(keys: Arc<Keys>, redactors: Redactors) -> Outgoing {
+        Outgoing { keys, redactors }
     }
 
-    /// `item` as GitHub gets it: every string masked, the log token in.
-    fn prepare(&self, deployment: &Deployment, item: &OutboxItem) -> OutboxItem {
+    /// `item` as GitHub gets it: every string masked, the log token in (the rest as it was).
+    fn prepare(&self, deployment: &Deployment, mut item: OutboxItem) -> OutboxItem {
         let redactor = self.redactors.for_repo(&deployment.repo);
-        let text = |t: &str| self.text(redactor, deployment, t);
-        let mut prepared = item.clone();
-        prepared.description = text(&item.description);
-        prepared.log_url = item.log_url.as_deref().map(text);
-        prepared.environment_url = item.environment_url.as_deref().map(text);
-        if let Some(body) = prepared.body.as_mut() {
-            self.json(redactor, deployment, body);
+        let mut text = |t: &mut String| *t = self.text(redactor, deployment, t);
+        text(&mut item.description);
+        item.log_url.iter_mut().for_each(&mut text);
+        item.environment_url.iter_mut().for_each(&mut text);
+        if let Some(body) = item.body.as_mut() {
+            each_string_mut(body, &mut text);
         }
-        prepared
+        item
     }
 
     /// `text` masked, then with the deployment's log token in.
@@ -58,19 +51,6 @@ impl Outgoing {
         self.keys
             .fill_log_token(deployment.id, &masked)
             .into_owned()
-    }
-
-    fn json(&self, redactor: &Redactor, deployment: &Deployment, value: &mut serde_json::Value) {
-        match value {
-            serde_json::Value::String(text) => *text = self.text(redactor, deployment, text),
-            serde_json::Value::Array(items) => items
-                .iter_mut()
-                .for_each(|v| self.json(redactor, deployment, v)),
-            serde_json::Value::Object(fields) => fields
-                .values_mut()
-                .for_each(|v| self.json(redactor, deployment, v)),
-            _ => {}
-        }
     }
 }
 
@@ -90,19 +70,18 @@ enum Attempt {
 }
 
 /// Runs until `shutdown` resolves. `wake` is notified whenever a status is enqueued; retries
-/// wait `github.retry_base`, doubling up to `github.retry_max`.
+/// wait `retry_base` (`github.retry_base`), doubling up to `retry_max` (`github.retry_max`).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_outbox(
     store: Arc<dyn Store>,
     github: Arc<Github>,
     metrics: Arc<crate::metrics::Metrics>,
     wake: Arc<Notify>,
     outgoing: Outgoing,
+    retry_base: Duration,
+    retry_max: Duration,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let (retry_base, retry_max) = (
-        outgoing.config.github.retry_base,
-        outgoing.config.github.retry_max,
-    );
     tokio::pin!(shutdown);
     // Rounds in a row in which GitHub could not be reached at all: while it is down, the whole
     // outbox backs off instead of trying every pending status.
@@ -198,16 +177,16 @@ async fn deliver(
             let _ = store.status_failed(item.id, "not a GitHub deployment").await;
             return Attempt::Other;
         };
-        let prepared = outgoing.prepare(&deployment, &item);
+        let item = outgoing.prepare(&deployment, item);
         let result = if item.kind == "check" {
-            let body = prepared.body.clone().unwrap_or_default();
-            post_check(store, github, &deployment, &body).await
+            let body = item.body.as_ref().unwrap_or(&serde_json::Value::Null);
+            post_check(store, github, &deployment, body).await
         } else {
             let body = StatusBody {
-                state: &prepared.state,
-                log_url: prepared.log_url.as_deref(),
-                environment_url: prepared.environment_url.as_deref(),
-                description: &prepared.description,
+                state: &item.state,
+                log_url: item.log_url.as_deref(),
+                environment_url: item.environment_url.as_deref(),
+                description: &item.description,
                 environment: &deployment.environment,
             };
             github.post_status(&deployment.repo, github_id, deployment.installation_id, &body).await
@@ -276,6 +255,7 @@ async fn post_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::store::State;
 
     #[test]
@@ -287,7 +267,7 @@ mod tests {
         .unwrap();
         let keys = Arc::new(Keys::from_bytes([7; crate::keys::KEY_BYTES]));
         let config = Arc::new(config);
-        let outgoing = Outgoing::new(config.clone(), keys.clone(), Redactors::new(config));
+        let outgoing = Outgoing::new(keys.clone(), Redactors::new(config));
         let deployment = Deployment {
             id: 12,
             github_id: Some(1),
@@ -331,7 +311,7 @@ mod tests {
             failed_at: None,
             last_error: None,
         };
-        let prepared = outgoing.prepare(&deployment, &item);
+        let prepared = outgoing.prepare(&deployment, item);
         let link = format!(
             "https://d.example/deployments/12?token={}",
             keys.log_token(12)

@@ -299,20 +299,23 @@ pub(super) async fn log(
     if !query.follow {
         // Read and sent a page at a time: the whole log is never in memory.
         let store = state.engine.store.clone();
-        let pages = futures::stream::try_unfold(after, move |after| {
-            let store = store.clone();
-            async move {
-                let page = store.logs(id, after, super::pages::READ_LINES).await?;
-                let Some(last) = page.last().map(|l| l.seq) else {
-                    return Ok::<_, anyhow::Error>(None);
-                };
+        let pages = crate::store::paged(
+            after,
+            move |after| {
+                let store = store.clone();
+                async move { store.logs(id, after, super::pages::READ_LINES).await }
+            },
+            |line| line.seq,
+        );
+        let pages = futures::StreamExt::map(pages, |page| {
+            page.map(|page| {
                 let mut text = String::new();
                 for line in &page {
                     text.push_str(&format_line(line));
                     text.push('\n');
                 }
-                Ok(Some((text, last)))
-            }
+                text
+            })
         });
         return Ok((
             [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],

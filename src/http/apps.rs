@@ -101,13 +101,15 @@ async fn feed(
     // Subscribe before reading the store; ids drop what arrives twice.
     let mut live = state.engine.followers.subscribe();
     let catch_up = async |after: &mut i64| -> bool {
-        loop {
-            let page = match state
-                .engine
-                .store
-                .app_logs(&repo, &environment, *after, PAGE)
-                .await
-            {
+        let store = &state.engine.store;
+        let pages = crate::store::paged(
+            *after,
+            |after| store.app_logs(&repo, &environment, after, PAGE),
+            |line| line.id,
+        );
+        let mut pages = std::pin::pin!(pages);
+        while let Some(page) = futures::StreamExt::next(&mut pages).await {
+            let page = match page {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::error!(
@@ -119,9 +121,6 @@ async fn feed(
                     return false;
                 }
             };
-            if page.is_empty() {
-                return true;
-            }
             for line in page {
                 *after = line.id;
                 if line.ts >= since && sender.send(line).await.is_err() {
@@ -129,6 +128,7 @@ async fn feed(
                 }
             }
         }
+        true
     };
     if !catch_up(&mut after).await || !follow {
         return;
@@ -158,6 +158,22 @@ async fn feed(
     }
 }
 
+/// `repo`'s lines of `environment` after `after` and at or after `since`, then, when `live`,
+/// new lines as they are stored. The task feeding it ends when the stream is dropped (its
+/// client left).
+fn follow(
+    state: AppState,
+    repo: String,
+    environment: String,
+    after: i64,
+    since: i64,
+    live: bool,
+) -> ReceiverStream<AppLogLine> {
+    let (sender, receiver) = mpsc::channel(1024);
+    tokio::spawn(feed(state, repo, environment, after, since, live, sender));
+    ReceiverStream::new(receiver)
+}
+
 /// An app's container logs as NDJSON (one JSON object a line: id, time, app, server,
 /// container, stream, line).
 #[utoipa::path(get, path = "/api/apps/{owner}/{repo}/{environment}/logs", tag = "apps",
@@ -171,19 +187,15 @@ pub(super) async fn api(
 ) -> Result<Response, HttpError> {
     caller.api(Role::Viewer)?;
     let since = parse_since(query.since.as_deref())?;
-    let (sender, receiver) = mpsc::channel(1024);
-    tokio::spawn(feed(
+    let lines = follow(
         state,
         format!("{owner}/{name}"),
         environment,
         query.after.unwrap_or(0),
         since,
         query.follow,
-        sender,
-    ));
-    let body = futures::StreamExt::map(ReceiverStream::new(receiver), |line| {
-        Ok::<_, Infallible>(to_json(&line))
-    });
+    );
+    let body = futures::StreamExt::map(lines, |line| Ok::<_, Infallible>(to_json(&line)));
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
         Body::from_stream(body),
@@ -240,23 +252,16 @@ pub(super) async fn events(
     Query(query): Query<LogsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, HttpError> {
     caller.api(Role::Viewer)?;
-    let after = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok())
-        .or(query.after)
-        .unwrap_or(0);
-    let (sender, receiver) = mpsc::channel(1024);
-    tokio::spawn(feed(
+    let after = super::resume_after(&headers, query.after);
+    let lines = follow(
         state,
         format!("{owner}/{name}"),
         environment,
         after,
         i64::MIN,
         true,
-        sender,
-    ));
-    let stream = futures::StreamExt::map(ReceiverStream::new(receiver), |line| {
+    );
+    let stream = futures::StreamExt::map(lines, |line| {
         Ok(SseEvent::default()
             .event("line")
             .id(line.id.to_string())

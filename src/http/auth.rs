@@ -108,12 +108,7 @@ impl IntoResponse for Refusal {
 }
 
 /// What a `next` query value escapes: all but unreserved characters and `/`.
-const NEXT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~')
-    .remove(b'/');
+const NEXT: &percent_encoding::AsciiSet = &super::dashboard::SEGMENT.remove(b'/');
 
 fn form_urlencoded_component(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, NEXT).to_string()
@@ -318,10 +313,10 @@ fn address_key(address: IpAddr) -> IpAddr {
 impl SignInThrottle {
     pub fn new(config: &ApiSection) -> SignInThrottle {
         SignInThrottle {
-            per_name: config.login_failures_per_name.max(1),
-            per_address: config.login_failures_per_address.max(1),
+            per_name: config.login_failures_per_name,
+            per_address: config.login_failures_per_address,
             window: config.login_window,
-            capacity: config.login_throttle_entries.max(3),
+            capacity: config.login_throttle_entries,
             state: Mutex::new(ThrottleState {
                 keys: HashMap::new(),
                 audited: Window {
@@ -337,13 +332,13 @@ impl SignInThrottle {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn keys(name: &str, address: Option<IpAddr>) -> [Option<(Key, bool)>; 3] {
+    fn keys(name: &str, address: Option<IpAddr>) -> [Option<Key>; 3] {
         let name = shown_name(name);
         let address = address.map(address_key);
         [
-            Some((Key::Name(name.clone()), true)),
-            address.map(|a| (Key::Address(a), true)),
-            Some((Key::Pair(name, address), false)),
+            Some(Key::Name(name.clone())),
+            address.map(Key::Address),
+            Some(Key::Pair(name, address)),
         ]
     }
 
@@ -364,7 +359,7 @@ impl SignInThrottle {
     ) -> Result<(), Duration> {
         let state = self.lock();
         let mut wait = Duration::ZERO;
-        for (key, _) in Self::keys(name, address).into_iter().flatten() {
+        for key in Self::keys(name, address).into_iter().flatten() {
             if let Some(window) = state.keys.get(&key) {
                 let ends = window.since + self.window;
                 if window.failures >= self.limit(&key) && ends > now {
@@ -380,7 +375,9 @@ impl SignInThrottle {
         let mut state = self.lock();
         let mut first = false;
         let mut throttled = None;
-        for (key, limited) in Self::keys(name, address).into_iter().flatten() {
+        for key in Self::keys(name, address).into_iter().flatten() {
+            // A name or an address is throttled; their pair only tells first failures apart.
+            let limited = !matches!(key, Key::Pair(..));
             let limit = self.limit(&key);
             let window = self.count(&mut state, key, now);
             if limited && window == limit {

@@ -2,18 +2,19 @@
 //! the audit log), the login form and the buttons that act (cancel, redeploy, roll back, lock).
 //! Every page needs a signed-in user; acting needs the `deployer` role, the audit log `admin`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::Form;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Extension, Form};
 use axum_extra::extract::cookie::{Cookie, CookieJar};
 use maud::{DOCTYPE, Markup, html};
 use serde::Deserialize;
 
 use super::api::{self, environment_list, parse_state, time};
-use super::auth::{Caller, Refusal, SESSION_COOKIE, User, hash_token};
+use super::auth::{Caller, SESSION_COOKIE, User, hash_token};
 use super::{AppState, HttpError};
 use crate::config::Role;
 use crate::deploy::format_elapsed;
@@ -121,7 +122,7 @@ pub(super) fn url_link(url: &str) -> Markup {
 }
 
 /// What a path segment escapes: all but unreserved characters.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+pub(super) const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'_')
     .remove(b'.')
@@ -135,9 +136,15 @@ pub(super) fn path(segments: &[&str]) -> String {
         .collect()
 }
 
+/// `owner` and `name` of `owner/name`, split as [`Deployment::repo_parts`] splits a
+/// deployment's, for a repository named without one at hand.
+pub(super) fn repo_parts(repo: &str) -> (&str, &str) {
+    repo.split_once('/').unwrap_or(("", repo))
+}
+
 /// The path of an environment (`repo` is `owner/name`) followed by `rest`.
 pub(super) fn environment_path(prefix: &str, repo: &str, environment: &str, rest: &str) -> String {
-    let (owner, name) = repo.split_once('/').unwrap_or((repo, ""));
+    let (owner, name) = repo_parts(repo);
     format!("{}{}{rest}", prefix, path(&[owner, name, environment]))
 }
 
@@ -177,13 +184,13 @@ pub(super) struct LoginForm {
 
 pub(super) async fn login(
     State(state): State<AppState>,
-    request: axum::http::request::Parts,
+    connection: Option<Extension<ConnectInfo<SocketAddr>>>,
     jar: CookieJar,
     Form(form): Form<LoginForm>,
 ) -> Result<Response, HttpError> {
     let next = safe_next(form.next.as_deref());
     let name = form.name.trim();
-    let address = super::client_address(&request.extensions).map(|a| a.ip());
+    let address = connection.map(|Extension(ConnectInfo(remote))| remote.ip());
     let now = std::time::Instant::now();
     if let Err(wait) = state.throttle.check(name, address, now) {
         let seconds = wait.as_secs().max(1);
@@ -503,12 +510,6 @@ pub(super) async fn audit(
 
 // ---- actions ----
 
-/// The user for a button press: a deployer. (The router's cross-origin check has refused
-/// presses posted from other sites already.)
-fn actor(caller: Caller) -> Result<User, Refusal> {
-    caller.page(Role::Deployer, "/")
-}
-
 /// What a button did, with a way back.
 fn outcome(user: &User, result: Result<String, HttpError>, back: &str) -> Response {
     let (status, class, message) = match result {
@@ -535,7 +536,9 @@ pub(super) async fn deployment_action(
     caller: Caller,
     Path((id, action)): Path<(i64, String)>,
 ) -> Response {
-    let user = match actor(caller) {
+    // A deployer. (The router's cross-origin check has refused presses posted from other
+    // sites already.)
+    let user = match caller.page(Role::Deployer, "/") {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
@@ -559,7 +562,9 @@ pub(super) async fn environment_action(
     Path((owner, name, environment, action)): Path<(String, String, String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let user = match actor(caller) {
+    // A deployer. (The router's cross-origin check has refused presses posted from other
+    // sites already.)
+    let user = match caller.page(Role::Deployer, "/") {
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };

@@ -14,11 +14,9 @@ mod webhook;
 
 mod assets;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit};
@@ -28,7 +26,6 @@ use axum::routing::{get, post};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::csrf::CsrfLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -168,10 +165,14 @@ fn origin_of(url: &str) -> Option<String> {
     Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?))
 }
 
+/// How long [`serve`] waits, after `shutdown`, for open connections to end: a page that follows
+/// a log live ends only with its client.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves `router` on `listener` until `shutdown` is cancelled, then waits for open
-/// connections to finish. Each connection must send a whole request head within
-/// `header_read_timeout` and each body within `body_read_timeout`; at most `max_connections`
-/// are served at once (the rest wait in the listen backlog).
+/// connections to finish (at most [`SHUTDOWN_GRACE`]). Each connection must send a whole request
+/// head within `header_read_timeout` and each body within `body_read_timeout`; at most
+/// `max_connections` are served at once (the rest wait in the listen backlog).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -179,29 +180,9 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let limit = settings
-        .max_connections
-        .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-    let permits = Arc::new(Semaphore::new(limit));
+    let gate = crate::listen::Gate::new(listener, settings.max_connections, "HTTP");
     let (header_timeout, body_timeout) = (settings.header_read_timeout, settings.body_read_timeout);
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.context("the connection semaphore closed")?,
-            () = shutdown.cancelled() => break,
-        };
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    // Out of file descriptors and the like: back off a little, then go on.
-                    tracing::warn!(error = %error, "accepting an HTTP connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, remote, permit)) = gate.accept(&shutdown).await {
         let (router, shutdown, open) =
             (router.clone(), shutdown.clone(), metrics.http_connection());
         tokio::spawn(async move {
@@ -233,16 +214,21 @@ pub async fn serve(
             }
         });
     }
-    // Every connection holds a permit: holding them all means every connection has ended.
-    let _all = permits.acquire_many(limit as u32).await;
+    if !gate.drained(SHUTDOWN_GRACE).await {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after shutdown; leaving them");
+    }
     Ok(())
 }
 
-/// The client's address, when served by [`serve`].
-pub(crate) fn client_address(extensions: &axum::http::Extensions) -> Option<SocketAddr> {
-    extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0)
+/// Where a server-sent event stream resumes: after the `Last-Event-ID` a reconnecting browser
+/// sends, else after the `after` query parameter, else from the start.
+fn resume_after(headers: &axum::http::HeaderMap, after: Option<i64>) -> i64 {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+        .or(after)
+        .unwrap_or(0)
 }
 
 /// Prometheus' text format.

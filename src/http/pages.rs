@@ -95,13 +95,14 @@ pub(super) async fn deployment(
     let steps = state.engine.store.steps(id).await?;
     let services = state.engine.store.services(id).await?;
     let store = &state.engine.store;
-    let lines = store
-        .logs_before(id, query.before.unwrap_or(i64::MAX), PAGE_LINES)
+    // One line more than shown: whether it exists says whether there are earlier lines.
+    let mut lines = store
+        .logs_before(id, query.before.unwrap_or(i64::MAX), PAGE_LINES + 1)
         .await?;
-    let earlier = match lines.first() {
-        Some(first) => !store.logs_before(id, first.seq, 1).await?.is_empty(),
-        None => false,
-    };
+    let earlier = lines.len() as i64 > PAGE_LINES;
+    if earlier {
+        lines.remove(0);
+    }
     let log = LogPage {
         lines,
         earlier,
@@ -185,10 +186,8 @@ fn render(
     let lines = &log.lines;
     let last_seq = lines.last().map_or(0, |l| l.seq);
     let deployer = user.is_some_and(|u| u.may(Role::Deployer));
-    let repo_url = format!(
-        "{github_web}{}",
-        super::dashboard::path(&repo_parts(&deployment.repo))
-    );
+    let (owner, name) = deployment.repo_parts();
+    let repo_url = format!("{github_web}{}", super::dashboard::path(&[owner, name]));
     let sha = super::dashboard::path(&[&deployment.sha]);
     // Links to other parts of this deployment carry the link's token on.
     let token_param = token.map(|t| {
@@ -315,12 +314,6 @@ fn render(
     }
 }
 
-/// `owner` and `name` of `owner/name`.
-fn repo_parts(repo: &str) -> [&str; 2] {
-    let (owner, name) = repo.split_once('/').unwrap_or((repo, ""));
-    [owner, name]
-}
-
 /// A stable color (one of the stylesheet's 12 `hue-N` classes) per server name, so each
 /// server's lines are told apart at a glance. `deployment.js` computes the same.
 fn server_hue(server: &str) -> u32 {
@@ -350,12 +343,7 @@ pub(super) async fn events(
     Query(query): Query<PageQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, HttpError> {
     let deployment = authorize(&state, &caller, id, query.token.as_deref()).await?;
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i64>().ok())
-        .or(query.after)
-        .unwrap_or(0);
+    let resume = super::resume_after(&headers, query.after);
     let stream = futures::StreamExt::map(follow(state, deployment, resume), |event| {
         Ok(sse_event(&event))
     });
@@ -404,8 +392,15 @@ async fn catch_up(
     after: &mut i64,
     sender: &mpsc::Sender<Event>,
 ) -> bool {
-    loop {
-        let page = match state.engine.store.logs(id, *after, READ_LINES).await {
+    let store = &state.engine.store;
+    let pages = crate::store::paged(
+        *after,
+        |after| store.logs(id, after, READ_LINES),
+        |line| line.seq,
+    );
+    let mut pages = std::pin::pin!(pages);
+    while let Some(page) = futures::StreamExt::next(&mut pages).await {
+        let page = match page {
             Ok(page) => page,
             Err(error) => {
                 tracing::error!(
@@ -416,9 +411,6 @@ async fn catch_up(
                 return false;
             }
         };
-        if page.is_empty() {
-            return true;
-        }
         for line in page {
             *after = line.seq;
             if sender.send(Event::Log(line)).await.is_err() {
@@ -426,6 +418,35 @@ async fn catch_up(
             }
         }
     }
+    true
+}
+
+/// [`catch_up`], then the deployment's state from the store: when final, sends it and returns
+/// false (the feed ends), as it does when the receiver left or the store failed.
+async fn catch_up_unless_final(
+    state: &AppState,
+    id: i64,
+    after: &mut i64,
+    sender: &mpsc::Sender<Event>,
+) -> bool {
+    if !catch_up(state, id, after, sender).await {
+        return false;
+    }
+    let current = match state.engine.store.deployment(id).await {
+        Ok(Some(d)) => d,
+        _ => return false,
+    };
+    if current.state.is_final() {
+        let _ = sender
+            .send(Event::State {
+                deployment_id: id,
+                state: current.state,
+                description: current.state_description,
+            })
+            .await;
+        return false;
+    }
+    true
 }
 
 async fn feed(
@@ -439,21 +460,7 @@ async fn feed(
     // `seq` drops the second copy.
     let mut events = state.engine.bus.subscribe();
     let id = deployment.id;
-    if !catch_up(&state, id, &mut after, &sender).await {
-        return;
-    }
-    let current = match state.engine.store.deployment(id).await {
-        Ok(Some(d)) => d,
-        _ => return,
-    };
-    if current.state.is_final() {
-        let _ = sender
-            .send(Event::State {
-                deployment_id: id,
-                state: current.state,
-                description: current.state_description,
-            })
-            .await;
+    if !catch_up_unless_final(&state, id, &mut after, &sender).await {
         return;
     }
     loop {
@@ -463,8 +470,9 @@ async fn feed(
         };
         let event = match event {
             Ok(event) => event,
+            // The missed events may include the final state: look again.
             Err(RecvError::Lagged(_)) => {
-                if !catch_up(&state, id, &mut after, &sender).await {
+                if !catch_up_unless_final(&state, id, &mut after, &sender).await {
                     return;
                 }
                 continue;

@@ -17,16 +17,14 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Events Dropship acts on, each counted under its own name in `/metrics`.
-const COUNTED_EVENTS: [&str; 5] = ["deployment", "ping", "push", "check_suite", "pull_request"];
-
-/// The `event` label of a delivery: its event when Dropship acts on it, `none` without one,
-/// and `other` for anything else. The header is read before the signature is checked, so the
-/// label set must not grow with what a sender writes there.
+/// The `event` label of a delivery: its event when Dropship acts on it (one of
+/// [`Event::HANDLED`], each counted under its own name in `/metrics`), `none` without one, and
+/// `other` for anything else. The header is read before the signature is checked, so the label
+/// set must not grow with what a sender writes there.
 fn event_label(event: Option<&str>) -> &'static str {
     match event {
         None => "none",
-        Some(event) => COUNTED_EVENTS
+        Some(event) => Event::HANDLED
             .into_iter()
             .find(|known| *known == event)
             .unwrap_or("other"),
@@ -116,7 +114,6 @@ pub(super) async fn github(
                     .store
                     .record_delivery(delivery("ignored", Some("closed".into())))
                     .await?;
-                count("ignored");
                 return Ok((
                     StatusCode::ACCEPTED,
                     Json(json!({ "pull_request": number, "ignored": "the pull request comes from a fork" })),

@@ -25,17 +25,23 @@ pub fn new_token() -> String {
     hex::encode(bytes)
 }
 
-/// Every log line of a deployment after `after`, read in pages.
-pub async fn all_logs(store: &dyn Store, id: i64, mut after: i64) -> anyhow::Result<Vec<LogLine>> {
-    let mut lines = Vec::new();
-    loop {
-        let page = store.logs(id, after, 5000).await?;
-        let Some(last) = page.last() else {
-            return Ok(lines);
-        };
-        after = last.seq;
-        lines.extend(page);
-    }
+/// Records after `after`, read a page at a time: `read(after)` returns the page after its
+/// argument (oldest first, empty past the end) and `key` a record's position, which the next
+/// page starts after. Reading stops at the first empty page or error; the whole sequence is
+/// never in memory.
+pub fn paged<T, F, Fut>(
+    after: i64,
+    read: F,
+    key: fn(&T) -> i64,
+) -> impl futures::Stream<Item = anyhow::Result<Vec<T>>>
+where
+    F: FnMut(i64) -> Fut,
+    Fut: Future<Output = anyhow::Result<Vec<T>>>,
+{
+    futures::stream::try_unfold((after, read), move |(after, mut read)| async move {
+        let page = read(after).await?;
+        Ok(page.last().map(key).map(|last| (page, (last, read))))
+    })
 }
 
 pub fn now_ms() -> Millis {

@@ -137,12 +137,7 @@ struct RawBranch {
     git_ref: String,
     /// Null when the head repository was deleted.
     #[serde(default)]
-    repo: Option<RawHeadRepository>,
-}
-
-#[derive(Deserialize)]
-struct RawHeadRepository {
-    full_name: String,
+    repo: Option<RawRepository>,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +193,12 @@ struct RawUser {
 #[derive(Deserialize)]
 struct RawInstallation {
     id: i64,
+}
+
+impl Event {
+    /// The events (`X-GitHub-Event` values) [`parse`] reads; every other event parses to
+    /// [`Event::Ignored`].
+    pub const HANDLED: [&str; 5] = ["deployment", "ping", "push", "check_suite", "pull_request"];
 }
 
 /// Parses a delivery of event `event` (the `X-GitHub-Event` header).
