@@ -12,8 +12,10 @@
 #   5k/20k  paced at 5,000 and 20,000 requests/s (wrk's `delay()`, bench/proxy/paced.lua), kept
 #           alive: p99, and the proxy's CPU time per 1,000 requests (utime + stime from
 #           /proc/PID/stat, all threads)
-#   tls-new HTTPS, a new connection (a full handshake) per request: handshakes/s (nginx and
-#           Dropship, same RSA-2048 certificate)
+#   tls-new HTTPS, a new connection per request: handshakes/s (nginx and Dropship, same RSA-2048
+#           certificate). wrk offers the previous session again, and both servers resume it (nginx
+#           from its session cache, rustls from its default in-memory cache of 256), so this is
+#           mostly the rate of resumed handshakes; `openssl s_client -reconnect` shows both reuse.
 #   tls-ka  HTTPS, 64 kept-alive connections: requests/s and p99
 #
 # Usage: bench/proxy/run.sh [SECONDS]
@@ -51,7 +53,7 @@ http { access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:19101; keepalive 64; }
   server { listen 127.0.0.1:19102; listen 127.0.0.1:19202 ssl;
     ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
-    ssl_session_cache off; ssl_session_tickets off;
+    ssl_session_cache shared:SSL:1m;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto \$scheme; } } }

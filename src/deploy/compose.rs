@@ -87,6 +87,14 @@ impl Engine {
                 plan.project
             )));
         }
+        // The repository's container policy, checked on each file as it will run.
+        let unset = crate::config::ContainerPolicy::default();
+        let policy = self
+            .config
+            .repo(&deployment.repo)
+            .map_or(&unset, |r| &r.containers);
+        let (owner, name) = deployment.repo_parts();
+        let digest = crate::manifest::repo_digest(owner, name);
         let mut files = Vec::new();
         for path in &plan.files {
             if let Err(why) = safe_relative_path(path) {
@@ -103,20 +111,10 @@ impl Engine {
                 .await
             {
                 Ok(Some(file)) => {
-                    // The repository's container policy, checked on the file as it will run.
                     if up {
-                        let (owner, name) = deployment.repo_parts();
-                        let policy = self
-                            .config
-                            .repo(&deployment.repo)
-                            .map(|r| r.containers.clone())
-                            .unwrap_or_default();
-                        if let Err(refused) = crate::manifest::check_compose_file(
-                            path,
-                            &file.text,
-                            &policy,
-                            &crate::manifest::repo_digest(owner, name),
-                        ) {
+                        if let Err(refused) =
+                            crate::manifest::check_compose_file(path, &file.text, policy, &digest)
+                        {
                             return Ok(ServerResult::Failed(format!(
                                 "compose file refused by the operator's container policy:\n{refused}"
                             )));

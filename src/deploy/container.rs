@@ -827,27 +827,22 @@ impl Engine {
         self.config
             .server(server)
             .and_then(|s| s.private_address)
-            .map_or_else(|| "127.0.0.1".to_string(), |ip| ip.to_string())
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())
+            .to_string()
     }
 
     /// Where the proxy reaches a port `server` published: its private address; for a server
     /// on this machine (`local`, or a loopback `host`), 127.0.0.1; `Err` otherwise.
-    fn upstream_address(&self, server: &str) -> Result<String, String> {
+    fn upstream_address(&self, server: &str) -> Result<std::net::IpAddr, String> {
         let Some(entry) = self.config.server(server) else {
             return Err(format!("server `{server}` is not in the operator config"));
         };
-        if let Some(ip) = entry.private_address {
-            return Ok(match ip {
-                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
-                v4 => v4.to_string(),
-            });
-        }
-        if entry.on_this_machine() {
-            Ok("127.0.0.1".into())
-        } else {
-            Err(format!(
+        match entry.private_address {
+            Some(ip) => Ok(ip),
+            None if entry.on_this_machine() => Ok(std::net::Ipv4Addr::LOCALHOST.into()),
+            None => Err(format!(
                 "server `{server}` publishes container ports on its loopback only, which the proxy cannot reach: set private_address in its [[servers]] entry"
-            ))
+            )),
         }
     }
 
@@ -881,7 +876,7 @@ impl Engine {
                 )));
             };
             upstreams.push(UpstreamSpec {
-                address: format!("{address}:{port}"),
+                address: std::net::SocketAddr::new(address, *port).to_string(),
                 container: id.clone(),
             });
         }

@@ -103,6 +103,11 @@ pub fn log_url(public_url: &str, id: i64, token: &str) -> String {
     format!("{public_url}/deployments/{id}?token={token}")
 }
 
+/// [`log_url`] as stored for GitHub: the outbox fills the token in when it posts.
+fn stored_log_url(public_url: &str, id: i64) -> String {
+    log_url(public_url, id, crate::keys::LOG_TOKEN_SLOT)
+}
+
 /// The `queued` status of a new deployment.
 pub fn queued_status(public_url: &str, deployment: &Deployment) -> StatusDraft {
     StatusDraft {
@@ -111,11 +116,7 @@ pub fn queued_status(public_url: &str, deployment: &Deployment) -> StatusDraft {
             "queued: {} to {}",
             deployment.task, deployment.environment
         )),
-        log_url: Some(log_url(
-            public_url,
-            deployment.id,
-            crate::keys::LOG_TOKEN_SLOT,
-        )),
+        log_url: Some(stored_log_url(public_url, deployment.id)),
         environment_url: None,
     }
 }
@@ -274,15 +275,6 @@ impl Engine {
         log_url(self.config.public_url(), deployment.id, &token)
     }
 
-    /// [`Engine::log_url`] as stored for GitHub: the outbox fills the token in.
-    fn stored_log_url(&self, deployment: &Deployment) -> String {
-        log_url(
-            self.config.public_url(),
-            deployment.id,
-            crate::keys::LOG_TOKEN_SLOT,
-        )
-    }
-
     /// Changes state, enqueues the matching GitHub status and tells listeners. Returns false
     /// (and changes nothing) when a deployment that is not queued is asked to start.
     pub async fn transition(
@@ -298,7 +290,7 @@ impl Engine {
         let status = StatusDraft {
             state: state.github_state(),
             description: description.clone(),
-            log_url: Some(self.stored_log_url(deployment)),
+            log_url: Some(stored_log_url(self.config.public_url(), deployment.id)),
             environment_url: environment_url.clone(),
         };
         let check = if self.checks_enabled() {
@@ -352,7 +344,10 @@ impl Engine {
     /// Enqueues the check run's `queued` state for a deployment just recorded.
     pub async fn check_queued(&self, deployment: &Deployment) -> anyhow::Result<()> {
         if self.checks_enabled() && deployment.github_id.is_some() {
-            let draft = checks::queued(deployment, &self.stored_log_url(deployment));
+            let draft = checks::queued(
+                deployment,
+                &stored_log_url(self.config.public_url(), deployment.id),
+            );
             self.store.enqueue_check(deployment.id, &draft).await?;
         }
         Ok(())
@@ -400,7 +395,7 @@ impl Engine {
             description,
             &steps,
             failing.map(|step| (step, lines.as_slice())),
-            &self.stored_log_url(deployment),
+            &stored_log_url(self.config.public_url(), deployment.id),
             environment_url.as_deref(),
         ))
     }

@@ -12,11 +12,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
 use super::{Drain, RouteKey, RouteSpec, Routes, UpstreamSpec};
@@ -25,6 +20,8 @@ use crate::store::{RouteRecord, Store};
 
 /// The Caddy server Dropship owns.
 const SERVER: &str = "dropship";
+/// The longest a call to Caddy's admin API may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two looks at Caddy's in-flight counts while draining.
 const DRAIN_POLL: Duration = Duration::from_millis(50);
 
@@ -33,7 +30,7 @@ pub struct Caddy {
     admin: String,
     settings: ProxySection,
     store: Arc<dyn Store>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: reqwest::Client,
     /// Serializes changes.
     changes: Arc<tokio::sync::Mutex<()>>,
 }
@@ -54,7 +51,12 @@ impl Caddy {
             admin: settings.caddy_admin.trim_end_matches('/').to_string(),
             settings,
             store,
-            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
+            // The admin API is local to Caddy: never through an HTTP proxy from the environment.
+            client: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(ADMIN_TIMEOUT)
+                .build()
+                .context("an HTTP client for Caddy's admin API")?,
             changes: Arc::new(tokio::sync::Mutex::new(())),
         };
         caddy
@@ -70,20 +72,16 @@ impl Caddy {
         path: &str,
         body: Option<Value>,
     ) -> anyhow::Result<String> {
-        let request = http::Request::builder()
-            .method(method.clone())
-            .uri(format!("{}{path}", self.admin))
+        let response = self
+            .client
+            .request(method.clone(), format!("{}{path}", self.admin))
             .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            )))?;
-        let response = tokio::time::timeout(Duration::from_secs(10), self.client.request(request))
+            .body(body.map(|b| b.to_string()).unwrap_or_default())
+            .send()
             .await
-            .context("Caddy's admin API did not answer in 10 s")?
-            .context("Caddy's admin API")?;
+            .with_context(|| format!("Caddy's admin API ({ADMIN_TIMEOUT:?} at most)"))?;
         let status = response.status();
-        let text =
-            String::from_utf8_lossy(&response.into_body().collect().await?.to_bytes()).into_owned();
+        let text = response.text().await.context("Caddy's admin API")?;
         if !status.is_success() {
             bail!("{method} {path}: Caddy answered {status}: {}", text.trim());
         }
@@ -93,13 +91,11 @@ impl Caddy {
     /// Caddy's JSON for every stored route: longest path prefix first within a host.
     fn server_config(&self, routes: &[RouteRecord]) -> Value {
         let mut routes: Vec<&RouteRecord> = routes.iter().collect();
-        // Longest prefix first, then by route: the same precedence as the built-in proxy.
-        routes.sort_by(|a, b| {
-            let len = |r: &RouteRecord| r.path_prefix.trim_end_matches('/').len();
-            len(b).cmp(&len(a)).then_with(|| {
-                (&a.repo, &a.environment, &a.app).cmp(&(&b.repo, &b.environment, &b.app))
-            })
-        });
+        // The same precedence as the built-in proxy.
+        fn order(r: &RouteRecord) -> (std::cmp::Reverse<usize>, &str, &str, &str) {
+            super::precedence(&r.path_prefix, &r.repo, &r.environment, &r.app)
+        }
+        routes.sort_by(|a, b| order(a).cmp(&order(b)));
         let policy = match self.settings.balance {
             Balance::RoundRobin => "round_robin",
             Balance::LeastInFlight => "least_conn",

@@ -168,8 +168,6 @@ impl Drop for InFlight {
 /// One app's upstreams behind a route.
 #[derive(Debug)]
 pub(crate) struct Backend {
-    /// The route's name (`repo/environment/app`): the tie-breaker of precedence.
-    route: String,
     /// Requests answered, by status, under the route's name.
     pub(crate) counters: crate::metrics::RouteCounters,
     pub(crate) path_prefix: String,
@@ -184,7 +182,6 @@ impl Backend {
         metrics: &crate::metrics::Metrics,
     ) -> Arc<Backend> {
         Arc::new(Backend {
-            route: spec.key.to_string(),
             counters: metrics.proxy_route(spec.key.to_string()),
             path_prefix: spec.path_prefix.clone(),
             upstreams,
@@ -400,27 +397,39 @@ fn refuse_taken(spec: &RouteSpec, taken: Option<(String, String)>) -> anyhow::Re
     }
 }
 
-/// Rebuilds the host index from the backends: per host, longest prefix first, then by route
-/// (`repo/environment/app`), so that precedence never depends on the order of changes.
+/// Rebuilds the host index from the backends: per host, in [`precedence`] order.
 fn index(table: &mut Table) {
-    table.hosts.clear();
+    let mut hosts: HashMap<&str, Vec<(&RouteSpec, &Arc<Backend>)>> = HashMap::new();
     for (spec, backend) in table.backends.values() {
         for host in &spec.hosts {
-            table
-                .hosts
-                .entry(host.clone())
-                .or_default()
-                .push(backend.clone());
+            hosts.entry(host).or_default().push((spec, backend));
         }
     }
-    for backends in table.hosts.values_mut() {
-        backends.sort_by(|a, b| {
-            b.path_prefix
-                .len()
-                .cmp(&a.path_prefix.len())
-                .then_with(|| a.route.cmp(&b.route))
-        });
-    }
+    table.hosts = hosts
+        .into_iter()
+        .map(|(host, mut routes)| {
+            fn order(spec: &RouteSpec) -> (std::cmp::Reverse<usize>, &str, &str, &str) {
+                let key = &spec.key;
+                precedence(&spec.path_prefix, &key.repo, &key.environment, &key.app)
+            }
+            routes.sort_by(|(a, _), (b, _)| order(a).cmp(&order(b)));
+            let backends = routes.into_iter().map(|(_, b)| b.clone()).collect();
+            (host.to_string(), backends)
+        })
+        .collect();
+}
+
+/// The order in which a host's routes are tried: the longer path prefix first (a trailing `/`
+/// not counted), then by repository, environment and app. The built-in proxy and Caddy both
+/// sort by it, so which route wins depends neither on the backend nor on the order of changes.
+pub(crate) fn precedence<'a>(
+    path_prefix: &str,
+    repo: &'a str,
+    environment: &'a str,
+    app: &'a str,
+) -> (std::cmp::Reverse<usize>, &'a str, &'a str, &'a str) {
+    let length = path_prefix.trim_end_matches('/').len();
+    (std::cmp::Reverse(length), repo, environment, app)
 }
 
 /// `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`.
@@ -458,6 +467,8 @@ impl Routes for Proxy {
         }
         let mut backends = current.backends.clone();
         let old = backends.remove(key);
+        // The new route's upstreams; every old one not among them drains.
+        let mut staying: Vec<Arc<Upstream>> = Vec::new();
         match &next {
             Some((spec, upstreams)) => {
                 self.inner
@@ -480,7 +491,7 @@ impl Routes for Proxy {
                             .cloned()
                     })
                 };
-                let upstreams = upstreams
+                staying = upstreams
                     .iter()
                     .map(|u| kept(u).unwrap_or_else(|| Upstream::new(u)))
                     .collect();
@@ -488,7 +499,7 @@ impl Routes for Proxy {
                     key.clone(),
                     (
                         spec.clone(),
-                        Backend::new(spec, upstreams, &self.inner.metrics),
+                        Backend::new(spec, staying.clone(), &self.inner.metrics),
                     ),
                 );
             }
@@ -504,25 +515,11 @@ impl Routes for Proxy {
             backends,
         };
         index(&mut table);
-        // An upstream stays when the same container is at the same address (as `kept` above);
-        // every other old one drains.
-        let staying: Vec<(String, String)> = next
-            .as_ref()
-            .map(|(_, u)| {
-                u.iter()
-                    .map(|u| (u.address.clone(), u.container.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
         let replaced: Vec<Arc<Upstream>> = old
             .map(|(_, b)| {
                 b.upstreams
                     .iter()
-                    .filter(|u| {
-                        !staying
-                            .iter()
-                            .any(|(a, c)| *a == u.address && *c == u.container)
-                    })
+                    .filter(|u| !staying.iter().any(|s| Arc::ptr_eq(s, u)))
                     .cloned()
                     .collect()
             })

@@ -60,15 +60,10 @@ impl Pool {
         idle_timeout: Duration,
     ) -> Result<(Response<Incoming>, Lease), SendError> {
         while let Some(mut sender) = self.take(idle_timeout) {
-            // Given back once its response was read; it is ready as soon as its connection has
-            // seen that end too (at once, nearly always), or closed.
-            if sender.ready().await.is_err() {
-                continue;
-            }
             match sender.try_send_request(request).await {
                 Ok(response) => return Ok((response, Lease(sender))),
                 Err(mut error) => match error.take_message() {
-                    // Closed before the request went out: try the next connection.
+                    // Closed (or busy) before the request went out: try the next connection.
                     Some(unsent) => request = unsent,
                     None => return Err(SendError::Failed(error.into_error())),
                 },
@@ -108,19 +103,30 @@ impl Pool {
         }
     }
 
-    /// The most recently used idle connection; closed and expired ones are dropped on the way.
+    /// The most recently used idle connection that is ready for a request now; closed and
+    /// expired ones are dropped on the way. One still sending an earlier request's body (the
+    /// upstream answered before reading it all) stays for later, so no request waits behind
+    /// another's upload.
     fn take(&self, idle_timeout: Duration) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self
             .idle
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let now = Instant::now();
-        while let Some(Idle { sender, since }) = idle.pop() {
-            if now.duration_since(since) < idle_timeout && !sender.is_closed() {
-                return Some(sender);
+        let mut busy = Vec::new();
+        let mut ready = None;
+        while let Some(entry) = idle.pop() {
+            if now.duration_since(entry.since) >= idle_timeout || entry.sender.is_closed() {
+                continue;
             }
+            if entry.sender.is_ready() {
+                ready = Some(entry.sender);
+                break;
+            }
+            busy.push(entry);
         }
-        None
+        idle.extend(busy.into_iter().rev());
+        ready
     }
 
     /// Gives a connection back after its response was read to the end.

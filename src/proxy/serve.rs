@@ -18,6 +18,7 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::pool::{Lease, ProxyBody, SendError};
@@ -242,30 +243,26 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let idle = proxy.settings().idle_timeout;
+    let max_connections = proxy.settings().max_connections;
     let scheme = HeaderValue::from_static(if tls.is_some() { "https" } else { "http" });
+    let gate = crate::listen::Gate::new(listener, max_connections, "proxy");
     let forwarder = Arc::new(Forwarder { proxy, scheme });
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "proxy accept");
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, remote, permit)) = gate.accept(&shutdown).await {
         let forwarder = forwarder.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
+            // Held by the connection, and by the tunnel of an upgrade it hands off.
+            let permit = Arc::new(permit);
             // The client's address as `X-Forwarded-For` carries it, made once per connection.
             let client = HeaderValue::from_str(&remote.ip().to_string())
                 .expect("an IP address is a valid header value");
             let service = hyper::service::service_fn(move |request| {
-                let forwarder = forwarder.clone();
-                let client = client.clone();
-                async move { Ok::<_, Infallible>(forwarder.handle(remote, client, request).await) }
+                let (forwarder, client, permit) =
+                    (forwarder.clone(), client.clone(), permit.clone());
+                async move {
+                    let response = forwarder.handle(remote, client, permit, request).await;
+                    Ok::<_, Infallible>(response)
+                }
             });
             let builder = {
                 let mut builder = hyper::server::conn::http1::Builder::new();
@@ -307,10 +304,13 @@ impl Forwarder {
         &self,
         remote: SocketAddr,
         client: HeaderValue,
+        permit: Arc<OwnedSemaphorePermit>,
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let mut backend = None;
-        let response = self.forward(remote, client, request, &mut backend).await;
+        let response = self
+            .forward(remote, client, permit, request, &mut backend)
+            .await;
         let counters = backend
             .as_ref()
             .map_or(&self.proxy.inner.unrouted, |b: &Arc<Backend>| &b.counters);
@@ -322,6 +322,7 @@ impl Forwarder {
         &self,
         remote: SocketAddr,
         client: HeaderValue,
+        permit: Arc<OwnedSemaphorePermit>,
         request: Request<Incoming>,
         found: &mut Option<Arc<Backend>>,
     ) -> Response<ProxyBody> {
@@ -338,13 +339,14 @@ impl Forwarder {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let path = path_and_query.as_str();
-        let Some(mut backend) = proxy.find(&host, path) else {
+        let Some(backend) = proxy.find(&host, path) else {
             return page(
                 StatusCode::NOT_FOUND,
                 &format!("No app is served at {host}{path}."),
             );
         };
-        *found = Some(backend.clone());
+        // The route counts the answer; a switch during the request updates it in place.
+        let backend = found.insert(backend);
         let upgrade = is_upgrade(&parts.headers);
         let client_upgrade = upgrade
             .then(|| parts.extensions.remove::<OnUpgrade>())
@@ -390,13 +392,12 @@ impl Forwarder {
         let mut tried: Vec<Arc<Upstream>> = Vec::new();
         let settings = proxy.settings();
         loop {
-            let Some(in_flight) = proxy.pick_current(&mut backend, &host, path, &tried) else {
+            let Some(in_flight) = proxy.pick_current(backend, &host, path, &tried) else {
                 return page(
                     StatusCode::BAD_GATEWAY,
                     &format!("No healthy upstream for {host}{path}."),
                 );
             };
-            *found = Some(backend.clone());
             let upstream = &in_flight.0;
             let sent = upstream.pool.send(
                 &upstream.address,
@@ -440,8 +441,7 @@ impl Forwarder {
                         if let Some(client_upgrade) = client_upgrade {
                             let upstream_upgrade = hyper::upgrade::on(&mut response);
                             tokio::spawn(async move {
-                                let _in_flight = in_flight;
-                                let _lease = lease;
+                                let _held = (in_flight, lease, permit);
                                 if let (Ok(a), Ok(b)) =
                                     (client_upgrade.await, upstream_upgrade.await)
                                 {
