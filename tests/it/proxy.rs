@@ -977,7 +977,6 @@ async fn a_host_routed_for_one_repository_is_refused_to_another_and_precedence_i
 /// `[proxy] max_connections`: connections beyond the cap wait in the backlog until one closes.
 #[tokio::test]
 async fn proxy_connections_beyond_the_cap_wait_for_one_to_close() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
     let settings = dropship::config::ProxySection {
         max_connections: 1,
@@ -986,23 +985,6 @@ async fn proxy_connections_beyond_the_cap_wait_for_one_to_close() {
     let (_proxy, address, _shutdown) = serve_builtin(dir.path(), settings).await;
     // No route: the proxy answers 404 itself and keeps the connection.
     const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n";
-    let mut first = tokio::net::TcpStream::connect(&address).await.unwrap();
-    first.write_all(REQUEST).await.unwrap();
-    let mut buffer = [0u8; 1024];
-    let n = first.read(&mut buffer).await.unwrap();
-    assert!(buffer[..n].starts_with(b"HTTP/1.1 404"));
-    let mut second = tokio::net::TcpStream::connect(&address).await.unwrap();
-    second.write_all(REQUEST).await.unwrap();
-    let waiting = tokio::time::timeout(Duration::from_millis(500), second.read(&mut buffer)).await;
-    assert!(waiting.is_err(), "the second connection was served at once");
-    drop(first);
-    let n = tokio::time::timeout(Duration::from_secs(10), second.read(&mut buffer))
-        .await
-        .expect("served once the first closed")
-        .unwrap();
-    assert!(
-        buffer[..n].starts_with(b"HTTP/1.1 404"),
-        "{:?}",
-        String::from_utf8_lossy(&buffer[..n])
-    );
+    let first = crate::support::hold_connection(&address, REQUEST, b"HTTP/1.1 404").await;
+    crate::support::waits_for_a_place(&address, REQUEST, b"HTTP/1.1 404", first).await;
 }

@@ -723,41 +723,10 @@ async fn a_slow_request_head_or_body_is_cut_off() {
 #[tokio::test]
 async fn connections_beyond_the_cap_wait_for_one_to_close() {
     let (server, _github) = start_with_server_settings("max_connections = 2").await;
-    let hold = || async {
-        let mut stream = tokio::net::TcpStream::connect(server.address)
-            .await
-            .unwrap();
-        stream
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buffer = [0u8; 1024];
-        let n = stream.read(&mut buffer).await.unwrap();
-        assert!(buffer[..n].starts_with(b"HTTP/1.1 200"));
-        stream
-    };
-    // Two kept-alive connections take the two places.
-    let first = hold().await;
-    let _second = hold().await;
-    let mut third = tokio::net::TcpStream::connect(server.address)
-        .await
-        .unwrap();
-    third
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buffer = [0u8; 1024];
-    let waiting = tokio::time::timeout(Duration::from_millis(500), third.read(&mut buffer)).await;
-    assert!(waiting.is_err(), "the third connection was served at once");
-    // One leaves: the third is served.
-    drop(first);
-    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buffer))
-        .await
-        .expect("served once a place is free")
-        .unwrap();
-    assert!(
-        buffer[..n].starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&buffer[..n])
-    );
+    let address = server.address.to_string();
+    const REQUEST: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Two kept-alive connections take the two places; a third is served once one leaves.
+    let first = crate::support::hold_connection(&address, REQUEST, b"HTTP/1.1 200").await;
+    let _second = crate::support::hold_connection(&address, REQUEST, b"HTTP/1.1 200").await;
+    crate::support::waits_for_a_place(&address, REQUEST, b"HTTP/1.1 200", first).await;
 }

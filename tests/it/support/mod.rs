@@ -358,3 +358,52 @@ pub async fn metrics(server: &TestServer) -> String {
     assert_eq!(response.status(), reqwest::StatusCode::OK);
     response.text().await.unwrap()
 }
+
+/// Opens a connection to `address`, sends `request` and checks the answer starts with
+/// `expected`; the connection stays open (it holds a place under a connection cap).
+pub async fn hold_connection(
+    address: &str,
+    request: &[u8],
+    expected: &[u8],
+) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut buffer = [0u8; 1024];
+    let n = stream.read(&mut buffer).await.unwrap();
+    assert!(
+        buffer[..n].starts_with(expected),
+        "{:?}",
+        String::from_utf8_lossy(&buffer[..n])
+    );
+    stream
+}
+
+/// With every place under `address`'s connection cap held by `held`, a new connection sending
+/// `request` gets no answer; once `held` closes, it is answered with `expected`.
+pub async fn waits_for_a_place(
+    address: &str,
+    request: &[u8],
+    expected: &[u8],
+    held: tokio::net::TcpStream,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut waiting = tokio::net::TcpStream::connect(address).await.unwrap();
+    waiting.write_all(request).await.unwrap();
+    let mut buffer = [0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_millis(500), waiting.read(&mut buffer)).await;
+    assert!(
+        early.is_err(),
+        "a connection beyond the cap was served at once"
+    );
+    drop(held);
+    let n = tokio::time::timeout(Duration::from_secs(10), waiting.read(&mut buffer))
+        .await
+        .expect("served once a place is free")
+        .unwrap();
+    assert!(
+        buffer[..n].starts_with(expected),
+        "{:?}",
+        String::from_utf8_lossy(&buffer[..n])
+    );
+}
