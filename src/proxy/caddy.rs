@@ -6,6 +6,12 @@
 //! change writes the whole, consistent set); Caddy finishes requests already in flight on the
 //! old configuration. The drain waits until Caddy's `/reverse_proxy/upstreams` reports no
 //! request in flight to the replaced upstreams.
+//!
+//! Caddy counts requests per upstream address, shared by every configuration that names the
+//! address, and forgets an address once no configuration names it: its old configuration
+//! lets go of an upstream while requests to it are still in flight (Caddy 2.6, seen in the
+//! switch tests). So while an upstream drains, the written configuration keeps naming it, in
+//! a route that never matches ([`DRAINING`]), and its count stays to be read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +26,8 @@ use crate::store::{RouteRecord, Store};
 
 /// The Caddy server Dropship owns.
 const SERVER: &str = "dropship";
+/// The `@id` of the route that keeps draining upstreams known to Caddy; it matches nothing.
+const DRAINING: &str = "dropship-draining";
 /// The longest a call to Caddy's admin API may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Between two looks at Caddy's in-flight counts while draining.
@@ -33,6 +41,9 @@ pub struct Caddy {
     client: reqwest::Client,
     /// Serializes changes.
     changes: Arc<tokio::sync::Mutex<()>>,
+    /// The addresses of replaced upstreams still draining, once per drain: named in the
+    /// [`DRAINING`] route. Each drain takes its addresses out when it is dropped.
+    draining: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl std::fmt::Debug for Caddy {
@@ -58,6 +69,7 @@ impl Caddy {
                 .build()
                 .context("an HTTP client for Caddy's admin API")?,
             changes: Arc::new(tokio::sync::Mutex::new(())),
+            draining: Arc::default(),
         };
         caddy
             .write_routes()
@@ -100,7 +112,7 @@ impl Caddy {
             Balance::RoundRobin => "round_robin",
             Balance::LeastInFlight => "least_conn",
         };
-        let caddy_routes: Vec<Value> = routes
+        let mut caddy_routes: Vec<Value> = routes
             .iter()
             .filter(|r| !r.upstreams.is_empty())
             .map(|route| {
@@ -126,6 +138,20 @@ impl Caddy {
                 })
             })
             .collect();
+        let mut draining = self.draining.lock().expect("the draining list").clone();
+        if !draining.is_empty() {
+            draining.sort();
+            draining.dedup();
+            caddy_routes.push(json!({
+                "@id": DRAINING,
+                "match": [{"expression": "false"}],
+                "handle": [{
+                    "handler": "reverse_proxy",
+                    "upstreams": draining.iter().map(|a| json!({"dial": a})).collect::<Vec<_>>(),
+                }],
+                "terminal": true,
+            }));
+        }
         let listen: Vec<String> = self.settings.listen.iter().map(|a| a.to_string()).collect();
         json!({
             "listen": listen,
@@ -184,6 +210,16 @@ impl Caddy {
             tokio::time::sleep(DRAIN_POLL).await;
         }
     }
+
+    /// A drain of `addresses` ended: the next configuration written no longer names them.
+    pub(super) fn drain_ended(&self, addresses: &[String]) {
+        let mut draining = self.draining.lock().expect("the draining list");
+        for address in addresses {
+            if let Some(at) = draining.iter().position(|a| a == address) {
+                draining.swap_remove(at);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -230,8 +266,14 @@ impl Routes for Caddy {
                 Vec::new()
             }
         };
-        self.write_routes().await?;
         let replaced: Vec<String> = old.into_iter().filter(|a| !staying.contains(a)).collect();
-        Ok(Drain::external(self.clone(), replaced))
+        self.draining
+            .lock()
+            .expect("the draining list")
+            .extend(replaced.iter().cloned());
+        // Dropped on an error too, which takes the addresses out again.
+        let drain = Drain::external(self.clone(), replaced);
+        self.write_routes().await?;
+        Ok(drain)
     }
 }

@@ -7,6 +7,7 @@
 //! and restored on start).
 
 mod caddy;
+mod framing;
 mod pool;
 mod serve;
 
@@ -62,6 +63,14 @@ pub struct Drain {
     upstreams: Vec<Arc<Upstream>>,
     /// Upstreams of an external proxy, asked about their in-flight requests.
     external: Option<(Caddy, Vec<String>)>,
+}
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        if let Some((caddy, addresses)) = &self.external {
+            caddy.drain_ended(addresses);
+        }
+    }
 }
 
 impl Drain {

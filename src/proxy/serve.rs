@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
+use super::framing::{HEAD_LIMIT, Refusal, Verdicts, Watched};
 use super::pool::{Lease, ProxyBody, SendError};
 use super::{Backend, InFlight, Proxy, Upstream};
 
@@ -228,6 +229,19 @@ pub fn tls_acceptor(
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
+/// What the requests of one client connection share.
+struct Connection {
+    remote: SocketAddr,
+    /// The client's address as `X-Forwarded-For` carries it.
+    client: HeaderValue,
+    /// The connection's place under `[proxy] max_connections`, held by an upgrade's tunnel too.
+    _permit: OwnedSemaphorePermit,
+    /// What the connection's reader saw of each request's framing.
+    verdicts: Arc<Verdicts>,
+    /// Requests read so far.
+    requests: std::sync::atomic::AtomicU64,
+}
+
 /// What every connection of one listener shares.
 struct Forwarder {
     proxy: Proxy,
@@ -251,22 +265,29 @@ pub async fn serve(
         let forwarder = forwarder.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            // Held by the connection, and by the tunnel of an upgrade it hands off.
-            let permit = Arc::new(permit);
-            // The client's address as `X-Forwarded-For` carries it, made once per connection.
-            let client = HeaderValue::from_str(&remote.ip().to_string())
-                .expect("an IP address is a valid header value");
+            let verdicts = Arc::new(Verdicts::default());
+            // Held by the connection's requests, and by the tunnel of an upgrade it hands off.
+            let connection = Arc::new(Connection {
+                remote,
+                client: HeaderValue::from_str(&remote.ip().to_string())
+                    .expect("an IP address is a valid header value"),
+                _permit: permit,
+                verdicts: verdicts.clone(),
+                requests: Default::default(),
+            });
             let service = hyper::service::service_fn(move |request| {
-                let (forwarder, client, permit) =
-                    (forwarder.clone(), client.clone(), permit.clone());
+                let (forwarder, connection) = (forwarder.clone(), connection.clone());
                 async move {
-                    let response = forwarder.handle(remote, client, permit, request).await;
+                    let response = forwarder.handle(connection, request).await;
                     Ok::<_, Infallible>(response)
                 }
             });
             let builder = {
                 let mut builder = hyper::server::conn::http1::Builder::new();
-                builder.timer(TokioTimer::new()).header_read_timeout(idle);
+                builder
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(idle)
+                    .max_buf_size(HEAD_LIMIT);
                 builder
             };
             let result = match tls {
@@ -280,13 +301,13 @@ pub async fn serve(
                         Err(_) => return,
                     };
                     builder
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection(TokioIo::new(Watched::new(stream, verdicts)), service)
                         .with_upgrades()
                         .await
                 }
                 None => {
                     builder
-                        .serve_connection(TokioIo::new(stream), service)
+                        .serve_connection(TokioIo::new(Watched::new(stream, verdicts)), service)
                         .with_upgrades()
                         .await
                 }
@@ -302,15 +323,33 @@ impl Forwarder {
     /// Answers one request, counting it by route and status.
     async fn handle(
         &self,
-        remote: SocketAddr,
-        client: HeaderValue,
-        permit: Arc<OwnedSemaphorePermit>,
+        connection: Arc<Connection>,
         request: Request<Incoming>,
     ) -> Response<ProxyBody> {
         let mut backend = None;
-        let response = self
-            .forward(remote, client, permit, request, &mut backend)
-            .await;
+        let number = connection
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let response = match connection.verdicts.refusal(number) {
+            None => self.forward(connection, request, &mut backend).await,
+            Some(why) => {
+                let mut refused = match why {
+                    Refusal::Framing => page(
+                        StatusCode::BAD_REQUEST,
+                        "The request gives both Content-Length and Transfer-Encoding.",
+                    ),
+                    Refusal::HeadTooLarge => page(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "The request's head is over 64 KiB.",
+                    ),
+                };
+                // What follows on the connection is never read.
+                refused
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                refused
+            }
+        };
         let counters = backend
             .as_ref()
             .map_or(&self.proxy.inner.unrouted, |b: &Arc<Backend>| &b.counters);
@@ -320,9 +359,7 @@ impl Forwarder {
 
     async fn forward(
         &self,
-        remote: SocketAddr,
-        client: HeaderValue,
-        permit: Arc<OwnedSemaphorePermit>,
+        connection: Arc<Connection>,
         request: Request<Incoming>,
         found: &mut Option<Arc<Backend>>,
     ) -> Response<ProxyBody> {
@@ -366,10 +403,10 @@ impl Forwarder {
                 .to_str()
                 .ok()
                 .and_then(|earlier| {
-                    HeaderValue::from_str(&format!("{earlier}, {}", remote.ip())).ok()
+                    HeaderValue::from_str(&format!("{earlier}, {}", connection.remote.ip())).ok()
                 })
-                .unwrap_or(client),
-            None => client,
+                .unwrap_or_else(|| connection.client.clone()),
+            None => connection.client.clone(),
         };
         parts.headers.insert(X_FORWARDED_FOR, forwarded_for);
         parts.headers.insert(X_FORWARDED_PROTO, self.scheme.clone());
@@ -440,8 +477,9 @@ impl Forwarder {
                     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                         if let Some(client_upgrade) = client_upgrade {
                             let upstream_upgrade = hyper::upgrade::on(&mut response);
+                            connection.verdicts.upgraded();
                             tokio::spawn(async move {
-                                let _held = (in_flight, lease, permit);
+                                let _held = (in_flight, lease, connection);
                                 if let (Ok(a), Ok(b)) =
                                     (client_upgrade.await, upstream_upgrade.await)
                                 {

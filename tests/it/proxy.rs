@@ -344,11 +344,43 @@ impl Drop for CaddyProcess {
 }
 
 impl CaddyProcess {
+    /// Starts Caddy, on other ports if it could not bind its first ones (a port picked free
+    /// may be taken before Caddy binds it); fails with Caddy's log if it does not come up.
     pub(crate) async fn start() -> Option<CaddyProcess> {
         if !std::path::Path::new("/usr/bin/caddy").exists() {
             crate::support::missing("Debian's caddy (/usr/bin/caddy)");
             return None;
         }
+        for attempt in 1..=3 {
+            let mut caddy = CaddyProcess::spawn();
+            let url = format!("{}/config/", caddy.admin);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let mut checks = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                checks.tick().await;
+                if reqwest::get(&url)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    return Some(caddy);
+                }
+                let exited = caddy.child.try_wait().unwrap().is_some();
+                if exited && attempt < 3 {
+                    break;
+                }
+                if exited || tokio::time::Instant::now() > deadline {
+                    panic!(
+                        "caddy's admin API did not come up (attempt {attempt}, exited: {exited}); its log:\n{}",
+                        std::fs::read_to_string(caddy._dir.path().join("caddy.log"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        unreachable!("the last attempt returns or fails")
+    }
+
+    fn spawn() -> CaddyProcess {
         let dir = tempfile::tempdir().unwrap();
         let (admin, listen, team) = (free_port(), free_port(), free_port());
         let config = json!({
@@ -362,6 +394,7 @@ impl CaddyProcess {
         });
         let file = dir.path().join("caddy.json");
         std::fs::write(&file, config.to_string()).unwrap();
+        let log = std::fs::File::create(dir.path().join("caddy.log")).unwrap();
         let child = std::process::Command::new("/usr/bin/caddy")
             .args(["run", "--config"])
             .arg(&file)
@@ -369,23 +402,21 @@ impl CaddyProcess {
             .env("XDG_DATA_HOME", dir.path())
             .env("XDG_CONFIG_HOME", dir.path())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("starting caddy");
-        let caddy = CaddyProcess {
+        CaddyProcess {
             child,
             admin: format!("http://127.0.0.1:{admin}"),
             listen: format!("127.0.0.1:{listen}"),
             _dir: dir,
-        };
-        let url = format!("{}/config/", caddy.admin);
-        eventually(Duration::from_secs(20), "caddy's admin API", || async {
-            reqwest::get(&url)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        Some(caddy)
+        }
+    }
+
+    /// Caddy's log so far.
+    #[allow(dead_code)]
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("caddy.log")).unwrap_or_default()
     }
 }
 
@@ -554,110 +585,55 @@ fn pull_request_closed(number: i64, head_ref: &str, head_repo: &str) -> Vec<u8> 
 /// A stand-in app for the proxy's own behaviour: `/headers` answers the request's headers,
 /// `/whoami` its address, `/slow` its address once the test releases it, `/stream` a first
 /// chunk, then (once released) the rest, and an `Upgrade: echo` request switches protocols and
-/// echoes every byte back (what a websocket needs of a proxy).
+/// echoes every byte back (what a websocket needs of a proxy). Connections are kept alive, as
+/// an app's are: thousands of new ones a second would fill loopback with TIME_WAIT sockets.
 pub(crate) struct StandIn {
     pub(crate) address: std::net::SocketAddr,
     /// Each permit lets one held answer go on.
     gate: Arc<tokio::sync::Semaphore>,
-    /// The accept loop: aborted by `stop`, which closes the listener.
-    accepting: tokio::task::JoinHandle<()>,
+    /// Cancelled by `stop`: the listener closes, and so does every connection.
+    stopped: tokio_util::sync::CancellationToken,
 }
 
 impl StandIn {
     /// Lets one held answer (`/slow`, or the rest of `/stream`) go on.
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         self.gate.add_permits(1);
     }
 
-    /// Stops taking connections, as a stopped container does; answers under way finish.
+    /// Stops, as a stopped container does: no new connection, and every open one closed, so
+    /// a request still under way fails.
     pub(crate) fn stop(&self) {
-        self.accepting.abort();
+        self.stopped.cancel();
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.stopped.cancel();
     }
 }
 
 pub(crate) async fn stand_in_app() -> StandIn {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let held = gate.clone();
-    let accepting = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let held = held.clone();
+    let stopped = tokio_util::sync::CancellationToken::new();
+    let (held, stop) = (gate.clone(), stopped.clone());
+    tokio::spawn(async move {
+        loop {
+            let stream = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(_) => return,
+                },
+            };
+            let (held, stop) = (held.clone(), stop.clone());
             tokio::spawn(async move {
-                // One request per connection (`Connection: close`), read to its blank line.
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_string();
-                let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                // A body (a POST's) is read whole before the answer.
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .and_then(|v| v.trim().parse().ok())
-                    })
-                    .unwrap_or(0);
-                let mut body = vec![0u8; length];
-                if stream.read_exact(&mut body).await.is_err() {
-                    return;
-                }
-                if head.to_ascii_lowercase().contains("upgrade: echo") {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
-                        .await;
-                    let (mut read, mut write) = stream.split();
-                    let _ = tokio::io::copy(&mut read, &mut write).await;
-                } else if path == "/slow" || path == "/whoami" {
-                    if path == "/slow" {
-                        if let Ok(permit) = held.acquire().await {
-                            permit.forget();
-                        }
-                    }
-                    let body = address.to_string();
-                    let _ = stream
-                        .write_all(
-                            format!(
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                                body.len()
-                            )
-                            .as_bytes(),
-                        )
-                        .await;
-                } else if path == "/stream" {
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
-                        .await;
-                    for (i, part) in ["one ", "two ", "three"].into_iter().enumerate() {
-                        if i == 1 {
-                            // The rest only once the client has the first chunk.
-                            if let Ok(permit) = held.acquire().await {
-                                permit.forget();
-                            }
-                        }
-                        let chunk = format!("{:x}\r\n{part}\r\n", part.len());
-                        let _ = stream.write_all(chunk.as_bytes()).await;
-                        let _ = stream.flush().await;
-                    }
-                    let _ = stream.write_all(b"0\r\n\r\n").await;
-                } else {
-                    let body = head.to_ascii_lowercase();
-                    let _ = stream
-                        .write_all(
-                            format!(
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                                body.len()
-                            )
-                            .as_bytes(),
-                        )
-                        .await;
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    _ = stand_in_connection(stream, address, &held) => {}
                 }
             });
         }
@@ -665,7 +641,100 @@ pub(crate) async fn stand_in_app() -> StandIn {
     StandIn {
         address,
         gate,
-        accepting,
+        stopped,
+    }
+}
+
+/// Answers the requests of one connection to a stand-in app until the client closes it.
+async fn stand_in_connection(
+    mut stream: tokio::net::TcpStream,
+    address: std::net::SocketAddr,
+    held: &tokio::sync::Semaphore,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut received = Vec::new();
+    let mut piece = [0u8; 4096];
+    loop {
+        // A request head, read to its blank line.
+        let end = loop {
+            if let Some(at) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            match stream.read(&mut piece).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&piece[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&received[..end]).to_string();
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        // A body (a POST's) is read whole before the answer.
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0);
+        while received.len() < end + length {
+            match stream.read(&mut piece).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&piece[..n]),
+            }
+        }
+        // What follows is the next request's.
+        received.drain(..end + length);
+        let answer = |body: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        if head.to_ascii_lowercase().contains("upgrade: echo") {
+            let _ = stream
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+                .await;
+            let (mut read, mut write) = stream.split();
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+            return;
+        } else if path == "/slow" || path == "/whoami" {
+            if path == "/slow" {
+                if let Ok(permit) = held.acquire().await {
+                    permit.forget();
+                }
+            }
+            if stream
+                .write_all(answer(&address.to_string()).as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        } else if path == "/stream" {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await;
+            for (i, part) in ["one ", "two ", "three"].into_iter().enumerate() {
+                if i == 1 {
+                    // The rest only once the client has the first chunk.
+                    if let Ok(permit) = held.acquire().await {
+                        permit.forget();
+                    }
+                }
+                let chunk = format!("{:x}\r\n{part}\r\n", part.len());
+                let _ = stream.write_all(chunk.as_bytes()).await;
+                let _ = stream.flush().await;
+            }
+            if stream.write_all(b"0\r\n\r\n").await.is_err() {
+                return;
+            }
+        } else if stream
+            .write_all(answer(&head.to_ascii_lowercase()).as_bytes())
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
 }
 
