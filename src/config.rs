@@ -122,6 +122,10 @@ pub struct ProxySection {
     /// listen backlog.
     #[serde(default = "default_proxy_max_connections")]
     pub max_connections: usize,
+    /// Threads the built-in proxy runs on, each with its own listener on every proxy address
+    /// (`SO_REUSEPORT`); 0, the default, means one per core Dropship may run on.
+    #[serde(default)]
+    pub workers: usize,
     /// Preview environments get the host `APP-ENVIRONMENT-DIGEST.preview_domain` (point a wildcard
     /// DNS record and certificate at the proxy).
     pub preview_domain: Option<String>,
@@ -167,6 +171,7 @@ impl Default for ProxySection {
             drain_timeout: default_drain_timeout(),
             eject_for: default_eject_for(),
             max_connections: default_proxy_max_connections(),
+            workers: 0,
             preview_domain: None,
         }
     }

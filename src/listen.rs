@@ -9,14 +9,37 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+/// How long a listener waits, after shutdown, for its open connections to end: a page that
+/// follows a log live ends only with its client, and a proxied request gets to finish.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// How long accepting pauses after an error (out of file descriptors and the like).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// A listener that serves at most `limit` connections at once; the rest wait in the kernel's
-/// listen backlog until one ends.
+/// A cap on connections served at once, which several listeners may share.
+#[derive(Debug, Clone)]
+pub(crate) struct Cap {
+    permits: Arc<Semaphore>,
+    limit: u32,
+}
+
+impl Cap {
+    pub(crate) fn new(limit: usize) -> Cap {
+        let limit = limit.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        Cap {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit: limit as u32,
+        }
+    }
+}
+
+/// A listener that serves at most `limit` connections at once; the rest wait, unanswered (in
+/// the kernel's listen backlog, or accepted and waiting for a place), until one ends.
 #[derive(Debug)]
 pub(crate) struct Gate {
     listener: TcpListener,
+    /// A connection accepted by a call to [`Gate::accept`] that was dropped while it waited.
+    waiting: std::sync::Mutex<Option<(TcpStream, SocketAddr)>>,
     permits: Arc<Semaphore>,
     limit: u32,
     /// For the warning on a failed accept.
@@ -26,40 +49,64 @@ pub(crate) struct Gate {
 impl Gate {
     /// `what` names the listener in logs ("HTTP", "proxy").
     pub(crate) fn new(listener: TcpListener, limit: usize, what: &'static str) -> Gate {
-        let limit = limit.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        Gate::sharing(listener, Cap::new(limit), what)
+    }
+
+    /// A gate that shares its cap with other listeners' (the proxy's workers on one address).
+    pub(crate) fn sharing(listener: TcpListener, cap: Cap, what: &'static str) -> Gate {
         Gate {
             listener,
-            permits: Arc::new(Semaphore::new(limit)),
-            limit: limit as u32,
+            waiting: std::sync::Mutex::new(None),
+            permits: cap.permits,
+            limit: cap.limit,
             what,
         }
     }
 
     /// The next connection (with `TCP_NODELAY` set), and the permit to hold while serving it;
-    /// `None` once `shutdown` is cancelled.
+    /// `None` once `shutdown` is cancelled. The connection is accepted first and then waits for
+    /// a place: listeners that share a cap each hold at most one connection waiting, and a
+    /// connection the kernel queued on one listener is never stuck behind a place another
+    /// listener holds while it waits for connections of its own.
     pub(crate) async fn accept(
         &self,
         shutdown: &CancellationToken,
     ) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
-        let permit = tokio::select! {
-            permit = self.permits.clone().acquire_owned() => permit.ok()?,
-            () = shutdown.cancelled() => return None,
-        };
-        loop {
-            tokio::select! {
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, remote)) => {
-                        let _ = stream.set_nodelay(true);
-                        return Some((stream, remote, permit));
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, listener = self.what, "accepting a connection");
-                        tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    }
-                },
-                () = shutdown.cancelled() => return None,
+        // One accepted before a call that was dropped while it waited for a place.
+        let waiting = self.waiting.lock().expect("the waiting connection").take();
+        let (stream, remote) = if let Some(accepted) = waiting {
+            accepted
+        } else {
+            loop {
+                tokio::select! {
+                    accepted = self.listener.accept() => match accepted {
+                        Ok(accepted) => break accepted,
+                        Err(error) => {
+                            tracing::warn!(%error, listener = self.what, "accepting a connection");
+                            tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        }
+                    },
+                    () = shutdown.cancelled() => return None,
+                }
             }
-        }
+        };
+        // Kept in the gate while it waits, so that dropping this call loses no connection.
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let mut waiting = Waiting {
+                    gate: self,
+                    accepted: Some((stream, remote)),
+                };
+                let permit = tokio::select! {
+                    permit = self.permits.clone().acquire_owned() => permit.ok()?,
+                    () = shutdown.cancelled() => return None,
+                };
+                let (stream, remote) = waiting.accepted.take().expect("taken once");
+                return Some(ready(stream, remote, permit));
+            }
+        };
+        Some(ready(stream, remote, permit))
     }
 
     /// Waits until every accepted connection has ended, at most `grace`; whether they all did.
@@ -68,6 +115,29 @@ impl Gate {
             .await
             .is_ok()
     }
+}
+
+/// An accepted connection waiting for a place: given back to its gate if the wait is dropped.
+struct Waiting<'a> {
+    gate: &'a Gate,
+    accepted: Option<(TcpStream, SocketAddr)>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(accepted) = self.accepted.take() {
+            *self.gate.waiting.lock().expect("the waiting connection") = Some(accepted);
+        }
+    }
+}
+
+fn ready(
+    stream: TcpStream,
+    remote: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) -> (TcpStream, SocketAddr, OwnedSemaphorePermit) {
+    let _ = stream.set_nodelay(true);
+    (stream, remote, permit)
 }
 
 #[cfg(test)]

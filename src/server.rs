@@ -114,18 +114,22 @@ pub async fn run(
             Some(_) => Some(crate::proxy::tls_acceptor(&config.proxy.certificates)?),
             None => None,
         };
+        let workers = match config.proxy.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         for (address, tls) in [(config.proxy.listen, None), (config.proxy.listen_tls, tls)] {
             let Some(address) = address else { continue };
-            let listener = TcpListener::bind(address)
-                .await
-                .with_context(|| format!("binding the proxy to {address}"))?;
-            tracing::info!(%address, tls = tls.is_some(), routes = proxy.routes().len(), "proxy is serving");
-            proxies.push(tokio::spawn(crate::proxy::serve(
-                listener,
+            let secure = tls.is_some();
+            let (address, ended) = crate::proxy::serve_on_workers(
+                address,
                 proxy.clone(),
                 tls,
                 shutdown.clone(),
-            )));
+                workers,
+            )?;
+            tracing::info!(%address, tls = secure, workers, routes = proxy.routes().len(), "proxy is serving");
+            proxies.push(tokio::spawn(ended));
         }
     }
     // Deployments and status posts run on a runtime of their own at a lower OS priority, so a

@@ -15,7 +15,6 @@ mod webhook;
 mod assets;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -165,12 +164,8 @@ fn origin_of(url: &str) -> Option<String> {
     Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?))
 }
 
-/// How long [`serve`] waits, after `shutdown`, for open connections to end: a page that follows
-/// a log live ends only with its client.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// Serves `router` on `listener` until `shutdown` is cancelled, then waits for open
-/// connections to finish (at most [`SHUTDOWN_GRACE`]). Each connection must send a whole request
+/// connections to finish (at most [`SHUTDOWN_GRACE`](crate::listen::SHUTDOWN_GRACE)). Each connection must send a whole request
 /// head within `header_read_timeout` and each body within `body_read_timeout`; at most
 /// `max_connections` are served at once (the rest wait in the listen backlog).
 pub async fn serve(
@@ -214,8 +209,8 @@ pub async fn serve(
             }
         });
     }
-    if !gate.drained(SHUTDOWN_GRACE).await {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after shutdown; leaving them");
+    if !gate.drained(crate::listen::SHUTDOWN_GRACE).await {
+        tracing::warn!(grace = ?crate::listen::SHUTDOWN_GRACE, "connections still open after shutdown; leaving them");
     }
     Ok(())
 }

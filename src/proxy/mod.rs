@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 pub use caddy::Caddy;
-pub use serve::{serve, tls_acceptor};
+pub use serve::{serve_on_workers, tls_acceptor};
 
 use crate::config::{Balance, ProxySection};
 use crate::store::{RouteRecord, Store};

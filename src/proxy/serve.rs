@@ -249,21 +249,122 @@ struct Forwarder {
     scheme: HeaderValue,
 }
 
-/// Serves the proxy on `listener` until `shutdown`: plain HTTP, or HTTPS with `tls`.
-pub async fn serve(
-    listener: TcpListener,
+/// Connections waiting to be accepted, per worker listener.
+const BACKLOG: i32 = 1024;
+
+/// Serves the proxy at `address` until `shutdown` on `workers` threads, each with a
+/// single-threaded runtime and a listener of its own on that address (`SO_REUSEPORT`: the
+/// kernel spreads new connections over them), as nginx's workers do, so that a connection's
+/// requests and their wake-ups stay on one thread. Plain HTTP, or HTTPS with `tls`; the
+/// workers share `[proxy] max_connections`.
+///
+/// Returns the address bound (its port chosen if `address` gave 0) and a future that ends when
+/// every worker has.
+pub fn serve_on_workers(
+    address: SocketAddr,
+    proxy: Proxy,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown: CancellationToken,
+    workers: usize,
+) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+    use anyhow::Context;
+    let cap = crate::listen::Cap::new(proxy.settings().max_connections);
+    let mut bound = address;
+    let mut ended = Vec::new();
+    for worker in 0..workers.max(1) {
+        let listener =
+            reuse_port_listener(bound).with_context(|| format!("binding the proxy to {bound}"))?;
+        // The others bind the port the first got.
+        bound = listener.local_addr()?;
+        let (proxy, tls, shutdown, cap) =
+            (proxy.clone(), tls.clone(), shutdown.clone(), cap.clone());
+        let (done, end) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("proxy-{worker}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                match runtime {
+                    Ok(runtime) => runtime.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => {
+                                let gate = crate::listen::Gate::sharing(listener, cap, "proxy");
+                                serve_gate(gate, proxy, tls, shutdown).await;
+                            }
+                            Err(error) => tracing::error!(%error, worker, "proxy listener"),
+                        }
+                    }),
+                    Err(error) => tracing::error!(%error, worker, "proxy runtime"),
+                }
+                drop(done);
+            })
+            .context("starting a proxy worker")?;
+        ended.push(end);
+    }
+    Ok((bound, async move {
+        for end in ended {
+            let _ = end.await;
+        }
+    }))
+}
+
+/// Serves `connection` until it ends, or until `shutdown`: then it finishes the request under
+/// way, if any, and closes.
+async fn until_shutdown<C>(connection: C, shutdown: &CancellationToken) -> Result<(), hyper::Error>
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + GracefulConnection,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful();
+            connection.await
+        }
+    }
+}
+
+/// A hyper connection that can be asked to close once its request under way is answered.
+trait GracefulConnection {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S> GracefulConnection for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = ProxyBody>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// A listening socket at `address` that other sockets may listen at too (`SO_REUSEPORT`).
+fn reuse_port_listener(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// Serves the proxy through `gate` until `shutdown`: plain HTTP, or HTTPS with `tls`.
+async fn serve_gate(
+    gate: crate::listen::Gate,
     proxy: Proxy,
     tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: CancellationToken,
 ) {
     let idle = proxy.settings().idle_timeout;
-    let max_connections = proxy.settings().max_connections;
     let scheme = HeaderValue::from_static(if tls.is_some() { "https" } else { "http" });
-    let gate = crate::listen::Gate::new(listener, max_connections, "proxy");
     let forwarder = Arc::new(Forwarder { proxy, scheme });
     while let Some((stream, remote, permit)) = gate.accept(&shutdown).await {
         let forwarder = forwarder.clone();
-        let tls = tls.clone();
+        let (tls, shutdown) = (tls.clone(), shutdown.clone());
         tokio::spawn(async move {
             let verdicts = Arc::new(Verdicts::default());
             // Held by the connection's requests, and by the tunnel of an upgrade it hands off.
@@ -300,22 +401,25 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
-                    builder
+                    let connection = builder
                         .serve_connection(TokioIo::new(Watched::new(stream, verdicts)), service)
-                        .with_upgrades()
-                        .await
+                        .with_upgrades();
+                    until_shutdown(connection, &shutdown).await
                 }
                 None => {
-                    builder
+                    let connection = builder
                         .serve_connection(TokioIo::new(Watched::new(stream, verdicts)), service)
-                        .with_upgrades()
-                        .await
+                        .with_upgrades();
+                    until_shutdown(connection, &shutdown).await
                 }
             };
             if let Err(error) = result {
                 tracing::debug!(%error, %remote, "proxy connection");
             }
         });
+    }
+    if !gate.drained(crate::listen::SHUTDOWN_GRACE).await {
+        tracing::warn!(grace = ?crate::listen::SHUTDOWN_GRACE, "proxy connections still open after shutdown; closing them");
     }
 }
 

@@ -91,9 +91,28 @@ pub(crate) async fn world(
 
 impl World {
     /// Stops Dropship and starts it again on the same data and config.
+    /// Stops Dropship and starts it again on the same database, returning once it answers
+    /// (its proxy listens by then: it starts before the web listener serves).
     pub(crate) async fn restart(&mut self) {
         self.server.stop().await;
         self.server = TestServer::start(Config::from_toml(&self.config).unwrap(), None).await;
+        let healthz = self.server.url("/healthz");
+        let client = self.server.client.clone();
+        crate::support::eventually(
+            Duration::from_secs(20),
+            "Dropship to answer after a restart",
+            || {
+                let (client, healthz) = (client.clone(), healthz.clone());
+                async move {
+                    client
+                        .get(&healthz)
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                }
+            },
+        )
+        .await;
     }
 
     /// The `line` of every stored container log line of the app's environment.

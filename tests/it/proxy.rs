@@ -61,7 +61,7 @@ async fn get(client: &reqwest::Client, proxy: &str, host: &str, path: &str) -> (
             response.status().as_u16(),
             response.text().await.unwrap_or_default().trim().to_string(),
         ),
-        Err(error) => (0, error.to_string()),
+        Err(error) => (0, format!("{error:?}")),
     }
 }
 
@@ -834,16 +834,18 @@ pub(crate) async fn serve_builtin(
     let proxy = dropship::proxy::Proxy::load(store_in(dir).await, settings, Default::default())
         .await
         .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(dropship::proxy::serve(
-        listener,
+    // Two workers, as on a machine with two cores: the connections of one test spread over
+    // both, and they share the connection cap.
+    let (address, _ended) = dropship::proxy::serve_on_workers(
+        "127.0.0.1:0".parse().unwrap(),
         proxy.clone(),
         None,
         shutdown.clone(),
-    ));
-    (proxy, address, shutdown)
+        2,
+    )
+    .unwrap();
+    (proxy, address.to_string(), shutdown)
 }
 
 /// Dropship's Caddy backend, on a store in `dir`, writing into `caddy`.
@@ -1000,16 +1002,16 @@ async fn a_host_routed_for_one_repository_is_refused_to_another_and_precedence_i
         "host `app.test` is routed for acme/app; a host belongs to one repository, so evil/app cannot route it"
     );
     let serve = |proxy: Proxy| async move {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap().to_string();
         let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(dropship::proxy::serve(
-            listener,
+        let (address, _ended) = dropship::proxy::serve_on_workers(
+            "127.0.0.1:0".parse().unwrap(),
             proxy,
             None,
             shutdown.clone(),
-        ));
-        (address, shutdown)
+            1,
+        )
+        .unwrap();
+        (address.to_string(), shutdown)
     };
     let client = reqwest::Client::new();
     let (address, shutdown) = serve(proxy).await;
