@@ -131,6 +131,15 @@ pub struct ProxySection {
     pub preview_domain: Option<String>,
 }
 
+/// Why the operator config refuses a repository, or one of its environments.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("repository {repo} is not allowed by the operator config")]
+    Repository { repo: String },
+    #[error("environment {environment} is not allowed for {repo} by the operator config")]
+    Environment { repo: String, environment: String },
+}
+
 /// A certificate chain and its key (PEM files), served for `hosts`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -980,6 +989,27 @@ impl Config {
         self.repo_index(full_name).map(|i| &self.repos[i])
     }
 
+    /// The one admission policy, for intake, the engine and auto-deploy alike: the entry of
+    /// `repo` if it may deploy to `environment`, or why not.
+    pub fn admit(&self, repo: &str, environment: &str) -> Result<&RepoEntry, Refused> {
+        let entry = self.admit_repository(repo)?;
+        if !entry.allows_environment(environment) {
+            return Err(Refused::Environment {
+                repo: repo.to_string(),
+                environment: environment.to_string(),
+            });
+        }
+        Ok(entry)
+    }
+
+    /// The entry of `repo`, for what is not bound to an environment (a closed pull request, a
+    /// pushed branch), or why there is none.
+    pub fn admit_repository(&self, repo: &str) -> Result<&RepoEntry, Refused> {
+        self.repo(repo).ok_or_else(|| Refused::Repository {
+            repo: repo.to_string(),
+        })
+    }
+
     /// The position in `repos` of the first entry that matches `full_name`, if any.
     pub fn repo_index(&self, full_name: &str) -> Option<usize> {
         self.repos.iter().position(|r| r.matches_repo(full_name))
@@ -987,7 +1017,7 @@ impl Config {
 
     /// Credentials for the registry that `image` names, if the operator gave any.
     pub fn registry_for(&self, image: &str) -> Option<&RegistryEntry> {
-        let registry = crate::containers::registry_of(image);
+        let registry = crate::image::registry_of(image);
         self.registries.iter().find(|r| r.server == registry)
     }
 

@@ -26,6 +26,7 @@ pub mod deploy;
 pub mod exec;
 pub mod github;
 pub mod http;
+pub mod image;
 pub mod keys;
 pub(crate) mod listen;
 pub mod logs;

@@ -66,40 +66,7 @@ impl fmt::Debug for RegistryAuth {
     }
 }
 
-/// How a new container proves it is ready.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HealthCheck {
-    pub probe: Probe,
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Failed probes in a row, after `start_period`, that make the container unhealthy.
-    pub retries: u32,
-    /// Failures in this first stretch do not count.
-    #[serde(with = "humantime_serde")]
-    pub start_period: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Probe {
-    /// `GET path` on the container's `port` answers 2xx or 3xx.
-    Http { path: String, port: u16 },
-    /// The command, run inside the container, exits 0.
-    Command { command: Vec<String> },
-    /// No check: running is enough.
-    Running,
-}
-
-/// A published port: `host_port` on the server to `container_port`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortMapping {
-    pub host_ip: Option<String>,
-    pub host_port: Option<u16>,
-    pub container_port: u16,
-    pub protocol: String,
-}
+pub use crate::manifest::{HealthCheck, PortMapping, Probe};
 
 /// Everything needed to create one container.
 #[derive(Clone)]
@@ -311,29 +278,9 @@ impl Hosts {
     }
 }
 
-/// The registry part of an image reference (`127.0.0.1:5000/app:1` → `127.0.0.1:5000`), or
-/// `docker.io` for Docker Hub names.
-pub fn registry_of(image: &str) -> &str {
-    match image.split_once('/') {
-        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-            first
-        }
-        _ => "docker.io",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn registry_is_the_first_component_only_when_it_looks_like_a_host() {
-        assert_eq!(registry_of("127.0.0.1:5000/app:1"), "127.0.0.1:5000");
-        assert_eq!(registry_of("ghcr.io/acme/app"), "ghcr.io");
-        assert_eq!(registry_of("localhost/app"), "localhost");
-        assert_eq!(registry_of("acme/app:2"), "docker.io");
-        assert_eq!(registry_of("busybox"), "docker.io");
-    }
 
     #[test]
     fn health_checks_round_trip_through_their_label() {

@@ -23,8 +23,8 @@ pub struct AutoDeployed {
 pub enum NotConsidered {
     #[error("{0} is a fork: forks never auto-deploy")]
     Fork(String),
-    #[error("repository {0} is not allowed by the operator config")]
-    UnknownRepository(String),
+    #[error(transparent)]
+    Refused(#[from] crate::config::Refused),
     #[error("the check suite concluded {0}, not success")]
     NotGreen(String),
     #[error("the manifest at {0}: {1}")]
@@ -41,9 +41,7 @@ impl Engine {
         if moved.fork {
             return Err(NotConsidered::Fork(moved.repository.clone()));
         }
-        let Some(repo) = self.config.repo(&moved.repository) else {
-            return Err(NotConsidered::UnknownRepository(moved.repository.clone()));
-        };
+        self.config.admit_repository(&moved.repository)?;
         if trigger == AutoDeployTrigger::Checks && moved.conclusion.as_deref() != Some("success") {
             return Err(NotConsidered::NotGreen(
                 moved.conclusion.clone().unwrap_or_else(|| "nothing".into()),
@@ -72,11 +70,8 @@ impl Engine {
                 github_deployment_id: None,
                 note: String::new(),
             };
-            if !repo.allows_environment(&rule.environment) {
-                result.note = format!(
-                    "environment {} is not allowed for {} by the operator config",
-                    rule.environment, moved.repository
-                );
+            if let Err(refused) = self.config.admit(&moved.repository, &rule.environment) {
+                result.note = refused.to_string();
                 done.push(result);
                 continue;
             }

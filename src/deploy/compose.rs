@@ -6,7 +6,8 @@ use base64::Engine as _;
 
 use super::container::Say;
 use super::{Engine, ServerResult};
-use crate::manifest::{ComposePlan, PlannedStep, safe_relative_path, shell_quote, valid_project};
+use crate::exec::shell_quote;
+use crate::manifest::{ComposePlan, PlannedStep, safe_relative_path, valid_project};
 use crate::store::Deployment;
 
 /// The script that writes `files` into the project directory and runs Compose. Every path is

@@ -558,18 +558,10 @@ impl Engine {
 
     /// The plan, or the `error` outcome that says why there is none.
     async fn plan(&self, deployment: &Deployment, log: &DeploymentLog) -> Result<Plan, Outcome> {
-        let Some(repo) = self.config.repo(&deployment.repo) else {
-            return Err(Outcome::error(format!(
-                "repository {} is not allowed by the operator config",
-                deployment.repo
-            )));
-        };
-        if !repo.allows_environment(&deployment.environment) {
-            return Err(Outcome::error(format!(
-                "environment {} is not allowed for {} by the operator config",
-                deployment.environment, deployment.repo
-            )));
-        }
+        let repo = self
+            .config
+            .admit(&deployment.repo, &deployment.environment)
+            .map_err(|refused| Outcome::error(refused.to_string()))?;
         let file = match self
             .manifests
             .manifest(

@@ -22,7 +22,6 @@ pub use local::Local;
 pub use ssh::{Forward, Lease, Remote, Ssh};
 
 use crate::config::Config;
-use crate::manifest::shell_quote;
 
 /// Grace given to `timeout` to kill the command before Dropship drops the connection itself.
 const KILL_GRACE: Duration = Duration::from_secs(10);
@@ -380,6 +379,15 @@ pub(crate) fn exit_from(status: std::process::ExitStatus, elapsed: Duration, job
         Some(code) => Exit::Code(code),
         None => Exit::Signal,
     }
+}
+
+/// Quotes `value` as one `sh` word: how every value reaches a remote shell.
+pub fn shell_quote(value: &str) -> String {
+    // shlex refuses only NUL bytes, which no shell word can hold; drop them.
+    let cleaned = value.replace('\0', "");
+    shlex::try_quote(&cleaned)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| "''".to_string())
 }
 
 #[cfg(test)]

@@ -17,9 +17,9 @@ use openssh::{ForwardType, KnownHosts, Session, SessionBuilder, Socket, Stdio};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
+use super::shell_quote;
 use super::{ExecError, Executor, Exit, Job, Output, Stream, deadline, exit_from, pump, render};
 use crate::config::{HostKey, ServerEntry, SshSection};
-use crate::manifest::shell_quote;
 
 pub struct Ssh {
     name: String,

@@ -95,16 +95,13 @@ pub(super) async fn github(
             head_ref,
             from_fork,
         } => {
-            if state.engine.config.repo(&repository).is_none() {
+            if let Err(refused) = state.engine.config.admit_repository(&repository) {
                 state
                     .engine
                     .store
                     .record_delivery(delivery("refused", Some("closed".into())))
                     .await?;
-                return Err(HttpError::new(
-                    StatusCode::FORBIDDEN,
-                    format!("repository {repository} is not allowed by the operator config"),
-                ));
+                return Err(HttpError::new(StatusCode::FORBIDDEN, refused.to_string()));
             }
             // A fork's branch may carry the name of one of this repository's branches: its
             // closing says nothing about this repository's previews.
@@ -173,27 +170,17 @@ pub(super) async fn github(
         }
         Event::Deployment(deployment) => deployment,
     };
-    let config = &state.engine.config;
-    let allowed = config
-        .repo(&deployment.repository)
-        .filter(|repo| repo.allows_environment(&deployment.environment));
-    if allowed.is_none() {
+    if let Err(refused) = state
+        .engine
+        .config
+        .admit(&deployment.repository, &deployment.environment)
+    {
         state
             .engine
             .store
             .record_delivery(delivery("refused", Some("created".into())))
             .await?;
-        let message = match config.repo(&deployment.repository) {
-            None => format!(
-                "repository {} is not allowed to deploy by the operator config",
-                deployment.repository
-            ),
-            Some(_) => format!(
-                "repository {} may not deploy to environment {} by the operator config",
-                deployment.repository, deployment.environment
-            ),
-        };
-        return Err(HttpError::new(StatusCode::FORBIDDEN, message));
+        return Err(HttpError::new(StatusCode::FORBIDDEN, refused.to_string()));
     }
     let new = NewDeployment {
         github_id: Some(deployment.github_id),

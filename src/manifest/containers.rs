@@ -6,7 +6,42 @@ use std::time::Duration;
 use super::Collector;
 use super::expr::{Context, Quoting, substitute};
 use super::raw::{RawCommand, RawCompose, RawContainer, RawFiles, RawHealthcheck, RawProxy};
-use crate::containers::{HealthCheck, PortMapping, Probe};
+
+/// How a new container proves it is ready. The manifest's own type: the container backend
+/// takes it as it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Failed probes in a row, after `start_period`, that make the container unhealthy.
+    pub retries: u32,
+    /// Failures in this first stretch do not count.
+    #[serde(with = "humantime_serde")]
+    pub start_period: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Probe {
+    /// `GET path` on the container's `port` answers 2xx or 3xx.
+    Http { path: String, port: u16 },
+    /// The command, run inside the container, exits 0.
+    Command { command: Vec<String> },
+    /// No check: running is enough.
+    Running,
+}
+
+/// A published port: `host_port` on the server to `container_port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    pub host_ip: Option<String>,
+    pub host_port: Option<u16>,
+    pub container_port: u16,
+    pub protocol: String,
+}
 
 pub(super) const DEFAULT_KEEP: u32 = 3;
 pub(super) const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);

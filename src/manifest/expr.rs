@@ -218,15 +218,6 @@ pub(crate) fn substitute(text: &str, context: &Context, quoting: Quoting) -> Str
     out
 }
 
-/// Quotes `value` as one `sh` word.
-pub fn shell_quote(value: &str) -> String {
-    // shlex refuses only NUL bytes, which no shell word can hold; drop them.
-    let cleaned = value.replace('\0', "");
-    shlex::try_quote(&cleaned)
-        .map(|q| q.into_owned())
-        .unwrap_or_else(|_| "''".to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,11 +21,11 @@ use std::time::Duration;
 
 pub use compose_policy::check_compose_file;
 pub use containers::{
-    BuildPlan, ComposePlan, ContainerPlan, DEFAULT_COMPOSE_FILE, ImageSource, ProxyPlan,
-    default_app, namespaced_name, namespaced_project, repo_digest, safe_relative_path,
-    valid_project,
+    BuildPlan, ComposePlan, ContainerPlan, DEFAULT_COMPOSE_FILE, HealthCheck, ImageSource,
+    PortMapping, Probe, ProxyPlan, default_app, namespaced_name, namespaced_project, repo_digest,
+    safe_relative_path, valid_project,
 };
-pub use expr::{Context, shell_quote};
+pub use expr::Context;
 pub use positions::Position;
 
 use expr::{Quoting, occurrences, parse_reference, substitute};

@@ -49,13 +49,9 @@ pub struct RouteSpec {
     pub path_prefix: String,
 }
 
-/// One upstream: a container's published port on its server.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct UpstreamSpec {
-    /// `host:port`.
-    pub address: String,
-    pub container: String,
-}
+/// One upstream: a container's published port on its server. The store's record type, so
+/// that the store needs nothing of the proxy.
+pub use crate::store::UpstreamRecord as UpstreamSpec;
 
 /// The replaced upstreams of a switch: done when none has a request in flight.
 #[derive(Debug, Default)]

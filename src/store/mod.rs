@@ -388,7 +388,15 @@ pub struct RouteRecord {
     pub app: String,
     pub hosts: Vec<String>,
     pub path_prefix: String,
-    pub upstreams: Vec<crate::proxy::UpstreamSpec>,
+    pub upstreams: Vec<UpstreamRecord>,
+}
+
+/// One upstream of a stored route: a container's published port on its server.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamRecord {
+    /// `host:port`.
+    pub address: String,
+    pub container: String,
 }
 
 /// The store's contract. Implementations: [`Sqlite`].
