@@ -123,7 +123,8 @@ pub struct ProxySection {
     #[serde(default = "default_proxy_max_connections")]
     pub max_connections: usize,
     /// Threads the built-in proxy runs on, each with its own listener on every proxy address
-    /// (`SO_REUSEPORT`); 0, the default, means one per core Dropship may run on.
+    /// (`SO_REUSEPORT`); 0, the default, means one per core Dropship may run on; at most
+    /// [`MAX_PROXY_WORKERS`].
     #[serde(default)]
     pub workers: usize,
     /// Preview environments get the host `APP-ENVIRONMENT-DIGEST.preview_domain` (point a wildcard
@@ -883,6 +884,12 @@ impl Config {
         if self.github.token.is_some() && self.github.app.is_some() {
             bail!("github: set either `token` or `[github.app]`, not both");
         }
+        if self.proxy.workers > MAX_PROXY_WORKERS {
+            bail!(
+                "proxy.workers is {}: at most {MAX_PROXY_WORKERS} (0 means one per core)",
+                self.proxy.workers
+            );
+        }
         if self.proxy.listen_tls.is_some()
             && self.proxy.certificates.is_empty()
             && self.proxy.backend == ProxyBackend::Builtin
@@ -1144,6 +1151,9 @@ fn default_drain_timeout() -> Duration {
 fn default_eject_for() -> Duration {
     Duration::from_secs(10)
 }
+/// The most proxy workers a config may ask for.
+pub const MAX_PROXY_WORKERS: usize = 256;
+
 fn default_proxy_max_connections() -> usize {
     4096
 }

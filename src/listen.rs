@@ -109,9 +109,19 @@ impl Gate {
         Some(ready(stream, remote, permit))
     }
 
-    /// Waits until every accepted connection has ended, at most `grace`; whether they all did.
-    pub(crate) async fn drained(&self, grace: Duration) -> bool {
-        tokio::time::timeout(grace, self.permits.acquire_many(self.limit))
+    /// Closes the listener (a connection that reaches it from now on is refused, or goes to
+    /// another listener of the address) and waits until every accepted connection has ended,
+    /// at most `grace`; whether they all did.
+    pub(crate) async fn close_and_drain(self, grace: Duration) -> bool {
+        let Gate {
+            listener,
+            waiting,
+            permits,
+            limit,
+            ..
+        } = self;
+        drop((listener, waiting));
+        tokio::time::timeout(grace, permits.acquire_many(limit))
             .await
             .is_ok()
     }
@@ -156,10 +166,15 @@ mod tests {
         // The second waits while the first is served.
         let waiting = tokio::time::timeout(Duration::from_millis(100), gate.accept(&shutdown));
         assert!(waiting.await.is_err(), "a second connection was taken");
-        assert!(!gate.drained(Duration::from_millis(10)).await);
         drop(permit);
-        assert!(gate.accept(&shutdown).await.is_some());
+        let (_, _, permit) = gate.accept(&shutdown).await.unwrap();
         shutdown.cancel();
         assert!(gate.accept(&shutdown).await.is_none());
+        let draining = tokio::spawn(gate.close_and_drain(Duration::from_secs(10)));
+        // Closed: a new connection is refused.
+        assert!(TcpStream::connect(address).await.is_err());
+        assert!(!draining.is_finished());
+        drop(permit);
+        assert!(draining.await.unwrap());
     }
 }

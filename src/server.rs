@@ -94,6 +94,10 @@ pub async fn run(
         );
     }
     let mut proxies = Vec::new();
+    // The proxy's workers are threads of their own: they stop with the service, and also if
+    // this function returns early or its future is dropped.
+    let proxy_shutdown = shutdown.child_token();
+    let _stop_proxies = proxy_shutdown.clone().drop_guard();
     let wants_proxy = config.proxy.listen.is_some() || config.proxy.listen_tls.is_some();
     if wants_proxy && config.proxy.backend == ProxyBackend::Caddy {
         let caddy = crate::proxy::Caddy::connect(engine.store.clone(), config.proxy.clone())
@@ -125,7 +129,7 @@ pub async fn run(
                 address,
                 proxy.clone(),
                 tls,
-                shutdown.clone(),
+                proxy_shutdown.clone(),
                 workers,
             )?;
             tracing::info!(%address, tls = secure, workers, routes = proxy.routes().len(), "proxy is serving");

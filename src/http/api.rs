@@ -644,7 +644,7 @@ pub(super) async fn delete_environment(
 ) -> Result<Json<TeardownJson>, HttpError> {
     let user = caller.api(Role::Deployer)?;
     let repo = format!("{owner}/{name}");
-    if state.engine.config.repo(&repo).is_none() {
+    if state.engine.config.admit_repository(&repo).is_err() {
         return Err(HttpError::not_found(format!(
             "{repo} is not a repository of this Dropship"
         )));

@@ -209,7 +209,7 @@ pub async fn serve(
             }
         });
     }
-    if !gate.drained(crate::listen::SHUTDOWN_GRACE).await {
+    if !gate.close_and_drain(crate::listen::SHUTDOWN_GRACE).await {
         tracing::warn!(grace = ?crate::listen::SHUTDOWN_GRACE, "connections still open after shutdown; leaving them");
     }
     Ok(())

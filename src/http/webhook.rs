@@ -251,7 +251,12 @@ async fn auto_deploy(
 ) -> Result<Response, HttpError> {
     let event = event_label(Some(&delivery.event));
     let count = |result: &str| state.engine.metrics.webhook(event, result);
-    if state.engine.config.repo(&moved.repository).is_none() {
+    if state
+        .engine
+        .config
+        .admit_repository(&moved.repository)
+        .is_err()
+    {
         count("ignored");
         let delivery = Delivery {
             result: "ignored",

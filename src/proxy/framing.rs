@@ -35,26 +35,28 @@ pub(super) enum Refusal {
     Framing,
     /// A head longer than [`HEAD_LIMIT`]: 431.
     HeadTooLarge,
+    /// Bytes the watch could not follow (which hyper refuses too, as far as the watch knows):
+    /// this request and every later one of the connection, 400. The watch fails closed.
+    Unfollowed,
 }
+
+const REFUSALS: [Refusal; 3] = [Refusal::Framing, Refusal::HeadTooLarge, Refusal::Unfollowed];
 
 /// What the connection's reader learns, for its service to act on.
 #[derive(Debug)]
 pub(super) struct Verdicts {
-    /// The number (from 0) of the first refused request; the connection closes after it.
+    /// The first refused request and why, in one word: its number (from 0) times 4, plus the
+    /// reason's index in [`REFUSALS`]. The connection closes after it; a later request (after
+    /// an [`Refusal::Unfollowed`]) is refused the same way.
     refused: AtomicU64,
-    /// Why: a [`Refusal`] as its index in [`REFUSALS`].
-    why: std::sync::atomic::AtomicU8,
     /// Set once the connection is upgraded: its bytes are no longer requests.
     upgraded: AtomicBool,
 }
-
-const REFUSALS: [Refusal; 2] = [Refusal::Framing, Refusal::HeadTooLarge];
 
 impl Default for Verdicts {
     fn default() -> Self {
         Verdicts {
             refused: AtomicU64::new(NONE),
-            why: Default::default(),
             upgraded: AtomicBool::new(false),
         }
     }
@@ -64,17 +66,19 @@ impl Verdicts {
     /// Whether request `number` of the connection is refused, and why. hyper hands a request
     /// on only after its head went through the watch, so the answer is already known.
     pub(super) fn refusal(&self, number: u64) -> Option<Refusal> {
-        (self.refused.load(Ordering::Acquire) == number)
-            .then(|| REFUSALS[usize::from(self.why.load(Ordering::Relaxed))])
+        let refused = self.refused.load(Ordering::Acquire);
+        (refused != NONE && number >= refused / 4).then(|| REFUSALS[(refused % 4) as usize])
     }
 
-    /// Refuses request `number`, unless an earlier one was.
+    /// Refuses request `number` (and any later one), unless an earlier one was.
     fn refuse(&self, number: u64, why: Refusal) {
-        let index = REFUSALS.iter().position(|r| *r == why).unwrap_or(0);
-        self.why.store(index as u8, Ordering::Relaxed);
-        let _ = self
-            .refused
-            .compare_exchange(NONE, number, Ordering::AcqRel, Ordering::Acquire);
+        let index = REFUSALS.iter().position(|r| *r == why).unwrap_or(0) as u64;
+        let _ = self.refused.compare_exchange(
+            NONE,
+            number.saturating_mul(4).saturating_add(index).min(NONE - 1),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 
     /// The connection was upgraded: stop watching.
@@ -144,7 +148,8 @@ impl Watch {
             return;
         }
         if self.verdicts.upgraded.load(Ordering::Acquire) {
-            self.stop();
+            self.state = State::Stopped;
+            self.pending = Vec::new();
             return;
         }
         if self.pending.is_empty() {
@@ -162,10 +167,15 @@ impl Watch {
                 self.verdicts.refuse(self.heads, Refusal::HeadTooLarge);
             }
             self.stop();
+        } else if self.pending.is_empty() && self.pending.capacity() > 4096 {
+            // After a large head: keep no more than a small buffer per connection.
+            self.pending = Vec::new();
         }
     }
 
+    /// Stops following the stream: the next request, and any after it, is refused.
     fn stop(&mut self) {
+        self.verdicts.refuse(self.heads, Refusal::Unfollowed);
         self.state = State::Stopped;
         self.pending = Vec::new();
     }
@@ -185,18 +195,24 @@ impl Watch {
                 State::Body(left) => counted(rest, left, State::Body, State::Head),
                 State::ChunkData(left) => counted(rest, left, State::ChunkData, State::ChunkEnd(2)),
                 State::ChunkEnd(left) => counted(rest, left, State::ChunkEnd, State::ChunkSize),
-                State::ChunkSize => match httparse::parse_chunk_size(rest) {
-                    Ok(httparse::Status::Partial) => return at,
-                    Ok(httparse::Status::Complete((used, 0))) => (used, State::Trailers),
-                    Ok(httparse::Status::Complete((used, size))) => (used, State::ChunkData(size)),
-                    Err(_) => (rest.len(), State::Stopped),
+                State::ChunkSize => match chunk_size(rest) {
+                    Line::More => return at,
+                    Line::Done(used, 0) => (used, State::Trailers),
+                    Line::Done(used, size) => (used, State::ChunkData(size)),
+                    Line::Bad => (rest.len(), State::Stopped),
                 },
+                // As hyper reads it: lines end at CRLF, and the section at an empty line.
                 State::Trailers => {
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    match httparse::parse_headers(rest, &mut headers) {
-                        Ok(httparse::Status::Partial) => return at,
-                        Ok(httparse::Status::Complete((used, _))) => (used, State::Head),
-                        Err(_) => (rest.len(), State::Stopped),
+                    let end = if rest.starts_with(b"\r\n") {
+                        Some(2)
+                    } else {
+                        rest.windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map(|at| at + 4)
+                    };
+                    match end {
+                        Some(used) => (used, State::Head),
+                        None => return at,
                     }
                 }
                 State::Stopped => (rest.len(), State::Stopped),
@@ -204,7 +220,7 @@ impl Watch {
             at += used;
             self.state = next;
             if next == State::Stopped {
-                self.pending = Vec::new();
+                self.stop();
                 return data.len();
             }
         }
@@ -223,16 +239,17 @@ impl Watch {
             self.verdicts.refuse(self.heads, Refusal::HeadTooLarge);
             return Step::Stop;
         }
-        let (mut length, mut chunked, mut encoded) = (None, false, false);
+        let (mut length, mut lengths_agree, mut chunked, mut encoded) = (None, true, false, false);
+        let mut any_length = false;
         for header in request.headers.iter() {
             if header.name.eq_ignore_ascii_case("content-length") {
+                any_length = true;
                 match std::str::from_utf8(header.value)
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok())
                 {
                     Some(n) if length.is_none_or(|earlier| earlier == n) => length = Some(n),
-                    // hyper refuses an unreadable or a second, different length.
-                    _ => return Step::Stop,
+                    _ => lengths_agree = false,
                 }
             } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
                 encoded = true;
@@ -243,13 +260,16 @@ impl Watch {
                     .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
         }
-        // hyper refuses `Transfer-Encoding` before HTTP/1.1, and a last coding not chunked.
-        if encoded && (request.version != Some(1) || !chunked) {
+        // hyper refuses `Transfer-Encoding` before HTTP/1.1, and a last coding not chunked;
+        // without it, an unreadable or a second, different length.
+        if (encoded && (request.version != Some(1) || !chunked)) || (!encoded && !lengths_agree) {
             return Step::Stop;
         }
         let number = self.heads;
         self.heads += 1;
-        if encoded && length.is_some() {
+        // Any `Content-Length` beside `Transfer-Encoding`, readable or not (hyper skips those
+        // after `Transfer-Encoding` unread).
+        if encoded && any_length {
             self.verdicts.refuse(number, Refusal::Framing);
         }
         let framing = match (chunked, length) {
@@ -266,6 +286,41 @@ impl Watch {
             },
         )
     }
+}
+
+/// A chunk-size line, read as hyper reads it: hex digits (any number of leading zeros), then
+/// anything (whitespace, extensions) up to LF.
+enum Line {
+    More,
+    Done(usize, u64),
+    Bad,
+}
+
+fn chunk_size(data: &[u8]) -> Line {
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    for (at, &byte) in data.iter().enumerate() {
+        if byte == b'\n' {
+            return if digits == 0 {
+                Line::Bad
+            } else {
+                Line::Done(at + 1, size)
+            };
+        }
+        if digits == at {
+            if let Some(digit) = (byte as char).to_digit(16) {
+                let Some(next) = size
+                    .checked_mul(16)
+                    .and_then(|s| s.checked_add(digit.into()))
+                else {
+                    return Line::Bad;
+                };
+                size = next;
+                digits += 1;
+            }
+        }
+    }
+    Line::More
 }
 
 enum Step {
@@ -384,6 +439,41 @@ mod tests {
                 "in pieces of {step}"
             );
         }
+    }
+
+    #[test]
+    fn the_watch_reads_as_hyper_does_where_httparse_would_not() {
+        // `Transfer-Encoding`, then a `Content-Length` that is no number: still two framings.
+        let stream = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: abc\r\n\r\n0\r\n\r\n";
+        assert_eq!(first_conflict(stream, stream.len()), Some(0));
+        // A chunk size with more leading zeros than httparse takes.
+        let mut stream = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n000000000000000000005\r\nhello\r\n0\r\n\r\n".to_vec();
+        stream.extend(CONFLICT);
+        assert_eq!(first_conflict(&stream, stream.len()), Some(1));
+        assert_eq!(first_conflict(&stream, 2), Some(1));
+        // A bare LF does not end a trailer section for hyper: what follows is trailer, not a
+        // request, and the numbering stays hyper's.
+        let mut stream = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec();
+        stream.extend(CONFLICT);
+        assert_eq!(first_conflict(&stream, stream.len()), Some(1));
+    }
+
+    #[test]
+    fn the_first_refusal_keeps_its_reason_and_bytes_not_followed_refuse_what_follows() {
+        let mut stream = CONFLICT.to_vec();
+        stream.extend(b"GET / HTTP/1.1\r\nX-Long: ");
+        stream.extend(vec![b'a'; HEAD_LIMIT + 1]);
+        let mut watch = new_watch();
+        watch.feed(&stream);
+        assert_eq!(watch.verdicts.refusal(0), Some(Refusal::Framing));
+
+        let mut watch = new_watch();
+        watch.feed(
+            b"GET / HTTP/1.1\r\n\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        );
+        assert_eq!(watch.verdicts.refusal(0), None);
+        assert_eq!(watch.verdicts.refusal(2), Some(Refusal::Unfollowed));
+        assert_eq!(watch.verdicts.refusal(3), Some(Refusal::Unfollowed));
     }
 
     #[test]

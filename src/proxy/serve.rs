@@ -269,13 +269,23 @@ pub fn serve_on_workers(
 ) -> anyhow::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
     use anyhow::Context;
     let cap = crate::listen::Cap::new(proxy.settings().max_connections);
-    let mut bound = address;
-    let mut ended = Vec::new();
-    for worker in 0..workers.max(1) {
+    // An address another process (an earlier Dropship still running) listens at is refused
+    // here: `SO_REUSEPORT` alone would share it with that process without a word.
+    let probe = std::net::TcpListener::bind(address)
+        .with_context(|| format!("binding the proxy to {address}"))?;
+    let mut bound = probe.local_addr()?;
+    drop(probe);
+    // Every listener first, so that a failure leaves no worker running.
+    let mut listeners = Vec::new();
+    for _ in 0..workers.max(1) {
         let listener =
             reuse_port_listener(bound).with_context(|| format!("binding the proxy to {bound}"))?;
         // The others bind the port the first got.
         bound = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    let mut ended = Vec::new();
+    for (worker, listener) in listeners.into_iter().enumerate() {
         let (proxy, tls, shutdown, cap) =
             (proxy.clone(), tls.clone(), shutdown.clone(), cap.clone());
         let (done, end) = tokio::sync::oneshot::channel::<()>();
@@ -418,7 +428,7 @@ async fn serve_gate(
             }
         });
     }
-    if !gate.drained(crate::listen::SHUTDOWN_GRACE).await {
+    if !gate.close_and_drain(crate::listen::SHUTDOWN_GRACE).await {
         tracing::warn!(grace = ?crate::listen::SHUTDOWN_GRACE, "proxy connections still open after shutdown; closing them");
     }
 }
@@ -445,6 +455,10 @@ impl Forwarder {
                     Refusal::HeadTooLarge => page(
                         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         "The request's head is over 64 KiB.",
+                    ),
+                    Refusal::Unfollowed => page(
+                        StatusCode::BAD_REQUEST,
+                        "An earlier request on this connection was malformed.",
                     ),
                 };
                 // What follows on the connection is never read.
