@@ -254,9 +254,9 @@ const BACKLOG: i32 = 1024;
 
 /// Serves the proxy at `address` until `shutdown` on `workers` threads, each with a
 /// single-threaded runtime and a listener of its own on that address (`SO_REUSEPORT`: the
-/// kernel spreads new connections over them), as nginx's workers do, so that a connection's
-/// requests and their wake-ups stay on one thread. Plain HTTP, or HTTPS with `tls`; the
-/// workers share `[proxy] max_connections`.
+/// kernel spreads new connections over them), as nginx's workers do, so that a client
+/// connection and its requests stay on one thread (the upstream pools are shared by all
+/// workers). Plain HTTP, or HTTPS with `tls`; the workers share `[proxy] max_connections`.
 ///
 /// Returns the address bound (its port chosen if `address` gave 0) and a future that ends when
 /// every worker has.
