@@ -19,7 +19,17 @@ type Key = (String, String);
 /// Hands recorded deployments to the scheduler.
 #[derive(Debug, Clone)]
 pub struct Queue {
-    sender: mpsc::UnboundedSender<Deployment>,
+    sender: mpsc::UnboundedSender<Queued>,
+}
+
+/// What the scheduler keeps of a queued deployment until it starts it: its id and its
+/// environment, not the record. Under a flood of webhooks the scheduler (on the background
+/// runtime, at a lower priority) may take its time to read the channel; what waits there must
+/// stay small. The records are in the store.
+#[derive(Debug)]
+struct Queued {
+    id: i64,
+    key: Key,
 }
 
 impl Queue {
@@ -27,14 +37,17 @@ impl Queue {
     pub fn push(&self, deployment: Deployment) {
         // If the scheduler has stopped, the deployment stays queued in the store and the next
         // start runs it.
-        let _ = self.sender.send(deployment);
+        let _ = self.sender.send(Queued {
+            id: deployment.id,
+            key: (deployment.repo, deployment.environment),
+        });
     }
 }
 
 #[derive(Debug)]
 pub struct Scheduler {
     engine: Engine,
-    receiver: mpsc::UnboundedReceiver<Deployment>,
+    receiver: mpsc::UnboundedReceiver<Queued>,
     max_running: usize,
     /// The queued deployments read from the store at start.
     waiting: Waiting,
@@ -50,13 +63,12 @@ struct Waiting {
 }
 
 impl Waiting {
-    fn push(&mut self, deployment: &Deployment) {
-        let key = (deployment.repo.clone(), deployment.environment.clone());
-        let list = self.by_key.entry(key.clone()).or_default();
+    fn push(&mut self, queued: Queued) {
+        let list = self.by_key.entry(queued.key.clone()).or_default();
         if list.is_empty() {
-            self.order.push_back(key);
+            self.order.push_back(queued.key);
         }
-        list.push(deployment.id);
+        list.push(queued.id);
     }
 }
 
@@ -67,7 +79,10 @@ impl Scheduler {
     pub async fn load(engine: Engine, max_running: usize) -> anyhow::Result<(Scheduler, Queue)> {
         let mut waiting = Waiting::default();
         for deployment in engine.store.queued().await? {
-            waiting.push(&deployment);
+            waiting.push(Queued {
+                id: deployment.id,
+                key: (deployment.repo, deployment.environment),
+            });
         }
         let (sender, receiver) = mpsc::unbounded_channel();
         let scheduler = Scheduler {
@@ -93,11 +108,11 @@ impl Scheduler {
                     running.abort_all();
                     return;
                 }
-                Some(deployment) = self.receiver.recv() => {
-                    waiting.push(&deployment);
+                Some(queued) = self.receiver.recv() => {
+                    waiting.push(queued);
                     // Take everything already sent before dispatching once.
-                    while let Ok(deployment) = self.receiver.try_recv() {
-                        waiting.push(&deployment);
+                    while let Ok(queued) = self.receiver.try_recv() {
+                        waiting.push(queued);
                     }
                 }
                 Some(finished) = running.join_next(), if !running.is_empty() => {
