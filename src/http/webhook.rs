@@ -10,7 +10,7 @@ use serde_json::json;
 use super::{AppState, HttpError};
 use crate::deploy::queued_status;
 use crate::manifest::AutoDeployTrigger;
-use crate::store::{Delivery, Inserted, NewDeployment};
+use crate::store::{Delivery, DeliveryResult, Inserted, NewDeployment};
 use crate::webhook::{self, BranchMoved, Event};
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -56,9 +56,9 @@ pub(super) async fn github(
         count("invalid");
         HttpError::new(StatusCode::BAD_REQUEST, e.to_string())
     })?;
-    let delivery = |result: &'static str, action: Option<String>| {
-        if result != "accepted" {
-            count(result);
+    let delivery = |result: DeliveryResult, action: Option<String>| {
+        if result != DeliveryResult::Accepted {
+            count(result.as_str());
         }
         Delivery {
             delivery_id: delivery_id.clone(),
@@ -73,7 +73,7 @@ pub(super) async fn github(
             state
                 .engine
                 .store
-                .record_delivery(delivery("ping", None))
+                .record_delivery(delivery(DeliveryResult::Ping, None))
                 .await?;
             return Ok((StatusCode::OK, Json(json!({ "ok": true, "zen": zen }))).into_response());
         }
@@ -81,7 +81,7 @@ pub(super) async fn github(
             state
                 .engine
                 .store
-                .record_delivery(delivery("ignored", action.clone()))
+                .record_delivery(delivery(DeliveryResult::Ignored, action.clone()))
                 .await?;
             let what = match action {
                 Some(action) => format!("{event}.{action}"),
@@ -99,7 +99,7 @@ pub(super) async fn github(
                 state
                     .engine
                     .store
-                    .record_delivery(delivery("refused", Some("closed".into())))
+                    .record_delivery(delivery(DeliveryResult::Refused, Some("closed".into())))
                     .await?;
                 return Err(HttpError::new(StatusCode::FORBIDDEN, refused.to_string()));
             }
@@ -109,7 +109,7 @@ pub(super) async fn github(
                 state
                     .engine
                     .store
-                    .record_delivery(delivery("ignored", Some("closed".into())))
+                    .record_delivery(delivery(DeliveryResult::Ignored, Some("closed".into())))
                     .await?;
                 return Ok((
                     StatusCode::ACCEPTED,
@@ -125,7 +125,7 @@ pub(super) async fn github(
             state
                 .engine
                 .store
-                .record_delivery(delivery("accepted", Some("closed".into())))
+                .record_delivery(delivery(DeliveryResult::Accepted, Some("closed".into())))
                 .await?;
             count("accepted");
             // Answer now; tearing down (draining, removing containers) takes its time.
@@ -155,7 +155,7 @@ pub(super) async fn github(
                 &state,
                 *moved,
                 AutoDeployTrigger::Push,
-                delivery("accepted", None),
+                delivery(DeliveryResult::Accepted, None),
             )
             .await;
         }
@@ -164,7 +164,7 @@ pub(super) async fn github(
                 &state,
                 *moved,
                 AutoDeployTrigger::Checks,
-                delivery("accepted", Some("completed".into())),
+                delivery(DeliveryResult::Accepted, Some("completed".into())),
             )
             .await;
         }
@@ -178,7 +178,7 @@ pub(super) async fn github(
         state
             .engine
             .store
-            .record_delivery(delivery("refused", Some("created".into())))
+            .record_delivery(delivery(DeliveryResult::Refused, Some("created".into())))
             .await?;
         return Err(HttpError::new(StatusCode::FORBIDDEN, refused.to_string()));
     }
@@ -204,7 +204,7 @@ pub(super) async fn github(
         .insert_deployment(
             new,
             Some(queued),
-            Some(delivery("accepted", Some("created".into()))),
+            Some(delivery(DeliveryResult::Accepted, Some("created".into()))),
         )
         .await?;
     let (status, recorded, duplicate) = match inserted {
@@ -259,7 +259,7 @@ async fn auto_deploy(
     {
         count("ignored");
         let delivery = Delivery {
-            result: "ignored",
+            result: DeliveryResult::Ignored,
             ..delivery
         };
         state.engine.store.record_delivery(delivery).await?;

@@ -183,8 +183,35 @@ pub struct Delivery {
     pub delivery_id: Option<String>,
     pub event: String,
     pub action: Option<String>,
-    pub result: &'static str,
+    pub result: DeliveryResult,
     pub deployment_id: Option<i64>,
+}
+
+/// What became of a webhook delivery, as the `deliveries` table records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryResult {
+    /// A `ping`.
+    Ping,
+    /// An event Dropship does not act on, or a repository it does not serve.
+    Ignored,
+    /// Refused by the operator config.
+    Refused,
+    /// Acted on (a deployment recorded, a preview torn down, an auto-deploy considered).
+    Accepted,
+    /// A deployment already recorded.
+    Duplicate,
+}
+
+impl DeliveryResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryResult::Ping => "ping",
+            DeliveryResult::Ignored => "ignored",
+            DeliveryResult::Refused => "refused",
+            DeliveryResult::Accepted => "accepted",
+            DeliveryResult::Duplicate => "duplicate",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

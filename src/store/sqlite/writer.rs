@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::deployment_from_row;
 use crate::store::{
-    AppLogLine, Delivery, Deployment, Inserted, LogLine, Millis, NewDeployment, RouteRecord,
-    Service, StatusDraft, StatusFn, StepRun, Transition, now_ms,
+    AppLogLine, Delivery, DeliveryResult, Deployment, Inserted, LogLine, Millis, NewDeployment,
+    RouteRecord, Service, StatusDraft, StatusFn, StepRun, Transition, now_ms,
 };
 
 /// Writes taken in one cycle at most.
@@ -834,8 +834,8 @@ async fn write_intake(
             };
             if let Some(delivery) = batch[index].delivery.as_mut() {
                 let (id, result) = match &outcome {
-                    Inserted::New(d) => (d.id, "accepted"),
-                    Inserted::Duplicate(d) => (d.id, "duplicate"),
+                    Inserted::New(d) => (d.id, DeliveryResult::Accepted),
+                    Inserted::Duplicate(d) => (d.id, DeliveryResult::Duplicate),
                 };
                 delivery.deployment_id = Some(id);
                 delivery.result = result;
@@ -870,7 +870,7 @@ async fn write_intake(
             row.push_bind(&delivery.delivery_id)
                 .push_bind(&delivery.event)
                 .push_bind(&delivery.action)
-                .push_bind(delivery.result)
+                .push_bind(delivery.result.as_str())
                 .push_bind(delivery.deployment_id)
                 .push_bind(now);
         });
