@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::{ApiError, Github, StatusBody};
 use crate::keys::Keys;
 use crate::logs::{Redactor, Redactors, each_string_mut};
-use crate::store::{Deployment, OutboxItem, Store, now_ms};
+use crate::store::{Deployment, OutboxItem, OutboxKind, Store, now_ms};
 
 /// What happens to a status or check run between the store and GitHub: every string in it is
 /// masked with the repository's [`Redactor`] (so a health check's output or a step's message
@@ -178,7 +178,7 @@ async fn deliver(
             return Attempt::Other;
         };
         let item = outgoing.prepare(&deployment, item);
-        let result = if item.kind == "check" {
+        let result = if item.kind == OutboxKind::Check {
             let body = item.body.as_ref().unwrap_or(&serde_json::Value::Null);
             post_check(store, github, &deployment, body).await
         } else {
@@ -193,21 +193,21 @@ async fn deliver(
         };
         let (attempt, recorded) = match result {
             Ok(()) => {
-                tracing::info!(kind = %item.kind, "status posted");
-                metrics.status_post(&item.kind, "delivered");
+                tracing::info!(kind = item.kind.as_str(), "status posted");
+                metrics.status_post(item.kind.as_str(), "delivered");
                 (Attempt::Delivered, store.status_delivered(item.id).await)
             }
             Err(error) if error.retriable && item.attempts + 1 < MAX_ATTEMPTS => {
                 let backoff = retry_base.saturating_mul(2u32.saturating_pow(item.attempts.min(20) as u32)).min(retry_max);
                 let wait = error.retry_after.unwrap_or(backoff).max(backoff.min(retry_base));
                 tracing::warn!(error = %error.message, retry_in_ms = wait.as_millis() as u64, "status post failed; will retry");
-                metrics.status_post(&item.kind, "retry");
+                metrics.status_post(item.kind.as_str(), "retry");
                 let attempt = if error.unreachable { Attempt::Unreachable } else { Attempt::Other };
                 (attempt, store.status_retry(item.id, now_ms() + wait.as_millis() as i64, &error.message).await)
             }
             Err(error) => {
                 tracing::error!(error = %error.message, "status post failed; giving up on it");
-                metrics.status_post(&item.kind, "failed");
+                metrics.status_post(item.kind.as_str(), "failed");
                 (Attempt::Other, store.status_failed(item.id, &error.message).await)
             }
         };
@@ -294,7 +294,7 @@ mod tests {
         let item = OutboxItem {
             id: 1,
             deployment_id: 12,
-            kind: "check".into(),
+            kind: OutboxKind::Check,
             body: Some(serde_json::json!({
                 "details_url": format!("https://d.example/deployments/12?token={slot}"),
                 "output": { "summary": format!(

@@ -173,7 +173,7 @@ impl From<&StepRun> for StepJson {
 impl From<&OutboxItem> for StatusJson {
     fn from(o: &OutboxItem) -> Self {
         StatusJson {
-            kind: o.kind.clone(),
+            kind: o.kind.as_str().to_string(),
             state: o.state.clone(),
             description: o.description.clone(),
             delivered: o.delivered_at.is_some(),

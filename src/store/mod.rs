@@ -303,13 +303,31 @@ pub struct StatusDraft {
     pub environment_url: Option<String>,
 }
 
+/// What an outbox item posts to GitHub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// A deployment status.
+    Status,
+    /// A check-run update, with its `body`.
+    Check,
+}
+
+impl OutboxKind {
+    /// As the `status_outbox` table, the API and the metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::Status => "status",
+            OutboxKind::Check => "check",
+        }
+    }
+}
+
 /// A status in the outbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxItem {
     pub id: i64,
     pub deployment_id: i64,
-    /// `status` (a deployment status) or `check` (a check-run update, with its `body`).
-    pub kind: String,
+    pub kind: OutboxKind,
     pub body: Option<serde_json::Value>,
     pub state: String,
     pub description: String,

@@ -21,8 +21,8 @@ use writer::{StatusChange, Writer};
 
 use super::{
     AppLogLine, AuditEntry, CheckDraft, Delivery, Deployment, Inserted, ListFilter, Lock,
-    LogCursor, LogLine, Millis, NewDeployment, OutboxItem, RouteRecord, Service, State, StatusFn,
-    StepRun, StepState, Store, Transition, now_ms,
+    LogCursor, LogLine, Millis, NewDeployment, OutboxItem, OutboxKind, RouteRecord, Service, State,
+    StatusFn, StepRun, StepState, Store, Transition, now_ms,
 };
 
 pub struct Sqlite {
@@ -118,10 +118,16 @@ fn log_line_from_row(row: &SqliteRow) -> anyhow::Result<LogLine> {
 }
 
 fn outbox_from_row(row: &SqliteRow) -> anyhow::Result<OutboxItem> {
+    let id: i64 = row.try_get("id")?;
+    let kind = match row.try_get::<String, _>("kind")?.as_str() {
+        "status" => OutboxKind::Status,
+        "check" => OutboxKind::Check,
+        other => anyhow::bail!("status_outbox row {id}: unknown kind `{other}`"),
+    };
     Ok(OutboxItem {
-        id: row.try_get("id")?,
+        id,
         deployment_id: row.try_get("deployment_id")?,
-        kind: row.try_get("kind")?,
+        kind,
         body: row
             .try_get::<Option<String>, _>("body")?
             .map(|body| serde_json::from_str(&body))
