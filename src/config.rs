@@ -1271,21 +1271,8 @@ mod tests {
         assert!(repo.allows_environment("pr-12"));
         assert!(!repo.allows_host("shop.example.com"));
         assert!(!repo.allows_environment("production"));
-        let server = |name: &str, host: &str| ServerEntry {
-            name: name.into(),
-            host: host.into(),
-            port: 22,
-            user: None,
-            identity_file: None,
-            host_key: None,
-            roles: Vec::new(),
-            docker: None,
-            docker_socket: default_docker_socket(),
-            docker_tls: None,
-            private_address: None,
-        };
-        assert!(repo.allows_server(&server("web-2", "10.0.0.2")));
-        assert!(!repo.allows_server(&server("db-1", "10.0.0.3")));
+        assert!(repo.allows_server(&server_at("web-2", "10.0.0.2")));
+        assert!(!repo.allows_server(&server_at("db-1", "10.0.0.3")));
         assert!(config.repo("other/shop").is_none());
     }
 
@@ -1341,10 +1328,10 @@ mod tests {
         assert!(Config::from_toml("[github]\nwebhook_secrets = [\"good-secret\"]\n").is_ok());
     }
 
-    #[test]
-    fn inet_aton_spellings_of_this_machine_are_this_machine() {
-        let server = |host: &str| ServerEntry {
-            name: "web-self".into(),
+    /// A plain SSH server entry named `name` at `host`.
+    fn server_at(name: &str, host: &str) -> ServerEntry {
+        ServerEntry {
+            name: name.into(),
             host: host.into(),
             port: 22,
             user: None,
@@ -1355,7 +1342,12 @@ mod tests {
             docker_socket: default_docker_socket(),
             docker_tls: None,
             private_address: None,
-        };
+        }
+    }
+
+    #[test]
+    fn inet_aton_spellings_of_this_machine_are_this_machine() {
+        let server = |host: &str| server_at("web-self", host);
         for host in [
             "2130706433",
             "2130706432",

@@ -414,7 +414,6 @@ impl CaddyProcess {
     }
 
     /// Caddy's log so far.
-    #[allow(dead_code)]
     pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("caddy.log")).unwrap_or_default()
     }
