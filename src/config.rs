@@ -205,6 +205,10 @@ pub struct ServerSection {
     /// Deployments running at once (each environment runs one at a time); more wait queued.
     #[serde(default = "default_max_running_deployments")]
     pub max_running_deployments: usize,
+    /// Queued deployments the scheduler keeps in memory (ids and environments); more wait in
+    /// the store only and are read, oldest first, as the scheduler catches up.
+    #[serde(default = "default_queued_in_memory")]
+    pub queued_in_memory: usize,
     /// Dropship's secret key (32 random bytes, created at first start), from which log links'
     /// tokens are derived; default `<data_dir>/dropship.key`.
     pub key_file: Option<PathBuf>,
@@ -1100,6 +1104,9 @@ fn default_max_body_bytes() -> usize {
 fn default_max_running_deployments() -> usize {
     16
 }
+fn default_queued_in_memory() -> usize {
+    10_000
+}
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -1172,6 +1179,7 @@ impl Default for ServerSection {
             data_dir: default_data_dir(),
             max_body_bytes: default_max_body_bytes(),
             max_running_deployments: default_max_running_deployments(),
+            queued_in_memory: default_queued_in_memory(),
             key_file: None,
             header_read_timeout: default_header_read_timeout(),
             body_read_timeout: default_body_read_timeout(),

@@ -165,9 +165,11 @@ pub async fn run(
         config.github.retry_max,
         shutdown.clone().cancelled_owned(),
     ));
-    let (scheduler, queue) = Scheduler::load(engine.clone(), config.server.max_running_deployments)
-        .await
-        .context("reading queued deployments")?;
+    let (scheduler, queue) = Scheduler::new(
+        engine.clone(),
+        config.server.max_running_deployments,
+        config.server.queued_in_memory,
+    );
     let scheduler = work.spawn(scheduler.run(shutdown.clone().cancelled_owned()));
     let followers = engine.followers.clone();
     work.spawn(async move {

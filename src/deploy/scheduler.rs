@@ -2,11 +2,18 @@
 //! most `max_running` at once. When an environment frees up, its newest queued deployment runs
 //! and older queued ones end as superseded.
 //!
-//! The store is the durable record; the scheduler keeps the working set in memory. It loads the
-//! queued deployments once at start, then learns of new ones through its [`Queue`] (intake
-//! pushes after the commit), so dispatching never rescans the table.
+//! The store is the durable record; the scheduler keeps a bounded working set in memory: the
+//! environments with deployments waiting, in order of arrival, not the deployments. It reads
+//! them from the store at start, then learns of new arrivals through its [`Queue`] (intake
+//! pushes after the commit), so dispatching never rescans the table. Only when more than
+//! `[server] queued_in_memory` environments wait, or a hand-over is lost, does it read the
+//! store again as its working set empties, oldest first; until everything waiting fits, the
+//! channel is ignored. Which deployment of an environment runs, and which are superseded, is
+//! always read from the store when the environment's turn comes.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -14,107 +21,124 @@ use tokio::task::JoinSet;
 use super::Engine;
 use crate::store::{Deployment, State};
 
+/// A repository and environment.
 type Key = (String, String);
+
+/// How long after a failed read of the store the scheduler reads again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Hands recorded deployments to the scheduler.
 #[derive(Debug, Clone)]
 pub struct Queue {
-    sender: mpsc::UnboundedSender<Queued>,
-}
-
-/// What the scheduler keeps of a queued deployment until it starts it: its id and its
-/// environment, not the record. Under a flood of webhooks the scheduler (on the background
-/// runtime, at a lower priority) may take its time to read the channel; what waits there must
-/// stay small. The records are in the store.
-#[derive(Debug)]
-struct Queued {
-    id: i64,
-    key: Key,
+    sender: mpsc::Sender<Key>,
+    /// Set when a deployment could not be handed over (the channel was full): the scheduler
+    /// then reads the store instead.
+    overflow: Arc<AtomicBool>,
 }
 
 impl Queue {
-    /// Schedules a deployment that is already recorded as queued.
-    pub fn push(&self, deployment: Deployment) {
+    /// Schedules a deployment that is already recorded as queued. Never waits: if the
+    /// scheduler's channel is full, it finds this one in the store later.
+    pub fn push(&self, deployment: &Deployment) {
+        let key = (deployment.repo.clone(), deployment.environment.clone());
         // If the scheduler has stopped, the deployment stays queued in the store and the next
         // start runs it.
-        let _ = self.sender.send(Queued {
-            id: deployment.id,
-            key: (deployment.repo, deployment.environment),
-        });
+        if self.sender.try_send(key).is_err() {
+            self.overflow.store(true, Ordering::Release);
+        }
     }
 }
 
 #[derive(Debug)]
 pub struct Scheduler {
     engine: Engine,
-    receiver: mpsc::UnboundedReceiver<Queued>,
+    receiver: mpsc::Receiver<Key>,
+    overflow: Arc<AtomicBool>,
     max_running: usize,
-    /// The queued deployments read from the store at start.
-    waiting: Waiting,
+    /// Environments kept waiting in memory at most, and the room in the channel.
+    max_waiting: usize,
 }
 
-/// What is waiting: deployment ids per environment, in order of arrival of each environment's
-/// oldest waiting deployment. Only ids: a flood of webhooks must not hold every record in
-/// memory; a record is read from the store when it starts.
+/// The environments with deployments waiting, in order of arrival of each one's oldest waiting
+/// deployment; at most `max_waiting` of them.
 #[derive(Debug, Default)]
 struct Waiting {
-    by_key: HashMap<Key, Vec<i64>>,
+    keys: HashSet<Key>,
     order: VecDeque<Key>,
+    /// Whether the store may hold waiting environments that are not here: at start, and after a
+    /// hand-over was lost. While it is set, the channel is ignored and the store, read oldest
+    /// first, is the only source, so that the order of arrival holds.
+    from_store: bool,
+    /// Whether the last read of the store failed: it is tried again after [`RETRY`].
+    read_failed: bool,
 }
 
 impl Waiting {
-    fn push(&mut self, queued: Queued) {
-        let list = self.by_key.entry(queued.key.clone()).or_default();
-        if list.is_empty() {
-            self.order.push_back(queued.key);
+    fn push(&mut self, key: Key) {
+        if self.keys.insert(key.clone()) {
+            self.order.push_back(key);
         }
-        list.push(queued.id);
+    }
+
+    /// An environment handed over through the channel.
+    fn handed_over(&mut self, key: Key, max_waiting: usize) {
+        if self.from_store || (self.keys.len() >= max_waiting && !self.keys.contains(&key)) {
+            self.from_store = true;
+        } else {
+            self.push(key);
+        }
+    }
+
+    /// The next environment in line, taken out.
+    fn pop(&mut self) -> Option<Key> {
+        let key = self.order.pop_front()?;
+        self.keys.remove(&key);
+        Some(key)
     }
 }
 
 impl Scheduler {
-    /// Reads the queued deployments from the store. Call it before intake starts: a deployment
-    /// recorded after this read reaches the scheduler only through the [`Queue`], so none is
-    /// seen twice.
-    pub async fn load(engine: Engine, max_running: usize) -> anyhow::Result<(Scheduler, Queue)> {
-        let mut waiting = Waiting::default();
-        for deployment in engine.store.queued().await? {
-            waiting.push(Queued {
-                id: deployment.id,
-                key: (deployment.repo, deployment.environment),
-            });
-        }
-        let (sender, receiver) = mpsc::unbounded_channel();
+    /// Builds the scheduler; it reads what is queued from the store when it runs.
+    pub fn new(engine: Engine, max_running: usize, max_waiting: usize) -> (Scheduler, Queue) {
+        let max_waiting = max_waiting.max(1);
+        let (sender, receiver) = mpsc::channel(max_waiting);
+        let overflow = Arc::new(AtomicBool::new(false));
         let scheduler = Scheduler {
             engine,
             receiver,
+            overflow: overflow.clone(),
             max_running: max_running.max(1),
-            waiting,
+            max_waiting,
         };
-        Ok((scheduler, Queue { sender }))
+        (scheduler, Queue { sender, overflow })
     }
 
     /// Runs until `shutdown` resolves; running deployments are then abandoned, and the next
     /// start finishes them as interrupted.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut waiting = std::mem::take(&mut self.waiting);
+        let mut waiting = Waiting {
+            from_store: true,
+            ..Waiting::default()
+        };
         let mut busy: HashSet<Key> = HashSet::new();
         let mut running: JoinSet<Key> = JoinSet::new();
         loop {
+            self.refill(&mut waiting).await;
             self.dispatch(&mut waiting, &mut busy, &mut running).await;
             tokio::select! {
                 _ = &mut shutdown => {
                     running.abort_all();
                     return;
                 }
-                Some(queued) = self.receiver.recv() => {
-                    waiting.push(queued);
+                Some(key) = self.receiver.recv() => {
+                    waiting.handed_over(key, self.max_waiting);
                     // Take everything already sent before dispatching once.
-                    while let Ok(queued) = self.receiver.try_recv() {
-                        waiting.push(queued);
+                    while let Ok(key) = self.receiver.try_recv() {
+                        waiting.handed_over(key, self.max_waiting);
                     }
                 }
+                _ = tokio::time::sleep(RETRY), if waiting.read_failed => {}
                 Some(finished) = running.join_next(), if !running.is_empty() => {
                     match finished {
                         Ok(key) => { busy.remove(&key); }
@@ -123,6 +147,43 @@ impl Scheduler {
                         Err(_) => {}
                     }
                 }
+            }
+        }
+    }
+
+    /// Reads the environments with queued deployments from the store, oldest arrival first,
+    /// while it may hold some that are not waiting here, once at most half of `max_waiting` is
+    /// taken.
+    async fn refill(&self, waiting: &mut Waiting) {
+        if self.overflow.swap(false, Ordering::Acquire) {
+            waiting.from_store = true;
+        }
+        if !waiting.from_store || waiting.keys.len() > self.max_waiting / 2 {
+            return;
+        }
+        let read = self
+            .engine
+            .store
+            .queued_environments(self.max_waiting as i64)
+            .await;
+        waiting.read_failed = read.is_err();
+        match read {
+            Ok(keys) => {
+                // Everything waiting fit: from here on the channel hands over what arrives.
+                waiting.from_store = keys.len() == self.max_waiting;
+                for key in keys {
+                    if waiting.keys.len() >= self.max_waiting {
+                        waiting.from_store = true;
+                        break;
+                    }
+                    waiting.push(key);
+                }
+            }
+            Err(error) => {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    "reading the queued deployments"
+                );
             }
         }
     }
@@ -138,17 +199,16 @@ impl Scheduler {
         // Environments with a deployment running keep their place in line.
         let mut busy_waiting = Vec::new();
         while running.len() < self.max_running {
-            let Some(key) = waiting.order.pop_front() else {
+            let Some(key) = waiting.pop() else {
                 break;
             };
             if busy.contains(&key) {
                 busy_waiting.push(key);
                 continue;
             }
-            let mut ids = waiting.by_key.remove(&key).unwrap_or_default();
-            let Some(newest_id) = ids.pop() else { continue };
-            let newest = match self.engine.store.deployment(newest_id).await {
-                Ok(Some(deployment)) => deployment,
+            let (newest, older) = match self.queued_in(&key).await {
+                Ok(Some(queued)) => queued,
+                // Nothing waits there any more (a deployment handed over twice).
                 Ok(None) => continue,
                 Err(error) => {
                     // Try again at the next event; keep the environment's place.
@@ -156,13 +216,12 @@ impl Scheduler {
                         error = format!("{error:#}"),
                         "reading a deployment to start it"
                     );
-                    ids.push(newest_id);
-                    waiting.by_key.insert(key.clone(), ids);
                     busy_waiting.push(key);
+                    waiting.read_failed = true;
                     break;
                 }
             };
-            for older_id in ids {
+            for older_id in older {
                 let older = match self.engine.store.deployment(older_id).await {
                     Ok(Some(older)) if older.state == State::Queued => older,
                     Ok(_) => continue,
@@ -207,7 +266,25 @@ impl Scheduler {
             });
         }
         for key in busy_waiting.into_iter().rev() {
+            waiting.keys.insert(key.clone());
             waiting.order.push_front(key);
         }
+    }
+
+    /// The newest queued deployment of an environment, and the ids of the older ones queued
+    /// there; none if nothing is queued there.
+    async fn queued_in(
+        &self,
+        (repo, environment): &Key,
+    ) -> anyhow::Result<Option<(Deployment, Vec<i64>)>> {
+        let mut ids = self.engine.store.queued_in(repo, environment).await?;
+        while let Some(id) = ids.pop() {
+            match self.engine.store.deployment(id).await? {
+                Some(newest) if newest.state == State::Queued => return Ok(Some((newest, ids))),
+                // Started or ended since the list was read.
+                _ => continue,
+            }
+        }
+        Ok(None)
     }
 }

@@ -219,7 +219,7 @@ pub(super) async fn github(
                     "enqueueing the queued check run"
                 );
             }
-            state.scheduler.push(d.clone());
+            state.scheduler.push(&d);
             state.engine.outbox.notify_one();
             (StatusCode::ACCEPTED, d, false)
         }

@@ -200,9 +200,9 @@ pub fn tls_acceptor(
     // The server picks: AES-128-GCM with SHA-256 first. A handshake's key schedule is mostly
     // hashing, and SHA-256 has CPU instructions of its own (SHA-NI) where SHA-384 has none, so
     // this halves the hashing cost of each handshake (docs/benchmarks.md, TLS profile).
-    provider.cipher_suites.sort_by_key(|suite| {
-        suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
-    });
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| suite.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     let provider = std::sync::Arc::new(provider);
     let mut resolver = rustls::server::ResolvesServerCertUsingSni::new();
     let mut first = None;

@@ -458,8 +458,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> anyhow::Result<Inserted>;
     async fn deployment(&self, id: i64) -> anyhow::Result<Option<Deployment>>;
     async fn list_deployments(&self, filter: &ListFilter) -> anyhow::Result<Vec<Deployment>>;
-    /// Queued deployments, oldest first.
-    async fn queued(&self) -> anyhow::Result<Vec<Deployment>>;
+    /// The repositories and environments with queued deployments, `limit` at most, the one
+    /// with the oldest queued deployment first.
+    async fn queued_environments(&self, limit: i64) -> anyhow::Result<Vec<(String, String)>>;
+    /// The ids of an environment's queued deployments, oldest first.
+    async fn queued_in(&self, repo: &str, environment: &str) -> anyhow::Result<Vec<i64>>;
     async fn running(&self) -> anyhow::Result<Vec<Deployment>>;
     /// Changes a deployment's state and enqueues its status in one transaction. Moving to
     /// `running` succeeds only from `queued`, so no deployment runs twice. Returns whether the

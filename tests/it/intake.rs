@@ -153,3 +153,83 @@ async fn api_needs_a_bearer_token() {
         StatusCode::OK
     );
 }
+
+/// A backlog larger than the scheduler keeps in memory waits in the store, and all of it runs
+/// once the scheduler catches up: nothing accepted is forgotten, and within one environment the
+/// newest still runs and the older ones end superseded.
+#[tokio::test]
+async fn a_backlog_beyond_the_schedulers_memory_waits_in_the_store_and_all_of_it_runs() {
+    const SHA: &str = "5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c5c";
+    let github = FakeGithub::start().await;
+    let gate_dir = tempfile::tempdir().unwrap();
+    let gate = gate_dir.path().join("go");
+    let environments = ["e0", "e1", "e2", "e3", "e4", "e5"];
+    let mut manifest = String::from("version: 1\nenvironments:\n");
+    for environment in environments {
+        manifest.push_str(&format!("  {environment}:\n    servers: [local]\n"));
+    }
+    manifest.push_str(&format!(
+        "tasks:\n  deploy:\n    - name: wait\n      run: while [ ! -e {} ]; do sleep 0.05; done\n",
+        gate.display()
+    ));
+    github.add_file("acme/shop", SHA, "dropship.yml", &manifest);
+    let data = tempfile::tempdir().unwrap();
+    let extra = "[[servers]]\nname = \"local\"\nhost = \"local\"\n\n[[repos]]\nname = \"acme/shop\"\nservers = [\"local\"]\n";
+    let mut config = Config::from_toml(&config_toml(data.path(), &github.url, extra)).unwrap();
+    config.server.max_running_deployments = 1;
+    config.server.queued_in_memory = 2;
+    let server = TestServer::start(config, Some(data)).await;
+    github.deliver_to(
+        &server.url("/webhooks/github"),
+        crate::support::WEBHOOK_SECRET,
+    );
+
+    let deliver = |github_id: i64, environment: &'static str| {
+        let server = &server;
+        async move {
+            let body = deployment_payload(github_id, "acme/shop", SHA, environment, "deploy");
+            let response = server
+                .deliver("deployment", &format!("backlog-{github_id}"), &body)
+                .await;
+            assert_eq!(response.status(), StatusCode::ACCEPTED);
+        }
+    };
+    // The first holds the one running place; then eight more wait, four times the memory.
+    deliver(4000, "e0").await;
+    for (github_id, environment) in [
+        (4001, "e1"),
+        (4002, "e2"),
+        (4003, "e1"),
+        (4004, "e3"),
+        (4005, "e4"),
+        (4006, "e5"),
+        (4007, "e1"),
+        (4008, "e2"),
+    ] {
+        deliver(github_id, environment).await;
+    }
+    std::fs::write(&gate, "").unwrap();
+
+    let last_state = |statuses: Vec<crate::support::github::PostedStatus>| {
+        let last = statuses.last().expect("a status");
+        (last.state().to_string(), last.description().to_string())
+    };
+    for github_id in [4000, 4004, 4005, 4006, 4007, 4008] {
+        let statuses = github
+            .wait_final(github_id, std::time::Duration::from_secs(60))
+            .await;
+        assert_eq!(last_state(statuses).0, "success", "deployment {github_id}");
+    }
+    // The older ones of e1 and e2, superseded by their environment's newest.
+    for github_id in [4001, 4002, 4003] {
+        let statuses = github
+            .wait_final(github_id, std::time::Duration::from_secs(60))
+            .await;
+        let (state, description) = last_state(statuses);
+        assert_eq!(state, "error", "deployment {github_id}");
+        assert!(
+            description.starts_with("superseded by deployment"),
+            "deployment {github_id}: {description}"
+        );
+    }
+}

@@ -202,11 +202,29 @@ impl Store for Sqlite {
         rows.iter().map(deployment_from_row).collect()
     }
 
-    async fn queued(&self) -> anyhow::Result<Vec<Deployment>> {
-        let rows = sqlx::query("SELECT * FROM deployments WHERE state = 'queued' ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(deployment_from_row).collect()
+    async fn queued_environments(&self, limit: i64) -> anyhow::Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT repo, environment, MIN(id) AS oldest FROM deployments WHERE state = 'queued' \
+             GROUP BY repo, environment ORDER BY oldest LIMIT ?",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("repo")?, row.try_get("environment")?)))
+            .collect()
+    }
+
+    async fn queued_in(&self, repo: &str, environment: &str) -> anyhow::Result<Vec<i64>> {
+        let rows = sqlx::query(
+            "SELECT id FROM deployments WHERE state = 'queued' AND repo = ? AND environment = ? \
+             ORDER BY id",
+        )
+        .bind(repo)
+        .bind(environment)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|row| Ok(row.try_get("id")?)).collect()
     }
 
     async fn running(&self) -> anyhow::Result<Vec<Deployment>> {
@@ -803,7 +821,17 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again, Inserted::Duplicate(first.clone()));
-        assert_eq!(store.queued().await.unwrap(), vec![first.clone()]);
+        assert_eq!(
+            store.queued_environments(10).await.unwrap(),
+            vec![(first.repo.clone(), first.environment.clone())]
+        );
+        assert_eq!(
+            store
+                .queued_in(&first.repo, &first.environment)
+                .await
+                .unwrap(),
+            vec![first.id]
+        );
 
         assert!(store.transition(first.id, running()).await.unwrap());
         assert!(
