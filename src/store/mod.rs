@@ -5,6 +5,8 @@
 //! [`Sqlite`] knows SQL. A state change and the status it owes GitHub are written in one
 //! transaction, so neither can be lost without the other.
 
+#[cfg(test)]
+mod contract;
 mod sqlite;
 
 use std::fmt;
@@ -444,9 +446,41 @@ pub struct UpstreamRecord {
     pub container: String,
 }
 
-/// The store's contract. Implementations: [`Sqlite`].
+/// The whole store: every concern below, of one database. Implementations: [`Sqlite`]. A
+/// second database implements each concern's trait and passes the contract suite
+/// (`store::contract`); `Store` then follows.
+pub trait Store:
+    Deployments
+    + DeploymentLogs
+    + StatusOutbox
+    + ContainerRecords
+    + AppLogs
+    + RouteStore
+    + People
+    + EnvironmentStore
+    + AutoDeploys
+    + fmt::Debug
+{
+}
+
+impl<
+    T: Deployments
+        + DeploymentLogs
+        + StatusOutbox
+        + ContainerRecords
+        + AppLogs
+        + RouteStore
+        + People
+        + EnvironmentStore
+        + AutoDeploys
+        + fmt::Debug,
+> Store for T
+{
+}
+
+/// Deliveries, deployments and their step runs.
 #[async_trait]
-pub trait Store: Send + Sync + fmt::Debug {
+pub trait Deployments: Send + Sync {
     async fn record_delivery(&self, delivery: Delivery) -> anyhow::Result<()>;
     /// Records a deployment (with its `queued` status and its delivery) durably before it
     /// returns; a known `github_id` is a duplicate and changes nothing.
@@ -470,6 +504,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn transition(&self, id: i64, transition: Transition) -> anyhow::Result<bool>;
     async fn save_step(&self, step: &StepRun) -> anyhow::Result<()>;
     async fn steps(&self, deployment_id: i64) -> anyhow::Result<Vec<StepRun>>;
+    /// The newest deployment of each (repo, environment), of `state` when given.
+    async fn latest_per_environment(&self, state: Option<State>)
+    -> anyhow::Result<Vec<Deployment>>;
+}
+
+/// The lines of each deployment's log.
+#[async_trait]
+pub trait DeploymentLogs: Send + Sync {
     async fn append_logs(&self, lines: &[LogLine]) -> anyhow::Result<()>;
     async fn logs(
         &self,
@@ -495,6 +537,11 @@ pub trait Store: Send + Sync + fmt::Debug {
         limit: i64,
     ) -> anyhow::Result<Vec<LogLine>>;
     async fn last_log_seq(&self, deployment_id: i64) -> anyhow::Result<i64>;
+}
+
+/// GitHub statuses and check-run updates waiting to be delivered, in order per deployment.
+#[async_trait]
+pub trait StatusOutbox: Send + Sync {
     /// Statuses due by `now` that are the first still pending of their deployment, soonest
     /// first, at most `limit`.
     async fn due_statuses(&self, now: Millis, limit: i64) -> anyhow::Result<Vec<OutboxItem>>;
@@ -509,8 +556,24 @@ pub trait Store: Send + Sync + fmt::Debug {
     ) -> anyhow::Result<()>;
     async fn status_failed(&self, id: i64, error: &str) -> anyhow::Result<()>;
     async fn statuses(&self, deployment_id: i64) -> anyhow::Result<Vec<OutboxItem>>;
+    /// Enqueues a check-run update behind the deployment's pending statuses.
+    async fn enqueue_check(&self, deployment_id: i64, check: &CheckDraft) -> anyhow::Result<()>;
+    async fn set_check_run(&self, deployment_id: i64, check_run_id: i64) -> anyhow::Result<()>;
+}
+
+/// Which containers each deployment started, and which servers' containers are followed.
+#[async_trait]
+pub trait ContainerRecords: Send + Sync {
     async fn save_services(&self, services: &[Service]) -> anyhow::Result<()>;
     async fn services(&self, deployment_id: i64) -> anyhow::Result<Vec<Service>>;
+    /// Remembers that `server`'s containers are followed.
+    async fn add_container_host(&self, server: &str) -> anyhow::Result<()>;
+    async fn container_hosts(&self) -> anyhow::Result<Vec<String>>;
+}
+
+/// The containers' own log lines, with each container's cursor.
+#[async_trait]
+pub trait AppLogs: Send + Sync {
     /// Stores container log lines (assigning ids, in order) and moves each container's cursor,
     /// in one transaction; then drops each app's oldest lines beyond `retention_bytes`.
     async fn append_app_logs(
@@ -534,30 +597,20 @@ pub trait Store: Send + Sync + fmt::Debug {
         limit: i64,
     ) -> anyhow::Result<Vec<AppLogLine>>;
     async fn log_cursor(&self, container: &str) -> anyhow::Result<Option<LogCursor>>;
-    /// Remembers that `server`'s containers are followed.
-    async fn add_container_host(&self, server: &str) -> anyhow::Result<()>;
-    async fn container_hosts(&self) -> anyhow::Result<Vec<String>>;
+}
+
+/// The edge proxy's routes.
+#[async_trait]
+pub trait RouteStore: Send + Sync {
     /// Creates or replaces the route of (repo, environment, app).
     async fn save_route(&self, route: &RouteRecord) -> anyhow::Result<()>;
     async fn delete_route(&self, repo: &str, environment: &str, app: &str) -> anyhow::Result<()>;
     async fn routes(&self) -> anyhow::Result<Vec<RouteRecord>>;
-    /// Remembers (with `Some(git_ref)`) or forgets a preview environment.
-    async fn set_preview(
-        &self,
-        repo: &str,
-        environment: &str,
-        git_ref: Option<&str>,
-    ) -> anyhow::Result<()>;
-    /// The preview environments of `repo` deployed from `git_ref`.
-    async fn previews_of_ref(&self, repo: &str, git_ref: &str) -> anyhow::Result<Vec<String>>;
+}
 
-    /// Enqueues a check-run update behind the deployment's pending statuses.
-    async fn enqueue_check(&self, deployment_id: i64, check: &CheckDraft) -> anyhow::Result<()>;
-    async fn set_check_run(&self, deployment_id: i64, check_run_id: i64) -> anyhow::Result<()>;
-    /// The newest deployment of each (repo, environment), of `state` when given.
-    async fn latest_per_environment(&self, state: Option<State>)
-    -> anyhow::Result<Vec<Deployment>>;
-
+/// Dashboard sessions and the audit log.
+#[async_trait]
+pub trait People: Send + Sync {
     async fn create_session(
         &self,
         id_sha256: &str,
@@ -567,17 +620,33 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// The user of an unexpired session.
     async fn session_user(&self, id_sha256: &str, now: Millis) -> anyhow::Result<Option<String>>;
     async fn delete_session(&self, id_sha256: &str) -> anyhow::Result<()>;
-
     async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()>;
     /// The newest `limit` entries, newest first.
     async fn audit_log(&self, limit: i64) -> anyhow::Result<Vec<AuditEntry>>;
+}
 
+/// Environment locks and preview environments.
+#[async_trait]
+pub trait EnvironmentStore: Send + Sync {
+    /// Remembers (with `Some(git_ref)`) or forgets a preview environment.
+    async fn set_preview(
+        &self,
+        repo: &str,
+        environment: &str,
+        git_ref: Option<&str>,
+    ) -> anyhow::Result<()>;
+    /// The preview environments of `repo` deployed from `git_ref`.
+    async fn previews_of_ref(&self, repo: &str, git_ref: &str) -> anyhow::Result<Vec<String>>;
     async fn locks(&self) -> anyhow::Result<Vec<Lock>>;
     /// Locks an environment; false (and nothing changes) when it is locked already.
     async fn lock(&self, lock: &Lock) -> anyhow::Result<bool>;
     /// Unlocks; false when it was not locked.
     async fn unlock(&self, repo: &str, environment: &str) -> anyhow::Result<bool>;
+}
 
+/// Claims of the auto-deploys made, so none is made twice.
+#[async_trait]
+pub trait AutoDeploys: Send + Sync {
     /// Claims the auto-deploy of `sha` to `environment`: false when it was claimed before.
     async fn claim_auto_deploy(
         &self,

@@ -165,7 +165,7 @@ async fn a_step_printing_2_gib_keeps_memory_and_database_within_the_caps_and_the
         .unwrap();
     let mut lines = Vec::new();
     loop {
-        use dropship::store::Store;
+        use dropship::store::DeploymentLogs;
         let after = lines.last().map_or(0, |l: &dropship::store::LogLine| l.seq);
         let page = store.logs(id, after, 10_000).await.unwrap();
         if page.is_empty() {

@@ -1252,7 +1252,7 @@ async fn no_injected_script_runs_in_a_real_browser() {
 
     // Container log lines, stored the way the followers store them.
     let store = dropship::store::Sqlite::open(&database).await.unwrap();
-    use dropship::store::Store;
+    use dropship::store::AppLogs;
     let line = |n: i64, text: &str| dropship::store::AppLogLine {
         id: 0,
         repo: "acme/shop".into(),

@@ -20,9 +20,10 @@ use sqlx::{Row, SqlitePool};
 use writer::{StatusChange, Writer};
 
 use super::{
-    AppLogLine, AuditEntry, CheckDraft, Delivery, Deployment, Inserted, ListFilter, Lock,
-    LogCursor, LogLine, Millis, NewDeployment, OutboxItem, OutboxKind, RouteRecord, Service, State,
-    StatusFn, StepRun, StepState, Store, Transition, now_ms,
+    AppLogLine, AppLogs, AuditEntry, AutoDeploys, CheckDraft, ContainerRecords, Delivery,
+    Deployment, DeploymentLogs, Deployments, EnvironmentStore, Inserted, ListFilter, Lock,
+    LogCursor, LogLine, Millis, NewDeployment, OutboxItem, OutboxKind, People, RouteRecord,
+    RouteStore, Service, State, StatusFn, StatusOutbox, StepRun, StepState, Transition, now_ms,
 };
 
 pub struct Sqlite {
@@ -160,7 +161,7 @@ fn step_from_row(row: &SqliteRow) -> anyhow::Result<StepRun> {
 }
 
 #[async_trait]
-impl Store for Sqlite {
+impl Deployments for Sqlite {
     async fn record_delivery(&self, delivery: Delivery) -> anyhow::Result<()> {
         self.writer.intake(None, Some(delivery)).await?;
         Ok(())
@@ -237,9 +238,11 @@ impl Store for Sqlite {
     async fn transition(&self, id: i64, t: Transition) -> anyhow::Result<bool> {
         self.writer.transition(id, t).await
     }
+
     async fn save_step(&self, step: &StepRun) -> anyhow::Result<()> {
         self.writer.step(step.clone()).await
     }
+
     async fn steps(&self, deployment_id: i64) -> anyhow::Result<Vec<StepRun>> {
         let rows = sqlx::query(
             "SELECT * FROM step_runs WHERE deployment_id = ? ORDER BY step_index, server",
@@ -250,12 +253,31 @@ impl Store for Sqlite {
         rows.iter().map(step_from_row).collect()
     }
 
+    async fn latest_per_environment(
+        &self,
+        state: Option<State>,
+    ) -> anyhow::Result<Vec<Deployment>> {
+        let rows = sqlx::query(
+            "SELECT * FROM deployments WHERE id IN
+               (SELECT MAX(id) FROM deployments WHERE ?1 IS NULL OR state = ?1 GROUP BY repo, environment)
+             ORDER BY repo, environment",
+        )
+        .bind(state.map(State::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(deployment_from_row).collect()
+    }
+}
+
+#[async_trait]
+impl DeploymentLogs for Sqlite {
     async fn append_logs(&self, lines: &[LogLine]) -> anyhow::Result<()> {
         if lines.is_empty() {
             return Ok(());
         }
         self.writer.logs(lines.to_vec()).await
     }
+
     async fn logs(
         &self,
         deployment_id: i64,
@@ -320,7 +342,10 @@ impl Store for Sqlite {
                 .await?;
         Ok(seq.unwrap_or(0))
     }
+}
 
+#[async_trait]
+impl StatusOutbox for Sqlite {
     async fn due_statuses(&self, now: Millis, limit: i64) -> anyhow::Result<Vec<OutboxItem>> {
         let rows = sqlx::query(
             "SELECT o.* FROM status_outbox o
@@ -351,6 +376,7 @@ impl Store for Sqlite {
     async fn status_delivered(&self, id: i64) -> anyhow::Result<()> {
         self.writer.status(id, StatusChange::Delivered).await
     }
+
     async fn status_retry(
         &self,
         id: i64,
@@ -367,6 +393,7 @@ impl Store for Sqlite {
             )
             .await
     }
+
     async fn status_failed(&self, id: i64, error: &str) -> anyhow::Result<()> {
         self.writer
             .status(
@@ -377,6 +404,7 @@ impl Store for Sqlite {
             )
             .await
     }
+
     async fn statuses(&self, deployment_id: i64) -> anyhow::Result<Vec<OutboxItem>> {
         let rows = sqlx::query("SELECT * FROM status_outbox WHERE deployment_id = ? ORDER BY id")
             .bind(deployment_id)
@@ -385,6 +413,38 @@ impl Store for Sqlite {
         rows.iter().map(outbox_from_row).collect()
     }
 
+    async fn enqueue_check(&self, deployment_id: i64, check: &CheckDraft) -> anyhow::Result<()> {
+        let now = now_ms();
+        self.writer
+            .exec(
+                "INSERT INTO status_outbox (deployment_id, kind, state, description, body, next_attempt_at, created_at)
+                 VALUES (?, 'check', ?, ?, ?, ?, ?)",
+                vec![
+                    deployment_id.into(),
+                    check.status.into(),
+                    check.title.clone().into(),
+                    check.body.to_string().into(),
+                    now.into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn set_check_run(&self, deployment_id: i64, check_run_id: i64) -> anyhow::Result<()> {
+        self.writer
+            .exec(
+                "UPDATE deployments SET check_run_id = ? WHERE id = ?",
+                vec![check_run_id.into(), deployment_id.into()],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ContainerRecords for Sqlite {
     async fn save_services(&self, services: &[Service]) -> anyhow::Result<()> {
         self.writer.services(services.to_vec()).await
     }
@@ -411,6 +471,21 @@ impl Store for Sqlite {
             .collect()
     }
 
+    async fn add_container_host(&self, server: &str) -> anyhow::Result<()> {
+        self.writer.container_host(server.to_string()).await
+    }
+
+    async fn container_hosts(&self) -> anyhow::Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT server FROM container_hosts ORDER BY server")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+}
+
+#[async_trait]
+impl AppLogs for Sqlite {
     async fn append_app_logs(
         &self,
         lines: Vec<AppLogLine>,
@@ -476,11 +551,10 @@ impl Store for Sqlite {
         })
         .transpose()
     }
+}
 
-    async fn add_container_host(&self, server: &str) -> anyhow::Result<()> {
-        self.writer.container_host(server.to_string()).await
-    }
-
+#[async_trait]
+impl RouteStore for Sqlite {
     async fn save_route(&self, route: &RouteRecord) -> anyhow::Result<()> {
         let key = (
             route.repo.clone(),
@@ -512,76 +586,10 @@ impl Store for Sqlite {
             })
             .collect()
     }
+}
 
-    async fn set_preview(
-        &self,
-        repo: &str,
-        environment: &str,
-        git_ref: Option<&str>,
-    ) -> anyhow::Result<()> {
-        self.writer
-            .preview(
-                repo.to_string(),
-                environment.to_string(),
-                git_ref.map(str::to_string),
-            )
-            .await
-    }
-
-    async fn previews_of_ref(&self, repo: &str, git_ref: &str) -> anyhow::Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT environment FROM previews WHERE repo = ? AND git_ref = ? ORDER BY environment",
-        )
-        .bind(repo)
-        .bind(git_ref)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    async fn enqueue_check(&self, deployment_id: i64, check: &CheckDraft) -> anyhow::Result<()> {
-        let now = now_ms();
-        self.writer
-            .exec(
-                "INSERT INTO status_outbox (deployment_id, kind, state, description, body, next_attempt_at, created_at)
-                 VALUES (?, 'check', ?, ?, ?, ?, ?)",
-                vec![
-                    deployment_id.into(),
-                    check.status.into(),
-                    check.title.clone().into(),
-                    check.body.to_string().into(),
-                    now.into(),
-                    now.into(),
-                ],
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn set_check_run(&self, deployment_id: i64, check_run_id: i64) -> anyhow::Result<()> {
-        self.writer
-            .exec(
-                "UPDATE deployments SET check_run_id = ? WHERE id = ?",
-                vec![check_run_id.into(), deployment_id.into()],
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn latest_per_environment(
-        &self,
-        state: Option<State>,
-    ) -> anyhow::Result<Vec<Deployment>> {
-        let rows = sqlx::query(
-            "SELECT * FROM deployments WHERE id IN
-               (SELECT MAX(id) FROM deployments WHERE ?1 IS NULL OR state = ?1 GROUP BY repo, environment)
-             ORDER BY repo, environment",
-        )
-        .bind(state.map(State::as_str))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(deployment_from_row).collect()
-    }
-
+#[async_trait]
+impl People for Sqlite {
     async fn create_session(
         &self,
         id_sha256: &str,
@@ -658,6 +666,34 @@ impl Store for Sqlite {
             })
             .collect()
     }
+}
+
+#[async_trait]
+impl EnvironmentStore for Sqlite {
+    async fn set_preview(
+        &self,
+        repo: &str,
+        environment: &str,
+        git_ref: Option<&str>,
+    ) -> anyhow::Result<()> {
+        self.writer
+            .preview(
+                repo.to_string(),
+                environment.to_string(),
+                git_ref.map(str::to_string),
+            )
+            .await
+    }
+
+    async fn previews_of_ref(&self, repo: &str, git_ref: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT environment FROM previews WHERE repo = ? AND git_ref = ? ORDER BY environment",
+        )
+        .bind(repo)
+        .bind(git_ref)
+        .fetch_all(&self.pool)
+        .await?)
+    }
 
     async fn locks(&self) -> anyhow::Result<Vec<Lock>> {
         let rows = sqlx::query("SELECT * FROM locks ORDER BY repo, environment")
@@ -703,7 +739,10 @@ impl Store for Sqlite {
             .await?;
         Ok(changed == 1)
     }
+}
 
+#[async_trait]
+impl AutoDeploys for Sqlite {
     async fn claim_auto_deploy(
         &self,
         repo: &str,
@@ -741,14 +780,6 @@ impl Store for Sqlite {
             .await?;
         Ok(())
     }
-
-    async fn container_hosts(&self) -> anyhow::Result<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT server FROM container_hosts ORDER BY server")
-                .fetch_all(&self.pool)
-                .await?,
-        )
-    }
 }
 
 fn app_log_from_row(row: &SqliteRow) -> anyhow::Result<AppLogLine> {
@@ -767,110 +798,14 @@ fn app_log_from_row(row: &SqliteRow) -> anyhow::Result<AppLogLine> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::store::{StatusDraft, now_ms};
+    use super::Sqlite;
 
-    fn new_deployment(github_id: i64) -> NewDeployment {
-        NewDeployment {
-            github_id: Some(github_id),
-            repo: "acme/shop".into(),
-            environment: "production".into(),
-            task: "deploy".into(),
-            git_ref: "main".into(),
-            sha: "abc".into(),
-            payload: serde_json::json!({"v": 1}),
-            description: None,
-            creator: Some("octocat".into()),
-            installation_id: None,
-            transient: false,
-            production: true,
-        }
-    }
-
-    fn running() -> Transition {
-        Transition {
-            state: State::Running,
-            description: Some("running".into()),
-            environment_url: None,
-            status: None,
-            check: None,
-        }
-    }
-
-    /// A story of using the store: record, redeliver, start once, finish, post statuses in order.
-    #[tokio::test]
-    async fn a_deployment_is_recorded_once_started_once_and_its_statuses_kept_in_order() {
+    /// A new store in a temporary directory, which lives as long as the guard.
+    async fn fresh() -> (tempfile::TempDir, Sqlite) {
         let dir = tempfile::tempdir().unwrap();
         let store = Sqlite::open(&dir.path().join("dropship.db")).await.unwrap();
-        let status = |state: &'static str| StatusDraft {
-            state,
-            description: state.to_string(),
-            log_url: None,
-            environment_url: None,
-        };
-        let queued: StatusFn = Box::new(move |_d: &Deployment| status("queued"));
-        let Inserted::New(first) = store
-            .insert_deployment(new_deployment(7), Some(queued), None)
-            .await
-            .unwrap()
-        else {
-            panic!("not new");
-        };
-        let again = store
-            .insert_deployment(new_deployment(7), None, None)
-            .await
-            .unwrap();
-        assert_eq!(again, Inserted::Duplicate(first.clone()));
-        assert_eq!(
-            store.queued_environments(10).await.unwrap(),
-            vec![(first.repo.clone(), first.environment.clone())]
-        );
-        assert_eq!(
-            store
-                .queued_in(&first.repo, &first.environment)
-                .await
-                .unwrap(),
-            vec![first.id]
-        );
-
-        assert!(store.transition(first.id, running()).await.unwrap());
-        assert!(
-            !store.transition(first.id, running()).await.unwrap(),
-            "started twice"
-        );
-        let done = Transition {
-            state: State::Success,
-            description: Some("done".into()),
-            environment_url: Some("https://shop.example.com".into()),
-            status: Some(status("success")),
-            check: None,
-        };
-        assert!(store.transition(first.id, done).await.unwrap());
-        let stored = store.deployment(first.id).await.unwrap().unwrap();
-        assert_eq!(stored.state, State::Success);
-        assert_eq!(
-            stored.environment_url.as_deref(),
-            Some("https://shop.example.com")
-        );
-        assert!(stored.started_at.is_some() && stored.finished_at.is_some());
-
-        // The outbox hands out one status per deployment at a time, oldest first.
-        let due = store.due_statuses(now_ms(), 10).await.unwrap();
-        assert_eq!(
-            due.iter().map(|s| s.state.as_str()).collect::<Vec<_>>(),
-            ["queued"]
-        );
-        store.status_delivered(due[0].id).await.unwrap();
-        let due = store.due_statuses(now_ms(), 10).await.unwrap();
-        assert_eq!(
-            due.iter().map(|s| s.state.as_str()).collect::<Vec<_>>(),
-            ["success"]
-        );
-        store
-            .status_retry(due[0].id, now_ms() + 60_000, "502")
-            .await
-            .unwrap();
-        assert!(store.due_statuses(now_ms(), 10).await.unwrap().is_empty());
-        assert!(store.next_status_due().await.unwrap().unwrap() > now_ms());
+        (dir, store)
     }
+
+    crate::store::contract::contract_tests!(fresh);
 }

@@ -149,61 +149,54 @@ impl Writer {
         Writer { sender }
     }
 
+    /// Sends one write, built around its reply channel, and waits for its commit.
+    async fn request<T>(
+        &self,
+        write: impl FnOnce(oneshot::Sender<anyhow::Result<T>>) -> Write,
+    ) -> anyhow::Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(write(reply))
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
     pub(super) async fn intake(
         &self,
         deployment: Option<(NewDeployment, Option<StatusFn>)>,
         delivery: Option<Delivery>,
     ) -> anyhow::Result<Option<Inserted>> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Write::Intake(Box::new(IntakeJob {
+        self.request(|reply| {
+            Write::Intake(Box::new(IntakeJob {
                 deployment,
                 delivery,
                 reply,
-            })))
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+            }))
+        })
+        .await
     }
 
     pub(super) async fn transition(&self, id: i64, transition: Transition) -> anyhow::Result<bool> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Write::Transition {
-                id,
-                transition,
-                reply,
-            })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.request(|reply| Write::Transition {
+            id,
+            transition,
+            reply,
+        })
+        .await
     }
 
     pub(super) async fn step(&self, step: StepRun) -> anyhow::Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Write::Step { step, reply })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.request(|reply| Write::Step { step, reply }).await
     }
 
     pub(super) async fn logs(&self, lines: Vec<LogLine>) -> anyhow::Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Write::Logs { lines, reply })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.request(|reply| Write::Logs { lines, reply }).await
     }
 
     pub(super) async fn services(&self, services: Vec<Service>) -> anyhow::Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Write::Services { services, reply })
+        self.request(|reply| Write::Services { services, reply })
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
     }
 
     pub(super) async fn app_logs(
@@ -211,16 +204,12 @@ impl Writer {
         lines: Vec<AppLogLine>,
         retention_bytes: i64,
     ) -> anyhow::Result<Vec<AppLogLine>> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Write::AppLogs {
-                lines,
-                retention_bytes,
-                reply,
-            })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.request(|reply| Write::AppLogs {
+            lines,
+            retention_bytes,
+            reply,
+        })
+        .await
     }
 
     pub(super) async fn route(
@@ -228,12 +217,8 @@ impl Writer {
         key: (String, String, String),
         route: Option<RouteRecord>,
     ) -> anyhow::Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Write::Route { key, route, reply })
+        self.request(|reply| Write::Route { key, route, reply })
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
     }
 
     pub(super) async fn preview(
@@ -242,45 +227,28 @@ impl Writer {
         environment: String,
         git_ref: Option<String>,
     ) -> anyhow::Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Write::Preview {
-                repo,
-                environment,
-                git_ref,
-                reply,
-            })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.request(|reply| Write::Preview {
+            repo,
+            environment,
+            git_ref,
+            reply,
+        })
+        .await
     }
 
     pub(super) async fn container_host(&self, server: String) -> anyhow::Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Write::ContainerHost { server, reply })
+        self.request(|reply| Write::ContainerHost { server, reply })
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
     }
 
     /// Runs one statement in the writer's next transaction; answers the rows it changed.
     pub(super) async fn exec(&self, sql: &'static str, args: Vec<Arg>) -> anyhow::Result<u64> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Write::Exec { sql, args, reply })
-            .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.request(|reply| Write::Exec { sql, args, reply }).await
     }
 
     pub(super) async fn status(&self, id: i64, change: StatusChange) -> anyhow::Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Write::Status { id, change, reply })
+        self.request(|reply| Write::Status { id, change, reply })
             .await
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
     }
 }
 
