@@ -19,7 +19,7 @@ async fn once(engine: &dropship::deploy::Engine, environment: &str) -> anyhow::R
         environment: environment.into(),
         task: "deploy".into(),
         git_ref: "main".into(),
-        sha: "0".repeat(40),
+        sha: "0".repeat(40).into(),
         payload: serde_json::json!({}),
         description: None,
         creator: None,

@@ -16,6 +16,7 @@
 //! - [`metrics`]: the Prometheus metrics `/metrics` serves.
 //! - `listen`: the capped accept loop both the web listener and the proxy's use.
 //! - [`proxy`]: the edge proxy that routes users' HTTP traffic to the apps' healthy containers.
+//! - [`sha`]: a commit's id.
 //! - [`server`]: wires the pieces into the running service.
 //! - [`cli`]: the `dropship` command line.
 
@@ -34,6 +35,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod sha;
 pub mod store;
 pub mod webhook;
 

@@ -359,7 +359,7 @@ async fn deploy(
         created.id,
         request.repo,
         request.git_ref,
-        created.sha.get(..7).unwrap_or(&created.sha),
+        created.sha.short(),
         request.environment,
         request.task
     );
@@ -524,7 +524,7 @@ async fn rollback(
             .latest_deployment(repo, environment, installation)
             .await?
         {
-            Some(latest) => latest.sha,
+            Some(latest) => latest.sha.to_string(),
             None => anyhow::bail!(
                 "GitHub has no deployment of {repo} to {environment}; give --ref to say which commit's manifest to use"
             ),
@@ -549,7 +549,7 @@ async fn rollback(
     println!(
         "created GitHub deployment {} of {repo} to {environment}: task rollback at {}",
         created.id,
-        created.sha.get(..7).unwrap_or(&created.sha)
+        created.sha.short()
     );
     println!(
         "Dropship runs it when GitHub delivers the webhook; its statuses show on GitHub's Environments page"
@@ -767,7 +767,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         environment: args.environment,
         task: args.task,
         git_ref,
-        sha,
+        sha: sha.into(),
         payload,
         description: Some("dropship run".into()),
         creator: std::env::var("USER").ok(),

@@ -84,7 +84,7 @@ struct DeploymentRow {
     task: String,
     #[serde(rename = "ref")]
     git_ref: String,
-    sha: String,
+    sha: crate::sha::Sha,
     state: String,
     creator: Option<String>,
     created_at: String,
@@ -138,7 +138,7 @@ pub(super) async fn status(
     );
     for row in &rows {
         let target = format!("{} → {}", row.repo, row.environment);
-        let git_ref = format!("{}@{}", row.git_ref, row.sha.get(..7).unwrap_or(&row.sha));
+        let git_ref = format!("{}@{}", row.git_ref, row.sha.short());
         println!(
             "{:>6}  {:<9} {:<32} {:<10} {:<22} {:<12} {:>8}  {}",
             row.id,

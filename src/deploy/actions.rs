@@ -225,7 +225,7 @@ impl Engine {
         deployment: &Deployment,
         by: &str,
     ) -> Result<GithubDeployment, ActionError> {
-        let short = deployment.sha.get(..7).unwrap_or(&deployment.sha);
+        let short = deployment.sha.short();
         let description = format!("redeploy of {short} requested by {by} in Dropship");
         let mut payload = deployment.payload.clone();
         if !payload.is_object() {

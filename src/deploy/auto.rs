@@ -47,7 +47,7 @@ impl Engine {
                 moved.conclusion.clone().unwrap_or_else(|| "nothing".into()),
             ));
         }
-        let short = moved.sha.get(..7).unwrap_or(&moved.sha).to_string();
+        let short = moved.sha.short().to_string();
         let file = match self
             .manifests
             .manifest(&moved.repository, &moved.sha, moved.installation_id)
@@ -83,12 +83,12 @@ impl Engine {
                 });
                 if let Some(head) = head {
                     match head.await {
-                        Ok(sha) if sha == moved.sha => {}
+                        Ok(sha) if moved.sha == *sha => {}
                         Ok(sha) => {
                             result.note = format!(
                                 "{} now points at {}, not {short}: nothing deployed",
                                 moved.branch,
-                                sha.get(..7).unwrap_or(&sha)
+                                crate::sha::Sha::from(sha).short()
                             );
                             done.push(result);
                             continue;

@@ -127,7 +127,7 @@ impl Engine {
                     return Ok(ServerResult::Failed(format!(
                         "compose file {path} does not exist in {} at {}",
                         deployment.repo,
-                        deployment.sha.get(..7).unwrap_or(&deployment.sha)
+                        deployment.sha.short()
                     )));
                 }
                 Err(error) => {

@@ -266,7 +266,7 @@ impl Engine {
                 (LABEL_ENVIRONMENT.into(), deployment.environment.clone()),
                 (LABEL_APP.into(), plan.app.clone()),
                 (LABEL_DEPLOYMENT.into(), deployment.id.to_string()),
-                (LABEL_SHA.into(), deployment.sha.clone()),
+                (LABEL_SHA.into(), deployment.sha.to_string()),
                 (LABEL_REPLICA.into(), replica.to_string()),
                 (LABEL_HEALTH.into(), health_label.clone()),
             ]);
@@ -1018,14 +1018,15 @@ impl Engine {
                     "no earlier successful version of {app} is kept on {server}"
                 )));
             };
-            let sha = containers
-                .first()
-                .and_then(|c| c.label(LABEL_SHA))
-                .unwrap_or_default()
-                .to_string();
+            let sha = crate::sha::Sha::from(
+                containers
+                    .first()
+                    .and_then(|c| c.label(LABEL_SHA))
+                    .unwrap_or_default(),
+            );
             say.note(format!(
                 "rolling {app} back to deployment {target_id} ({})",
-                sha.get(..7).unwrap_or(&sha)
+                sha.short()
             ));
             let mut stopped_current = false;
             for container in &containers {

@@ -85,7 +85,7 @@ pub fn context(deployment: &Deployment) -> Context {
     let (owner, name) = deployment.repo_parts();
     Context {
         deployment_id: deployment.public_id(),
-        sha: deployment.sha.clone(),
+        sha: deployment.sha.to_string(),
         git_ref: deployment.git_ref.clone(),
         environment: deployment.environment.clone(),
         task: deployment.task.clone(),
@@ -450,11 +450,7 @@ impl Engine {
             .logs
             .open(deployment.id, self.redactor(&deployment))
             .await?;
-        let short_sha = deployment
-            .sha
-            .get(..7)
-            .unwrap_or(&deployment.sha)
-            .to_string();
+        let short_sha = deployment.sha.short().to_string();
         let started = self
             .transition(
                 &deployment,
@@ -576,7 +572,7 @@ impl Engine {
                 return Err(Outcome::error(format!(
                     "no dropship.yml or .github/dropship.yml in {} at {}",
                     deployment.repo,
-                    deployment.sha.get(..7).unwrap_or(&deployment.sha)
+                    deployment.sha.short()
                 )));
             }
             Err(error) => {

@@ -39,7 +39,8 @@ pub struct RunningApp {
     pub repo: String,
     pub environment: String,
     pub app: String,
-    pub sha: String,
+    #[schema(value_type = String)]
+    pub sha: crate::sha::Sha,
     pub container: String,
     pub state: String,
     pub status: String,
@@ -114,7 +115,7 @@ pub async fn survey(
                                     .unwrap_or_default()
                                     .to_string(),
                                 app: c.label(LABEL_APP).unwrap_or_default().to_string(),
-                                sha: c.label(LABEL_SHA).unwrap_or_default().to_string(),
+                                sha: c.label(LABEL_SHA).unwrap_or_default().into(),
                                 container: c.name.clone(),
                                 state: c.state.clone(),
                                 status: c.status.clone(),

@@ -308,7 +308,7 @@ impl Github {
 #[derive(Debug, Clone, Deserialize)]
 pub struct GithubDeployment {
     pub id: i64,
-    pub sha: String,
+    pub sha: crate::sha::Sha,
     #[serde(rename = "ref")]
     pub git_ref: String,
     pub task: String,

@@ -75,7 +75,8 @@ pub(super) struct DeploymentJson {
     task: String,
     #[serde(rename = "ref")]
     pub(super) git_ref: String,
-    pub(super) sha: String,
+    #[schema(value_type = String)]
+    pub(super) sha: crate::sha::Sha,
     /// queued, running, success, failure, error or inactive.
     #[schema(value_type = String)]
     pub(super) state: DeploymentState,
@@ -471,7 +472,7 @@ pub(super) async fn redeploy_as(
         "created GitHub deployment {} of {} at {} to {}",
         created.id,
         deployment.repo,
-        deployment.sha.get(..7).unwrap_or(&deployment.sha),
+        deployment.sha.short(),
         deployment.environment
     );
     state

@@ -76,10 +76,6 @@ fn took(deployment: &Deployment) -> String {
     }
 }
 
-fn short(sha: &str) -> &str {
-    sha.get(..7).unwrap_or(sha)
-}
-
 // ---- login ----
 
 #[derive(Debug, Deserialize)]
@@ -290,7 +286,7 @@ pub(super) async fn deployments(
                             td { a href={"/deployments/" (d.id)} { (d.id) } }
                             td { (d.repo) " → " (d.environment) }
                             td { code { (d.task) } }
-                            td { code { (d.git_ref) } " " code.meta { (short(&d.sha)) } }
+                            td { code { (d.git_ref) } " " code.meta { (d.sha.short()) } }
                             td { (d.creator.as_deref().unwrap_or("")) }
                             td { (state_badge(d.state.as_str())) }
                             td { (took(d)) }
@@ -349,7 +345,7 @@ pub(super) async fn environments(
                 p {
                     @match environment.live() {
                         Some(live) => {
-                            "runs " code { (live.git_ref) } " " code { (short(&live.sha)) }
+                            "runs " code { (live.git_ref) } " " code { (live.sha.short()) }
                             " since " (live.finished_at.as_deref().unwrap_or_default())
                             " (" a href={"/deployments/" (live.id)} { "deployment " (live.id) } ")"
                         }
@@ -388,7 +384,7 @@ pub(super) async fn environments(
                             tbody {
                                 @for d in earlier {
                                     tr {
-                                        td { code { (d.git_ref) } " " code { (short(&d.sha)) } }
+                                        td { code { (d.git_ref) } " " code { (d.sha.short()) } }
                                         td { a href={"/deployments/" (d.id)} { (d.finished_at.map(time).unwrap_or_default()) } }
                                         td { (d.creator.as_deref().unwrap_or("")) }
                                         @if deployer {
@@ -471,7 +467,7 @@ pub(super) async fn apps(
                             td { (a.app().repo) " → " (a.app().environment) " · " strong { (a.app().app) } }
                             td { (a.server()) }
                             td { code { (a.app().container) } }
-                            td { code { (short(&a.app().sha)) } }
+                            td { code { (a.app().sha.short()) } }
                             td { (a.app().state) " · " span.meta { (a.app().status) } }
                             td { a href=(environment_path("/apps", &a.app().repo, &a.app().environment, "/logs")) { "logs" } }
                         }

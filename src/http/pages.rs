@@ -222,7 +222,7 @@ fn render(
             h1 { (deployment.repo) " → " (deployment.environment) }
             p.meta {
                 "task " code { (deployment.task) } " · ref " code #ref { (deployment.git_ref) }
-                " · " a href={(repo_url) "/commit" (sha)} { code title=(deployment.sha) { (deployment.sha.get(..7).unwrap_or(&deployment.sha)) } }
+                " · " a href={(repo_url) "/commit" (sha)} { code title=(deployment.sha) { (deployment.sha.short()) } }
                 @if let Some(creator) = &deployment.creator { " · by " (creator) }
                 " · created " (time(deployment.created_at))
             }

@@ -36,7 +36,7 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeploymentEvent {
     pub github_id: i64,
-    pub sha: String,
+    pub sha: crate::sha::Sha,
     pub git_ref: String,
     pub task: String,
     pub environment: String,
@@ -61,7 +61,7 @@ pub struct BranchMoved {
     pub fork: bool,
     /// The branch name (`main`, not `refs/heads/main`).
     pub branch: String,
-    pub sha: String,
+    pub sha: crate::sha::Sha,
     /// Who pushed (`push`), or the app whose suite it is (`check_suite`).
     pub actor: Option<String>,
     /// `check_suite` only: its conclusion (`success`, `failure`, ...).
@@ -223,7 +223,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
             };
             Ok(Event::Deployment(Box::new(DeploymentEvent {
                 github_id: d.id,
-                sha: d.sha,
+                sha: d.sha.into(),
                 git_ref: d.git_ref,
                 task: d.task,
                 environment: d.environment,
@@ -256,7 +256,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
                     repository: raw.repository.full_name,
                     fork: raw.repository.fork,
                     branch: branch.to_string(),
-                    sha: raw.after,
+                    sha: raw.after.into(),
                     actor: raw.pusher.and_then(|p| p.name),
                     conclusion: None,
                     app_id: None,
@@ -277,7 +277,7 @@ pub fn parse(event: &str, body: &[u8]) -> Result<Event, PayloadError> {
                     repository: raw.repository.full_name,
                     fork: raw.repository.fork,
                     branch,
-                    sha: suite.head_sha,
+                    sha: suite.head_sha.into(),
                     actor: suite.app.as_ref().and_then(|a| a.name.clone()),
                     conclusion: suite.conclusion,
                     app_id: suite.app.map(|a| a.id),

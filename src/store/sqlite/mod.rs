@@ -88,7 +88,7 @@ fn deployment_from_row(row: &SqliteRow) -> anyhow::Result<Deployment> {
         environment: row.try_get("environment")?,
         task: row.try_get("task")?,
         git_ref: row.try_get("git_ref")?,
-        sha: row.try_get("sha")?,
+        sha: row.try_get::<String, _>("sha")?.into(),
         payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
         description: row.try_get("description")?,
         creator: row.try_get("creator")?,

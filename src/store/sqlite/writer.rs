@@ -743,7 +743,7 @@ async fn write_intake(
                 .push_bind(&d.environment)
                 .push_bind(&d.task)
                 .push_bind(&d.git_ref)
-                .push_bind(&d.sha)
+                .push_bind(d.sha.as_str())
                 .push_bind(d.payload.to_string())
                 .push_bind(&d.description)
                 .push_bind(&d.creator)
