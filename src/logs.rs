@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot};
 
 use crate::config::{Config, LogsSection};
 use crate::exec::{Allowance, OUTPUT_QUEUE_LINES, Output};
-use crate::store::{LogLine, State, StepRun, Store, now_ms};
+use crate::store::{LogLine, LogStream, State, StepRun, Store, now_ms};
 
 /// Something that happened to a deployment.
 #[derive(Debug, Clone)]
@@ -202,7 +202,7 @@ impl DeploymentLog {
         &self,
         server: Option<&str>,
         step: Option<&str>,
-        stream: &str,
+        stream: LogStream,
         text: impl Into<String>,
     ) {
         let line = self.masked(server, step, stream, text.into());
@@ -236,7 +236,7 @@ impl DeploymentLog {
         let step = step.to_string();
         let task = tokio::spawn(async move {
             while let Some((stream, text)) = lines.recv().await {
-                let line = log.masked(Some(&server), Some(&step), stream.as_str(), text);
+                let line = log.masked(Some(&server), Some(&step), stream.into(), text);
                 let cost = cost(&line);
                 // Wait for room: this is what slows a command down to the store's pace.
                 if let Ok(permit) = log.room.clone().acquire_many_owned(cost).await {
@@ -252,7 +252,7 @@ impl DeploymentLog {
         &self,
         server: Option<&str>,
         step: Option<&str>,
-        stream: &str,
+        stream: LogStream,
         text: String,
     ) -> LogLine {
         LogLine {
@@ -262,7 +262,7 @@ impl DeploymentLog {
             at: now_ms(),
             server: server.map(str::to_string),
             step: step.map(str::to_string),
-            stream: stream.to_string(),
+            stream,
             line: self.redactor.redact(text),
         }
     }
@@ -277,7 +277,7 @@ impl DeploymentLog {
 
     /// Dropship's own message about the deployment.
     pub fn note(&self, text: impl Into<String>) {
-        self.line(None, None, "dropship", text);
+        self.line(None, None, LogStream::Dropship, text);
     }
 
     pub fn redactor(&self) -> &Redactor {
@@ -658,6 +658,17 @@ impl<W: std::io::Write> Drop for MaskedEvent<W> {
     }
 }
 
+/// A command's output stream, as its log line records it.
+impl From<crate::exec::Stream> for LogStream {
+    fn from(stream: crate::exec::Stream) -> LogStream {
+        match stream {
+            crate::exec::Stream::Stdout => LogStream::Stdout,
+            crate::exec::Stream::Stderr => LogStream::Stderr,
+            crate::exec::Stream::Dropship => LogStream::Dropship,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -961,14 +972,14 @@ secrets = { DB = "blog-db-password" }
         );
         drop(output);
         task.await.unwrap();
-        log.line(Some("web-1"), Some("build"), "dropship", "✘ build failed");
+        log.line(Some("web-1"), Some("build"), LogStream::Dropship, "✘ build failed");
         log.flush().await;
         let lines: Vec<(i64, String, String)> = store
             .logs(1, 0, 100)
             .await
             .unwrap()
             .into_iter()
-            .map(|l| (l.seq, l.stream, l.line))
+            .map(|l| (l.seq, l.stream.to_string(), l.line))
             .collect();
         assert_eq!(
             lines,

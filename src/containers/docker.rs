@@ -35,6 +35,7 @@ use super::{
     ExecAnswer, HttpAnswer, LABEL_MANAGED, LogEntry, RegistryAuth,
 };
 use crate::config::DockerEndpoint;
+use crate::store::LogStream;
 use crate::exec::{Forward, Lease, Output, Remote, Ssh, Stream};
 
 /// Requests (not streams) that take longer than this fail.
@@ -285,7 +286,7 @@ fn split_tag(image: &str) -> (&str, &str) {
 }
 
 /// Parses `2024-01-01T00:00:00.123456789Z message` as Docker writes it with timestamps on.
-fn parse_log_line(text: &str, stream: &'static str) -> Option<LogEntry> {
+fn parse_log_line(text: &str, stream: LogStream) -> Option<LogEntry> {
     let (stamp, line) = text.split_once(' ').unwrap_or((text, ""));
     let timestamp_ns = chrono::DateTime::parse_from_rfc3339(stamp)
         .ok()?
@@ -299,8 +300,10 @@ fn parse_log_line(text: &str, stream: &'static str) -> Option<LogEntry> {
 
 fn log_entries(output: LogOutput) -> Vec<LogEntry> {
     let (stream, bytes) = match output {
-        LogOutput::StdErr { message } => ("stderr", message),
-        LogOutput::StdOut { message } | LogOutput::Console { message } => ("stdout", message),
+        LogOutput::StdErr { message } => (LogStream::Stderr, message),
+        LogOutput::StdOut { message } | LogOutput::Console { message } => {
+            (LogStream::Stdout, message)
+        }
         LogOutput::StdIn { .. } => return Vec::new(),
     };
     String::from_utf8_lossy(&bytes)
@@ -846,9 +849,9 @@ mod tests {
     #[test]
     fn docker_log_lines_keep_their_nanosecond_timestamps() {
         let entry =
-            parse_log_line("2026-11-22T01:38:40.046302144Z hello world\n", "stdout").unwrap();
+            parse_log_line("2026-11-22T01:38:40.046302144Z hello world\n", LogStream::Stdout).unwrap();
         assert_eq!(entry.line, "hello world");
         assert_eq!(entry.timestamp_ns % 1_000_000_000, 46_302_144);
-        assert!(parse_log_line("garbage", "stdout").is_none());
+        assert!(parse_log_line("garbage", LogStream::Stdout).is_none());
     }
 }

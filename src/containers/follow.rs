@@ -268,7 +268,7 @@ impl Followers {
                                 server: server.to_string(),
                                 container: container.id.clone(),
                                 ts: timestamp_ns,
-                                stream: stream.to_string(),
+                                stream,
                                 line: redactor.redact(line),
                             });
                         }

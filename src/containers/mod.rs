@@ -163,7 +163,7 @@ pub struct ExecAnswer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogEntry {
     pub timestamp_ns: i64,
-    pub stream: &'static str,
+    pub stream: crate::store::LogStream,
     pub line: String,
 }
 

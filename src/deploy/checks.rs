@@ -207,7 +207,7 @@ mod tests {
             at: 0,
             server: Some("web-1".into()),
             step: Some("migrate".into()),
-            stream: "stderr".into(),
+            stream: crate::store::LogStream::Stderr,
             line: "relation \"users\" does not exist".into(),
         }];
         let text = summary(

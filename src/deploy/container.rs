@@ -22,7 +22,7 @@ use crate::exec::Output;
 use crate::logs::DeploymentLog;
 use crate::manifest::{BuildPlan, ContainerPlan, ImageSource, ProxyPlan};
 use crate::proxy::{Drain, RouteKey, RouteSpec, UpstreamSpec};
-use crate::store::{Deployment, State};
+use crate::store::{Deployment, LogStream, State};
 
 /// Lines of a failed container's log shown in the diagnosis.
 pub(super) const DIAGNOSIS_LINES: usize = 50;
@@ -66,10 +66,10 @@ pub(super) struct Say {
 impl Say {
     pub(super) fn note(&self, text: impl Into<String>) {
         self.log
-            .line(Some(&self.server), Some(&self.step), "dropship", text);
+            .line(Some(&self.server), Some(&self.step), LogStream::Dropship, text);
     }
 
-    pub(super) fn output(&self, stream: &str, text: impl Into<String>) {
+    pub(super) fn output(&self, stream: LogStream, text: impl Into<String>) {
         self.log
             .line(Some(&self.server), Some(&self.step), stream, text);
     }

@@ -35,7 +35,7 @@ use crate::manifest::{
     Action, Context, Inventory, InventoryServer, Manifest, Plan, PlannedStep, Strategy,
 };
 
-use crate::store::{Deployment, State, StatusDraft, StepRun, StepState, Store, Transition, now_ms};
+use crate::store::{Deployment, LogStream, State, StatusDraft, StepRun, StepState, Store, Transition, now_ms};
 pub use container::Retiring;
 use container::{AppResult, Say, StepShared};
 
@@ -806,7 +806,7 @@ impl Engine {
             log.line(
                 Some(server),
                 Some(&step.name),
-                "dropship",
+                LogStream::Dropship,
                 format!("▶ {} on {server}", step.name),
             );
             let say = Say {
@@ -846,7 +846,7 @@ impl Engine {
                     log.line(
                         Some(server),
                         Some(&step.name),
-                        "dropship",
+                        LogStream::Dropship,
                         format!("✔ {} on {server} ({elapsed})", step.name),
                     );
                     self.save_step(
@@ -866,7 +866,7 @@ impl Engine {
                     log.line(
                         Some(server),
                         Some(&step.name),
-                        "dropship",
+                        LogStream::Dropship,
                         format!("✘ {} on {server}: {why} ({elapsed})", step.name),
                     );
                     self.save_step(
@@ -886,7 +886,7 @@ impl Engine {
                     log.line(
                         Some(server),
                         Some(&step.name),
-                        "dropship",
+                        LogStream::Dropship,
                         format!("✘ {error}"),
                     );
                     self.save_step(
@@ -907,7 +907,7 @@ impl Engine {
                     log.line(
                         Some(server),
                         Some(&step.name),
-                        "dropship",
+                        LogStream::Dropship,
                         format!("✘ {} on {server}: {why} ({elapsed})", step.name),
                     );
                     let (state, code) = match exit {

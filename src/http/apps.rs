@@ -57,7 +57,7 @@ fn to_json(line: &AppLogLine) -> String {
         app: &line.app,
         server: &line.server,
         container: line.container.get(..12).unwrap_or(&line.container),
-        stream: &line.stream,
+        stream: line.stream.as_str(),
         line: &line.line,
     })
     .expect("log lines serialize");

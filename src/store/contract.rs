@@ -345,19 +345,23 @@ pub(crate) async fn steps(store: &impl Store) {
 /// A deployment's log read forwards by sequence, backwards a page at a time, and per step.
 pub(crate) async fn deployment_logs(store: &impl Store) {
     let deployment = insert(store, 20, "production").await;
-    let line = |seq: i64, stream: &str, text: &str| LogLine {
+    let line = |seq: i64, stream: LogStream, text: &str| LogLine {
         deployment_id: deployment.id,
         seq,
         at: seq * 10,
         server: Some("web1".into()),
         step: Some("build".into()),
-        stream: stream.into(),
+        stream,
         line: text.into(),
     };
     assert_eq!(store.last_log_seq(deployment.id).await.unwrap(), 0);
     let lines: Vec<LogLine> = (1..=5)
         .map(|seq| {
-            let stream = if seq == 3 { "dropship" } else { "stdout" };
+            let stream = if seq == 3 {
+                LogStream::Dropship
+            } else {
+                LogStream::Stdout
+            };
             line(seq, stream, &format!("line {seq}"))
         })
         .collect();
@@ -475,7 +479,7 @@ pub(crate) async fn app_logs(store: &impl Store) {
         server: "web1".into(),
         container: container.into(),
         ts,
-        stream: "stdout".into(),
+        stream: LogStream::Stdout,
         line: text.into(),
     };
     assert_eq!(store.log_cursor("c1").await.unwrap(), None);

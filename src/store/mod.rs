@@ -284,6 +284,47 @@ pub fn grid_axes(steps: &[StepRun]) -> (Vec<&str>, Vec<(i64, &str)>) {
     (servers, rows)
 }
 
+/// Which stream a log line came from: the command's or container's output, or Dropship's own
+/// note.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    Dropship,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+            LogStream::Dropship => "dropship",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<LogStream> {
+        Some(match text {
+            "stdout" => LogStream::Stdout,
+            "stderr" => LogStream::Stderr,
+            "dropship" => LogStream::Dropship,
+            _ => return None,
+        })
+    }
+}
+
+impl PartialEq<&str> for LogStream {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Display for LogStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LogLine {
     pub deployment_id: i64,
@@ -292,7 +333,7 @@ pub struct LogLine {
     pub server: Option<String>,
     pub step: Option<String>,
     /// `stdout`, `stderr`, or `dropship` for its own messages.
-    pub stream: String,
+    pub stream: LogStream,
     pub line: String,
 }
 
@@ -414,7 +455,7 @@ pub struct AppLogLine {
     pub container: String,
     /// Docker's timestamp, nanoseconds since the epoch.
     pub ts: i64,
-    pub stream: String,
+    pub stream: LogStream,
     pub line: String,
 }
 

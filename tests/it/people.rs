@@ -1261,7 +1261,7 @@ async fn no_injected_script_runs_in_a_real_browser() {
         server: "local".into(),
         container: "0123456789abcdef".into(),
         ts: 1_700_000_000_000_000_000 + n,
-        stream: "stdout".into(),
+        stream: dropship::store::LogStream::Stdout,
         line: text.into(),
     };
     store

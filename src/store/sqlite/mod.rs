@@ -22,7 +22,7 @@ use writer::{StatusChange, Writer};
 use super::{
     AppLogLine, AppLogs, AuditEntry, AutoDeploys, CheckDraft, ContainerRecords, Delivery,
     Deployment, DeploymentLogs, Deployments, EnvironmentStore, Inserted, ListFilter, Lock,
-    LogCursor, LogLine, Millis, NewDeployment, OutboxItem, OutboxKind, People, RouteRecord,
+    LogCursor, LogLine, LogStream, Millis, NewDeployment, OutboxItem, OutboxKind, People, RouteRecord,
     RouteStore, Service, State, StatusFn, StatusOutbox, StepRun, StepState, Transition, now_ms,
 };
 
@@ -106,6 +106,18 @@ fn deployment_from_row(row: &SqliteRow) -> anyhow::Result<Deployment> {
     })
 }
 
+/// A row's `stream`; an unknown one is an error naming the row, never a default.
+fn stream_from_row(row: &SqliteRow) -> anyhow::Result<LogStream> {
+    let text: String = row.try_get("stream")?;
+    LogStream::parse(&text).ok_or_else(|| {
+        let id: i64 = row
+            .try_get("id")
+            .or_else(|_| row.try_get("seq"))
+            .unwrap_or_default();
+        anyhow::anyhow!("log line {id} has an unknown stream {text:?}")
+    })
+}
+
 fn log_line_from_row(row: &SqliteRow) -> anyhow::Result<LogLine> {
     Ok(LogLine {
         deployment_id: row.try_get("deployment_id")?,
@@ -113,7 +125,7 @@ fn log_line_from_row(row: &SqliteRow) -> anyhow::Result<LogLine> {
         at: row.try_get("at")?,
         server: row.try_get("server")?,
         step: row.try_get("step")?,
-        stream: row.try_get("stream")?,
+        stream: stream_from_row(row)?,
         line: row.try_get("line")?,
     })
 }
@@ -791,7 +803,7 @@ fn app_log_from_row(row: &SqliteRow) -> anyhow::Result<AppLogLine> {
         server: row.try_get("server")?,
         container: row.try_get("container")?,
         ts: row.try_get("ts")?,
-        stream: row.try_get("stream")?,
+        stream: stream_from_row(row)?,
         line: row.try_get("line")?,
     })
 }

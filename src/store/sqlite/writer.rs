@@ -523,7 +523,7 @@ async fn append_logs(tx: &mut SqliteConnection, lines: &[LogLine]) -> anyhow::Re
                 .push_bind(line.at)
                 .push_bind(&line.server)
                 .push_bind(&line.step)
-                .push_bind(&line.stream)
+                .push_bind(line.stream.as_str())
                 .push_bind(&line.line);
         });
         insert.build().execute(&mut *tx).await?;
@@ -594,7 +594,7 @@ async fn append_app_logs(
         .bind(&line.server)
         .bind(&line.container)
         .bind(line.ts)
-        .bind(&line.stream)
+        .bind(line.stream.as_str())
         .bind(&line.line)
         .bind(total)
         .fetch_one(&mut *tx)
