@@ -972,7 +972,12 @@ secrets = { DB = "blog-db-password" }
         );
         drop(output);
         task.await.unwrap();
-        log.line(Some("web-1"), Some("build"), LogStream::Dropship, "✘ build failed");
+        log.line(
+            Some("web-1"),
+            Some("build"),
+            LogStream::Dropship,
+            "✘ build failed",
+        );
         log.flush().await;
         let lines: Vec<(i64, String, String)> = store
             .logs(1, 0, 100)

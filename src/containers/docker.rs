@@ -35,8 +35,8 @@ use super::{
     ExecAnswer, HttpAnswer, LABEL_MANAGED, LogEntry, RegistryAuth,
 };
 use crate::config::DockerEndpoint;
-use crate::store::LogStream;
 use crate::exec::{Forward, Lease, Output, Remote, Ssh, Stream};
+use crate::store::LogStream;
 
 /// Requests (not streams) that take longer than this fail.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -848,8 +848,11 @@ mod tests {
 
     #[test]
     fn docker_log_lines_keep_their_nanosecond_timestamps() {
-        let entry =
-            parse_log_line("2026-11-22T01:38:40.046302144Z hello world\n", LogStream::Stdout).unwrap();
+        let entry = parse_log_line(
+            "2026-11-22T01:38:40.046302144Z hello world\n",
+            LogStream::Stdout,
+        )
+        .unwrap();
         assert_eq!(entry.line, "hello world");
         assert_eq!(entry.timestamp_ns % 1_000_000_000, 46_302_144);
         assert!(parse_log_line("garbage", LogStream::Stdout).is_none());

@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::format_elapsed;
-use crate::store::{CheckDraft, Deployment, LogLine, State, StepRun, StepState};
+use crate::store::{
+    CheckConclusion, CheckDraft, CheckStatus, Deployment, LogLine, State, StepRun, StepState,
+};
 
 /// Log lines of the failing step shown in the summary.
 pub(super) const FAILING_LINES: usize = 20;
@@ -17,10 +19,10 @@ const SUMMARY_LIMIT: usize = 65_535;
 /// The check run's first state, while the deployment waits its turn.
 pub(super) fn queued(deployment: &Deployment, log_url: &str) -> CheckDraft {
     CheckDraft {
-        status: "queued",
+        status: CheckStatus::Queued,
         title: "queued".into(),
         body: json!({
-            "status": "queued",
+            "status": CheckStatus::Queued,
             "details_url": log_url,
             "external_id": deployment.id.to_string(),
             "output": {
@@ -50,10 +52,10 @@ pub(super) fn update(
     match state {
         State::Queued => None,
         State::Running => Some(CheckDraft {
-            status: "in_progress",
+            status: CheckStatus::InProgress,
             title: title.clone(),
             body: json!({
-                "status": "in_progress",
+                "status": CheckStatus::InProgress,
                 "started_at": now,
                 "details_url": log_url,
                 "output": {
@@ -64,17 +66,17 @@ pub(super) fn update(
         }),
         State::Success | State::Failure | State::Error | State::Inactive => {
             let conclusion = match state {
-                State::Success => "success",
-                State::Inactive => "neutral",
-                _ if description.starts_with("cancelled") => "cancelled",
-                _ => "failure",
+                State::Success => CheckConclusion::Success,
+                State::Inactive => CheckConclusion::Neutral,
+                _ if description.starts_with("cancelled") => CheckConclusion::Cancelled,
+                _ => CheckConclusion::Failure,
             };
             let summary = summary(state, description, steps, failing, log_url, environment_url);
             Some(CheckDraft {
-                status: "completed",
+                status: CheckStatus::Completed,
                 title: title.clone(),
                 body: json!({
-                    "status": "completed",
+                    "status": CheckStatus::Completed,
                     "conclusion": conclusion,
                     "completed_at": now,
                     "details_url": log_url,

@@ -65,8 +65,12 @@ pub(super) struct Say {
 
 impl Say {
     pub(super) fn note(&self, text: impl Into<String>) {
-        self.log
-            .line(Some(&self.server), Some(&self.step), LogStream::Dropship, text);
+        self.log.line(
+            Some(&self.server),
+            Some(&self.step),
+            LogStream::Dropship,
+            text,
+        );
     }
 
     pub(super) fn output(&self, stream: LogStream, text: impl Into<String>) {

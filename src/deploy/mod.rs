@@ -35,7 +35,10 @@ use crate::manifest::{
     Action, Context, Inventory, InventoryServer, Manifest, Plan, PlannedStep, Strategy,
 };
 
-use crate::store::{Deployment, LogStream, State, StatusDraft, StepRun, StepState, Store, Transition, now_ms};
+use crate::store::{
+    Deployment, LogStream, State, StatusDraft, StatusState, StepRun, StepState, Store, Transition,
+    now_ms,
+};
 pub use container::Retiring;
 use container::{AppResult, Say, StepShared};
 
@@ -111,7 +114,7 @@ fn stored_log_url(public_url: &str, id: i64) -> String {
 /// The `queued` status of a new deployment.
 pub fn queued_status(public_url: &str, deployment: &Deployment) -> StatusDraft {
     StatusDraft {
-        state: "queued",
+        state: StatusState::Queued,
         description: status_description(&format!(
             "queued: {} to {}",
             deployment.task, deployment.environment

@@ -109,10 +109,10 @@ fn running() -> Transition {
     }
 }
 
-fn status(state: &'static str) -> StatusDraft {
+fn status(state: StatusState) -> StatusDraft {
     StatusDraft {
         state,
-        description: state.to_string(),
+        description: state.as_str().to_string(),
         log_url: None,
         environment_url: None,
     }
@@ -134,7 +134,7 @@ async fn insert(store: &impl Store, github_id: i64, environment: &str) -> Deploy
 
 /// A story of using the store: record, redeliver, start once, finish, post statuses in order.
 pub(crate) async fn deployments_and_statuses(store: &impl Store) {
-    let queued: StatusFn = Box::new(move |_d: &Deployment| status("queued"));
+    let queued: StatusFn = Box::new(move |_d: &Deployment| status(StatusState::Queued));
     let Inserted::New(first) = store
         .insert_deployment(new_deployment(7), Some(queued), None)
         .await
@@ -168,7 +168,7 @@ pub(crate) async fn deployments_and_statuses(store: &impl Store) {
         state: State::Success,
         description: Some("done".into()),
         environment_url: Some("https://shop.example.com".into()),
-        status: Some(status("success")),
+        status: Some(status(StatusState::Success)),
         check: None,
     };
     assert!(store.transition(first.id, done).await.unwrap());
@@ -409,12 +409,12 @@ pub(crate) async fn deployment_logs(store: &impl Store) {
 pub(crate) async fn checks(store: &impl Store) {
     let deployment = insert(store, 30, "production").await;
     let started = Transition {
-        status: Some(status("in_progress")),
+        status: Some(status(StatusState::InProgress)),
         ..running()
     };
     assert!(store.transition(deployment.id, started).await.unwrap());
     let check = CheckDraft {
-        status: "in_progress",
+        status: CheckStatus::InProgress,
         title: "Deploying".into(),
         body: serde_json::json!({"status": "in_progress"}),
     };

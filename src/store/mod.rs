@@ -95,14 +95,14 @@ impl State {
     }
 
     /// The GitHub deployment status state this corresponds to.
-    pub fn github_state(self) -> &'static str {
+    pub fn github_state(self) -> StatusState {
         match self {
-            State::Queued => "queued",
-            State::Running => "in_progress",
-            State::Success => "success",
-            State::Failure => "failure",
-            State::Error => "error",
-            State::Inactive => "inactive",
+            State::Queued => StatusState::Queued,
+            State::Running => StatusState::InProgress,
+            State::Success => StatusState::Success,
+            State::Failure => StatusState::Failure,
+            State::Error => StatusState::Error,
+            State::Inactive => StatusState::Inactive,
         }
     }
 }
@@ -338,9 +338,63 @@ pub struct LogLine {
 }
 
 /// A status GitHub is owed.
+/// A GitHub deployment status's state, as Dropship posts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusState {
+    Queued,
+    InProgress,
+    Success,
+    Failure,
+    Error,
+    Inactive,
+}
+
+impl StatusState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusState::Queued => "queued",
+            StatusState::InProgress => "in_progress",
+            StatusState::Success => "success",
+            StatusState::Failure => "failure",
+            StatusState::Error => "error",
+            StatusState::Inactive => "inactive",
+        }
+    }
+}
+
+/// A GitHub check run's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckStatus {
+    Queued,
+    InProgress,
+    Completed,
+}
+
+impl CheckStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckStatus::Queued => "queued",
+            CheckStatus::InProgress => "in_progress",
+            CheckStatus::Completed => "completed",
+        }
+    }
+}
+
+/// A completed GitHub check run's conclusion, as Dropship gives them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckConclusion {
+    Success,
+    Failure,
+    Neutral,
+    Cancelled,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusDraft {
-    pub state: &'static str,
+    pub state: StatusState,
     pub description: String,
     pub log_url: Option<String>,
     pub environment_url: Option<String>,
@@ -398,7 +452,7 @@ pub struct Transition {
 /// `completed`); `body` is the request body without `name` and `head_sha`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckDraft {
-    pub status: &'static str,
+    pub status: CheckStatus,
     pub title: String,
     pub body: serde_json::Value,
 }

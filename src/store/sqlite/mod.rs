@@ -22,8 +22,9 @@ use writer::{StatusChange, Writer};
 use super::{
     AppLogLine, AppLogs, AuditEntry, AutoDeploys, CheckDraft, ContainerRecords, Delivery,
     Deployment, DeploymentLogs, Deployments, EnvironmentStore, Inserted, ListFilter, Lock,
-    LogCursor, LogLine, LogStream, Millis, NewDeployment, OutboxItem, OutboxKind, People, RouteRecord,
-    RouteStore, Service, State, StatusFn, StatusOutbox, StepRun, StepState, Transition, now_ms,
+    LogCursor, LogLine, LogStream, Millis, NewDeployment, OutboxItem, OutboxKind, People,
+    RouteRecord, RouteStore, Service, State, StatusFn, StatusOutbox, StepRun, StepState,
+    Transition, now_ms,
 };
 
 pub struct Sqlite {
@@ -433,7 +434,7 @@ impl StatusOutbox for Sqlite {
                  VALUES (?, 'check', ?, ?, ?, ?, ?)",
                 vec![
                     deployment_id.into(),
-                    check.status.into(),
+                    check.status.as_str().into(),
                     check.title.clone().into(),
                     check.body.to_string().into(),
                     now.into(),

@@ -465,7 +465,7 @@ async fn apply_transition(
              VALUES (?, 'check', ?, ?, ?, ?, ?)",
         )
         .bind(id)
-        .bind(check.status)
+        .bind(check.status.as_str())
         .bind(&check.title)
         .bind(check.body.to_string())
         .bind(now)
@@ -708,7 +708,7 @@ async fn insert_status(
          VALUES (?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(deployment_id)
-    .bind(status.state)
+    .bind(status.state.as_str())
     .bind(&status.description)
     .bind(&status.log_url)
     .bind(&status.environment_url)
@@ -816,7 +816,7 @@ async fn write_intake(
             );
             insert.push_values(&statuses, |mut row, (id, status)| {
                 row.push_bind(*id)
-                    .push_bind(status.state)
+                    .push_bind(status.state.as_str())
                     .push_bind(&status.description)
                     .push_bind(&status.log_url)
                     .push_bind(&status.environment_url)
