@@ -241,16 +241,17 @@ impl StepState {
         }
     }
 
-    pub fn parse(text: &str) -> StepState {
-        match text {
+    pub fn parse(text: &str) -> Option<StepState> {
+        Some(match text {
+            "pending" => StepState::Pending,
             "running" => StepState::Running,
             "success" => StepState::Success,
             "failure" => StepState::Failure,
             "timed_out" => StepState::TimedOut,
             "skipped" => StepState::Skipped,
             "error" => StepState::Error,
-            _ => StepState::Pending,
-        }
+            _ => return None,
+        })
     }
 }
 

@@ -80,17 +80,19 @@ impl Sqlite {
 }
 
 fn deployment_from_row(row: &SqliteRow) -> anyhow::Result<Deployment> {
+    let id: i64 = row.try_get("id")?;
     let state: String = row.try_get("state")?;
     let payload: String = row.try_get("payload")?;
     Ok(Deployment {
-        id: row.try_get("id")?,
+        id,
         github_id: row.try_get("github_id")?,
         repo: row.try_get("repo")?,
         environment: row.try_get("environment")?,
         task: row.try_get("task")?,
         git_ref: row.try_get("git_ref")?,
         sha: row.try_get::<String, _>("sha")?.into(),
-        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+        payload: serde_json::from_str(&payload)
+            .with_context(|| format!("deployment {id} has a payload that is not JSON"))?,
         description: row.try_get("description")?,
         creator: row.try_get("creator")?,
         installation_id: row.try_get("installation_id")?,
@@ -98,7 +100,7 @@ fn deployment_from_row(row: &SqliteRow) -> anyhow::Result<Deployment> {
         production: row.try_get("production")?,
         check_run_id: row.try_get("check_run_id")?,
         state: State::parse(&state)
-            .with_context(|| format!("unknown deployment state `{state}` in the database"))?,
+            .with_context(|| format!("deployment {id} has an unknown state `{state}`"))?,
         state_description: row.try_get("state_description")?,
         environment_url: row.try_get("environment_url")?,
         created_at: row.try_get("created_at")?,
@@ -165,7 +167,14 @@ fn step_from_row(row: &SqliteRow) -> anyhow::Result<StepRun> {
         step_index: row.try_get("step_index")?,
         step: row.try_get("step")?,
         server: row.try_get("server")?,
-        state: StepState::parse(&state),
+        state: StepState::parse(&state).ok_or_else(|| {
+            let deployment: i64 = row.try_get("deployment_id").unwrap_or_default();
+            let step: String = row.try_get("step").unwrap_or_default();
+            let server: String = row.try_get("server").unwrap_or_default();
+            anyhow::anyhow!(
+                "step run {step:?} on {server:?} of deployment {deployment} has an unknown state {state:?}"
+            )
+        })?,
         exit_code: row.try_get("exit_code")?,
         message: row.try_get("message")?,
         started_at: row.try_get("started_at")?,
@@ -821,4 +830,113 @@ mod tests {
     }
 
     crate::store::contract::contract_tests!(fresh);
+
+    /// A value the store cannot read back is an error that names its row, never a default.
+    #[tokio::test]
+    async fn an_unknown_value_in_a_row_is_an_error_naming_the_row() {
+        use crate::store::*;
+        let (dir, store) = fresh().await;
+        let Inserted::New(deployment) = store
+            .insert_deployment(
+                NewDeployment {
+                    github_id: Some(1),
+                    repo: "acme/shop".into(),
+                    environment: "production".into(),
+                    task: "deploy".into(),
+                    git_ref: "main".into(),
+                    sha: "abc".into(),
+                    payload: serde_json::json!({}),
+                    description: None,
+                    creator: None,
+                    installation_id: None,
+                    transient: false,
+                    production: true,
+                },
+                None,
+                None,
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("not new")
+        };
+        let id = deployment.id;
+        store
+            .save_step(&StepRun {
+                deployment_id: id,
+                step_index: 0,
+                step: "build".into(),
+                server: "web1".into(),
+                state: StepState::Running,
+                exit_code: None,
+                message: None,
+                started_at: None,
+                finished_at: None,
+            })
+            .await
+            .unwrap();
+        store
+            .append_logs(&[LogLine {
+                deployment_id: id,
+                seq: 1,
+                at: 1,
+                server: None,
+                step: None,
+                stream: LogStream::Stdout,
+                line: "hello".into(),
+            }])
+            .await
+            .unwrap();
+        store
+            .enqueue_check(
+                id,
+                &CheckDraft {
+                    status: CheckStatus::Queued,
+                    title: "queued".into(),
+                    body: serde_json::json!({}),
+                },
+            )
+            .await
+            .unwrap();
+
+        // Another writer damages the rows.
+        let url = format!("sqlite://{}", dir.path().join("dropship.db").display());
+        let damage = |sql: &'static str| {
+            let url = url.clone();
+            async move {
+                let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+                    .await
+                    .unwrap();
+                sqlx::query(sql).execute(&mut connection).await.unwrap();
+            }
+        };
+        damage("UPDATE step_runs SET state = 'bogus'").await;
+        damage("UPDATE log_lines SET stream = 'bogus'").await;
+        damage("UPDATE status_outbox SET kind = 'bogus'").await;
+        let error = format!("{:#}", store.steps(id).await.unwrap_err());
+        assert!(
+            error.contains(&format!("deployment {id}")) && error.contains("bogus"),
+            "{error}"
+        );
+        let error = format!("{:#}", store.logs(id, 0, 10).await.unwrap_err());
+        assert!(
+            error.contains("log line 1") && error.contains("bogus"),
+            "{error}"
+        );
+        let error = format!("{:#}", store.statuses(id).await.unwrap_err());
+        assert!(error.contains("bogus"), "{error}");
+
+        damage("UPDATE deployments SET state = 'bogus'").await;
+        let error = format!("{:#}", store.deployment(id).await.unwrap_err());
+        assert!(
+            error.contains(&format!("deployment {id}")) && error.contains("bogus"),
+            "{error}"
+        );
+        damage("UPDATE deployments SET state = 'queued', payload = '{'").await;
+        let error = format!("{:#}", store.deployment(id).await.unwrap_err());
+        assert!(
+            error.contains(&format!("deployment {id} has a payload")),
+            "{error}"
+        );
+    }
 }
