@@ -41,6 +41,16 @@ pub async fn engine(
         redactors.clone(),
     );
 
+    let outbox = Arc::new(Notify::new());
+    let reporter = crate::deploy::Reporter::new(
+        store.clone(),
+        outbox.clone(),
+        metrics.clone(),
+        bus.clone(),
+        redactors.clone(),
+        config.public_url(),
+        config.github.app.is_some(),
+    );
     Ok(Engine {
         config,
         store,
@@ -53,7 +63,8 @@ pub async fn engine(
         routes: None,
         logs,
         bus,
-        outbox: Arc::new(Notify::new()),
+        outbox,
+        reporter,
         // Set by `run` when it talks to GitHub.
         github: None,
         cancels: Default::default(),

@@ -165,6 +165,7 @@ impl Engine {
             State::Queued => {
                 let description = format!("cancelled by {by} before it started");
                 if self
+                    .reporter
                     .transition(&deployment, State::Error, &description, None)
                     .await?
                 {

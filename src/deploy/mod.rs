@@ -10,6 +10,7 @@ mod auto;
 mod checks;
 mod compose;
 mod container;
+mod reporter;
 mod scheduler;
 mod survey;
 
@@ -22,6 +23,7 @@ use tracing::Instrument;
 
 pub use actions::{ActionError, Cancelled, Cancels};
 pub use auto::{AutoDeployed, NotConsidered};
+pub use reporter::Reporter;
 pub use scheduler::{Queue, Scheduler};
 pub use survey::{RunningApp, ServerReport, survey};
 
@@ -36,8 +38,7 @@ use crate::manifest::{
 };
 
 use crate::store::{
-    Deployment, LogStream, State, StatusDraft, StatusState, StepRun, StepState, Store, Transition,
-    now_ms,
+    Deployment, LogStream, State, StatusDraft, StatusState, StepRun, StepState, Store, now_ms,
 };
 pub use container::Retiring;
 use container::{AppResult, Say, StepShared};
@@ -60,6 +61,8 @@ pub struct Engine {
     pub bus: Bus,
     /// Wakes the status outbox when a status is enqueued.
     pub outbox: Arc<Notify>,
+    /// Records state changes and reports them to GitHub, the metrics and the bus.
+    pub reporter: Reporter,
     /// Creates GitHub deployments (redeploy, rollback, auto-deploy); none for `dropship run`.
     pub github: Option<Arc<dyn crate::github::GithubApi>>,
     /// Cancel requests for running deployments.
@@ -172,26 +175,7 @@ impl Engine {
             d.id < deployment.id && d.state == State::Success && !d.transient && !d.production
         }) {
             let description = format!("superseded by deployment {}", deployment.public_id());
-            self.mark_inactive(old.id, &description).await?;
-        }
-        Ok(())
-    }
-
-    /// Records a deployment as `inactive` and tells listeners, posting no status.
-    async fn mark_inactive(&self, id: i64, description: &str) -> anyhow::Result<()> {
-        let transition = Transition {
-            state: State::Inactive,
-            description: Some(description.to_string()),
-            environment_url: None,
-            status: None,
-            check: None,
-        };
-        if self.store.transition(id, transition).await? {
-            self.bus.publish(Event::State {
-                deployment_id: id,
-                state: State::Inactive,
-                description: Some(description.to_string()),
-            });
+            self.reporter.mark_inactive(old.id, &description).await?;
         }
         Ok(())
     }
@@ -257,10 +241,13 @@ impl Engine {
             let description = "environment torn down";
             if i == 0 {
                 // The newest: its status tells GitHub the environment is gone.
-                self.transition(deployment, State::Inactive, description, None)
+                self.reporter
+                    .transition(deployment, State::Inactive, description, None)
                     .await?;
             } else {
-                self.mark_inactive(deployment.id, description).await?;
+                self.reporter
+                    .mark_inactive(deployment.id, description)
+                    .await?;
             }
             deactivated += 1;
         }
@@ -276,131 +263,6 @@ impl Engine {
     pub fn log_url(&self, deployment: &Deployment) -> String {
         let token = self.keys.log_token(deployment.id);
         log_url(self.config.public_url(), deployment.id, &token)
-    }
-
-    /// Changes state, enqueues the matching GitHub status and tells listeners. Returns false
-    /// (and changes nothing) when a deployment that is not queued is asked to start.
-    pub async fn transition(
-        &self,
-        deployment: &Deployment,
-        state: State,
-        description: &str,
-        environment_url: Option<String>,
-    ) -> anyhow::Result<bool> {
-        // Masked here for the store, pages and bus; the outbox masks again what GitHub gets.
-        let description =
-            status_description(&self.redactor(deployment).redact(description.to_string()));
-        let status = StatusDraft {
-            state: state.github_state(),
-            description: description.clone(),
-            log_url: Some(stored_log_url(self.config.public_url(), deployment.id)),
-            environment_url: environment_url.clone(),
-        };
-        let check = if self.checks_enabled() {
-            self.check_update(deployment, state, &description, environment_url.as_deref())
-                .await?
-        } else {
-            None
-        };
-        let applied = self
-            .store
-            .transition(
-                deployment.id,
-                Transition {
-                    state,
-                    description: Some(description.clone()),
-                    environment_url,
-                    status: Some(status),
-                    check,
-                },
-            )
-            .await?;
-        if !applied {
-            return Ok(false);
-        }
-        self.outbox.notify_one();
-        if state.is_final() {
-            // The caller's copy may predate the start: read the times as recorded.
-            let seconds = match self.store.deployment(deployment.id).await? {
-                Some(Deployment {
-                    started_at: Some(started),
-                    finished_at: Some(finished),
-                    ..
-                }) => Some((finished - started).max(0) as f64 / 1000.0),
-                _ => None,
-            };
-            self.metrics.deployment_ended(state.as_str(), seconds);
-        }
-        self.bus.publish(Event::State {
-            deployment_id: deployment.id,
-            state,
-            description: Some(description),
-        });
-        Ok(true)
-    }
-
-    /// Whether deployments get GitHub check runs: the Checks API takes GitHub App auth only.
-    pub fn checks_enabled(&self) -> bool {
-        self.config.github.app.is_some()
-    }
-
-    /// Enqueues the check run's `queued` state for a deployment just recorded.
-    pub async fn check_queued(&self, deployment: &Deployment) -> anyhow::Result<()> {
-        if self.checks_enabled() && deployment.github_id.is_some() {
-            let draft = checks::queued(
-                deployment,
-                &stored_log_url(self.config.public_url(), deployment.id),
-            );
-            self.store.enqueue_check(deployment.id, &draft).await?;
-        }
-        Ok(())
-    }
-
-    /// The check-run update for a state change, with the steps grid and the failing step's
-    /// last lines once the deployment ends.
-    async fn check_update(
-        &self,
-        deployment: &Deployment,
-        state: State,
-        description: &str,
-        environment_url: Option<&str>,
-    ) -> anyhow::Result<Option<crate::store::CheckDraft>> {
-        let steps = if state.is_final() {
-            self.store.steps(deployment.id).await?
-        } else {
-            Vec::new()
-        };
-        let failing = steps.iter().find(|s| {
-            matches!(
-                s.state,
-                StepState::Failure | StepState::Error | StepState::TimedOut
-            )
-        });
-        let lines = match failing {
-            Some(step) => {
-                self.store
-                    .step_output_tail(
-                        deployment.id,
-                        &step.step,
-                        &step.server,
-                        checks::FAILING_LINES as i64,
-                    )
-                    .await?
-            }
-            None => Vec::new(),
-        };
-        let environment_url = environment_url
-            .map(str::to_string)
-            .or_else(|| deployment.environment_url.clone());
-        Ok(checks::update(
-            deployment,
-            state,
-            description,
-            &steps,
-            failing.map(|step| (step, lines.as_slice())),
-            &stored_log_url(self.config.public_url(), deployment.id),
-            environment_url.as_deref(),
-        ))
     }
 
     /// Finishes deployments left `running` by a previous process as `error`.
@@ -421,13 +283,14 @@ impl Engine {
                     self.store.save_step(&step).await?;
                 }
             }
-            self.transition(
-                deployment,
-                State::Error,
-                "interrupted: dropship restarted",
-                None,
-            )
-            .await?;
+            self.reporter
+                .transition(
+                    deployment,
+                    State::Error,
+                    "interrupted: dropship restarted",
+                    None,
+                )
+                .await?;
             tracing::warn!(
                 deployment.id = deployment.id,
                 "deployment interrupted by a restart, finished as error"
@@ -455,6 +318,7 @@ impl Engine {
             .await?;
         let short_sha = deployment.sha.short().to_string();
         let started = self
+            .reporter
             .transition(
                 &deployment,
                 State::Running,
@@ -541,13 +405,14 @@ impl Engine {
         };
         log.note(format!("{mark} {}: {}", outcome.state, outcome.description));
         log.flush().await;
-        self.transition(
-            &deployment,
-            outcome.state,
-            &outcome.description,
-            environment_url,
-        )
-        .await?;
+        self.reporter
+            .transition(
+                &deployment,
+                outcome.state,
+                &outcome.description,
+                environment_url,
+            )
+            .await?;
         if outcome.state == State::Success {
             self.deactivate_earlier(&deployment).await?;
         }

@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::Engine;
-use crate::store::{Deployment, State};
+use super::{Engine, Reporter};
+use crate::logs::{Logs, Redactors};
+use crate::store::{Deployment, State, Store};
 
 /// A repository and environment.
 type Key = (String, String);
@@ -51,7 +52,12 @@ impl Queue {
 
 #[derive(Debug)]
 pub struct Scheduler {
+    /// Runs each deployment started.
     engine: Engine,
+    store: Arc<dyn Store>,
+    logs: Logs,
+    reporter: Reporter,
+    redactors: Redactors,
     receiver: mpsc::Receiver<Key>,
     overflow: Arc<AtomicBool>,
     max_running: usize,
@@ -104,6 +110,10 @@ impl Scheduler {
         let (sender, receiver) = mpsc::channel(max_waiting);
         let overflow = Arc::new(AtomicBool::new(false));
         let scheduler = Scheduler {
+            store: engine.store.clone(),
+            logs: engine.logs.clone(),
+            reporter: engine.reporter.clone(),
+            redactors: engine.redactors.clone(),
             engine,
             receiver,
             overflow: overflow.clone(),
@@ -162,7 +172,6 @@ impl Scheduler {
             return;
         }
         let read = self
-            .engine
             .store
             .queued_environments(self.max_waiting as i64)
             .await;
@@ -222,7 +231,7 @@ impl Scheduler {
                 }
             };
             for older_id in older {
-                let older = match self.engine.store.deployment(older_id).await {
+                let older = match self.store.deployment(older_id).await {
                     Ok(Some(older)) if older.state == State::Queued => older,
                     Ok(_) => continue,
                     Err(error) => {
@@ -236,16 +245,15 @@ impl Scheduler {
                 };
                 let description = format!("superseded by deployment {}", newest.public_id());
                 if let Ok(log) = self
-                    .engine
                     .logs
-                    .open(older.id, self.engine.redactor(&older))
+                    .open(older.id, self.redactors.for_repo(&older.repo).clone())
                     .await
                 {
                     log.note(&description);
                     log.flush().await;
                 }
                 if let Err(error) = self
-                    .engine
+                    .reporter
                     .transition(&older, State::Error, &description, None)
                     .await
                 {
@@ -277,9 +285,9 @@ impl Scheduler {
         &self,
         (repo, environment): &Key,
     ) -> anyhow::Result<Option<(Deployment, Vec<i64>)>> {
-        let mut ids = self.engine.store.queued_in(repo, environment).await?;
+        let mut ids = self.store.queued_in(repo, environment).await?;
         while let Some(id) = ids.pop() {
-            match self.engine.store.deployment(id).await? {
+            match self.store.deployment(id).await? {
                 Some(newest) if newest.state == State::Queued => return Ok(Some((newest, ids))),
                 // Started or ended since the list was read.
                 _ => continue,

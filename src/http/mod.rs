@@ -33,7 +33,7 @@ use tower_http::timeout::DeadlineBody;
 pub use error::HttpError;
 
 use crate::config::ServerSection;
-use crate::deploy::{Engine, Queue};
+use crate::deploy::{Engine, Queue, Reporter};
 use crate::metrics::Metrics;
 
 /// What handlers share.
@@ -42,6 +42,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Where recorded deployments go to be run.
     pub scheduler: Queue,
+    /// Records and reports deployments' state changes.
+    pub reporter: Reporter,
     /// Failed sign-ins per name and client address.
     pub(crate) throttle: Arc<auth::SignInThrottle>,
 }
@@ -50,6 +52,7 @@ impl AppState {
     pub fn new(engine: Engine, scheduler: Queue) -> AppState {
         let throttle = Arc::new(auth::SignInThrottle::new(&engine.config.api));
         AppState {
+            reporter: engine.reporter.clone(),
             engine: Arc::new(engine),
             scheduler,
             throttle,

@@ -212,7 +212,7 @@ pub(super) async fn github(
             count("accepted");
             // Behind the queued status, before the deployment can start. Without it the check
             // run is created at `in_progress`: no reason to fail a recorded delivery.
-            if let Err(error) = state.engine.check_queued(&d).await {
+            if let Err(error) = state.reporter.check_queued(&d).await {
                 tracing::error!(
                     error = format!("{error:#}"),
                     deployment.id = d.id,

@@ -1,0 +1,191 @@
+//! The Reporter: a deployment's state change, reported everywhere it goes. The record, its
+//! GitHub status and check-run update are written in one transaction; then the outbox wakes,
+//! the metrics count a deployment that ended, and the live bus tells pages and followers.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::{checks, stored_log_url};
+use crate::github::status_description;
+use crate::logs::{Bus, Event, Redactors};
+use crate::metrics::Metrics;
+use crate::store::{Deployment, State, StatusDraft, StepState, Store, Transition};
+
+/// Reports deployments' state changes. Built once at start; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    store: Arc<dyn Store>,
+    /// Wakes the status outbox when a status is enqueued.
+    outbox: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    bus: Bus,
+    redactors: Redactors,
+    /// Where deployment pages live, for the statuses' `log_url`.
+    public_url: String,
+    /// Whether deployments get GitHub check runs: the Checks API takes GitHub App auth only.
+    checks: bool,
+}
+
+impl Reporter {
+    pub fn new(
+        store: Arc<dyn Store>,
+        outbox: Arc<Notify>,
+        metrics: Arc<Metrics>,
+        bus: Bus,
+        redactors: Redactors,
+        public_url: &str,
+        checks: bool,
+    ) -> Reporter {
+        Reporter {
+            store,
+            outbox,
+            metrics,
+            bus,
+            redactors,
+            public_url: public_url.to_string(),
+            checks,
+        }
+    }
+
+    /// Changes state, enqueues the matching GitHub status and tells listeners. Returns false
+    /// (and changes nothing) when a deployment that is not queued is asked to start.
+    pub async fn transition(
+        &self,
+        deployment: &Deployment,
+        state: State,
+        description: &str,
+        environment_url: Option<String>,
+    ) -> anyhow::Result<bool> {
+        // Masked here for the store, pages and bus; the outbox masks again what GitHub gets.
+        let description = status_description(
+            &self
+                .redactors
+                .for_repo(&deployment.repo)
+                .redact(description.to_string()),
+        );
+        let status = StatusDraft {
+            state: state.github_state(),
+            description: description.clone(),
+            log_url: Some(stored_log_url(&self.public_url, deployment.id)),
+            environment_url: environment_url.clone(),
+        };
+        let check = if self.checks {
+            self.check_update(deployment, state, &description, environment_url.as_deref())
+                .await?
+        } else {
+            None
+        };
+        let applied = self
+            .store
+            .transition(
+                deployment.id,
+                Transition {
+                    state,
+                    description: Some(description.clone()),
+                    environment_url,
+                    status: Some(status),
+                    check,
+                },
+            )
+            .await?;
+        if !applied {
+            return Ok(false);
+        }
+        self.outbox.notify_one();
+        if state.is_final() {
+            // The caller's copy may predate the start: read the times as recorded.
+            let seconds = match self.store.deployment(deployment.id).await? {
+                Some(Deployment {
+                    started_at: Some(started),
+                    finished_at: Some(finished),
+                    ..
+                }) => Some((finished - started).max(0) as f64 / 1000.0),
+                _ => None,
+            };
+            self.metrics.deployment_ended(state.as_str(), seconds);
+        }
+        self.bus.publish(Event::State {
+            deployment_id: deployment.id,
+            state,
+            description: Some(description),
+        });
+        Ok(true)
+    }
+
+    /// Enqueues the check run's `queued` state for a deployment just recorded.
+    pub async fn check_queued(&self, deployment: &Deployment) -> anyhow::Result<()> {
+        if self.checks && deployment.github_id.is_some() {
+            let draft =
+                checks::queued(deployment, &stored_log_url(&self.public_url, deployment.id));
+            self.store.enqueue_check(deployment.id, &draft).await?;
+        }
+        Ok(())
+    }
+
+    /// The check-run update for a state change, with the steps grid and the failing step's
+    /// last lines once the deployment ends.
+    async fn check_update(
+        &self,
+        deployment: &Deployment,
+        state: State,
+        description: &str,
+        environment_url: Option<&str>,
+    ) -> anyhow::Result<Option<crate::store::CheckDraft>> {
+        let steps = if state.is_final() {
+            self.store.steps(deployment.id).await?
+        } else {
+            Vec::new()
+        };
+        let failing = steps.iter().find(|s| {
+            matches!(
+                s.state,
+                StepState::Failure | StepState::Error | StepState::TimedOut
+            )
+        });
+        let lines = match failing {
+            Some(step) => {
+                self.store
+                    .step_output_tail(
+                        deployment.id,
+                        &step.step,
+                        &step.server,
+                        checks::FAILING_LINES as i64,
+                    )
+                    .await?
+            }
+            None => Vec::new(),
+        };
+        let environment_url = environment_url
+            .map(str::to_string)
+            .or_else(|| deployment.environment_url.clone());
+        Ok(checks::update(
+            deployment,
+            state,
+            description,
+            &steps,
+            failing.map(|step| (step, lines.as_slice())),
+            &stored_log_url(&self.public_url, deployment.id),
+            environment_url.as_deref(),
+        ))
+    }
+
+    /// Records a deployment as `inactive` and tells listeners, posting no status.
+    pub async fn mark_inactive(&self, id: i64, description: &str) -> anyhow::Result<()> {
+        let transition = Transition {
+            state: State::Inactive,
+            description: Some(description.to_string()),
+            environment_url: None,
+            status: None,
+            check: None,
+        };
+        if self.store.transition(id, transition).await? {
+            self.bus.publish(Event::State {
+                deployment_id: id,
+                state: State::Inactive,
+                description: Some(description.to_string()),
+            });
+        }
+        Ok(())
+    }
+}
