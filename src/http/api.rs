@@ -226,7 +226,7 @@ pub(super) async fn list(
         state: parse_state(query.state.as_deref())?,
         limit: query.limit.unwrap_or(50).clamp(1, 500),
     };
-    let deployments = state.engine.store.list_deployments(&filter).await?;
+    let deployments = state.store.list_deployments(&filter).await?;
     Ok(Json(
         deployments
             .iter()
@@ -255,9 +255,9 @@ pub(super) async fn show(
 ) -> Result<Json<DeploymentDetailJson>, HttpError> {
     caller.api(Role::Viewer)?;
     let deployment = find(&state, id).await?;
-    let steps = state.engine.store.steps(id).await?;
-    let statuses = state.engine.store.statuses(id).await?;
-    let services = state.engine.store.services(id).await?;
+    let steps = state.store.steps(id).await?;
+    let statuses = state.store.statuses(id).await?;
+    let services = state.store.services(id).await?;
     Ok(Json(DeploymentDetailJson {
         deployment: DeploymentJson::new(&state, &deployment),
         steps: steps.iter().map(StepJson::from).collect(),
@@ -292,14 +292,14 @@ pub(super) async fn log(
     let capability = query
         .token
         .as_deref()
-        .is_some_and(|t| state.engine.keys.verify_log_token(deployment.id, t));
+        .is_some_and(|t| state.keys.verify_log_token(deployment.id, t));
     if !capability {
         caller.api(Role::Viewer)?;
     }
     let after = query.after.unwrap_or(0);
     if !query.follow {
         // Read and sent a page at a time: the whole log is never in memory.
-        let store = state.engine.store.clone();
+        let store = state.store.clone();
         let pages = crate::store::paged(
             after,
             move |after| {
@@ -552,13 +552,13 @@ impl From<&Lock> for LockJson {
 }
 
 pub(super) async fn environment_list(state: &AppState) -> Result<Vec<EnvironmentJson>, HttpError> {
-    let latest = state.engine.store.latest_per_environment(None).await?;
+    let latest = state.store.latest_per_environment(None).await?;
     let live = state
         .engine
         .store
         .latest_per_environment(Some(DeploymentState::Success))
         .await?;
-    let locks = state.engine.store.locks().await?;
+    let locks = state.store.locks().await?;
     Ok(latest
         .iter()
         .map(|d| {
@@ -645,7 +645,7 @@ pub(super) async fn delete_environment(
 ) -> Result<Json<TeardownJson>, HttpError> {
     let user = caller.api(Role::Deployer)?;
     let repo = format!("{owner}/{name}");
-    if state.engine.config.admit_repository(&repo).is_err() {
+    if state.config.admit_repository(&repo).is_err() {
         return Err(HttpError::not_found(format!(
             "{repo} is not a repository of this Dropship"
         )));
@@ -679,7 +679,7 @@ pub(super) async fn locks(
     caller: Caller,
 ) -> Result<Json<Vec<LockJson>>, HttpError> {
     caller.api(Role::Viewer)?;
-    let locks = state.engine.store.locks().await?;
+    let locks = state.store.locks().await?;
     Ok(Json(locks.iter().map(LockJson::from).collect()))
 }
 
@@ -762,7 +762,7 @@ pub(super) async fn unlock_as(
     repo: &str,
     environment: &str,
 ) -> Result<StatusCode, HttpError> {
-    if !state.engine.store.unlock(repo, environment).await? {
+    if !state.store.unlock(repo, environment).await? {
         return Err(HttpError::not_found(format!(
             "{repo} {environment} is not locked"
         )));

@@ -97,11 +97,11 @@ async fn feed(
     follow: bool,
     sender: mpsc::Sender<AppLogLine>,
 ) {
-    let _open = state.engine.metrics.live_stream();
+    let _open = state.metrics.live_stream();
     // Subscribe before reading the store; ids drop what arrives twice.
-    let mut live = state.engine.followers.subscribe();
+    let mut live = state.followers.subscribe();
     let catch_up = async |after: &mut i64| -> bool {
-        let store = &state.engine.store;
+        let store = &state.store;
         let pages = crate::store::paged(
             *after,
             |after| store.app_logs(&repo, &environment, after, PAGE),

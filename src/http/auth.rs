@@ -159,7 +159,7 @@ impl AppState {
         let hash = hash_token(token);
         // Compare with every user, in constant time each, so timing tells nothing.
         let mut found = None;
-        for user in &self.engine.config.api.users {
+        for user in &self.config.api.users {
             if same(&user.token_sha256.to_ascii_lowercase(), &hash) && found.is_none() {
                 found = Some(User {
                     name: user.name.clone(),
@@ -193,7 +193,7 @@ impl AppState {
             detail: detail.to_string(),
         };
         tracing::info!(actor, action, target, detail, "audit");
-        if let Err(error) = self.engine.store.audit(&entry).await {
+        if let Err(error) = self.store.audit(&entry).await {
             tracing::error!(error = format!("{error:#}"), "writing the audit log");
         }
     }
@@ -201,7 +201,7 @@ impl AppState {
     /// Starts a session for `user`: the cookie to set.
     pub(super) async fn start_session(&self, user: &User) -> anyhow::Result<Cookie<'static>> {
         let id = crate::store::new_token();
-        let ttl = self.engine.config.api.session_ttl;
+        let ttl = self.config.api.session_ttl;
         self.engine
             .store
             .create_session(
@@ -214,7 +214,7 @@ impl AppState {
             .path("/")
             .http_only(true)
             .same_site(SameSite::Lax)
-            .secure(self.engine.config.public_url().starts_with("https://"))
+            .secure(self.config.public_url().starts_with("https://"))
             .max_age(cookie::time::Duration::seconds(ttl.as_secs() as i64))
             .build())
     }

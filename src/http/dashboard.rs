@@ -260,7 +260,7 @@ pub(super) async fn deployments(
         state: parse_state(query.state.as_deref())?,
         limit: 100,
     };
-    let list = state.engine.store.list_deployments(&filter).await?;
+    let list = state.store.list_deployments(&filter).await?;
     let states = [
         "queued", "running", "success", "failure", "error", "inactive",
     ];
@@ -487,7 +487,7 @@ pub(super) async fn audit(
         Ok(user) => user,
         Err(refusal) => return Ok(refusal.into_response()),
     };
-    let entries = state.engine.store.audit_log(500).await?;
+    let entries = state.store.audit_log(500).await?;
     let body = html! {
         h1 { "Audit log" }
         div.scroll {

@@ -32,14 +32,28 @@ use tower_http::timeout::DeadlineBody;
 
 pub use error::HttpError;
 
+use crate::config::Config;
 use crate::config::ServerSection;
 use crate::deploy::{Engine, Queue, Reporter};
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
+    /// Runs the actions people take (cancel, redeploy, rollback, teardown) and surveys servers.
     pub engine: Arc<Engine>,
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Checks the tokens of deployment pages' links.
+    pub keys: Arc<crate::keys::Keys>,
+    /// Live state changes and log lines, for pages that follow a deployment.
+    pub bus: crate::logs::Bus,
+    /// Live container log lines, for the apps page.
+    pub followers: crate::containers::follow::Followers,
+    /// Wakes the status outbox once intake has recorded a `queued` status.
+    pub outbox: Arc<tokio::sync::Notify>,
     /// Where recorded deployments go to be run.
     pub scheduler: Queue,
     /// Records and reports deployments' state changes.
@@ -52,6 +66,13 @@ impl AppState {
     pub fn new(engine: Engine, scheduler: Queue) -> AppState {
         let throttle = Arc::new(auth::SignInThrottle::new(&engine.config.api));
         AppState {
+            config: engine.config.clone(),
+            store: engine.store.clone(),
+            metrics: engine.metrics.clone(),
+            keys: engine.keys.clone(),
+            bus: engine.bus.clone(),
+            followers: engine.followers.clone(),
+            outbox: engine.outbox.clone(),
             reporter: engine.reporter.clone(),
             engine: Arc::new(engine),
             scheduler,
@@ -66,8 +87,8 @@ pub(crate) const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src
 
 /// Every route, behind the security headers and the cross-origin check.
 pub fn router(state: AppState) -> Router {
-    let max_body = state.engine.config.server.max_body_bytes;
-    let csrf = csrf_layer(state.engine.config.public_url());
+    let max_body = state.config.server.max_body_bytes;
+    let csrf = csrf_layer(state.config.public_url());
     let (api, openapi) = api::routes().split_for_parts();
     let openapi = std::sync::Arc::new(openapi);
     let routes = Router::new()
@@ -238,7 +259,7 @@ async fn metrics(
             axum::http::header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.engine.metrics.render(),
+        state.metrics.render(),
     )
 }
 

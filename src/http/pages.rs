@@ -49,10 +49,10 @@ async fn authorize(
     id: i64,
     token: Option<&str>,
 ) -> Result<Deployment, HttpError> {
-    let deployment = state.engine.store.deployment(id).await?;
+    let deployment = state.store.deployment(id).await?;
     let signed_in = caller.0.as_ref().is_some_and(|u| u.may(Role::Viewer));
     let allowed = match &deployment {
-        Some(d) => token.is_some_and(|t| state.engine.keys.verify_log_token(d.id, t)) || signed_in,
+        Some(d) => token.is_some_and(|t| state.keys.verify_log_token(d.id, t)) || signed_in,
         None => false,
     };
     match (deployment, allowed) {
@@ -92,9 +92,9 @@ pub(super) async fn deployment(
             ));
     }
     let deployment = authorize(&state, &caller, id, query.token.as_deref()).await?;
-    let steps = state.engine.store.steps(id).await?;
-    let services = state.engine.store.services(id).await?;
-    let store = &state.engine.store;
+    let steps = state.store.steps(id).await?;
+    let services = state.store.services(id).await?;
+    let store = &state.store;
     // One line more than shown: whether it exists says whether there are earlier lines.
     let mut lines = store
         .logs_before(id, query.before.unwrap_or(i64::MAX), PAGE_LINES + 1)
@@ -115,7 +115,7 @@ pub(super) async fn deployment(
         &log,
         query.token.as_deref(),
         caller.0.as_ref(),
-        &state.engine.config.github_web_url(),
+        &state.config.github_web_url(),
     );
     Ok(match caller.0.as_ref() {
         Some(user) => {
@@ -392,7 +392,7 @@ async fn catch_up(
     after: &mut i64,
     sender: &mpsc::Sender<Event>,
 ) -> bool {
-    let store = &state.engine.store;
+    let store = &state.store;
     let pages = crate::store::paged(
         *after,
         |after| store.logs(id, after, READ_LINES),
@@ -432,7 +432,7 @@ async fn catch_up_unless_final(
     if !catch_up(state, id, after, sender).await {
         return false;
     }
-    let current = match state.engine.store.deployment(id).await {
+    let current = match state.store.deployment(id).await {
         Ok(Some(d)) => d,
         _ => return false,
     };
@@ -455,10 +455,10 @@ async fn feed(
     mut after: i64,
     sender: mpsc::Sender<Event>,
 ) {
-    let _open = state.engine.metrics.live_stream();
+    let _open = state.metrics.live_stream();
     // Subscribe before reading the store: lines stored meanwhile arrive on the bus too, and
     // `seq` drops the second copy.
-    let mut events = state.engine.bus.subscribe();
+    let mut events = state.bus.subscribe();
     let id = deployment.id;
     if !catch_up_unless_final(&state, id, &mut after, &sender).await {
         return;

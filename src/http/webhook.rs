@@ -36,10 +36,10 @@ pub(super) async fn github(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let metrics = state.engine.metrics.clone();
+    let metrics = state.metrics.clone();
     let event_label = event_label(header(&headers, "x-github-event"));
     let count = |result: &str| metrics.webhook(event_label, result);
-    let secrets = state.engine.config.webhook_secret_bytes();
+    let secrets = state.config.webhook_secret_bytes();
     if let Err(error) = webhook::verify(&secrets, header(&headers, "x-hub-signature-256"), &body) {
         count("bad_signature");
         return Err(HttpError::new(StatusCode::UNAUTHORIZED, error.to_string()));
@@ -95,7 +95,7 @@ pub(super) async fn github(
             head_ref,
             from_fork,
         } => {
-            if let Err(refused) = state.engine.config.admit_repository(&repository) {
+            if let Err(refused) = state.config.admit_repository(&repository) {
                 state
                     .engine
                     .store
@@ -196,7 +196,7 @@ pub(super) async fn github(
         transient: deployment.transient_environment,
         production: deployment.production_environment,
     };
-    let public_url = state.engine.config.public_url().to_string();
+    let public_url = state.config.public_url().to_string();
     let queued = Box::new(move |d: &crate::store::Deployment| queued_status(&public_url, d));
     let inserted = state
         .engine
@@ -220,7 +220,7 @@ pub(super) async fn github(
                 );
             }
             state.scheduler.push(&d);
-            state.engine.outbox.notify_one();
+            state.outbox.notify_one();
             (StatusCode::ACCEPTED, d, false)
         }
         Inserted::Duplicate(d) => {
@@ -250,7 +250,7 @@ async fn auto_deploy(
     delivery: Delivery,
 ) -> Result<Response, HttpError> {
     let event = event_label(Some(&delivery.event));
-    let count = |result: &str| state.engine.metrics.webhook(event, result);
+    let count = |result: &str| state.metrics.webhook(event, result);
     if state
         .engine
         .config
@@ -262,14 +262,14 @@ async fn auto_deploy(
             result: DeliveryResult::Ignored,
             ..delivery
         };
-        state.engine.store.record_delivery(delivery).await?;
+        state.store.record_delivery(delivery).await?;
         return Ok((
             StatusCode::ACCEPTED,
             Json(json!({ "auto_deploy": [], "note": format!("repository {} is not configured", moved.repository) })),
         )
             .into_response());
     }
-    state.engine.store.record_delivery(delivery).await?;
+    state.store.record_delivery(delivery).await?;
     count("accepted");
     let engine = state.engine.clone();
     let mut work = tokio::spawn(async move { engine.auto_deploy(&moved, trigger).await });
