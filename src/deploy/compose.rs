@@ -5,7 +5,7 @@
 use base64::Engine as _;
 
 use super::container::Say;
-use super::{Engine, ServerResult};
+use super::{Engine, StepOutcome};
 use crate::exec::shell_quote;
 use crate::manifest::{ComposePlan, PlannedStep, safe_relative_path, valid_project};
 use crate::store::Deployment;
@@ -80,10 +80,10 @@ impl Engine {
         up: bool,
         server: &str,
         say: &Say,
-    ) -> Result<ServerResult, crate::exec::ExecError> {
+    ) -> Result<StepOutcome, crate::exec::ExecError> {
         // Checked when the manifest was read; checked again here, right before use.
         if !valid_project(&plan.project) {
-            return Ok(ServerResult::Failed(format!(
+            return Ok(StepOutcome::Failed(format!(
                 "compose project `{}` is not a valid name",
                 plan.project
             )));
@@ -99,7 +99,7 @@ impl Engine {
         let mut files = Vec::new();
         for path in &plan.files {
             if let Err(why) = safe_relative_path(path) {
-                return Ok(ServerResult::Failed(format!("compose file {why}")));
+                return Ok(StepOutcome::Failed(format!("compose file {why}")));
             }
             match self
                 .manifests
@@ -116,7 +116,7 @@ impl Engine {
                         if let Err(refused) =
                             crate::manifest::check_compose_file(path, &file.text, policy, &digest)
                         {
-                            return Ok(ServerResult::Failed(format!(
+                            return Ok(StepOutcome::Failed(format!(
                                 "compose file refused by the operator's container policy:\n{refused}"
                             )));
                         }
@@ -124,14 +124,14 @@ impl Engine {
                     files.push((path.clone(), file.text));
                 }
                 Ok(None) => {
-                    return Ok(ServerResult::Failed(format!(
+                    return Ok(StepOutcome::Failed(format!(
                         "compose file {path} does not exist in {} at {}",
                         deployment.repo,
                         deployment.sha.short()
                     )));
                 }
                 Err(error) => {
-                    return Ok(ServerResult::Failed(format!(
+                    return Ok(StepOutcome::Failed(format!(
                         "cannot read compose file {path}: {error}"
                     )));
                 }
@@ -160,7 +160,7 @@ impl Engine {
             self.record_services(deployment, server, &plan.project, say)
                 .await;
         }
-        Ok(ServerResult::Exit(exit))
+        Ok(exit.into())
     }
 
     /// Notes the stack's services and their states, read from the engine, on the

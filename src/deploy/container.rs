@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use tokio::sync::OnceCell;
 
-use super::{Engine, format_elapsed};
+use super::{Engine, StepOutcome, format_elapsed};
 use crate::containers::{
     BuildSpec, ContainerError, ContainerHost, ContainerInfo, ContainerSpec, HealthCheck, LABEL_APP,
     LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_HEALTH, LABEL_MANAGED, LABEL_PROXY, LABEL_REPLICA,
@@ -26,27 +26,6 @@ use crate::store::{Deployment, LogStream, State};
 
 /// Lines of a failed container's log shown in the diagnosis.
 pub(super) const DIAGNOSIS_LINES: usize = 50;
-
-/// How a container step ended on one server, when the engine itself worked.
-#[derive(Debug)]
-pub(super) enum AppResult {
-    Done,
-    /// A recorded failure, with a short reason for the status description.
-    Failed(String),
-    /// The engine could not be reached or refused: the deployment ends `error`.
-    Unreachable(ContainerError),
-}
-
-impl From<ContainerError> for AppResult {
-    fn from(error: ContainerError) -> Self {
-        match error {
-            ContainerError::Unreachable { .. } => AppResult::Unreachable(error),
-            ContainerError::Engine { server, detail } => {
-                AppResult::Failed(format!("{server}: {detail}"))
-            }
-        }
-    }
-}
 
 /// What a step's servers share: the build context and a builder's image are made once.
 #[derive(Debug, Default)]
@@ -181,7 +160,7 @@ impl Engine {
         server: &str,
         shared: &StepShared,
         say: &Say,
-    ) -> AppResult {
+    ) -> StepOutcome {
         match self
             .deploy_app_inner(deployment, plan, server, shared, say)
             .await
@@ -198,10 +177,10 @@ impl Engine {
         server: &str,
         shared: &StepShared,
         say: &Say,
-    ) -> Result<AppResult, ContainerError> {
+    ) -> Result<StepOutcome, ContainerError> {
         let host = self.host(server)?;
         if plan.proxy.is_some() && self.routes.is_none() {
-            return Ok(AppResult::Failed(format!(
+            return Ok(StepOutcome::Failed(format!(
                 "{} routes hosts through the proxy, but the operator config has no [proxy] listen",
                 plan.app
             )));
@@ -213,7 +192,7 @@ impl Engine {
             .await?
         {
             Ok(image) => image,
-            Err(why) => return Ok(AppResult::Failed(why)),
+            Err(why) => return Ok(StepOutcome::Failed(why)),
         };
         let image_time = clock.elapsed();
         say.note(format!(
@@ -339,7 +318,7 @@ impl Engine {
             } else if !old.is_empty() {
                 say.note("the previous version keeps running");
             }
-            return Ok(AppResult::Failed(failure));
+            return Ok(StepOutcome::Failed(failure));
         }
         let switch_clock = Instant::now();
         let drain = match &plan.proxy {
@@ -354,7 +333,7 @@ impl Engine {
                         for (id, _) in &new_ids {
                             host.remove(id).await?;
                         }
-                        return Ok(AppResult::Failed(why));
+                        return Ok(StepOutcome::Failed(why));
                     }
                 }
             }
@@ -403,7 +382,7 @@ impl Engine {
             ms(switch_clock.elapsed())
         ));
         self.watch_logs(server);
-        Ok(AppResult::Done)
+        Ok(StepOutcome::Succeeded)
     }
 
     /// The image to run on `server`, pulled or built there (or built once on the builder
@@ -988,7 +967,7 @@ impl Engine {
         stop_timeout: Duration,
         server: &str,
         say: &Say,
-    ) -> AppResult {
+    ) -> StepOutcome {
         let run = async {
             let host = self.host(server)?;
             self.retiring.settle(deployment, app, server).await;
@@ -1018,7 +997,7 @@ impl Engine {
                 }
             }
             let Some((target_id, containers)) = target else {
-                return Ok(AppResult::Failed(format!(
+                return Ok(StepOutcome::Failed(format!(
                     "no earlier successful version of {app} is kept on {server}"
                 )));
             };
@@ -1069,7 +1048,7 @@ impl Engine {
                             host.start(&container.id).await?;
                         }
                     }
-                    return Ok(AppResult::Failed(failure));
+                    return Ok(StepOutcome::Failed(failure));
                 }
             }
             // The version rolled back to was routed: it takes the traffic before the current
@@ -1087,14 +1066,14 @@ impl Engine {
                     Ok(drain) => {
                         drain.wait(self.config.proxy.drain_timeout).await;
                     }
-                    Err(why) => return Ok(AppResult::Failed(why)),
+                    Err(why) => return Ok(StepOutcome::Failed(why)),
                 }
             }
             if !stopped_current {
                 self.retire(&host, &current, stop_timeout, say).await?;
             }
             self.watch_logs(server);
-            Ok(AppResult::Done)
+            Ok(StepOutcome::Succeeded)
         };
         match run.await {
             Ok(result) => result,
@@ -1110,7 +1089,7 @@ impl Engine {
         stop_timeout: Duration,
         server: &str,
         say: &Say,
-    ) -> AppResult {
+    ) -> StepOutcome {
         let run = async {
             let host = self.host(server)?;
             self.retiring.settle(deployment, app, server).await;
@@ -1137,7 +1116,7 @@ impl Engine {
                 }
             }
             self.retire(&host, &running, stop_timeout, say).await?;
-            Ok::<_, ContainerError>(AppResult::Done)
+            Ok::<_, ContainerError>(StepOutcome::Succeeded)
         };
         match run.await {
             Ok(result) => result,

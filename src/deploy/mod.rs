@@ -32,16 +32,16 @@ use crate::containers::Hosts;
 use crate::containers::follow::Followers;
 use crate::exec::{ExecError, Exit, Fleet, Job};
 use crate::github::{ManifestSource, status_description};
-use crate::logs::{Bus, DeploymentLog, Event, Logs, Redactor};
+use crate::logs::{Bus, DeploymentLog, Logs, Redactor};
 use crate::manifest::{
     Action, Context, Inventory, InventoryServer, Manifest, Plan, PlannedStep, Strategy,
 };
 
 use crate::store::{
-    Deployment, LogStream, State, StatusDraft, StatusState, StepRun, StepState, Store, now_ms,
+    Deployment, LogStream, State, StatusDraft, StatusState, StepState, Store, now_ms,
 };
 pub use container::Retiring;
-use container::{AppResult, Say, StepShared};
+use container::{Say, StepShared};
 
 /// Everything a deployment needs.
 #[derive(Debug, Clone)]
@@ -143,12 +143,91 @@ impl Outcome {
     }
 }
 
-/// What one step did on one server.
-enum ServerResult {
-    Exit(Exit),
-    /// A failure that is not a command's exit (an unhealthy container), with its reason.
+/// How one step ended on one server. Every variant is an outcome to record, none an error of
+/// the engine.
+#[derive(Debug)]
+pub(super) enum StepOutcome {
+    Succeeded,
+    /// The command ended unsuccessfully: its exit code, or none when a signal killed it.
+    Exited(Option<i32>),
+    TimedOut,
+    /// A failure that is not a command's exit (an unhealthy container, a missing compose
+    /// file), with its reason.
     Failed(String),
+    /// The server, or its container engine, could not be reached: the deployment ends `error`.
     Unreachable(ExecError),
+}
+
+impl StepOutcome {
+    /// Why the step did not succeed, for the log, the step run and the status.
+    fn reason(&self) -> String {
+        match self {
+            StepOutcome::Succeeded => "succeeded".into(),
+            StepOutcome::Exited(Some(code)) => format!("exit {code}"),
+            StepOutcome::Exited(None) => "killed by a signal".into(),
+            StepOutcome::TimedOut => "timed out".into(),
+            StepOutcome::Failed(why) => why.clone(),
+            StepOutcome::Unreachable(error) => error.to_string(),
+        }
+    }
+
+    /// The step run's state, exit code and message.
+    fn recorded(&self) -> (StepState, Option<i64>, Option<String>) {
+        match self {
+            StepOutcome::Succeeded => (StepState::Success, Some(0), None),
+            StepOutcome::Exited(code) => {
+                (StepState::Failure, code.map(i64::from), Some(self.reason()))
+            }
+            StepOutcome::TimedOut => (StepState::TimedOut, None, Some(self.reason())),
+            StepOutcome::Failed(_) => (StepState::Failure, None, Some(self.reason())),
+            StepOutcome::Unreachable(_) => (StepState::Error, None, Some(self.reason())),
+        }
+    }
+
+    /// The line the step's log ends with on this server.
+    fn summary(&self, step: &str, server: &str, elapsed: &str) -> String {
+        match self {
+            StepOutcome::Succeeded => format!("✔ {step} on {server} ({elapsed})"),
+            StepOutcome::Unreachable(error) => format!("✘ {error}"),
+            _ => format!("✘ {step} on {server}: {} ({elapsed})", self.reason()),
+        }
+    }
+}
+
+impl From<Exit> for StepOutcome {
+    fn from(exit: Exit) -> StepOutcome {
+        match exit {
+            Exit::Code(0) => StepOutcome::Succeeded,
+            Exit::Code(code) => StepOutcome::Exited(Some(code)),
+            Exit::Signal => StepOutcome::Exited(None),
+            Exit::TimedOut => StepOutcome::TimedOut,
+        }
+    }
+}
+
+impl From<ExecError> for StepOutcome {
+    fn from(error: ExecError) -> StepOutcome {
+        StepOutcome::Unreachable(error)
+    }
+}
+
+/// A container engine that answered with an error fails the step; one that cannot be reached
+/// leaves the server unreachable.
+impl From<crate::containers::ContainerError> for StepOutcome {
+    fn from(error: crate::containers::ContainerError) -> StepOutcome {
+        use crate::containers::ContainerError;
+        match error {
+            ContainerError::Unreachable { server, detail } => {
+                StepOutcome::Unreachable(ExecError::Io {
+                    server,
+                    detail: format!("cannot reach the container engine: {detail}"),
+                })
+            }
+            ContainerError::Engine { server, detail } => {
+                StepOutcome::Failed(format!("{server}: {detail}"))
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -537,17 +616,10 @@ impl Engine {
                 continue;
             }
             for server in &step.servers {
-                self.save_step(
-                    deployment,
-                    index,
-                    step,
-                    server,
-                    StepState::Pending,
-                    None,
-                    None,
-                    None,
-                )
-                .await?;
+                self.reporter
+                    .step(deployment, index, &step.name, server)
+                    .pending()
+                    .await?;
             }
             let batches: Vec<&[String]> = match &plan.strategy {
                 Strategy::Parallel => vec![&step.servers[..]],
@@ -578,14 +650,11 @@ impl Engine {
                 let results = futures::future::join_all(runs).await;
                 for (server, result) in servers.iter().zip(results) {
                     match result? {
-                        ServerResult::Exit(Exit::Code(0)) => {}
-                        ServerResult::Exit(exit) => {
-                            failed.push((server.clone(), describe_exit(exit)))
-                        }
-                        ServerResult::Failed(why) => failed.push((server.clone(), why)),
-                        ServerResult::Unreachable(error) => {
+                        StepOutcome::Succeeded => {}
+                        StepOutcome::Unreachable(error) => {
                             unreachable.get_or_insert(error);
                         }
+                        other => failed.push((server.clone(), other.reason())),
                     }
                 }
                 if unreachable.is_some() || (!failed.is_empty() && !step.continue_on_error) {
@@ -655,22 +724,12 @@ impl Engine {
         server: &str,
         shared: &StepShared,
         log: &DeploymentLog,
-    ) -> anyhow::Result<ServerResult> {
+    ) -> anyhow::Result<StepOutcome> {
         let span = tracing::info_span!("step", step = %step.name, server = %server, kind = step.action.kind());
         async {
-            let started = now_ms();
             let clock = Instant::now();
-            self.save_step(
-                deployment,
-                index,
-                step,
-                server,
-                StepState::Running,
-                None,
-                None,
-                Some(started),
-            )
-            .await?;
+            let mut recorder = self.reporter.step(deployment, index, &step.name, server);
+            recorder.running().await?;
             log.line(
                 Some(server),
                 Some(&step.name),
@@ -682,122 +741,42 @@ impl Engine {
                 server: server.to_string(),
                 step: step.name.clone(),
             };
-            let result = match &step.action {
+            let outcome = match &step.action {
                 Action::Shell => self
                     .run_script(server, &self.job(deployment, step, server), &say)
                     .await
-                    .map(ServerResult::Exit),
-                Action::Container(plan) => Ok(self
-                    .deploy_app(deployment, plan, server, shared, &say)
-                    .await
-                    .into()),
-                Action::Rollback { app, stop_timeout } => Ok(self
-                    .rollback_app(deployment, app, *stop_timeout, server, &say)
-                    .await
-                    .into()),
-                Action::StopApp { app, stop_timeout } => Ok(self
-                    .stop_app(deployment, app, *stop_timeout, server, &say)
-                    .await
-                    .into()),
-                Action::Compose(plan) => {
-                    self.compose(deployment, step, plan, true, server, &say)
+                    .map_or_else(StepOutcome::from, StepOutcome::from),
+                Action::Container(plan) => {
+                    self.deploy_app(deployment, plan, server, shared, &say)
                         .await
                 }
-                Action::ComposeDown(plan) => {
-                    self.compose(deployment, step, plan, false, server, &say)
+                Action::Rollback { app, stop_timeout } => {
+                    self.rollback_app(deployment, app, *stop_timeout, server, &say)
                         .await
                 }
+                Action::StopApp { app, stop_timeout } => {
+                    self.stop_app(deployment, app, *stop_timeout, server, &say)
+                        .await
+                }
+                Action::Compose(plan) => self
+                    .compose(deployment, step, plan, true, server, &say)
+                    .await
+                    .unwrap_or_else(StepOutcome::from),
+                Action::ComposeDown(plan) => self
+                    .compose(deployment, step, plan, false, server, &say)
+                    .await
+                    .unwrap_or_else(StepOutcome::from),
             };
             let elapsed = format_elapsed(clock.elapsed());
-            let result = match result {
-                Ok(ServerResult::Exit(Exit::Code(0))) => {
-                    log.line(
-                        Some(server),
-                        Some(&step.name),
-                        LogStream::Dropship,
-                        format!("✔ {} on {server} ({elapsed})", step.name),
-                    );
-                    self.save_step(
-                        deployment,
-                        index,
-                        step,
-                        server,
-                        StepState::Success,
-                        Some(0),
-                        None,
-                        Some(started),
-                    )
-                    .await?;
-                    ServerResult::Exit(Exit::Code(0))
-                }
-                Ok(ServerResult::Failed(why)) => {
-                    log.line(
-                        Some(server),
-                        Some(&step.name),
-                        LogStream::Dropship,
-                        format!("✘ {} on {server}: {why} ({elapsed})", step.name),
-                    );
-                    self.save_step(
-                        deployment,
-                        index,
-                        step,
-                        server,
-                        StepState::Failure,
-                        None,
-                        Some(&why),
-                        Some(started),
-                    )
-                    .await?;
-                    ServerResult::Failed(why)
-                }
-                Ok(ServerResult::Unreachable(error)) | Err(error) => {
-                    log.line(
-                        Some(server),
-                        Some(&step.name),
-                        LogStream::Dropship,
-                        format!("✘ {error}"),
-                    );
-                    self.save_step(
-                        deployment,
-                        index,
-                        step,
-                        server,
-                        StepState::Error,
-                        None,
-                        Some(&error.to_string()),
-                        Some(started),
-                    )
-                    .await?;
-                    ServerResult::Unreachable(error)
-                }
-                Ok(ServerResult::Exit(exit)) => {
-                    let why = describe_exit(exit);
-                    log.line(
-                        Some(server),
-                        Some(&step.name),
-                        LogStream::Dropship,
-                        format!("✘ {} on {server}: {why} ({elapsed})", step.name),
-                    );
-                    let (state, code) = match exit {
-                        Exit::Code(code) => (StepState::Failure, Some(code as i64)),
-                        Exit::TimedOut => (StepState::TimedOut, None),
-                        Exit::Signal => (StepState::Failure, None),
-                    };
-                    self.save_step(
-                        deployment,
-                        index,
-                        step,
-                        server,
-                        state,
-                        code,
-                        Some(&why),
-                        Some(started),
-                    )
-                    .await?;
-                    ServerResult::Exit(exit)
-                }
-            };
-            Ok(result)
+            log.line(
+                Some(server),
+                Some(&step.name),
+                LogStream::Dropship,
+                outcome.summary(&step.name, server, &elapsed),
+            );
+            let (state, code, message) = outcome.recorded();
+            recorder.ended(state, code, message).await?;
+            Ok(outcome)
         }
         .instrument(span)
         .await
@@ -855,66 +834,12 @@ impl Engine {
         why: &str,
     ) -> anyhow::Result<()> {
         for server in servers {
-            self.save_step(
-                deployment,
-                index,
-                step,
-                server,
-                StepState::Skipped,
-                None,
-                Some(why),
-                None,
-            )
-            .await?;
+            self.reporter
+                .step(deployment, index, &step.name, server)
+                .skipped(why)
+                .await?;
         }
         Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn save_step(
-        &self,
-        deployment: &Deployment,
-        index: usize,
-        step: &PlannedStep,
-        server: &str,
-        state: StepState,
-        exit_code: Option<i64>,
-        message: Option<&str>,
-        started_at: Option<i64>,
-    ) -> anyhow::Result<()> {
-        let finished = matches!(
-            state,
-            StepState::Success
-                | StepState::Failure
-                | StepState::TimedOut
-                | StepState::Error
-                | StepState::Skipped
-        );
-        let run = StepRun {
-            deployment_id: deployment.id,
-            step_index: index as i64,
-            step: step.name.clone(),
-            server: server.to_string(),
-            state,
-            exit_code,
-            message: message.map(|m| self.redactor(deployment).redact(m.to_string())),
-            started_at,
-            finished_at: finished.then(now_ms),
-        };
-        self.store.save_step(&run).await?;
-        if finished {
-            self.metrics.step_ended(state.as_str());
-        }
-        self.bus.publish(Event::Step(run));
-        Ok(())
-    }
-}
-
-fn describe_exit(exit: Exit) -> String {
-    match exit {
-        Exit::Code(code) => format!("exit {code}"),
-        Exit::Signal => "killed by a signal".into(),
-        Exit::TimedOut => "timed out".into(),
     }
 }
 
@@ -927,26 +852,5 @@ pub fn format_elapsed(elapsed: Duration) -> String {
         format!("{:.1}s", elapsed.as_secs_f64())
     } else {
         format!("{}m{:02}s", elapsed.as_secs() / 60, elapsed.as_secs() % 60)
-    }
-}
-
-impl From<AppResult> for ServerResult {
-    fn from(result: AppResult) -> Self {
-        match result {
-            AppResult::Done => ServerResult::Exit(Exit::Code(0)),
-            AppResult::Failed(why) => ServerResult::Failed(why),
-            AppResult::Unreachable(error) => ServerResult::Unreachable(ExecError::Io {
-                server: match &error {
-                    crate::containers::ContainerError::Unreachable { server, .. }
-                    | crate::containers::ContainerError::Engine { server, .. } => server.clone(),
-                },
-                detail: match error {
-                    crate::containers::ContainerError::Unreachable { detail, .. } => {
-                        format!("cannot reach the container engine: {detail}")
-                    }
-                    crate::containers::ContainerError::Engine { detail, .. } => detail,
-                },
-            }),
-        }
     }
 }

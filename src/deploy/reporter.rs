@@ -8,9 +8,9 @@ use tokio::sync::Notify;
 
 use super::{checks, stored_log_url};
 use crate::github::status_description;
-use crate::logs::{Bus, Event, Redactors};
+use crate::logs::{Bus, Event, Redactor, Redactors};
 use crate::metrics::Metrics;
-use crate::store::{Deployment, State, StatusDraft, StepState, Store, Transition};
+use crate::store::{Deployment, State, StatusDraft, StepRun, StepState, Store, Transition, now_ms};
 
 /// Reports deployments' state changes. Built once at start; cheap to clone.
 #[derive(Debug, Clone)]
@@ -186,6 +186,97 @@ impl Reporter {
                 description: Some(description.to_string()),
             });
         }
+        Ok(())
+    }
+
+    /// The recorder of step `index` (named `step`) of `deployment` on `server`.
+    pub(super) fn step(
+        &self,
+        deployment: &Deployment,
+        index: usize,
+        step: &str,
+        server: &str,
+    ) -> StepRecorder {
+        StepRecorder {
+            reporter: self.clone(),
+            redactor: self.redactors.for_repo(&deployment.repo).clone(),
+            run: StepRun {
+                deployment_id: deployment.id,
+                step_index: index as i64,
+                step: step.to_string(),
+                server: server.to_string(),
+                state: StepState::Pending,
+                exit_code: None,
+                message: None,
+                started_at: None,
+                finished_at: None,
+            },
+        }
+    }
+}
+
+/// Records one step's run on one server as it goes: each state saved with its message masked,
+/// an ended one counted, every one published.
+pub(super) struct StepRecorder {
+    reporter: Reporter,
+    redactor: Redactor,
+    run: StepRun,
+}
+
+impl StepRecorder {
+    /// Records the step as waiting its turn.
+    pub(super) async fn pending(self) -> anyhow::Result<()> {
+        self.save(StepState::Pending, None, None).await
+    }
+
+    /// Records the step as running from now.
+    pub(super) async fn running(&mut self) -> anyhow::Result<()> {
+        self.run.started_at = Some(now_ms());
+        self.save(StepState::Running, None, None).await
+    }
+
+    /// Records how the step ended.
+    pub(super) async fn ended(
+        &self,
+        state: StepState,
+        exit_code: Option<i64>,
+        message: Option<String>,
+    ) -> anyhow::Result<()> {
+        self.save(state, exit_code, message).await
+    }
+
+    /// Records that the step never ran here, and why.
+    pub(super) async fn skipped(self, why: &str) -> anyhow::Result<()> {
+        self.save(StepState::Skipped, None, Some(why.to_string()))
+            .await
+    }
+
+    async fn save(
+        &self,
+        state: StepState,
+        exit_code: Option<i64>,
+        message: Option<String>,
+    ) -> anyhow::Result<()> {
+        let finished = matches!(
+            state,
+            StepState::Success
+                | StepState::Failure
+                | StepState::TimedOut
+                | StepState::Error
+                | StepState::Skipped
+        );
+        let run = StepRun {
+            state,
+            exit_code,
+            message: message.map(|m| self.redactor.redact(m)),
+            finished_at: finished.then(now_ms),
+            ..self.run.clone()
+        };
+        self.reporter.store.save_step(&run).await?;
+        if finished {
+            self.reporter.metrics.step_ended(state.as_str());
+        }
+        self.reporter.bus.publish(Event::Step(run));
         Ok(())
     }
 }
