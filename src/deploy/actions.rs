@@ -155,6 +155,15 @@ pub(crate) fn proves_requested_by(
         })
 }
 
+/// What asking for an environment's lock did.
+#[derive(Debug)]
+pub enum Locking {
+    /// The environment is now locked by this lock.
+    Locked(Lock),
+    /// It was locked already, by this lock.
+    Held(Lock),
+}
+
 impl Engine {
     /// Cancels deployment `id` on behalf of `by`; `None` when there is no such deployment.
     pub async fn cancel(&self, id: i64, by: &str) -> anyhow::Result<Option<Cancelled>> {
@@ -193,14 +202,14 @@ impl Engine {
             .find(|l| l.repo == repo && l.environment == environment))
     }
 
-    /// Locks an environment: `Err` holds the lock already there.
+    /// Locks an environment, unless it is locked already.
     pub async fn lock(
         &self,
         repo: &str,
         environment: &str,
         by: &str,
         reason: &str,
-    ) -> anyhow::Result<Result<Lock, Lock>> {
+    ) -> anyhow::Result<Locking> {
         let lock = Lock {
             repo: repo.to_string(),
             environment: environment.to_string(),
@@ -209,14 +218,14 @@ impl Engine {
             locked_at: now_ms(),
         };
         if self.store.lock(&lock).await? {
-            return Ok(Ok(lock));
+            return Ok(Locking::Locked(lock));
         }
         let existing = self.lock_of(repo, environment).await?;
         // Unlocked between the two: try once more.
         match existing {
-            Some(existing) => Ok(Err(existing)),
-            None if self.store.lock(&lock).await? => Ok(Ok(lock)),
-            None => Ok(Err(lock)),
+            Some(existing) => Ok(Locking::Held(existing)),
+            None if self.store.lock(&lock).await? => Ok(Locking::Locked(lock)),
+            None => Ok(Locking::Held(lock)),
         }
     }
 

@@ -189,10 +189,10 @@ impl Engine {
         let clock = Instant::now();
         let image = match self
             .image(deployment, plan, server, &host, shared, say)
-            .await?
+            .await
         {
             Ok(image) => image,
-            Err(why) => return Ok(StepOutcome::Failed(why)),
+            Err(outcome) => return Ok(outcome),
         };
         let image_time = clock.elapsed();
         say.note(format!(
@@ -326,15 +326,16 @@ impl Engine {
                 let ids: Vec<String> = new_ids.iter().map(|(id, _)| id.clone()).collect();
                 match self
                     .switch_route(deployment, &plan.app, proxy, server, &host, &ids, say)
-                    .await?
+                    .await
                 {
                     Ok(drain) => drain,
-                    Err(why) => {
+                    Err(outcome @ StepOutcome::Failed(_)) => {
                         for (id, _) in &new_ids {
                             host.remove(id).await?;
                         }
-                        return Ok(StepOutcome::Failed(why));
+                        return Ok(outcome);
                     }
+                    Err(outcome) => return Ok(outcome),
                 }
             }
             // The app was routed and no longer is: its route goes before its containers.
@@ -386,7 +387,8 @@ impl Engine {
     }
 
     /// The image to run on `server`, pulled or built there (or built once on the builder
-    /// and pulled). `Ok(Err(why))` is a build or pull failure to record.
+    /// and pulled). `Err` is how the step ends instead: a build or pull failure, or an engine
+    /// out of reach.
     async fn image(
         &self,
         deployment: &Deployment,
@@ -395,12 +397,12 @@ impl Engine {
         host: &Arc<dyn ContainerHost>,
         shared: &StepShared,
         say: &Say,
-    ) -> Result<Result<String, String>, ContainerError> {
+    ) -> Result<String, StepOutcome> {
         match &plan.image {
-            ImageSource::Pull(image) => Ok(self
-                .ensure_pulled(host, image, say)
-                .await?
-                .map(|()| image.clone())),
+            ImageSource::Pull(image) => {
+                self.ensure_pulled(host, image, say).await?;
+                Ok(image.clone())
+            }
             ImageSource::Build(build) => {
                 let slug = name_part(&format!(
                     "{}-{}",
@@ -413,16 +415,15 @@ impl Engine {
                         let image = format!("dropship/{slug}:{}", build.tag);
                         if host.image_present(&image).await? {
                             say.note(format!("{image} is already built on {server}"));
-                            return Ok(Ok(image));
+                            return Ok(image);
                         }
-                        let result = self
-                            .build_on(deployment, build, &image, server, host, shared, say)
+                        self.build_on(deployment, build, &image, server, host, shared, say)
                             .await?;
-                        Ok(result.map(|()| image))
+                        Ok(image)
                     }
                     Some(builder) => {
                         let Some(registry) = &self.config.containers.build_registry else {
-                            return Ok(Err(format!(
+                            return Err(StepOutcome::Failed(format!(
                                 "build.builder needs containers.build_registry in the operator config (where {builder} pushes the image)"
                             )));
                         };
@@ -453,9 +454,8 @@ impl Engine {
                                         )
                                         .await
                                     {
-                                        Ok(Ok(())) => {}
-                                        Ok(Err(why)) => return Err(why),
-                                        Err(e) => return Err(e.to_string()),
+                                        Ok(()) => {}
+                                        Err(outcome) => return Err(outcome.reason()),
                                     },
                                     Err(e) => return Err(e.to_string()),
                                 }
@@ -470,12 +470,9 @@ impl Engine {
                             })
                             .await
                             .clone();
-                        match built {
-                            Ok(image) => {
-                                Ok(self.ensure_pulled(host, &image, say).await?.map(|()| image))
-                            }
-                            Err(why) => Ok(Err(why)),
-                        }
+                        let image = built.map_err(StepOutcome::Failed)?;
+                        self.ensure_pulled(host, &image, say).await?;
+                        Ok(image)
                     }
                 }
             }
@@ -488,10 +485,10 @@ impl Engine {
         host: &Arc<dyn ContainerHost>,
         image: &str,
         say: &Say,
-    ) -> Result<Result<(), String>, ContainerError> {
+    ) -> Result<(), StepOutcome> {
         let mutable = image.ends_with(":latest");
         if !mutable && host.image_present(image).await? {
-            return Ok(Ok(()));
+            return Ok(());
         }
         say.note(format!("pulling {image}"));
         let (progress, pump) = say.progress();
@@ -501,11 +498,11 @@ impl Engine {
         drop(progress);
         let _ = pump.await;
         match pulled {
-            Ok(()) => Ok(Ok(())),
-            Err(ContainerError::Engine { detail, .. }) => {
-                Ok(Err(format!("pulling {image} failed: {detail}")))
-            }
-            Err(error) => Err(error),
+            Ok(()) => Ok(()),
+            Err(ContainerError::Engine { detail, .. }) => Err(StepOutcome::Failed(format!(
+                "pulling {image} failed: {detail}"
+            ))),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -519,7 +516,7 @@ impl Engine {
         host: &Arc<dyn ContainerHost>,
         shared: &StepShared,
         say: &Say,
-    ) -> Result<Result<(), String>, ContainerError> {
+    ) -> Result<(), StepOutcome> {
         let context = shared
             .context
             .get_or_init(|| async {
@@ -544,10 +541,7 @@ impl Engine {
             })
             .await
             .clone();
-        let context = match context {
-            Ok(context) => context,
-            Err(why) => return Ok(Err(why)),
-        };
+        let context = context.map_err(StepOutcome::Failed)?;
         say.note(format!(
             "building {image} on {server} ({} KiB of context)",
             context.len() / 1024
@@ -564,11 +558,11 @@ impl Engine {
         drop(progress);
         let _ = pump.await;
         match built {
-            Ok(()) => Ok(Ok(())),
-            Err(ContainerError::Engine { detail, .. }) => {
-                Ok(Err(format!("building {image} on {server}: {detail}")))
-            }
-            Err(error) => Err(error),
+            Ok(()) => Ok(()),
+            Err(ContainerError::Engine { detail, .. }) => Err(StepOutcome::Failed(format!(
+                "building {image} on {server}: {detail}"
+            ))),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -830,7 +824,8 @@ impl Engine {
     }
 
     /// Points the app's route at `containers` (their published ports on `server`); the
-    /// previous upstreams drain. `Ok(Err(why))` when a container publishes no port for it.
+    /// previous upstreams drain. `Err` is how the step ends instead: no proxy, a container
+    /// that publishes no port for it, or an engine out of reach.
     #[allow(clippy::too_many_arguments)]
     async fn switch_route(
         &self,
@@ -841,19 +836,18 @@ impl Engine {
         host: &Arc<dyn ContainerHost>,
         containers: &[String],
         say: &Say,
-    ) -> Result<Result<Drain, String>, ContainerError> {
+    ) -> Result<Drain, StepOutcome> {
         let Some(routes) = &self.routes else {
-            return Ok(Err("the operator config has no [proxy] listen".into()));
+            return Err(StepOutcome::Failed(
+                "the operator config has no [proxy] listen".into(),
+            ));
         };
-        let address = match self.upstream_address(server) {
-            Ok(address) => address,
-            Err(why) => return Ok(Err(why)),
-        };
+        let address = self.upstream_address(server).map_err(StepOutcome::Failed)?;
         let mut upstreams = Vec::new();
         for id in containers {
             let state = host.state(id).await?;
             let Some((_, port)) = state.published.iter().find(|(c, _)| *c == proxy.port) else {
-                return Ok(Err(format!(
+                return Err(StepOutcome::Failed(format!(
                     "{app}: container port {} is not published on {server}",
                     proxy.port
                 )));
@@ -888,9 +882,11 @@ impl Engine {
                         &proxy.path_prefix
                     }
                 ));
-                Ok(Ok(drain))
+                Ok(drain)
             }
-            Err(error) => Ok(Err(format!("switching the route of {app}: {error:#}"))),
+            Err(error) => Err(StepOutcome::Failed(format!(
+                "switching the route of {app}: {error:#}"
+            ))),
         }
     }
 
@@ -1061,12 +1057,12 @@ impl Engine {
                 let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
                 match self
                     .switch_route(deployment, app, &proxy, server, &host, &ids, say)
-                    .await?
+                    .await
                 {
                     Ok(drain) => {
                         drain.wait(self.config.proxy.drain_timeout).await;
                     }
-                    Err(why) => return Ok(StepOutcome::Failed(why)),
+                    Err(outcome) => return Ok(outcome),
                 }
             }
             if !stopped_current {

@@ -21,7 +21,7 @@ use secrecy::SecretString;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-pub use actions::{ActionError, Cancelled, Cancels};
+pub use actions::{ActionError, Cancelled, Cancels, Locking};
 pub use auto::{AutoDeployed, NotConsidered};
 pub use reporter::Reporter;
 pub use scheduler::{Queue, Scheduler};

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 use super::auth::{Caller, User};
 use super::{AppState, HttpError};
 use crate::config::Role;
-use crate::deploy::{ActionError, Cancelled, RunningApp, ServerReport};
+use crate::deploy::{ActionError, Cancelled, Locking, RunningApp, ServerReport};
 use crate::store::{
     AuditEntry, Deployment, ListFilter, Lock, LogLine, Millis, OutboxItem,
     State as DeploymentState, StepRun,
@@ -731,13 +731,13 @@ pub(super) async fn lock_as(
         .lock(repo, environment, &user.name, reason)
         .await?
     {
-        Ok(lock) => {
+        Locking::Locked(lock) => {
             state
                 .audit(&user.name, "lock", &format!("{repo} {environment}"), reason)
                 .await;
             Ok(Json(LockJson::from(&lock)).into_response())
         }
-        Err(existing) => {
+        Locking::Held(existing) => {
             Ok((StatusCode::CONFLICT, Json(LockJson::from(&existing))).into_response())
         }
     }
