@@ -15,12 +15,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::auth::{Caller, User};
+use super::view::time;
 use super::{AppState, HttpError};
 use crate::config::Role;
 use crate::deploy::{ActionError, Cancelled, Locking, RunningApp, ServerReport};
 use crate::store::{
-    AuditEntry, Deployment, ListFilter, Lock, LogLine, Millis, OutboxItem,
-    State as DeploymentState, StepRun,
+    AuditEntry, Deployment, ListFilter, Lock, LogLine, OutboxItem, State as DeploymentState,
+    StepRun,
 };
 
 #[derive(OpenApi)]
@@ -126,12 +127,6 @@ pub(super) struct DeploymentDetailJson {
     #[schema(value_type = Vec<Object>)]
     services: Vec<crate::store::Service>,
     github_statuses: Vec<StatusJson>,
-}
-
-pub(super) fn time(ms: Millis) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 impl DeploymentJson {

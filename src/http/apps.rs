@@ -222,7 +222,7 @@ pub(super) async fn page(
         .app_logs_tail(&repo, &environment, 1000)
         .await?;
     let after = lines.last().map_or(0, |l| l.id);
-    let events = super::dashboard::environment_path("/apps", &repo, &environment, "/logs/events");
+    let events = super::view::environment_path("/apps", &repo, &environment, "/logs/events");
     let body = html! {
         h1 { (repo) " → " (environment) }
         p.meta { "container logs, newest last; live" }
@@ -234,11 +234,11 @@ pub(super) async fn page(
                 }
             }
         }
-        (super::pages::data_island(&serde_json::json!({ "events": events, "after": after })))
+        (super::view::data_island(&serde_json::json!({ "events": events, "after": after })))
         script src=(super::assets::url("app-logs.js")) {}
     };
     Ok(
-        super::dashboard::layout(&format!("{repo} {environment} logs"), &user, "apps", body)
+        super::view::layout(&format!("{repo} {environment} logs"), &user, "apps", body)
             .into_response(),
     )
 }

@@ -10,61 +10,16 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Extension, Form};
 use axum_extra::extract::cookie::{Cookie, CookieJar};
-use maud::{DOCTYPE, Markup, html};
+use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::api::{self, environment_list, parse_state, time};
+use super::api::{self, environment_list, parse_state};
 use super::auth::{Caller, SESSION_COOKIE, User, hash_token};
+use super::view::{document, environment_path, layout, state_badge, time, url_link};
 use super::{AppState, HttpError};
 use crate::config::Role;
 use crate::deploy::format_elapsed;
 use crate::store::{Deployment, ListFilter, State as DeploymentState};
-
-fn document(title: &str, nav: Markup, body: Markup) -> Markup {
-    html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " — dropship" }
-                link rel="stylesheet" href=(super::assets::url("style.css"));
-            }
-            body { (nav) main { (body) } }
-        }
-    }
-}
-
-/// A page for a signed-in user, with the navigation.
-pub(super) fn layout(title: &str, user: &User, active: &str, body: Markup) -> Markup {
-    let link = |href: &str, name: &str, label: &str| {
-        html! { a href=(href) class=[(active == name).then_some("on")] { (label) } }
-    };
-    let nav = html! {
-        nav {
-            strong { "dropship" }
-            (link("/", "deployments", "Deployments"))
-            (link("/environments", "environments", "Environments"))
-            (link("/servers", "servers", "Servers"))
-            (link("/apps", "apps", "Apps"))
-            @if user.may(Role::Admin) { (link("/audit", "audit", "Audit")) }
-            span.who {
-                span #user { (user.name) } " (" (user.role.as_str()) ") "
-                form method="post" action="/logout" { button type="submit" { "Sign out" } }
-            }
-        }
-    };
-    document(title, nav, body)
-}
-
-/// A page without navigation: one deployment opened from its `log_url`.
-pub(super) fn bare(title: &str, body: Markup) -> Markup {
-    document(title, html! {}, body)
-}
-
-fn state_badge(state: &str) -> Markup {
-    html! { span class={"badge " (super::pages::state_class(state))} { (state) } }
-}
 
 fn took(deployment: &Deployment) -> String {
     match (deployment.started_at, deployment.finished_at) {
@@ -97,51 +52,6 @@ pub(super) fn safe_next(next: Option<&str>) -> String {
         }
         _ => "/".into(),
     }
-}
-
-/// `url` when it is an absolute `http` or `https` URL, so it may be a link; anything else
-/// (`javascript:`, `data:`, relative) is shown as text only.
-pub(super) fn web_url(url: &str) -> Option<&str> {
-    let uri: axum::http::Uri = url.parse().ok()?;
-    let web = matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some();
-    web.then_some(url)
-}
-
-/// A link to `url` when it is a web URL, else the text of it.
-pub(super) fn url_link(url: &str) -> Markup {
-    html! {
-        @match web_url(url) {
-            Some(url) => a href=(url) rel="noreferrer" { (url) },
-            None => code { (url) },
-        }
-    }
-}
-
-/// What a path segment escapes: all but unreserved characters.
-pub(super) const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-/// `/`-joined path segments, each percent-encoded.
-pub(super) fn path(segments: &[&str]) -> String {
-    segments
-        .iter()
-        .map(|s| format!("/{}", percent_encoding::utf8_percent_encode(s, SEGMENT)))
-        .collect()
-}
-
-/// `owner` and `name` of `owner/name`, split as [`Deployment::repo_parts`] splits a
-/// deployment's, for a repository named without one at hand.
-pub(super) fn repo_parts(repo: &str) -> (&str, &str) {
-    repo.split_once('/').unwrap_or(("", repo))
-}
-
-/// The path of an environment (`repo` is `owner/name`) followed by `rest`.
-pub(super) fn environment_path(prefix: &str, repo: &str, environment: &str, rest: &str) -> String {
-    let (owner, name) = repo_parts(repo);
-    format!("{}{}{rest}", prefix, path(&[owner, name, environment]))
 }
 
 fn login_page(next: &str, error: Option<&str>) -> Markup {
@@ -588,6 +498,7 @@ pub(super) async fn environment_action(
 
 #[cfg(test)]
 mod tests {
+    use super::super::view::web_url;
     use super::*;
 
     #[test]

@@ -10,6 +10,7 @@ pub mod auth;
 mod dashboard;
 mod error;
 mod pages;
+mod view;
 mod webhook;
 
 mod assets;

@@ -11,16 +11,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
-use maud::{Markup, PreEscaped, html};
+use maud::{Markup, html};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::api::time;
+use super::view::time;
 use axum::response::{IntoResponse, Response};
 
 use super::auth::{Caller, User};
+use super::view::{data_island, state_class};
 use super::{AppState, HttpError};
 use crate::config::Role;
 use crate::deploy::format_elapsed;
@@ -118,41 +119,10 @@ pub(super) async fn deployment(
         &state.config.github_web_url(),
     );
     Ok(match caller.0.as_ref() {
-        Some(user) => {
-            super::dashboard::layout(&format!("deployment {id}"), user, "deployments", body)
-        }
-        None => super::dashboard::bare(&format!("deployment {id}"), body),
+        Some(user) => super::view::layout(&format!("deployment {id}"), user, "deployments", body),
+        None => super::view::bare(&format!("deployment {id}"), body),
     }
     .into_response())
-}
-
-/// Page state for the page's script: a `<script type="application/json">` element, whose
-/// JSON has `<`, `>` and `&` escaped (`\u003c`...), so no text in it can end the element or
-/// open a comment.
-pub(super) fn data_island(value: &serde_json::Value) -> Markup {
-    let json = serde_json::to_string(value).expect("JSON values serialize");
-    let mut escaped = String::with_capacity(json.len());
-    for c in json.chars() {
-        match c {
-            '<' => escaped.push_str("\\u003c"),
-            '>' => escaped.push_str("\\u003e"),
-            '&' => escaped.push_str("\\u0026"),
-            '\u{2028}' => escaped.push_str("\\u2028"),
-            '\u{2029}' => escaped.push_str("\\u2029"),
-            c => escaped.push(c),
-        }
-    }
-    html! { script #page-state type="application/json" { (PreEscaped(escaped)) } }
-}
-
-/// The CSS class of a deployment or step state.
-pub(super) fn state_class(state: &str) -> &'static str {
-    match state {
-        "success" => "ok",
-        "failure" | "error" | "timed_out" => "bad",
-        "running" => "run",
-        _ => "wait",
-    }
 }
 
 fn step_cell(step: &StepRun) -> String {
@@ -187,8 +157,8 @@ fn render(
     let last_seq = lines.last().map_or(0, |l| l.seq);
     let deployer = user.is_some_and(|u| u.may(Role::Deployer));
     let (owner, name) = deployment.repo_parts();
-    let repo_url = format!("{github_web}{}", super::dashboard::path(&[owner, name]));
-    let sha = super::dashboard::path(&[&deployment.sha]);
+    let repo_url = format!("{github_web}{}", super::view::path(&[owner, name]));
+    let sha = super::view::path(&[&deployment.sha]);
     // Links to other parts of this deployment carry the link's token on.
     let token_param = token.map(|t| {
         format!(
@@ -236,9 +206,9 @@ fn render(
             }
             p.meta {
                 @if let Some(url) = &deployment.environment_url {
-                    "environment: " span #environment-url { (super::dashboard::url_link(url)) } " · "
+                    "environment: " span #environment-url { (super::view::url_link(url)) } " · "
                 }
-                "GitHub: " a href={(repo_url) "/deployments" (super::dashboard::path(&[&deployment.environment]))} { "deployments" }
+                "GitHub: " a href={(repo_url) "/deployments" (super::view::path(&[&deployment.environment]))} { "deployments" }
                 " · " a href={(repo_url) "/commit" (sha)} { "commit" }
             }
             @if deployer {
