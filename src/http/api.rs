@@ -14,11 +14,12 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::auth::{Caller, User};
+use super::actions::{self, Done};
+use super::auth::Caller;
 use super::view::time;
 use super::{AppState, HttpError};
 use crate::config::Role;
-use crate::deploy::{ActionError, Cancelled, Locking, RunningApp, ServerReport};
+use crate::deploy::{Locking, RunningApp, ServerReport};
 use crate::store::{
     AuditEntry, Deployment, ListFilter, Lock, LogLine, OutboxItem, State as DeploymentState,
     StepRun,
@@ -230,15 +231,6 @@ pub(super) async fn list(
     ))
 }
 
-pub(super) async fn find(state: &AppState, id: i64) -> Result<Deployment, HttpError> {
-    state
-        .engine
-        .store
-        .deployment(id)
-        .await?
-        .ok_or_else(|| HttpError::not_found(format!("no deployment {id}")))
-}
-
 /// One deployment with its steps, Compose services and GitHub statuses.
 #[utoipa::path(get, path = "/api/deployments/{id}", tag = "deployments",
     params(("id" = i64, Path, description = "Dropship's deployment id")),
@@ -249,7 +241,7 @@ pub(super) async fn show(
     Path(id): Path<i64>,
 ) -> Result<Json<DeploymentDetailJson>, HttpError> {
     caller.api(Role::Viewer)?;
-    let deployment = find(&state, id).await?;
+    let deployment = actions::find(&state, id).await?;
     let steps = state.store.steps(id).await?;
     let statuses = state.store.statuses(id).await?;
     let services = state.store.services(id).await?;
@@ -283,7 +275,7 @@ pub(super) async fn log(
     Path(id): Path<i64>,
     Query(query): Query<LogQuery>,
 ) -> Result<Response, HttpError> {
-    let deployment = find(&state, id).await?;
+    let deployment = actions::find(&state, id).await?;
     let capability = query
         .token
         .as_deref()
@@ -349,142 +341,31 @@ pub(crate) fn format_line(line: &LogLine) -> String {
     )
 }
 
-/// What an action did.
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ActionJson {
-    /// What happened, in a sentence.
-    message: String,
-    /// The GitHub deployment created, for redeploys and rollbacks.
-    github_deployment_id: Option<i64>,
-}
-
-impl ActionJson {
-    pub(super) fn message(&self) -> &str {
-        &self.message
-    }
-}
-
 /// Cancels a deployment: a queued one ends `error` at once; a running one finishes the step
 /// under way and starts no other.
 #[utoipa::path(post, path = "/api/deployments/{id}/cancel", tag = "deployments",
     params(("id" = i64, Path, description = "Dropship's deployment id")),
-    responses((status = 202, body = ActionJson), (status = 401), (status = 403), (status = 404), (status = 409, description = "it had ended")))]
+    responses((status = 202, body = actions::ActionJson), (status = 401), (status = 403), (status = 404), (status = 409, description = "it had ended")))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
+) -> Result<Done, HttpError> {
     let user = caller.api(Role::Deployer)?;
-    cancel_as(&state, &user, id).await
-}
-
-pub(super) async fn cancel_as(
-    state: &AppState,
-    user: &User,
-    id: i64,
-) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
-    let outcome = state
-        .engine
-        .cancel(id, &user.name)
-        .await?
-        .ok_or_else(|| HttpError::not_found(format!("no deployment {id}")))?;
-    let message = match outcome {
-        Cancelled::Queued => format!("deployment {id} cancelled before it started"),
-        Cancelled::Requested => {
-            format!("deployment {id} stops after the step under way")
-        }
-        Cancelled::Ended(ended) => {
-            return Err(HttpError::new(
-                StatusCode::CONFLICT,
-                format!("deployment {id} has ended ({ended}); nothing to cancel"),
-            ));
-        }
-    };
-    Ok(accepted(
-        state,
-        user,
-        ("cancel", format!("deployment {id}")),
-        message,
-        None,
-    )
-    .await)
-}
-
-/// Writes the audit entry of a done action and answers 202 with its message.
-async fn accepted(
-    state: &AppState,
-    user: &User,
-    (action, target): (&str, String),
-    message: String,
-    github_deployment_id: Option<i64>,
-) -> (StatusCode, Json<ActionJson>) {
-    state.audit(&user.name, action, &target, &message).await;
-    (
-        StatusCode::ACCEPTED,
-        Json(ActionJson {
-            message,
-            github_deployment_id,
-        }),
-    )
-}
-
-fn action_error(error: ActionError) -> HttpError {
-    match error {
-        ActionError::Refused(message) => HttpError::new(StatusCode::CONFLICT, message),
-        ActionError::Github(error) => HttpError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("GitHub refused to create the deployment: {}", error.message),
-        ),
-        ActionError::Internal(error) => HttpError::Internal(error),
-    }
+    actions::cancel(&state, &user, id).await
 }
 
 /// Deploys the same commit, task and environment again, as a new GitHub deployment.
 #[utoipa::path(post, path = "/api/deployments/{id}/redeploy", tag = "deployments",
     params(("id" = i64, Path, description = "Dropship's deployment id")),
-    responses((status = 202, body = ActionJson), (status = 401), (status = 403), (status = 404), (status = 502, description = "GitHub refused")))]
+    responses((status = 202, body = actions::ActionJson), (status = 401), (status = 403), (status = 404), (status = 502, description = "GitHub refused")))]
 pub(super) async fn redeploy(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<i64>,
-) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
+) -> Result<Done, HttpError> {
     let user = caller.api(Role::Deployer)?;
-    redeploy_as(&state, &user, id).await
-}
-
-pub(super) async fn redeploy_as(
-    state: &AppState,
-    user: &User,
-    id: i64,
-) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
-    let deployment = find(state, id).await?;
-    let created = state
-        .engine
-        .redeploy(&deployment, &user.name)
-        .await
-        .map_err(action_error)?;
-    let message = format!(
-        "created GitHub deployment {} of {} at {} to {}",
-        created.id,
-        deployment.repo,
-        deployment.sha.short(),
-        deployment.environment
-    );
-    state
-        .audit(
-            &user.name,
-            "redeploy",
-            &format!("deployment {id}"),
-            &message,
-        )
-        .await;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(ActionJson {
-            message,
-            github_deployment_id: Some(created.id),
-        }),
-    ))
+    actions::redeploy(&state, &user, id).await
 }
 
 /// An environment: what runs there and since when.
@@ -549,7 +430,6 @@ impl From<&Lock> for LockJson {
 pub(super) async fn environment_list(state: &AppState) -> Result<Vec<EnvironmentJson>, HttpError> {
     let latest = state.store.latest_per_environment(None).await?;
     let live = state
-        .engine
         .store
         .latest_per_environment(Some(DeploymentState::Success))
         .await?;
@@ -591,33 +471,14 @@ pub(super) async fn environments(
 /// rollback; for containers, the previous version, health-gated).
 #[utoipa::path(post, path = "/api/environments/{owner}/{repo}/{environment}/rollback", tag = "environments",
     params(("owner" = String, Path), ("repo" = String, Path), ("environment" = String, Path)),
-    responses((status = 202, body = ActionJson), (status = 401), (status = 403), (status = 409, description = "never deployed"), (status = 502, description = "GitHub refused")))]
+    responses((status = 202, body = actions::ActionJson), (status = 401), (status = 403), (status = 409, description = "never deployed"), (status = 502, description = "GitHub refused")))]
 pub(super) async fn rollback(
     State(state): State<AppState>,
     caller: Caller,
     Path((owner, name, environment)): Path<(String, String, String)>,
-) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
+) -> Result<Done, HttpError> {
     let user = caller.api(Role::Deployer)?;
-    rollback_as(&state, &user, &format!("{owner}/{name}"), &environment).await
-}
-
-pub(super) async fn rollback_as(
-    state: &AppState,
-    user: &User,
-    repo: &str,
-    environment: &str,
-) -> Result<(StatusCode, Json<ActionJson>), HttpError> {
-    let created = state
-        .engine
-        .rollback(repo, environment, &user.name)
-        .await
-        .map_err(action_error)?;
-    let message = format!(
-        "created GitHub deployment {} of {repo} to {environment}: task rollback",
-        created.id
-    );
-    let target = ("rollback", format!("{repo} {environment}"));
-    Ok(accepted(state, user, target, message, Some(created.id)).await)
+    actions::rollback(&state, &user, &format!("{owner}/{name}"), &environment).await
 }
 
 /// What a teardown removed.
@@ -699,43 +560,20 @@ pub(super) async fn lock(
 ) -> Result<Response, HttpError> {
     let user = caller.api(Role::Deployer)?;
     let reason = body.map(|Json(b)| b.reason).unwrap_or_default();
-    lock_as(
+    let locking = actions::lock(
         &state,
         &user,
         &format!("{owner}/{name}"),
         &environment,
         &reason,
     )
-    .await
-}
-
-pub(super) async fn lock_as(
-    state: &AppState,
-    user: &User,
-    repo: &str,
-    environment: &str,
-    reason: &str,
-) -> Result<Response, HttpError> {
-    let reason = if reason.trim().is_empty() {
-        "no reason given"
-    } else {
-        reason.trim()
-    };
-    match state
-        .engine
-        .lock(repo, environment, &user.name, reason)
-        .await?
-    {
-        Locking::Locked(lock) => {
-            state
-                .audit(&user.name, "lock", &format!("{repo} {environment}"), reason)
-                .await;
-            Ok(Json(LockJson::from(&lock)).into_response())
-        }
+    .await?;
+    Ok(match locking {
+        Locking::Locked(lock) => Json(LockJson::from(&lock)).into_response(),
         Locking::Held(existing) => {
-            Ok((StatusCode::CONFLICT, Json(LockJson::from(&existing))).into_response())
+            (StatusCode::CONFLICT, Json(LockJson::from(&existing))).into_response()
         }
-    }
+    })
 }
 
 /// Unlocks an environment.
@@ -748,23 +586,7 @@ pub(super) async fn unlock(
     Path((owner, name, environment)): Path<(String, String, String)>,
 ) -> Result<StatusCode, HttpError> {
     let user = caller.api(Role::Deployer)?;
-    unlock_as(&state, &user, &format!("{owner}/{name}"), &environment).await
-}
-
-pub(super) async fn unlock_as(
-    state: &AppState,
-    user: &User,
-    repo: &str,
-    environment: &str,
-) -> Result<StatusCode, HttpError> {
-    if !state.store.unlock(repo, environment).await? {
-        return Err(HttpError::not_found(format!(
-            "{repo} {environment} is not locked"
-        )));
-    }
-    state
-        .audit(&user.name, "unlock", &format!("{repo} {environment}"), "")
-        .await;
+    actions::unlock(&state, &user, &format!("{owner}/{name}"), &environment).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -875,7 +697,6 @@ pub(super) async fn audit(
 ) -> Result<Json<Vec<AuditJson>>, HttpError> {
     caller.api(Role::Admin)?;
     let entries = state
-        .engine
         .store
         .audit_log(query.limit.unwrap_or(200).clamp(1, 1000))
         .await?;

@@ -216,11 +216,7 @@ pub(super) async fn page(
     };
     let repo = format!("{owner}/{name}");
     // The page shows the newest lines and follows from there.
-    let lines = state
-        .engine
-        .store
-        .app_logs_tail(&repo, &environment, 1000)
-        .await?;
+    let lines = state.store.app_logs_tail(&repo, &environment, 1000).await?;
     let after = lines.last().map_or(0, |l| l.id);
     let events = super::view::environment_path("/apps", &repo, &environment, "/logs/events");
     let body = html! {

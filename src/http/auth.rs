@@ -133,7 +133,6 @@ impl FromRequestParts<AppState> for Caller {
             return Ok(Caller(None));
         };
         let Some(name) = state
-            .engine
             .store
             .session_user(&hash_token(cookie.value()), now_ms())
             .await?
@@ -171,8 +170,7 @@ impl AppState {
     }
 
     fn user_named(&self, name: &str) -> Option<User> {
-        self.engine
-            .config
+        self.config
             .api
             .users
             .iter()
@@ -202,8 +200,7 @@ impl AppState {
     pub(super) async fn start_session(&self, user: &User) -> anyhow::Result<Cookie<'static>> {
         let id = crate::store::new_token();
         let ttl = self.config.api.session_ttl;
-        self.engine
-            .store
+        self.store
             .create_session(
                 &hash_token(&id),
                 &user.name,

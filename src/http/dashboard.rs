@@ -13,12 +13,13 @@ use axum_extra::extract::cookie::{Cookie, CookieJar};
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::actions;
 use super::api::{self, environment_list, parse_state};
 use super::auth::{Caller, SESSION_COOKIE, User, hash_token};
 use super::view::{document, environment_path, layout, state_badge, time, url_link};
 use super::{AppState, HttpError};
 use crate::config::Role;
-use crate::deploy::format_elapsed;
+use crate::deploy::{Locking, format_elapsed};
 use crate::store::{Deployment, ListFilter, State as DeploymentState};
 
 fn took(deployment: &Deployment) -> String {
@@ -137,7 +138,6 @@ pub(super) async fn logout(
 ) -> Result<Response, HttpError> {
     if let Some(cookie) = jar.get(SESSION_COOKIE) {
         state
-            .engine
             .store
             .delete_session(&hash_token(cookie.value()))
             .await?;
@@ -225,7 +225,6 @@ pub(super) async fn environments(
     for environment in &environments {
         // Versions that ran here and may be deployed again.
         let earlier: Vec<Deployment> = state
-            .engine
             .store
             .list_deployments(&ListFilter {
                 repo: Some(environment.repo().to_string()),
@@ -430,10 +429,8 @@ fn outcome(user: &User, result: Result<String, HttpError>, back: &str) -> Respon
     (status, layout("done", user, "", body)).into_response()
 }
 
-fn message(
-    result: Result<(StatusCode, axum::Json<api::ActionJson>), HttpError>,
-) -> Result<String, HttpError> {
-    result.map(|(_, json)| json.0.message().to_string())
+fn message(result: Result<actions::Done, HttpError>) -> Result<String, HttpError> {
+    result.map(|done| done.message)
 }
 
 /// The buttons on a deployment: `cancel` and `redeploy`.
@@ -449,8 +446,8 @@ pub(super) async fn deployment_action(
         Err(refusal) => return refusal.into_response(),
     };
     let result = match action.as_str() {
-        "cancel" => message(api::cancel_as(&state, &user, id).await),
-        "redeploy" => message(api::redeploy_as(&state, &user, id).await),
+        "cancel" => message(actions::cancel(&state, &user, id).await),
+        "redeploy" => message(actions::redeploy(&state, &user, id).await),
         other => Err(HttpError::not_found(format!("no action `{other}`"))),
     };
     outcome(&user, result, &format!("/deployments/{id}"))
@@ -477,20 +474,18 @@ pub(super) async fn environment_action(
     let repo = format!("{owner}/{name}");
     let reason = form.reason;
     let result = match action.as_str() {
-        "rollback" => message(api::rollback_as(&state, &user, &repo, &environment).await),
-        "lock" => match api::lock_as(&state, &user, &repo, &environment, &reason).await {
-            Ok(response) if response.status().is_success() => {
-                Ok(format!("{repo} {environment} is locked"))
-            }
-            Ok(_) => Err(HttpError::new(
+        "rollback" => message(actions::rollback(&state, &user, &repo, &environment).await),
+        "lock" => match actions::lock(&state, &user, &repo, &environment, &reason).await {
+            Ok(Locking::Locked(_)) => Ok(format!("{repo} {environment} is locked")),
+            Ok(Locking::Held(_)) => Err(HttpError::new(
                 StatusCode::CONFLICT,
                 format!("{repo} {environment} is locked already"),
             )),
             Err(error) => Err(error),
         },
-        "unlock" => api::unlock_as(&state, &user, &repo, &environment)
+        "unlock" => actions::unlock(&state, &user, &repo, &environment)
             .await
-            .map(|_| format!("{repo} {environment} is unlocked")),
+            .map(|()| format!("{repo} {environment} is unlocked")),
         other => Err(HttpError::not_found(format!("no action `{other}`"))),
     };
     outcome(&user, result, "/environments")

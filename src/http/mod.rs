@@ -4,6 +4,7 @@
 //! Architecture invariant: only this module knows axum. REST JSON types live here and are
 //! converted from the store's records, so a column rename cannot break the API.
 
+mod actions;
 mod api;
 mod apps;
 pub mod auth;
@@ -270,7 +271,6 @@ async fn ready(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> (axum::http::StatusCode, String) {
     match state
-        .engine
         .store
         .list_deployments(&crate::store::ListFilter {
             limit: 1,

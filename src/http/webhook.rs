@@ -71,7 +71,6 @@ pub(super) async fn github(
     let deployment = match event {
         Event::Ping { zen } => {
             state
-                .engine
                 .store
                 .record_delivery(delivery(DeliveryResult::Ping, None))
                 .await?;
@@ -79,7 +78,6 @@ pub(super) async fn github(
         }
         Event::Ignored { event, action } => {
             state
-                .engine
                 .store
                 .record_delivery(delivery(DeliveryResult::Ignored, action.clone()))
                 .await?;
@@ -97,7 +95,6 @@ pub(super) async fn github(
         } => {
             if let Err(refused) = state.config.admit_repository(&repository) {
                 state
-                    .engine
                     .store
                     .record_delivery(delivery(DeliveryResult::Refused, Some("closed".into())))
                     .await?;
@@ -107,7 +104,6 @@ pub(super) async fn github(
             // closing says nothing about this repository's previews.
             if from_fork {
                 state
-                    .engine
                     .store
                     .record_delivery(delivery(DeliveryResult::Ignored, Some("closed".into())))
                     .await?;
@@ -117,13 +113,8 @@ pub(super) async fn github(
                 )
                     .into_response());
             }
-            let previews = state
-                .engine
-                .store
-                .previews_of_ref(&repository, &head_ref)
-                .await?;
+            let previews = state.store.previews_of_ref(&repository, &head_ref).await?;
             state
-                .engine
                 .store
                 .record_delivery(delivery(DeliveryResult::Accepted, Some("closed".into())))
                 .await?;
@@ -171,12 +162,10 @@ pub(super) async fn github(
         Event::Deployment(deployment) => deployment,
     };
     if let Err(refused) = state
-        .engine
         .config
         .admit(&deployment.repository, &deployment.environment)
     {
         state
-            .engine
             .store
             .record_delivery(delivery(DeliveryResult::Refused, Some("created".into())))
             .await?;
@@ -199,7 +188,6 @@ pub(super) async fn github(
     let public_url = state.config.public_url().to_string();
     let queued = Box::new(move |d: &crate::store::Deployment| queued_status(&public_url, d));
     let inserted = state
-        .engine
         .store
         .insert_deployment(
             new,
@@ -251,12 +239,7 @@ async fn auto_deploy(
 ) -> Result<Response, HttpError> {
     let event = event_label(Some(&delivery.event));
     let count = |result: &str| state.metrics.webhook(event, result);
-    if state
-        .engine
-        .config
-        .admit_repository(&moved.repository)
-        .is_err()
-    {
+    if state.config.admit_repository(&moved.repository).is_err() {
         count("ignored");
         let delivery = Delivery {
             result: DeliveryResult::Ignored,
