@@ -2,7 +2,6 @@
 
 mod remote;
 
-use std::collections::BTreeSet;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{self, Config};
 use crate::github::{FixedManifest, ManifestFile};
 use crate::logs::Event;
-use crate::manifest::{Diagnostic, Diagnostics, FILE_NAMES, Inventory, InventoryServer, Manifest};
+use crate::manifest::{Diagnostic, Diagnostics, FILE_NAMES, Inventory, Manifest};
 use crate::store::{Inserted, NewDeployment, State};
 
 #[derive(Debug, Parser)]
@@ -606,40 +605,11 @@ fn inventory(config: &Config, repo: Option<&str>) -> anyhow::Result<Inventory> {
         ),
         None => None,
     };
-    let servers = config
-        .servers
-        .iter()
-        .map(|s| InventoryServer {
-            name: s.name.clone(),
-            roles: s.roles.clone(),
-            allowed: entry.is_none_or(|e| e.allows_server(s)),
-        })
-        .collect();
-    let secrets: BTreeSet<String> = match entry {
-        Some(e) => e.secrets.keys().cloned().collect(),
-        None => config
-            .repos
-            .iter()
-            .flat_map(|r| r.secrets.keys().cloned())
-            .collect(),
-    };
-    let hosts: Vec<String> = match entry {
-        Some(e) => e.hosts.clone(),
-        None => config.repos.iter().flat_map(|r| r.hosts.clone()).collect(),
-    };
-    Ok(Inventory {
-        repo: repo.unwrap_or("this repository").to_string(),
-        servers,
-        secrets,
-        hosts,
-        containers: entry.map(|e| e.containers.clone()),
-        preview_domain: config.proxy.preview_domain.clone(),
-        preview_scheme: if config.proxy.listen_tls.is_some() {
-            "https".into()
-        } else {
-            "http".into()
-        },
-    })
+    Ok(Inventory::from_config(
+        config,
+        repo.unwrap_or("this repository"),
+        entry,
+    ))
 }
 
 fn validate(

@@ -33,9 +33,7 @@ use crate::containers::follow::Followers;
 use crate::exec::{ExecError, Exit, Fleet, Job};
 use crate::github::{ManifestSource, status_description};
 use crate::logs::{Bus, DeploymentLog, Logs, Redactor};
-use crate::manifest::{
-    Action, Context, Inventory, InventoryServer, Manifest, Plan, PlannedStep, Strategy,
-};
+use crate::manifest::{Action, Context, Inventory, Manifest, Plan, PlannedStep, Strategy};
 
 use crate::store::{
     Deployment, LogStream, State, StatusDraft, StatusState, StepState, Store, now_ms,
@@ -551,28 +549,7 @@ impl Engine {
                 )));
             }
         }
-        let inventory = Inventory {
-            repo: deployment.repo.clone(),
-            servers: self
-                .config
-                .servers
-                .iter()
-                .map(|s| InventoryServer {
-                    name: s.name.clone(),
-                    roles: s.roles.clone(),
-                    allowed: repo.allows_server(s),
-                })
-                .collect(),
-            secrets: repo.secrets.keys().cloned().collect(),
-            hosts: repo.hosts.clone(),
-            containers: Some(repo.containers.clone()),
-            preview_domain: self.config.proxy.preview_domain.clone(),
-            preview_scheme: if self.config.proxy.listen_tls.is_some() {
-                "https".into()
-            } else {
-                "http".into()
-            },
-        };
+        let inventory = Inventory::from_config(&self.config, &deployment.repo, Some(repo));
         let context = context(deployment);
         let plan = Manifest::parse(&file.path, &file.text)
             .and_then(|manifest| manifest.plan(&context, &inventory));

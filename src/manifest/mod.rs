@@ -127,6 +127,49 @@ pub struct Inventory {
 }
 
 impl Inventory {
+    /// What `config` offers repository `repo` through its `[[repos]]` entry; without an entry,
+    /// everything the config defines (`dropship validate` without a repository).
+    pub fn from_config(
+        config: &crate::config::Config,
+        repo: &str,
+        entry: Option<&crate::config::RepoEntry>,
+    ) -> Inventory {
+        let servers = config
+            .servers
+            .iter()
+            .map(|s| InventoryServer {
+                name: s.name.clone(),
+                roles: s.roles.clone(),
+                allowed: entry.is_none_or(|e| e.allows_server(s)),
+            })
+            .collect();
+        let secrets = match entry {
+            Some(e) => e.secrets.keys().cloned().collect(),
+            None => config
+                .repos
+                .iter()
+                .flat_map(|r| r.secrets.keys().cloned())
+                .collect(),
+        };
+        let hosts = match entry {
+            Some(e) => e.hosts.clone(),
+            None => config.repos.iter().flat_map(|r| r.hosts.clone()).collect(),
+        };
+        Inventory {
+            repo: repo.to_string(),
+            servers,
+            secrets,
+            hosts,
+            containers: entry.map(|e| e.containers.clone()),
+            preview_domain: config.proxy.preview_domain.clone(),
+            preview_scheme: if config.proxy.listen_tls.is_some() {
+                "https".into()
+            } else {
+                "http".into()
+            },
+        }
+    }
+
     fn allows_host(&self, host: &str) -> bool {
         self.hosts
             .iter()
