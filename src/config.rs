@@ -1000,6 +1000,22 @@ impl Config {
         self.repo_index(full_name).map(|i| &self.repos[i])
     }
 
+    /// The values of the secrets `names` that `repo`'s entry grants, by name; a name it does
+    /// not grant is left out (plans name only granted secrets).
+    pub fn repo_secrets<'a>(
+        &self,
+        repo: &str,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<(String, SecretString)> {
+        let Some(entry) = self.repo(repo) else {
+            return Vec::new();
+        };
+        names
+            .into_iter()
+            .filter_map(|name| entry.secrets.get(name).map(|v| (name.clone(), v.clone())))
+            .collect()
+    }
+
     /// The one admission policy, for intake, the engine and auto-deploy alike: the entry of
     /// `repo` if it may deploy to `environment`, or why not.
     pub fn admit(&self, repo: &str, environment: &str) -> Result<&RepoEntry, Refused> {

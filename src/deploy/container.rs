@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
 use tokio::sync::OnceCell;
 
 use super::{Engine, StepOutcome, format_elapsed};
@@ -216,16 +215,7 @@ impl Engine {
         {
             host.remove(&stale.id).await?;
         }
-        let secrets: Vec<(String, SecretString)> = self
-            .config
-            .repo(&deployment.repo)
-            .map(|repo| {
-                plan.secrets
-                    .iter()
-                    .filter_map(|name| repo.secrets.get(name).map(|v| (name.clone(), v.clone())))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let secrets = self.config.repo_secrets(&deployment.repo, &plan.secrets);
         let health_label = serde_json::to_string(&plan.health).expect("health checks serialize");
         let proxy_label = plan
             .proxy

@@ -17,7 +17,6 @@ mod survey;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -778,20 +777,7 @@ impl Engine {
         env.push(("DROPSHIP_SERVER".into(), server.to_string()));
         env.push(("DROPSHIP_STEP".into(), step.name.clone()));
         env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let secrets: Vec<(String, SecretString)> = self
-            .config
-            .repo(&deployment.repo)
-            .map(|repo| {
-                step.secrets
-                    .iter()
-                    .filter_map(|name| {
-                        repo.secrets
-                            .get(name)
-                            .map(|value| (name.clone(), value.clone()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let secrets = self.config.repo_secrets(&deployment.repo, &step.secrets);
         Job {
             script: step.script.clone(),
             env,
