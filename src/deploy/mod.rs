@@ -10,6 +10,7 @@ mod auto;
 mod checks;
 mod compose;
 mod container;
+mod intake;
 mod reporter;
 mod scheduler;
 mod survey;
@@ -22,6 +23,7 @@ use tracing::Instrument;
 
 pub use actions::{ActionError, Cancelled, Cancels, Locking};
 pub use auto::{AutoDeployed, NotConsidered};
+pub use intake::{Accepted, Intake};
 pub use reporter::Reporter;
 pub use scheduler::{Queue, Scheduler};
 pub use survey::{RunningApp, ServerReport, survey};

@@ -36,7 +36,7 @@ pub use error::HttpError;
 
 use crate::config::Config;
 use crate::config::ServerSection;
-use crate::deploy::{Engine, Queue, Reporter};
+use crate::deploy::{Engine, Intake, Queue};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -54,12 +54,8 @@ pub struct AppState {
     pub bus: crate::logs::Bus,
     /// Live container log lines, for the apps page.
     pub followers: crate::containers::follow::Followers,
-    /// Wakes the status outbox once intake has recorded a `queued` status.
-    pub outbox: Arc<tokio::sync::Notify>,
-    /// Where recorded deployments go to be run.
-    pub scheduler: Queue,
-    /// Records and reports deployments' state changes.
-    pub reporter: Reporter,
+    /// Takes verified webhook deliveries.
+    pub intake: Intake,
     /// Failed sign-ins per name and client address.
     pub(crate) throttle: Arc<auth::SignInThrottle>,
 }
@@ -67,17 +63,16 @@ pub struct AppState {
 impl AppState {
     pub fn new(engine: Engine, scheduler: Queue) -> AppState {
         let throttle = Arc::new(auth::SignInThrottle::new(&engine.config.api));
+        let engine = Arc::new(engine);
         AppState {
+            intake: Intake::new(engine.clone(), scheduler),
             config: engine.config.clone(),
             store: engine.store.clone(),
             metrics: engine.metrics.clone(),
             keys: engine.keys.clone(),
             bus: engine.bus.clone(),
             followers: engine.followers.clone(),
-            outbox: engine.outbox.clone(),
-            reporter: engine.reporter.clone(),
-            engine: Arc::new(engine),
-            scheduler,
+            engine,
             throttle,
         }
     }

@@ -8,10 +8,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{AppState, HttpError};
-use crate::deploy::queued_status;
-use crate::manifest::AutoDeployTrigger;
-use crate::store::{Delivery, DeliveryResult, Inserted, NewDeployment};
-use crate::webhook::{self, BranchMoved, Event};
+use crate::deploy::Accepted;
+use crate::webhook::{self, Event};
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
@@ -36,9 +34,8 @@ pub(super) async fn github(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, HttpError> {
-    let metrics = state.metrics.clone();
     let event_label = event_label(header(&headers, "x-github-event"));
-    let count = |result: &str| metrics.webhook(event_label, result);
+    let count = |result: &str| state.metrics.webhook(event_label, result);
     let secrets = state.config.webhook_secret_bytes();
     if let Err(error) = webhook::verify(&secrets, header(&headers, "x-hub-signature-256"), &body) {
         count("bad_signature");
@@ -56,217 +53,58 @@ pub(super) async fn github(
         count("invalid");
         HttpError::new(StatusCode::BAD_REQUEST, e.to_string())
     })?;
-    let delivery = |result: DeliveryResult, action: Option<String>| {
-        if result != DeliveryResult::Accepted {
-            count(result.as_str());
-        }
-        Delivery {
-            delivery_id: delivery_id.clone(),
-            event: event_name.to_string(),
-            action,
-            result,
-            deployment_id: None,
-        }
-    };
-    let deployment = match event {
-        Event::Ping { zen } => {
-            state
-                .store
-                .record_delivery(delivery(DeliveryResult::Ping, None))
-                .await?;
-            return Ok((StatusCode::OK, Json(json!({ "ok": true, "zen": zen }))).into_response());
-        }
-        Event::Ignored { event, action } => {
-            state
-                .store
-                .record_delivery(delivery(DeliveryResult::Ignored, action.clone()))
-                .await?;
-            let what = match action {
-                Some(action) => format!("{event}.{action}"),
-                None => event,
-            };
-            return Ok((StatusCode::ACCEPTED, Json(json!({ "ignored": what }))).into_response());
-        }
-        Event::PullRequestClosed {
-            repository,
-            number,
-            head_ref,
-            from_fork,
-        } => {
-            if let Err(refused) = state.config.admit_repository(&repository) {
-                state
-                    .store
-                    .record_delivery(delivery(DeliveryResult::Refused, Some("closed".into())))
-                    .await?;
-                return Err(HttpError::new(StatusCode::FORBIDDEN, refused.to_string()));
-            }
-            // A fork's branch may carry the name of one of this repository's branches: its
-            // closing says nothing about this repository's previews.
-            if from_fork {
-                state
-                    .store
-                    .record_delivery(delivery(DeliveryResult::Ignored, Some("closed".into())))
-                    .await?;
-                return Ok((
-                    StatusCode::ACCEPTED,
-                    Json(json!({ "pull_request": number, "ignored": "the pull request comes from a fork" })),
-                )
-                    .into_response());
-            }
-            let previews = state.store.previews_of_ref(&repository, &head_ref).await?;
-            state
-                .store
-                .record_delivery(delivery(DeliveryResult::Accepted, Some("closed".into())))
-                .await?;
-            count("accepted");
-            // Answer now; tearing down (draining, removing containers) takes its time.
-            for environment in previews.clone() {
-                let (engine, repository) = (state.engine.clone(), repository.clone());
-                tokio::spawn(async move {
-                    match engine.teardown(&repository, &environment).await {
-                        Ok((removed, _)) => tracing::info!(
-                            repo = %repository, environment, removed,
-                            "pull request closed: preview torn down"
-                        ),
-                        Err(error) => tracing::error!(
-                            repo = %repository, environment, error = format!("{error:#}"),
-                            "pull request closed: tearing down the preview"
-                        ),
-                    }
-                });
-            }
-            return Ok((
-                StatusCode::ACCEPTED,
-                Json(json!({ "pull_request": number, "teardown": previews })),
-            )
-                .into_response());
-        }
-        Event::Push(moved) => {
-            return auto_deploy(
-                &state,
-                *moved,
-                AutoDeployTrigger::Push,
-                delivery(DeliveryResult::Accepted, None),
-            )
-            .await;
-        }
-        Event::CheckSuiteCompleted(moved) => {
-            return auto_deploy(
-                &state,
-                *moved,
-                AutoDeployTrigger::Checks,
-                delivery(DeliveryResult::Accepted, Some("completed".into())),
-            )
-            .await;
-        }
-        Event::Deployment(deployment) => deployment,
-    };
-    if let Err(refused) = state
-        .config
-        .admit(&deployment.repository, &deployment.environment)
-    {
-        state
-            .store
-            .record_delivery(delivery(DeliveryResult::Refused, Some("created".into())))
-            .await?;
-        return Err(HttpError::new(StatusCode::FORBIDDEN, refused.to_string()));
-    }
-    let new = NewDeployment {
-        github_id: Some(deployment.github_id),
-        repo: deployment.repository,
-        environment: deployment.environment,
-        task: deployment.task,
-        git_ref: deployment.git_ref,
-        sha: deployment.sha,
-        payload: deployment.payload,
-        description: deployment.description,
-        creator: deployment.creator,
-        installation_id: deployment.installation_id,
-        transient: deployment.transient_environment,
-        production: deployment.production_environment,
-    };
-    let public_url = state.config.public_url().to_string();
-    let queued = Box::new(move |d: &crate::store::Deployment| queued_status(&public_url, d));
-    let inserted = state
-        .store
-        .insert_deployment(
-            new,
-            Some(queued),
-            Some(delivery(DeliveryResult::Accepted, Some("created".into()))),
-        )
+    let accepted = state
+        .intake
+        .accept(delivery_id, event_label, event_name, event)
         .await?;
-    let (status, recorded, duplicate) = match inserted {
-        Inserted::New(d) => {
-            count("accepted");
-            // Behind the queued status, before the deployment can start. Without it the check
-            // run is created at `in_progress`: no reason to fail a recorded delivery.
-            if let Err(error) = state.reporter.check_queued(&d).await {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    deployment.id = d.id,
-                    "enqueueing the queued check run"
-                );
-            }
-            state.scheduler.push(&d);
-            state.outbox.notify_one();
-            (StatusCode::ACCEPTED, d, false)
-        }
-        Inserted::Duplicate(d) => {
-            count("duplicate");
-            (StatusCode::OK, d, true)
-        }
-    };
-    let body = json!({
-        "id": recorded.id,
-        "github_deployment_id": recorded.github_id,
-        "state": recorded.state,
-        "log_url": state.engine.log_url(&recorded),
-        "duplicate": duplicate,
-    });
-    Ok((status, Json(body)).into_response())
+    Ok(render(accepted))
 }
 
-/// How long a `push` or `check_suite` delivery waits for its auto-deploys before answering;
-/// GitHub gives up on a delivery after 10 s. Work left then goes on in the background.
-const AUTO_DEPLOY_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Records the delivery and applies the manifest's `auto_deploy` rules.
-async fn auto_deploy(
-    state: &AppState,
-    moved: BranchMoved,
-    trigger: AutoDeployTrigger,
-    delivery: Delivery,
-) -> Result<Response, HttpError> {
-    let event = event_label(Some(&delivery.event));
-    let count = |result: &str| state.metrics.webhook(event, result);
-    if state.config.admit_repository(&moved.repository).is_err() {
-        count("ignored");
-        let delivery = Delivery {
-            result: DeliveryResult::Ignored,
-            ..delivery
-        };
-        state.store.record_delivery(delivery).await?;
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({ "auto_deploy": [], "note": format!("repository {} is not configured", moved.repository) })),
-        )
-            .into_response());
-    }
-    state.store.record_delivery(delivery).await?;
-    count("accepted");
-    let engine = state.engine.clone();
-    let mut work = tokio::spawn(async move { engine.auto_deploy(&moved, trigger).await });
-    let answer = match tokio::time::timeout(AUTO_DEPLOY_BUDGET, &mut work).await {
-        Ok(Ok(Ok(done))) => json!({ "auto_deploy": done }),
-        Ok(Ok(Err(why))) => json!({ "auto_deploy": [], "note": why.to_string() }),
-        Ok(Err(error)) => {
-            return Err(HttpError::Internal(anyhow::anyhow!(
-                "auto-deploy task failed: {error}"
-            )));
+/// The answer GitHub gets (and shows in the delivery's log).
+fn render(accepted: Accepted) -> Response {
+    match accepted {
+        Accepted::Ping { zen } => {
+            (StatusCode::OK, Json(json!({ "ok": true, "zen": zen }))).into_response()
         }
-        Err(_) => json!({ "auto_deploy": "continuing in the background" }),
-    };
-    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+        Accepted::Ignored(what) => {
+            (StatusCode::ACCEPTED, Json(json!({ "ignored": what }))).into_response()
+        }
+        Accepted::Refused(refused) => {
+            HttpError::new(StatusCode::FORBIDDEN, refused.to_string()).into_response()
+        }
+        Accepted::PullRequestFromFork { number } => (
+            StatusCode::ACCEPTED,
+            Json(
+                json!({ "pull_request": number, "ignored": "the pull request comes from a fork" }),
+            ),
+        )
+            .into_response(),
+        Accepted::PullRequestClosed { number, teardown } => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "pull_request": number, "teardown": teardown })),
+        )
+            .into_response(),
+        Accepted::AutoDeploy(answer) => (StatusCode::ACCEPTED, Json(answer)).into_response(),
+        Accepted::Deployment {
+            deployment,
+            duplicate,
+            log_url,
+        } => {
+            let status = if duplicate {
+                StatusCode::OK
+            } else {
+                StatusCode::ACCEPTED
+            };
+            let body = json!({
+                "id": deployment.id,
+                "github_deployment_id": deployment.github_id,
+                "state": deployment.state,
+                "log_url": log_url,
+                "duplicate": duplicate,
+            });
+            (status, Json(body)).into_response()
+        }
+    }
 }
 
 #[cfg(test)]

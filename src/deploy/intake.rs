@@ -1,0 +1,288 @@
+//! Intake: what Dropship does with a delivery whose signature was verified and whose event
+//! was parsed. It records the delivery, and for a deployment records it with its `queued`
+//! status in one commit before anything else (GitHub gives up at 10 s and never retries);
+//! then hands it to the scheduler. The HTTP handler only verifies, parses and renders the
+//! [`Accepted`] it gets back.
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::{Engine, Queue, Reporter, queued_status};
+use crate::config::{Config, Refused};
+use crate::manifest::AutoDeployTrigger;
+use crate::metrics::Metrics;
+use crate::store::{Delivery, DeliveryResult, Deployment, Inserted, NewDeployment, Store};
+use crate::webhook::{BranchMoved, DeploymentEvent, Event};
+
+/// How long a `push` or `check_suite` delivery waits for its auto-deploys before answering;
+/// GitHub gives up on a delivery after 10 s. Work left then goes on in the background.
+const AUTO_DEPLOY_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What intake did with one delivery.
+#[derive(Debug)]
+pub enum Accepted {
+    Ping {
+        zen: Option<String>,
+    },
+    /// An event or action Dropship does not act on (`event` or `event.action`).
+    Ignored(String),
+    /// The repository or environment is not one the operator config admits.
+    Refused(Refused),
+    /// A closed pull request of this repository: the previews of its branch, being torn down.
+    PullRequestClosed {
+        number: i64,
+        teardown: Vec<String>,
+    },
+    /// A closed pull request from a fork: its branch says nothing about this repository.
+    PullRequestFromFork {
+        number: i64,
+    },
+    /// A branch that moved, and what its auto-deploy rules did in time (or a note why none ran).
+    AutoDeploy(serde_json::Value),
+    /// A deployment, recorded; `duplicate` when GitHub delivered it before.
+    Deployment {
+        deployment: Box<Deployment>,
+        duplicate: bool,
+        log_url: String,
+    },
+}
+
+/// Takes verified deliveries. Built once at start; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    reporter: Reporter,
+    scheduler: Queue,
+    outbox: Arc<Notify>,
+    /// Tears previews down and applies auto-deploy rules.
+    engine: Arc<Engine>,
+}
+
+impl Intake {
+    pub fn new(engine: Arc<Engine>, scheduler: Queue) -> Intake {
+        Intake {
+            config: engine.config.clone(),
+            store: engine.store.clone(),
+            metrics: engine.metrics.clone(),
+            reporter: engine.reporter.clone(),
+            outbox: engine.outbox.clone(),
+            scheduler,
+            engine,
+        }
+    }
+
+    /// Records delivery `delivery_id` of `event` (labelled `label` in the metrics) and acts on
+    /// it. `Err` means the store could not record it.
+    pub async fn accept(
+        &self,
+        delivery_id: Option<String>,
+        label: &'static str,
+        event_name: &str,
+        event: Event,
+    ) -> anyhow::Result<Accepted> {
+        // Counted as recorded; a deployment's count waits for whether it was new.
+        let is_deployment = matches!(event, Event::Deployment(_));
+        let delivery = |result: DeliveryResult, action: Option<&str>| {
+            if result != DeliveryResult::Accepted || !is_deployment {
+                self.metrics.webhook(label, result.as_str());
+            }
+            Delivery {
+                delivery_id: delivery_id.clone(),
+                event: event_name.to_string(),
+                action: action.map(str::to_string),
+                result,
+                deployment_id: None,
+            }
+        };
+        match event {
+            Event::Ping { zen } => {
+                self.store
+                    .record_delivery(delivery(DeliveryResult::Ping, None))
+                    .await?;
+                Ok(Accepted::Ping { zen })
+            }
+            Event::Ignored { event, action } => {
+                self.store
+                    .record_delivery(delivery(DeliveryResult::Ignored, action.as_deref()))
+                    .await?;
+                Ok(Accepted::Ignored(match action {
+                    Some(action) => format!("{event}.{action}"),
+                    None => event,
+                }))
+            }
+            Event::PullRequestClosed {
+                repository,
+                number,
+                head_ref,
+                from_fork,
+            } => {
+                let result = match self.config.admit_repository(&repository) {
+                    Err(refused) => Err(refused),
+                    Ok(_) if from_fork => Ok(None),
+                    Ok(_) => Ok(Some(
+                        self.store.previews_of_ref(&repository, &head_ref).await?,
+                    )),
+                };
+                let recorded = match &result {
+                    Err(_) => DeliveryResult::Refused,
+                    Ok(None) => DeliveryResult::Ignored,
+                    Ok(Some(_)) => DeliveryResult::Accepted,
+                };
+                self.store
+                    .record_delivery(delivery(recorded, Some("closed")))
+                    .await?;
+                Ok(match result {
+                    Err(refused) => Accepted::Refused(refused),
+                    Ok(None) => Accepted::PullRequestFromFork { number },
+                    Ok(Some(previews)) => {
+                        self.tear_down_previews(&repository, &previews);
+                        Accepted::PullRequestClosed {
+                            number,
+                            teardown: previews,
+                        }
+                    }
+                })
+            }
+            Event::Push(moved) => {
+                self.auto_deploy(*moved, AutoDeployTrigger::Push, delivery, None)
+                    .await
+            }
+            Event::CheckSuiteCompleted(moved) => {
+                self.auto_deploy(
+                    *moved,
+                    AutoDeployTrigger::Checks,
+                    delivery,
+                    Some("completed"),
+                )
+                .await
+            }
+            Event::Deployment(deployment) => {
+                if let Err(refused) = self
+                    .config
+                    .admit(&deployment.repository, &deployment.environment)
+                {
+                    self.store
+                        .record_delivery(delivery(DeliveryResult::Refused, Some("created")))
+                        .await?;
+                    return Ok(Accepted::Refused(refused));
+                }
+                let recorded = delivery(DeliveryResult::Accepted, Some("created"));
+                self.record(*deployment, recorded, label).await
+            }
+        }
+    }
+
+    /// Records a deployment with its `queued` status and its delivery in one commit, then
+    /// hands a new one to the scheduler.
+    async fn record(
+        &self,
+        deployment: DeploymentEvent,
+        delivery: Delivery,
+        label: &'static str,
+    ) -> anyhow::Result<Accepted> {
+        let new = NewDeployment {
+            github_id: Some(deployment.github_id),
+            repo: deployment.repository,
+            environment: deployment.environment,
+            task: deployment.task,
+            git_ref: deployment.git_ref,
+            sha: deployment.sha,
+            payload: deployment.payload,
+            description: deployment.description,
+            creator: deployment.creator,
+            installation_id: deployment.installation_id,
+            transient: deployment.transient_environment,
+            production: deployment.production_environment,
+        };
+        let public_url = self.config.public_url().to_string();
+        let queued = Box::new(move |d: &Deployment| queued_status(&public_url, d));
+        let inserted = self
+            .store
+            .insert_deployment(new, Some(queued), Some(delivery))
+            .await?;
+        let (deployment, duplicate) = match inserted {
+            Inserted::New(d) => {
+                self.metrics
+                    .webhook(label, DeliveryResult::Accepted.as_str());
+                // Behind the queued status, before the deployment can start. Without it the
+                // check run is created at `in_progress`: no reason to fail a recorded delivery.
+                if let Err(error) = self.reporter.check_queued(&d).await {
+                    tracing::error!(
+                        error = format!("{error:#}"),
+                        deployment.id = d.id,
+                        "enqueueing the queued check run"
+                    );
+                }
+                self.scheduler.push(&d);
+                self.outbox.notify_one();
+                (d, false)
+            }
+            Inserted::Duplicate(d) => {
+                self.metrics
+                    .webhook(label, DeliveryResult::Duplicate.as_str());
+                (d, true)
+            }
+        };
+        Ok(Accepted::Deployment {
+            log_url: self.engine.log_url(&deployment),
+            deployment: Box::new(deployment),
+            duplicate,
+        })
+    }
+
+    /// Tears the previews down in the background: draining and removing containers takes
+    /// longer than GitHub waits for an answer.
+    fn tear_down_previews(&self, repository: &str, previews: &[String]) {
+        for environment in previews {
+            let (engine, repository) = (self.engine.clone(), repository.to_string());
+            let environment = environment.clone();
+            tokio::spawn(async move {
+                match engine.teardown(&repository, &environment).await {
+                    Ok((removed, _)) => tracing::info!(
+                        repo = %repository, environment, removed,
+                        "pull request closed: preview torn down"
+                    ),
+                    Err(error) => tracing::error!(
+                        repo = %repository, environment, error = format!("{error:#}"),
+                        "pull request closed: tearing down the preview"
+                    ),
+                }
+            });
+        }
+    }
+
+    /// Records the delivery and applies the manifest's `auto_deploy` rules, waiting for them
+    /// [`AUTO_DEPLOY_BUDGET`] at most.
+    async fn auto_deploy(
+        &self,
+        moved: BranchMoved,
+        trigger: AutoDeployTrigger,
+        delivery: impl Fn(DeliveryResult, Option<&str>) -> Delivery,
+        action: Option<&str>,
+    ) -> anyhow::Result<Accepted> {
+        if self.config.admit_repository(&moved.repository).is_err() {
+            self.store
+                .record_delivery(delivery(DeliveryResult::Ignored, action))
+                .await?;
+            return Ok(Accepted::AutoDeploy(serde_json::json!({
+                "auto_deploy": [],
+                "note": format!("repository {} is not configured", moved.repository),
+            })));
+        }
+        self.store
+            .record_delivery(delivery(DeliveryResult::Accepted, action))
+            .await?;
+        let engine = self.engine.clone();
+        let mut work = tokio::spawn(async move { engine.auto_deploy(&moved, trigger).await });
+        let answer = match tokio::time::timeout(AUTO_DEPLOY_BUDGET, &mut work).await {
+            Ok(Ok(Ok(done))) => serde_json::json!({ "auto_deploy": done }),
+            Ok(Ok(Err(why))) => serde_json::json!({ "auto_deploy": [], "note": why.to_string() }),
+            Ok(Err(error)) => anyhow::bail!("auto-deploy task failed: {error}"),
+            Err(_) => serde_json::json!({ "auto_deploy": "continuing in the background" }),
+        };
+        Ok(Accepted::AutoDeploy(answer))
+    }
+}
