@@ -205,8 +205,8 @@ pub struct ServerSection {
     /// Deployments running at once (each environment runs one at a time); more wait queued.
     #[serde(default = "default_max_running_deployments")]
     pub max_running_deployments: usize,
-    /// Queued deployments the scheduler keeps in memory (ids and environments); more wait in
-    /// the store only and are read, oldest first, as the scheduler catches up.
+    /// Environments with queued deployments the scheduler keeps in memory; more wait in the
+    /// store only and are read, oldest first, as the scheduler catches up.
     #[serde(default = "default_queued_in_memory")]
     pub queued_in_memory: usize,
     /// Dropship's secret key (32 random bytes, created at first start), from which log links'

@@ -4,8 +4,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// A commit's id as GitHub names it: 40 hexadecimal digits (64 in a SHA-256 repository).
-/// Webhook parsing checks the form before one is made from a delivery.
+/// A commit's id as GitHub names it: 40 hexadecimal digits (64 in a SHA-256 repository). The
+/// type does not check the form: a value from GitHub reaches a URL only percent-encoded and a
+/// script only as an environment variable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Sha(String);

@@ -83,30 +83,21 @@ impl Intake {
         event_name: &str,
         event: Event,
     ) -> anyhow::Result<Accepted> {
-        // Counted as recorded; a deployment's count waits for whether it was new.
-        let is_deployment = matches!(event, Event::Deployment(_));
-        let delivery = |result: DeliveryResult, action: Option<&str>| {
-            if result != DeliveryResult::Accepted || !is_deployment {
-                self.metrics.webhook(label, result.as_str());
-            }
-            Delivery {
-                delivery_id: delivery_id.clone(),
-                event: event_name.to_string(),
-                action: action.map(str::to_string),
-                result,
-                deployment_id: None,
-            }
+        let delivery = |result: DeliveryResult, action: Option<&str>| Delivery {
+            delivery_id: delivery_id.clone(),
+            event: event_name.to_string(),
+            action: action.map(str::to_string),
+            result,
+            deployment_id: None,
         };
         match event {
             Event::Ping { zen } => {
-                self.store
-                    .record_delivery(delivery(DeliveryResult::Ping, None))
+                self.recorded(label, delivery(DeliveryResult::Ping, None))
                     .await?;
                 Ok(Accepted::Ping { zen })
             }
             Event::Ignored { event, action } => {
-                self.store
-                    .record_delivery(delivery(DeliveryResult::Ignored, action.as_deref()))
+                self.recorded(label, delivery(DeliveryResult::Ignored, action.as_deref()))
                     .await?;
                 Ok(Accepted::Ignored(match action {
                     Some(action) => format!("{event}.{action}"),
@@ -131,8 +122,7 @@ impl Intake {
                     Ok(None) => DeliveryResult::Ignored,
                     Ok(Some(_)) => DeliveryResult::Accepted,
                 };
-                self.store
-                    .record_delivery(delivery(recorded, Some("closed")))
+                self.recorded(label, delivery(recorded, Some("closed")))
                     .await?;
                 Ok(match result {
                     Err(refused) => Accepted::Refused(refused),
@@ -147,25 +137,21 @@ impl Intake {
                 })
             }
             Event::Push(moved) => {
-                self.auto_deploy(*moved, AutoDeployTrigger::Push, delivery, None)
+                let delivery = |result| delivery(result, None);
+                self.auto_deploy(*moved, AutoDeployTrigger::Push, label, delivery)
                     .await
             }
             Event::CheckSuiteCompleted(moved) => {
-                self.auto_deploy(
-                    *moved,
-                    AutoDeployTrigger::Checks,
-                    delivery,
-                    Some("completed"),
-                )
-                .await
+                let delivery = |result| delivery(result, Some("completed"));
+                self.auto_deploy(*moved, AutoDeployTrigger::Checks, label, delivery)
+                    .await
             }
             Event::Deployment(deployment) => {
                 if let Err(refused) = self
                     .config
                     .admit(&deployment.repository, &deployment.environment)
                 {
-                    self.store
-                        .record_delivery(delivery(DeliveryResult::Refused, Some("created")))
+                    self.recorded(label, delivery(DeliveryResult::Refused, Some("created")))
                         .await?;
                     return Ok(Accepted::Refused(refused));
                 }
@@ -173,6 +159,14 @@ impl Intake {
                 self.record(*deployment, recorded, label).await
             }
         }
+    }
+
+    /// Records a delivery that brought no deployment, then counts it.
+    async fn recorded(&self, label: &'static str, delivery: Delivery) -> anyhow::Result<()> {
+        let result = delivery.result;
+        self.store.record_delivery(delivery).await?;
+        self.metrics.webhook(label, result.as_str());
+        Ok(())
     }
 
     /// Records a deployment with its `queued` status and its delivery in one commit, then
@@ -260,20 +254,18 @@ impl Intake {
         &self,
         moved: BranchMoved,
         trigger: AutoDeployTrigger,
-        delivery: impl Fn(DeliveryResult, Option<&str>) -> Delivery,
-        action: Option<&str>,
+        label: &'static str,
+        delivery: impl Fn(DeliveryResult) -> Delivery,
     ) -> anyhow::Result<Accepted> {
         if self.config.admit_repository(&moved.repository).is_err() {
-            self.store
-                .record_delivery(delivery(DeliveryResult::Ignored, action))
+            self.recorded(label, delivery(DeliveryResult::Ignored))
                 .await?;
             return Ok(Accepted::AutoDeploy(serde_json::json!({
                 "auto_deploy": [],
                 "note": format!("repository {} is not configured", moved.repository),
             })));
         }
-        self.store
-            .record_delivery(delivery(DeliveryResult::Accepted, action))
+        self.recorded(label, delivery(DeliveryResult::Accepted))
             .await?;
         let engine = self.engine.clone();
         let mut work = tokio::spawn(async move { engine.auto_deploy(&moved, trigger).await });

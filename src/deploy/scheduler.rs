@@ -27,6 +27,8 @@ type Key = (String, String);
 
 /// How long after a failed read of the store the scheduler reads again.
 const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// Failed reads of environments' deployments in one dispatching pass at most.
+const MAX_FAILED_READS: usize = 8;
 
 /// Hands recorded deployments to the scheduler.
 #[derive(Debug, Clone)]
@@ -207,6 +209,7 @@ impl Scheduler {
     ) {
         // Environments with a deployment running keep their place in line.
         let mut busy_waiting = Vec::new();
+        let mut failures = 0;
         while running.len() < self.max_running {
             let Some(key) = waiting.pop() else {
                 break;
@@ -220,14 +223,21 @@ impl Scheduler {
                 // Nothing waits there any more (a deployment handed over twice).
                 Ok(None) => continue,
                 Err(error) => {
-                    // Try again at the next event; keep the environment's place.
+                    // Tried again after `RETRY`, in its place; the other environments go on.
                     tracing::error!(
+                        repo = %key.0, environment = %key.1,
                         error = format!("{error:#}"),
                         "reading a deployment to start it"
                     );
                     busy_waiting.push(key);
                     waiting.read_failed = true;
-                    break;
+                    // A bad row holds back its own environment only; a store that is down
+                    // is not asked again and again in one pass.
+                    failures += 1;
+                    if failures == MAX_FAILED_READS {
+                        break;
+                    }
+                    continue;
                 }
             };
             for older_id in older {

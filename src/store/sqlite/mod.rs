@@ -113,11 +113,16 @@ fn deployment_from_row(row: &SqliteRow) -> anyhow::Result<Deployment> {
 fn stream_from_row(row: &SqliteRow) -> anyhow::Result<LogStream> {
     let text: String = row.try_get("stream")?;
     LogStream::parse(&text).ok_or_else(|| {
-        let id: i64 = row
-            .try_get("id")
-            .or_else(|_| row.try_get("seq"))
-            .unwrap_or_default();
-        anyhow::anyhow!("log line {id} has an unknown stream {text:?}")
+        // A deployment's log line is (deployment_id, seq); a container's has an id.
+        let at = match row.try_get::<i64, _>("id") {
+            Ok(id) => format!("container log line {id}"),
+            Err(_) => format!(
+                "log line {} of deployment {}",
+                row.try_get::<i64, _>("seq").unwrap_or_default(),
+                row.try_get::<i64, _>("deployment_id").unwrap_or_default()
+            ),
+        };
+        anyhow::anyhow!("{at} has an unknown stream {text:?}")
     })
 }
 
