@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::Engine;
-use crate::github::{ApiError, GithubDeployment, NewGithubDeployment};
-use crate::store::{Deployment, ListFilter, Lock, State, now_ms};
+use super::{Engine, Reporter};
+use crate::github::{ApiError, GithubApi, GithubDeployment, NewGithubDeployment};
+use crate::keys::Keys;
+use crate::store::{Deployment, ListFilter, Lock, State, Store, now_ms};
 
 /// Cancel requests for running deployments: the engine starts no further step once asked.
 #[derive(Debug, Clone, Default)]
@@ -164,7 +165,63 @@ pub enum Locking {
     Held(Lock),
 }
 
-impl Engine {
+/// What people do to deployments and environments, each checked and recorded: cancel, lock,
+/// redeploy, roll back. Built once at start; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Actions {
+    store: Arc<dyn Store>,
+    reporter: Reporter,
+    /// Cancel requests, which the engine takes before each step.
+    cancels: Cancels,
+    /// Creates the GitHub deployments of redeploys and rollbacks; none for `dropship run`.
+    github: Option<Arc<dyn GithubApi>>,
+    /// Proves that Dropship made a deployment for a lock's holder.
+    keys: Arc<Keys>,
+}
+
+/// The lock on `repo`'s `environment`, if any.
+pub(super) async fn lock_of(
+    store: &dyn Store,
+    repo: &str,
+    environment: &str,
+) -> anyhow::Result<Option<Lock>> {
+    Ok(store
+        .locks()
+        .await?
+        .into_iter()
+        .find(|l| l.repo == repo && l.environment == environment))
+}
+
+/// Creates a GitHub deployment, or says why it cannot.
+pub(crate) async fn create_github_deployment(
+    github: Option<&Arc<dyn GithubApi>>,
+    repo: &str,
+    deployment: &NewGithubDeployment<'_>,
+    installation: Option<i64>,
+) -> Result<GithubDeployment, ActionError> {
+    let Some(github) = github else {
+        return Err(ActionError::Refused(
+            "this Dropship has no GitHub client to create deployments with".into(),
+        ));
+    };
+    github
+        .create(repo, deployment, installation)
+        .await
+        .map_err(ActionError::Github)
+}
+
+impl Actions {
+    /// The actions on the deployments `engine` runs (with its GitHub client, if it has one).
+    pub fn new(engine: &Engine) -> Actions {
+        Actions {
+            store: engine.store.clone(),
+            reporter: engine.reporter.clone(),
+            cancels: engine.cancels.clone(),
+            github: engine.github.clone(),
+            keys: engine.keys.clone(),
+        }
+    }
+
     /// Cancels deployment `id` on behalf of `by`; `None` when there is no such deployment.
     pub async fn cancel(&self, id: i64, by: &str) -> anyhow::Result<Option<Cancelled>> {
         let Some(deployment) = self.store.deployment(id).await? else {
@@ -192,16 +249,6 @@ impl Engine {
         }
     }
 
-    /// The lock on `repo`'s `environment`, if any.
-    pub async fn lock_of(&self, repo: &str, environment: &str) -> anyhow::Result<Option<Lock>> {
-        Ok(self
-            .store
-            .locks()
-            .await?
-            .into_iter()
-            .find(|l| l.repo == repo && l.environment == environment))
-    }
-
     /// Locks an environment, unless it is locked already.
     pub async fn lock(
         &self,
@@ -220,7 +267,7 @@ impl Engine {
         if self.store.lock(&lock).await? {
             return Ok(Locking::Locked(lock));
         }
-        let existing = self.lock_of(repo, environment).await?;
+        let existing = lock_of(&*self.store, repo, environment).await?;
         // Unlocked between the two: try once more.
         match existing {
             Some(existing) => Ok(Locking::Held(existing)),
@@ -254,7 +301,8 @@ impl Engine {
             &mut payload,
         )
         .await?;
-        self.create_github_deployment(
+        create_github_deployment(
+            self.github.as_ref(),
             &deployment.repo,
             &NewGithubDeployment {
                 git_ref: &deployment.sha,
@@ -299,7 +347,8 @@ impl Engine {
         let mut payload = serde_json::json!({ "dropship": { "requested_by": by } });
         self.prove(repo, environment, &newest.sha, "rollback", by, &mut payload)
             .await?;
-        self.create_github_deployment(
+        create_github_deployment(
+            self.github.as_ref(),
             repo,
             &NewGithubDeployment {
                 git_ref: &newest.sha,
@@ -326,7 +375,7 @@ impl Engine {
         by: &str,
         payload: &mut serde_json::Value,
     ) -> anyhow::Result<()> {
-        let lock = self.lock_of(repo, environment).await?;
+        let lock = lock_of(&*self.store, repo, environment).await?;
         // GitHub resolves the ref (the commit itself) to the same sha.
         let target = ProofTarget {
             repo,
@@ -338,22 +387,5 @@ impl Engine {
         };
         payload["dropship"]["proof"] = lock_proof(&self.keys, &target, payload, by).into();
         Ok(())
-    }
-
-    pub(crate) async fn create_github_deployment(
-        &self,
-        repo: &str,
-        deployment: &NewGithubDeployment<'_>,
-        installation: Option<i64>,
-    ) -> Result<GithubDeployment, ActionError> {
-        let Some(github) = &self.github else {
-            return Err(ActionError::Refused(
-                "this Dropship has no GitHub client to create deployments with".into(),
-            ));
-        };
-        github
-            .create(repo, deployment, installation)
-            .await
-            .map_err(ActionError::Github)
     }
 }

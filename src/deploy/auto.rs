@@ -101,10 +101,7 @@ impl Engine {
                     }
                 }
             }
-            let trigger_name = match trigger {
-                AutoDeployTrigger::Push => "push",
-                AutoDeployTrigger::Checks => "checks",
-            };
+            let trigger_name = trigger.as_str();
             match self
                 .store
                 .claim_auto_deploy(
@@ -132,23 +129,23 @@ impl Engine {
             let payload = serde_json::json!({
                 "dropship": { "auto_deploy": { "branch": moved.branch, "trigger": trigger_name } }
             });
-            let created = self
-                .create_github_deployment(
-                    &moved.repository,
-                    &NewGithubDeployment {
-                        git_ref: &moved.sha,
-                        task: &rule.task,
-                        environment: &rule.environment,
-                        description: &description,
-                        auto_merge: false,
-                        // On push, deploy now; on checks, GitHub verifies every context passed
-                        // (a 409 until they all have).
-                        required_contexts: (trigger == AutoDeployTrigger::Push).then(Vec::new),
-                        payload,
-                    },
-                    moved.installation_id,
-                )
-                .await;
+            let created = super::actions::create_github_deployment(
+                self.github.as_ref(),
+                &moved.repository,
+                &NewGithubDeployment {
+                    git_ref: &moved.sha,
+                    task: &rule.task,
+                    environment: &rule.environment,
+                    description: &description,
+                    auto_merge: false,
+                    // On push, deploy now; on checks, GitHub verifies every context passed
+                    // (a 409 until they all have).
+                    required_contexts: (trigger == AutoDeployTrigger::Push).then(Vec::new),
+                    payload,
+                },
+                moved.installation_id,
+            )
+            .await;
             match created {
                 Ok(created) => {
                     tracing::info!(

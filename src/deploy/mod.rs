@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-pub use actions::{ActionError, Cancelled, Cancels, Locking};
+pub use actions::{ActionError, Actions, Cancelled, Cancels, Locking};
 pub use auto::{AutoDeployed, NotConsidered};
 pub use intake::{Accepted, Intake};
 pub use reporter::Reporter;
@@ -529,10 +529,7 @@ impl Engine {
             }
         };
         log.note(format!("read {} at {}", file.path, deployment.sha));
-        match self
-            .lock_of(&deployment.repo, &deployment.environment)
-            .await
-        {
+        match actions::lock_of(&*self.store, &deployment.repo, &deployment.environment).await {
             Ok(Some(lock)) if !lock_holder(&self.keys, deployment, &lock) => {
                 return Err(Outcome::error(format!(
                     "environment {} is locked by {} ({}); unlock it on the dashboard or with DELETE /api/environments/{}/{}/lock",

@@ -13,6 +13,42 @@ use super::{AppState, HttpError};
 use crate::deploy::{ActionError, Cancelled, Locking};
 use crate::store::Deployment;
 
+/// The buttons on a deployment's page, by the name in their form's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum DeploymentAction {
+    Cancel,
+    Redeploy,
+}
+
+impl DeploymentAction {
+    pub(super) fn parse(name: &str) -> Option<DeploymentAction> {
+        Some(match name {
+            "cancel" => DeploymentAction::Cancel,
+            "redeploy" => DeploymentAction::Redeploy,
+            _ => return None,
+        })
+    }
+}
+
+/// The buttons on an environment, by the name in their form's path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum EnvironmentAction {
+    Rollback,
+    Lock,
+    Unlock,
+}
+
+impl EnvironmentAction {
+    pub(super) fn parse(name: &str) -> Option<EnvironmentAction> {
+        Some(match name {
+            "rollback" => EnvironmentAction::Rollback,
+            "lock" => EnvironmentAction::Lock,
+            "unlock" => EnvironmentAction::Unlock,
+            _ => return None,
+        })
+    }
+}
+
 /// An action that was done: what happened, in a sentence, and the GitHub deployment it
 /// created, if any.
 #[derive(Debug)]
@@ -82,7 +118,7 @@ fn action_error(error: ActionError) -> HttpError {
 /// Cancels deployment `id`: at once if it waits, after the step under way if it runs.
 pub(super) async fn cancel(state: &AppState, user: &User, id: i64) -> Result<Done, HttpError> {
     let outcome = state
-        .engine
+        .actions
         .cancel(id, &user.name)
         .await?
         .ok_or_else(|| HttpError::not_found(format!("no deployment {id}")))?;
@@ -106,7 +142,7 @@ pub(super) async fn cancel(state: &AppState, user: &User, id: i64) -> Result<Don
 pub(super) async fn redeploy(state: &AppState, user: &User, id: i64) -> Result<Done, HttpError> {
     let deployment = find(state, id).await?;
     let created = state
-        .engine
+        .actions
         .redeploy(&deployment, &user.name)
         .await
         .map_err(action_error)?;
@@ -129,7 +165,7 @@ pub(super) async fn rollback(
     environment: &str,
 ) -> Result<Done, HttpError> {
     let created = state
-        .engine
+        .actions
         .rollback(repo, environment, &user.name)
         .await
         .map_err(action_error)?;
@@ -155,7 +191,7 @@ pub(super) async fn lock(
         reason.trim()
     };
     let locking = state
-        .engine
+        .actions
         .lock(repo, environment, &user.name, reason)
         .await?;
     if let Locking::Locked(_) = &locking {

@@ -13,7 +13,7 @@ use axum_extra::extract::cookie::{Cookie, CookieJar};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::actions;
+use super::actions::{self, DeploymentAction, EnvironmentAction};
 use super::api::{self, environment_list, parse_state};
 use super::auth::{Caller, SESSION_COOKIE, User, hash_token};
 use super::view::{document, environment_path, layout, state_badge, time, url_link};
@@ -445,10 +445,10 @@ pub(super) async fn deployment_action(
         Ok(user) => user,
         Err(refusal) => return refusal.into_response(),
     };
-    let result = match action.as_str() {
-        "cancel" => message(actions::cancel(&state, &user, id).await),
-        "redeploy" => message(actions::redeploy(&state, &user, id).await),
-        other => Err(HttpError::not_found(format!("no action `{other}`"))),
+    let result = match DeploymentAction::parse(&action) {
+        Some(DeploymentAction::Cancel) => message(actions::cancel(&state, &user, id).await),
+        Some(DeploymentAction::Redeploy) => message(actions::redeploy(&state, &user, id).await),
+        None => Err(HttpError::not_found(format!("no action `{action}`"))),
     };
     outcome(&user, result, &format!("/deployments/{id}"))
 }
@@ -473,20 +473,24 @@ pub(super) async fn environment_action(
     };
     let repo = format!("{owner}/{name}");
     let reason = form.reason;
-    let result = match action.as_str() {
-        "rollback" => message(actions::rollback(&state, &user, &repo, &environment).await),
-        "lock" => match actions::lock(&state, &user, &repo, &environment, &reason).await {
-            Ok(Locking::Locked(_)) => Ok(format!("{repo} {environment} is locked")),
-            Ok(Locking::Held(_)) => Err(HttpError::new(
-                StatusCode::CONFLICT,
-                format!("{repo} {environment} is locked already"),
-            )),
-            Err(error) => Err(error),
-        },
-        "unlock" => actions::unlock(&state, &user, &repo, &environment)
+    let result = match EnvironmentAction::parse(&action) {
+        Some(EnvironmentAction::Rollback) => {
+            message(actions::rollback(&state, &user, &repo, &environment).await)
+        }
+        Some(EnvironmentAction::Lock) => {
+            match actions::lock(&state, &user, &repo, &environment, &reason).await {
+                Ok(Locking::Locked(_)) => Ok(format!("{repo} {environment} is locked")),
+                Ok(Locking::Held(_)) => Err(HttpError::new(
+                    StatusCode::CONFLICT,
+                    format!("{repo} {environment} is locked already"),
+                )),
+                Err(error) => Err(error),
+            }
+        }
+        Some(EnvironmentAction::Unlock) => actions::unlock(&state, &user, &repo, &environment)
             .await
             .map(|()| format!("{repo} {environment} is unlocked")),
-        other => Err(HttpError::not_found(format!("no action `{other}`"))),
+        None => Err(HttpError::not_found(format!("no action `{action}`"))),
     };
     outcome(&user, result, "/environments")
 }

@@ -36,14 +36,14 @@ pub use error::HttpError;
 
 use crate::config::Config;
 use crate::config::ServerSection;
-use crate::deploy::{Engine, Intake, Queue};
+use crate::deploy::{Actions, Engine, Intake, Queue};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// Runs the actions people take (cancel, redeploy, rollback, teardown) and surveys servers.
+    /// Tears environments down, surveys servers and gives deployments' log links.
     pub engine: Arc<Engine>,
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
@@ -56,6 +56,8 @@ pub struct AppState {
     pub followers: crate::containers::follow::Followers,
     /// Takes verified webhook deliveries.
     pub intake: Intake,
+    /// What people do: cancel, lock, redeploy, roll back.
+    pub actions: Actions,
     /// Failed sign-ins per name and client address.
     pub(crate) throttle: Arc<auth::SignInThrottle>,
 }
@@ -65,6 +67,7 @@ impl AppState {
         let throttle = Arc::new(auth::SignInThrottle::new(&engine.config.api));
         let engine = Arc::new(engine);
         AppState {
+            actions: Actions::new(&engine),
             intake: Intake::new(engine.clone(), scheduler),
             config: engine.config.clone(),
             store: engine.store.clone(),

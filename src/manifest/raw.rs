@@ -55,6 +55,16 @@ pub enum AutoDeployTrigger {
     Checks,
 }
 
+impl AutoDeployTrigger {
+    /// The name a manifest writes (`on: push`), as records and payloads carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutoDeployTrigger::Push => "push",
+            AutoDeployTrigger::Checks => "checks",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawPreviews {
