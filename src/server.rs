@@ -19,59 +19,105 @@ use crate::logs::{Bus, Logs};
 use crate::proxy::Proxy;
 use crate::store::{Sqlite, Store};
 
-/// Builds an engine on the configured SQLite store, with manifests from `manifests`.
+/// What the engine and the proxy are built on, opened once: the store, Dropship's key, the
+/// secret masking, the live bus and the metrics.
+#[derive(Debug)]
+pub struct Foundation {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    keys: Arc<crate::keys::Keys>,
+    redactors: crate::logs::Redactors,
+    bus: Bus,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Foundation {
+    /// Opens the configured SQLite store and key file; Dropship's own log masks every secret
+    /// in the config from here on.
+    pub async fn open(config: Arc<Config>) -> anyhow::Result<Foundation> {
+        let redactors = crate::logs::Redactors::new(config.clone());
+        crate::logs::mask_tracing(redactors.all().clone());
+        let keys = Arc::new(crate::keys::Keys::load_or_create(&config.key_path())?);
+        let store: Arc<dyn Store> = Arc::new(Sqlite::open(&config.database_path()).await?);
+        Ok(Foundation {
+            config,
+            store,
+            keys,
+            redactors,
+            bus: Bus::default(),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
+        })
+    }
+
+    /// The engine, whole: manifests from `manifests`, GitHub deployments created through
+    /// `github` (none for `dropship run`), routes changed through `routes` (none without a
+    /// proxy).
+    pub fn engine(
+        &self,
+        manifests: Arc<dyn ManifestSource>,
+        github: Option<Arc<dyn crate::github::GithubApi>>,
+        routes: Option<Arc<dyn crate::proxy::Routes>>,
+    ) -> anyhow::Result<Engine> {
+        let config = self.config.clone();
+        let store = self.store.clone();
+        let logs = Logs::start(store.clone(), self.bus.clone(), config.logs.clone());
+        let fleet = Fleet::from_config(&config, self.metrics.clone())?;
+        let hosts = Hosts::from_config(&config, &fleet)?;
+        let followers = Followers::new(
+            hosts.clone(),
+            store.clone(),
+            config.clone(),
+            self.redactors.clone(),
+        );
+        let outbox = Arc::new(Notify::new());
+        let reporter = crate::deploy::Reporter::new(
+            store.clone(),
+            outbox.clone(),
+            self.metrics.clone(),
+            self.bus.clone(),
+            self.redactors.clone(),
+            config.public_url(),
+            config.github.app.is_some(),
+        );
+        let environments = crate::deploy::Environments::new(
+            store.clone(),
+            reporter.clone(),
+            hosts.clone(),
+            routes.clone(),
+            config.proxy.drain_timeout,
+        );
+        Ok(Engine {
+            config,
+            store,
+            manifests,
+            fleet,
+            hosts,
+            followers,
+            retiring: Default::default(),
+            routes,
+            logs,
+            bus: self.bus.clone(),
+            outbox,
+            reporter,
+            environments,
+            github,
+            cancels: Default::default(),
+            metrics: self.metrics.clone(),
+            keys: self.keys.clone(),
+            redactors: self.redactors.clone(),
+        })
+    }
+}
+
+/// An engine on the configured SQLite store, with manifests from `manifests`, no GitHub client
+/// to create deployments with and no proxy (`dropship run`, benchmarks).
 pub async fn engine(
     config: Arc<Config>,
     manifests: Arc<dyn ManifestSource>,
 ) -> anyhow::Result<Engine> {
-    // Dropship's own log masks every secret in the config from here on.
-    let redactors = crate::logs::Redactors::new(config.clone());
-    crate::logs::mask_tracing(redactors.all().clone());
-    let keys = Arc::new(crate::keys::Keys::load_or_create(&config.key_path())?);
-    let store: Arc<dyn Store> = Arc::new(Sqlite::open(&config.database_path()).await?);
-    let bus = Bus::default();
-    let logs = Logs::start(store.clone(), bus.clone(), config.logs.clone());
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let fleet = Fleet::from_config(&config, metrics.clone())?;
-    let hosts = Hosts::from_config(&config, &fleet)?;
-    let followers = Followers::new(
-        hosts.clone(),
-        store.clone(),
-        config.clone(),
-        redactors.clone(),
-    );
-
-    let outbox = Arc::new(Notify::new());
-    let reporter = crate::deploy::Reporter::new(
-        store.clone(),
-        outbox.clone(),
-        metrics.clone(),
-        bus.clone(),
-        redactors.clone(),
-        config.public_url(),
-        config.github.app.is_some(),
-    );
-    Ok(Engine {
-        config,
-        store,
-        manifests,
-        fleet,
-        hosts,
-        followers,
-        retiring: Default::default(),
-        // Set by `run` when it serves the proxy.
-        routes: None,
-        logs,
-        bus,
-        outbox,
-        reporter,
-        // Set by `run` when it talks to GitHub.
-        github: None,
-        cancels: Default::default(),
-        metrics,
-        keys,
-        redactors,
-    })
+    Foundation::open(config)
+        .await?
+        .engine(manifests, None, None)
 }
 
 /// Serves on `listener` until `shutdown` is cancelled.
@@ -87,13 +133,19 @@ pub async fn run(
     }
     let config = Arc::new(config);
     let github = Arc::new(Github::from_config(&config.github)?);
-    let mut engine = engine(config.clone(), github.clone()).await?;
-    engine.github = Some(github.clone());
     if !github.has_checks() {
         tracing::info!(
             "GitHub check runs need GitHub App auth ([github.app]); with a token, deployments get statuses only"
         );
     }
+    let foundation = Foundation::open(config.clone()).await?;
+    let mut proxies = Vec::new();
+    // The proxy's workers are threads of their own: they stop with the service, and also if
+    // this function returns early or its future is dropped.
+    let proxy_shutdown = shutdown.child_token();
+    let _stop_proxies = proxy_shutdown.clone().drop_guard();
+    let routes = serve_proxy(&foundation, &proxy_shutdown, &mut proxies).await?;
+    let engine = foundation.engine(github.clone(), Some(github.clone()), routes)?;
     let interrupted = engine
         .recover_interrupted()
         .await
@@ -103,49 +155,6 @@ pub async fn run(
             count = interrupted,
             "finished deployments interrupted by the last shutdown as error"
         );
-    }
-    let mut proxies = Vec::new();
-    // The proxy's workers are threads of their own: they stop with the service, and also if
-    // this function returns early or its future is dropped.
-    let proxy_shutdown = shutdown.child_token();
-    let _stop_proxies = proxy_shutdown.clone().drop_guard();
-    let wants_proxy = config.proxy.listen.is_some() || config.proxy.listen_tls.is_some();
-    if wants_proxy && config.proxy.backend == ProxyBackend::Caddy {
-        let caddy = crate::proxy::Caddy::connect(engine.store.clone(), config.proxy.clone())
-            .await
-            .context("the Caddy backend")?;
-        tracing::info!(admin = %config.proxy.caddy_admin, "routes go to Caddy");
-        engine.routes = Some(Arc::new(caddy));
-    } else if wants_proxy {
-        let proxy = Proxy::load(
-            engine.store.clone(),
-            config.proxy.clone(),
-            engine.metrics.clone(),
-        )
-        .await
-        .context("loading the proxy's routes")?;
-        engine.routes = Some(Arc::new(proxy.clone()));
-        let tls = match config.proxy.listen_tls {
-            Some(_) => Some(crate::proxy::tls_acceptor(&config.proxy.certificates)?),
-            None => None,
-        };
-        let workers = match config.proxy.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        for (address, tls) in [(config.proxy.listen, None), (config.proxy.listen_tls, tls)] {
-            let Some(address) = address else { continue };
-            let secure = tls.is_some();
-            let (address, ended) = crate::proxy::serve_on_workers(
-                address,
-                proxy.clone(),
-                tls,
-                proxy_shutdown.clone(),
-                workers,
-            )?;
-            tracing::info!(%address, tls = secure, workers, routes = proxy.routes().len(), "proxy is serving");
-            proxies.push(tokio::spawn(ended));
-        }
     }
     // Deployments and status posts run on a runtime of their own at a lower OS priority, so a
     // burst of webhooks is answered first; with the machine idle they get every core anyway.
@@ -211,6 +220,51 @@ pub async fn run(
         let _ = proxy.await;
     }
     Ok(())
+}
+
+/// Starts the configured proxy: the built-in one's workers on every listen address (their
+/// ends pushed to `proxies`), or a connection to Caddy. Answers where routes change, if
+/// anywhere.
+async fn serve_proxy(
+    foundation: &Foundation,
+    shutdown: &CancellationToken,
+    proxies: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<Option<Arc<dyn crate::proxy::Routes>>> {
+    let config = &foundation.config;
+    if config.proxy.listen.is_none() && config.proxy.listen_tls.is_none() {
+        return Ok(None);
+    }
+    if config.proxy.backend == ProxyBackend::Caddy {
+        let caddy = crate::proxy::Caddy::connect(foundation.store.clone(), config.proxy.clone())
+            .await
+            .context("the Caddy backend")?;
+        tracing::info!(admin = %config.proxy.caddy_admin, "routes go to Caddy");
+        return Ok(Some(Arc::new(caddy)));
+    }
+    let proxy = Proxy::load(
+        foundation.store.clone(),
+        config.proxy.clone(),
+        foundation.metrics.clone(),
+    )
+    .await
+    .context("loading the proxy's routes")?;
+    let tls = match config.proxy.listen_tls {
+        Some(_) => Some(crate::proxy::tls_acceptor(&config.proxy.certificates)?),
+        None => None,
+    };
+    let workers = match config.proxy.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    for (address, tls) in [(config.proxy.listen, None), (config.proxy.listen_tls, tls)] {
+        let Some(address) = address else { continue };
+        let secure = tls.is_some();
+        let (address, ended) =
+            crate::proxy::serve_on_workers(address, proxy.clone(), tls, shutdown.clone(), workers)?;
+        tracing::info!(%address, tls = secure, workers, routes = proxy.routes().len(), "proxy is serving");
+        proxies.push(tokio::spawn(ended));
+    }
+    Ok(Some(Arc::new(proxy)))
 }
 
 /// Owns the background runtime; dropping it (also on an early return, or when a test's

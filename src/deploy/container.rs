@@ -888,18 +888,7 @@ impl Engine {
         environment: &str,
         app: &str,
     ) -> anyhow::Result<Drain> {
-        match &self.routes {
-            Some(routes) => {
-                routes
-                    .remove(&RouteKey {
-                        repo: repo.to_string(),
-                        environment: environment.to_string(),
-                        app: app.to_string(),
-                    })
-                    .await
-            }
-            None => Ok(Drain::default()),
-        }
+        self.environments.remove_route(repo, environment, app).await
     }
 
     /// Stops `containers`; they stay on the server as a retired version.

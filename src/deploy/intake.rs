@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::Notify;
 
-use super::{Engine, Queue, Reporter, queued_status};
+use super::{Engine, Environments, Queue, Reporter, queued_status};
 use crate::config::{Config, Refused};
 use crate::manifest::AutoDeployTrigger;
 use crate::metrics::Metrics;
@@ -57,7 +57,9 @@ pub struct Intake {
     reporter: Reporter,
     scheduler: Queue,
     outbox: Arc<Notify>,
-    /// Tears previews down and applies auto-deploy rules.
+    /// Tears the previews of a closed pull request down.
+    environments: Environments,
+    /// Applies auto-deploy rules and gives log links.
     engine: Arc<Engine>,
 }
 
@@ -69,6 +71,7 @@ impl Intake {
             metrics: engine.metrics.clone(),
             reporter: engine.reporter.clone(),
             outbox: engine.outbox.clone(),
+            environments: engine.environments.clone(),
             scheduler,
             engine,
         }
@@ -231,10 +234,10 @@ impl Intake {
     /// longer than GitHub waits for an answer.
     fn tear_down_previews(&self, repository: &str, previews: &[String]) {
         for environment in previews {
-            let (engine, repository) = (self.engine.clone(), repository.to_string());
+            let (environments, repository) = (self.environments.clone(), repository.to_string());
             let environment = environment.clone();
             tokio::spawn(async move {
-                match engine.teardown(&repository, &environment).await {
+                match environments.teardown(&repository, &environment).await {
                     Ok((removed, _)) => tracing::info!(
                         repo = %repository, environment, removed,
                         "pull request closed: preview torn down"

@@ -10,6 +10,7 @@ mod auto;
 mod checks;
 mod compose;
 mod container;
+mod environments;
 mod intake;
 mod reporter;
 mod scheduler;
@@ -23,6 +24,7 @@ use tracing::Instrument;
 
 pub use actions::{ActionError, Actions, Cancelled, Cancels, Locking};
 pub use auto::{AutoDeployed, NotConsidered};
+pub use environments::Environments;
 pub use intake::{Accepted, Intake};
 pub use reporter::Reporter;
 pub use scheduler::{Queue, Scheduler};
@@ -62,6 +64,8 @@ pub struct Engine {
     pub outbox: Arc<Notify>,
     /// Records state changes and reports them to GitHub, the metrics and the bus.
     pub reporter: Reporter,
+    /// Tears environments down and retires earlier deployments.
+    pub environments: Environments,
     /// Creates GitHub deployments (redeploy, rollback, auto-deploy); none for `dropship run`.
     pub github: Option<Arc<dyn crate::github::GithubApi>>,
     /// Cancel requests for running deployments.
@@ -235,103 +239,6 @@ impl Engine {
         self.redactors.for_repo(&deployment.repo).clone()
     }
 
-    /// GitHub's `auto_inactive`, mirrored in Dropship's records: when `deployment` succeeds,
-    /// earlier successful deployments to its repository and environment that are neither
-    /// transient nor production become `inactive` (GitHub marks them itself, so no status is
-    /// posted).
-    async fn deactivate_earlier(&self, deployment: &Deployment) -> anyhow::Result<()> {
-        let earlier = self
-            .store
-            .list_deployments(&crate::store::ListFilter {
-                repo: Some(deployment.repo.clone()),
-                environment: Some(deployment.environment.clone()),
-                limit: 1000,
-                ..Default::default()
-            })
-            .await?;
-        for old in earlier.iter().filter(|d| {
-            d.id < deployment.id && d.state == State::Success && !d.transient && !d.production
-        }) {
-            let description = format!("superseded by deployment {}", deployment.public_id());
-            self.reporter.mark_inactive(old.id, &description).await?;
-        }
-        Ok(())
-    }
-
-    /// Tears an environment down: every container Dropship runs for it on any server is
-    /// removed (routed apps leave the proxy and drain first), and its successful deployments
-    /// end `inactive`, the newest with an `inactive` status, which GitHub shows as destroyed.
-    /// Returns how many containers were removed and how many deployments ended inactive.
-    pub async fn teardown(&self, repo: &str, environment: &str) -> anyhow::Result<(usize, usize)> {
-        let mut removed = 0;
-        for server in self.hosts.names().map(str::to_string).collect::<Vec<_>>() {
-            let Some(host) = self.hosts.get(&server) else {
-                continue;
-            };
-            let containers = match host
-                .list(&[
-                    (crate::containers::LABEL_REPO, repo),
-                    (crate::containers::LABEL_ENVIRONMENT, environment),
-                ])
-                .await
-            {
-                Ok(containers) => containers,
-                // A server whose engine cannot be reached holds nothing we can remove now.
-                Err(error) => {
-                    tracing::warn!(server, %error, "tearing down: listing containers");
-                    continue;
-                }
-            };
-            let mut apps: Vec<&str> = containers
-                .iter()
-                .filter(|c| c.label(crate::containers::LABEL_PROXY).is_some())
-                .filter_map(|c| c.label(crate::containers::LABEL_APP))
-                .collect();
-            apps.sort_unstable();
-            apps.dedup();
-            for app in apps {
-                self.remove_route(repo, environment, app)
-                    .await?
-                    .wait(self.config.proxy.drain_timeout)
-                    .await;
-            }
-            for container in &containers {
-                host.remove(&container.id).await?;
-                removed += 1;
-            }
-        }
-        self.store.set_preview(repo, environment, None).await?;
-        let deployments = self
-            .store
-            .list_deployments(&crate::store::ListFilter {
-                repo: Some(repo.to_string()),
-                environment: Some(environment.to_string()),
-                limit: 1000,
-                ..Default::default()
-            })
-            .await?;
-        let mut deactivated = 0;
-        for (i, deployment) in deployments
-            .iter()
-            .filter(|d| d.state == State::Success)
-            .enumerate()
-        {
-            let description = "environment torn down";
-            if i == 0 {
-                // The newest: its status tells GitHub the environment is gone.
-                self.reporter
-                    .transition(deployment, State::Inactive, description, None)
-                    .await?;
-            } else {
-                self.reporter
-                    .mark_inactive(deployment.id, description)
-                    .await?;
-            }
-            deactivated += 1;
-        }
-        Ok((removed, deactivated))
-    }
-
     /// Follows the logs of the containers on `server` from now on (and after restarts).
     pub fn watch_logs(&self, server: &str) {
         self.followers.watch(server);
@@ -431,6 +338,7 @@ impl Engine {
                     deployment.environment
                 ));
                 let outcome = match self
+                    .environments
                     .teardown(&deployment.repo, &deployment.environment)
                     .await
                 {
@@ -492,7 +400,7 @@ impl Engine {
             )
             .await?;
         if outcome.state == State::Success {
-            self.deactivate_earlier(&deployment).await?;
+            self.environments.deactivate_earlier(&deployment).await?;
         }
         tracing::info!(state = %outcome.state, description = %outcome.description, "deployment finished");
         Ok(outcome)

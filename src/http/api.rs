@@ -507,7 +507,7 @@ pub(super) async fn delete_environment(
         )));
     }
     let (removed, inactive) = state
-        .engine
+        .environments
         .teardown(&repo, &environment)
         .await
         .map_err(|e| HttpError::new(StatusCode::BAD_GATEWAY, format!("tearing down: {e:#}")))?;

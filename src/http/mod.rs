@@ -36,14 +36,14 @@ pub use error::HttpError;
 
 use crate::config::Config;
 use crate::config::ServerSection;
-use crate::deploy::{Actions, Engine, Intake, Queue};
+use crate::deploy::{Actions, Engine, Environments, Intake, Queue};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// Tears environments down, surveys servers and gives deployments' log links.
+    /// Surveys servers, gives deployments' log links.
     pub engine: Arc<Engine>,
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
@@ -58,6 +58,8 @@ pub struct AppState {
     pub intake: Intake,
     /// What people do: cancel, lock, redeploy, roll back.
     pub actions: Actions,
+    /// Tears environments down.
+    pub environments: Environments,
     /// Failed sign-ins per name and client address.
     pub(crate) throttle: Arc<auth::SignInThrottle>,
 }
@@ -68,6 +70,7 @@ impl AppState {
         let engine = Arc::new(engine);
         AppState {
             actions: Actions::new(&engine),
+            environments: engine.environments.clone(),
             intake: Intake::new(engine.clone(), scheduler),
             config: engine.config.clone(),
             store: engine.store.clone(),
