@@ -201,168 +201,27 @@ impl Engine {
         if let Some(network) = &plan.network {
             host.ensure_network(network).await?;
         }
-        let labels = app_labels(deployment, &plan.app);
-        let existing = host.list(&labels).await?;
-        let old: Vec<ContainerInfo> = existing
-            .iter()
-            .filter(|c| c.running && c.deployment() != Some(deployment.id))
-            .cloned()
-            .collect();
-        // A container left by an interrupted run of this same deployment is replaced.
-        for stale in existing
-            .iter()
-            .filter(|c| c.deployment() == Some(deployment.id))
-        {
-            host.remove(&stale.id).await?;
-        }
-        let secrets = self.config.repo_secrets(&deployment.repo, &plan.secrets);
-        let health_label = serde_json::to_string(&plan.health).expect("health checks serialize");
-        let proxy_label = plan
-            .proxy
-            .as_ref()
-            .map(|p| serde_json::to_string(p).expect("routes serialize"));
-        let ports = self.published_ports(plan, server);
-        let mut env: Vec<(String, String)> = crate::deploy::context(deployment)
-            .environment_variables()
-            .into_iter()
-            .filter(|(k, _)| k != "DROPSHIP_PAYLOAD")
-            .collect();
-        env.extend(plan.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let started = Instant::now();
-        let mut new_ids = Vec::new();
-        let mut stopped_old = false;
-        for replica in 0..plan.replicas {
-            let mut labels: BTreeMap<String, String> = plan.labels.clone();
-            labels.extend([
-                (LABEL_MANAGED.to_string(), "true".to_string()),
-                (LABEL_REPO.into(), deployment.repo.clone()),
-                (LABEL_ENVIRONMENT.into(), deployment.environment.clone()),
-                (LABEL_APP.into(), plan.app.clone()),
-                (LABEL_DEPLOYMENT.into(), deployment.id.to_string()),
-                (LABEL_SHA.into(), deployment.sha.to_string()),
-                (LABEL_REPLICA.into(), replica.to_string()),
-                (LABEL_HEALTH.into(), health_label.clone()),
-            ]);
-            if let Some(proxy) = &proxy_label {
-                labels.insert(LABEL_PROXY.into(), proxy.clone());
-            }
-            let spec = ContainerSpec {
-                name: format!(
-                    "{}-{}-{}-{replica}",
-                    plan.app,
-                    name_part(&deployment.environment),
-                    deployment.id
-                ),
-                image: image.clone(),
-                command: plan.command.clone(),
-                env: env.clone(),
-                secrets: secrets.clone(),
-                ports: ports.clone(),
-                volumes: plan.volumes.clone(),
-                labels,
-                restart: Some(plan.restart.clone()),
-                memory_bytes: plan.memory_bytes,
-                nano_cpus: plan.nano_cpus,
-                network: plan.network.clone(),
-                init: plan.init,
-            };
-            let id = host.create(&spec).await?;
-            new_ids.push((id.clone(), spec.name.clone()));
-            match host.start(&id).await {
-                Ok(()) => {}
-                Err(error) if port_in_use(&error) && !old.is_empty() && !stopped_old => {
-                    say.note("a published host port is held by the running version: stopping it first (publish no fixed host port to run both side by side)");
-                    self.retire(&host, &old, plan.stop_timeout, say).await?;
-                    stopped_old = true;
-                    host.start(&id).await?;
-                }
-                Err(error) => {
-                    for (id, _) in &new_ids {
-                        let _ = host.remove(id).await;
-                    }
-                    return Err(error);
-                }
-            }
-            say.note(format!(
-                "started {} ({})",
-                spec.name,
-                &id[..12.min(id.len())]
-            ));
-        }
-        let start_time = started.elapsed();
-        let health_clock = Instant::now();
-        let checks = new_ids
-            .iter()
-            .map(|(id, name)| self.wait_healthy(&host, server, id, name, &plan.health, say));
-        let results = futures::future::join_all(checks).await;
-        let health_time = health_clock.elapsed();
-        if let Some(failure) = results.into_iter().find_map(Result::err) {
-            for (id, _) in &new_ids {
-                host.remove(id).await?;
-            }
-            if stopped_old {
-                for container in &old {
-                    host.start(&container.id).await?;
-                }
-                say.note("the previous version was started again");
-            } else if !old.is_empty() {
-                say.note("the previous version keeps running");
-            }
+        let mut rollout = Rollout::begin(self, deployment, plan, server, host, say).await?;
+        let clock = Instant::now();
+        rollout.start(&image).await?;
+        let start_time = clock.elapsed();
+        let clock = Instant::now();
+        let unhealthy = rollout.unhealthy().await;
+        let health_time = clock.elapsed();
+        if let Some(failure) = unhealthy {
+            rollout.undo().await?;
             return Ok(StepOutcome::Failed(failure));
         }
-        let switch_clock = Instant::now();
-        let drain = match &plan.proxy {
-            Some(proxy) => {
-                let ids: Vec<String> = new_ids.iter().map(|(id, _)| id.clone()).collect();
-                match self
-                    .switch_route(deployment, &plan.app, proxy, server, &host, &ids, say)
-                    .await
-                {
-                    Ok(drain) => drain,
-                    Err(outcome @ StepOutcome::Failed(_)) => {
-                        for (id, _) in &new_ids {
-                            host.remove(id).await?;
-                        }
-                        return Ok(outcome);
-                    }
-                    Err(outcome) => return Ok(outcome),
-                }
+        let clock = Instant::now();
+        let drain = match rollout.route().await {
+            Ok(drain) => drain,
+            Err(outcome @ StepOutcome::Failed(_)) => {
+                rollout.remove_new().await?;
+                return Ok(outcome);
             }
-            // The app was routed and no longer is: its route goes before its containers.
-            None => match &self.routes {
-                Some(_) if old.iter().any(|c| c.label(LABEL_PROXY).is_some()) => {
-                    match self
-                        .remove_route(&deployment.repo, &deployment.environment, &plan.app)
-                        .await
-                    {
-                        Ok(drain) => {
-                            say.note(format!(
-                                "removed the route of {} (no proxy: any more)",
-                                plan.app
-                            ));
-                            drain
-                        }
-                        Err(error) => {
-                            say.note(format!("✘ removing the route of {}: {error:#}", plan.app));
-                            Drain::default()
-                        }
-                    }
-                }
-                _ => Drain::default(),
-            },
+            Err(outcome) => return Ok(outcome),
         };
-        let old = if stopped_old { Vec::new() } else { old };
-        self.retire_in_background(
-            &host,
-            deployment,
-            &plan.app,
-            old,
-            drain,
-            plan.stop_timeout,
-            plan.keep,
-            say,
-        )
-        .await;
+        rollout.retire_old(drain).await;
         let ms = |d: Duration| d.as_millis();
         say.note(format!(
             "{} replaced on {server} in ms: image {}, start {}, health {}, switch {}",
@@ -370,7 +229,7 @@ impl Engine {
             ms(image_time),
             ms(start_time),
             ms(health_time),
-            ms(switch_clock.elapsed())
+            ms(clock.elapsed())
         ));
         self.watch_logs(server);
         Ok(StepOutcome::Succeeded)
@@ -1097,5 +956,249 @@ impl Engine {
             Ok(result) => result,
             Err(error) => error.into(),
         }
+    }
+}
+
+/// One app replaced on one server: the new version's containers started beside the old,
+/// health-checked, routed, and the old version retired; or, if the new one fails, removed
+/// with the old one kept (or started again).
+struct Rollout<'a> {
+    engine: &'a Engine,
+    deployment: &'a Deployment,
+    plan: &'a ContainerPlan,
+    server: &'a str,
+    host: Arc<dyn ContainerHost>,
+    say: &'a Say,
+    /// The running containers of earlier versions.
+    old: Vec<ContainerInfo>,
+    /// Whether the old version was stopped to free a fixed host port.
+    stopped_old: bool,
+    /// The new version's containers: id and name.
+    new: Vec<(String, String)>,
+}
+
+impl<'a> Rollout<'a> {
+    /// Finds the running version; a container left by an interrupted run of this same
+    /// deployment is removed.
+    async fn begin(
+        engine: &'a Engine,
+        deployment: &'a Deployment,
+        plan: &'a ContainerPlan,
+        server: &'a str,
+        host: Arc<dyn ContainerHost>,
+        say: &'a Say,
+    ) -> Result<Rollout<'a>, ContainerError> {
+        let existing = host.list(&app_labels(deployment, &plan.app)).await?;
+        let old = existing
+            .iter()
+            .filter(|c| c.running && c.deployment() != Some(deployment.id))
+            .cloned()
+            .collect();
+        for stale in existing
+            .iter()
+            .filter(|c| c.deployment() == Some(deployment.id))
+        {
+            host.remove(&stale.id).await?;
+        }
+        Ok(Rollout {
+            engine,
+            deployment,
+            plan,
+            server,
+            host,
+            say,
+            old,
+            stopped_old: false,
+            new: Vec::new(),
+        })
+    }
+
+    /// The container of `replica` of the new version.
+    fn spec(&self, image: &str, replica: u32) -> ContainerSpec {
+        let (deployment, plan) = (self.deployment, self.plan);
+        let mut labels: BTreeMap<String, String> = plan.labels.clone();
+        labels.extend([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_REPO.into(), deployment.repo.clone()),
+            (LABEL_ENVIRONMENT.into(), deployment.environment.clone()),
+            (LABEL_APP.into(), plan.app.clone()),
+            (LABEL_DEPLOYMENT.into(), deployment.id.to_string()),
+            (LABEL_SHA.into(), deployment.sha.to_string()),
+            (LABEL_REPLICA.into(), replica.to_string()),
+            (
+                LABEL_HEALTH.into(),
+                serde_json::to_string(&plan.health).expect("health checks serialize"),
+            ),
+        ]);
+        if let Some(proxy) = &plan.proxy {
+            labels.insert(
+                LABEL_PROXY.into(),
+                serde_json::to_string(proxy).expect("routes serialize"),
+            );
+        }
+        let mut env: Vec<(String, String)> = crate::deploy::context(deployment)
+            .environment_variables()
+            .into_iter()
+            .filter(|(k, _)| k != "DROPSHIP_PAYLOAD")
+            .collect();
+        env.extend(plan.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        ContainerSpec {
+            name: format!(
+                "{}-{}-{}-{replica}",
+                plan.app,
+                name_part(&deployment.environment),
+                deployment.id
+            ),
+            image: image.to_string(),
+            command: plan.command.clone(),
+            env,
+            secrets: self
+                .engine
+                .config
+                .repo_secrets(&deployment.repo, &plan.secrets),
+            ports: self.engine.published_ports(plan, self.server),
+            volumes: plan.volumes.clone(),
+            labels,
+            restart: Some(plan.restart.clone()),
+            memory_bytes: plan.memory_bytes,
+            nano_cpus: plan.nano_cpus,
+            network: plan.network.clone(),
+            init: plan.init,
+        }
+    }
+
+    /// Creates and starts every replica of the new version. A host port the running version
+    /// holds stops that version first; any other failure removes what was created.
+    async fn start(&mut self, image: &str) -> Result<(), ContainerError> {
+        for replica in 0..self.plan.replicas {
+            let spec = self.spec(image, replica);
+            let id = self.host.create(&spec).await?;
+            self.new.push((id.clone(), spec.name.clone()));
+            match self.host.start(&id).await {
+                Ok(()) => {}
+                Err(error) if port_in_use(&error) && !self.old.is_empty() && !self.stopped_old => {
+                    self.say.note("a published host port is held by the running version: stopping it first (publish no fixed host port to run both side by side)");
+                    self.engine
+                        .retire(&self.host, &self.old, self.plan.stop_timeout, self.say)
+                        .await?;
+                    self.stopped_old = true;
+                    self.host.start(&id).await?;
+                }
+                Err(error) => {
+                    for (id, _) in &self.new {
+                        let _ = self.host.remove(id).await;
+                    }
+                    return Err(error);
+                }
+            }
+            self.say.note(format!(
+                "started {} ({})",
+                spec.name,
+                &id[..12.min(id.len())]
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits for every new container's health check; the first diagnosis, if any failed.
+    async fn unhealthy(&self) -> Option<String> {
+        let checks = self.new.iter().map(|(id, name)| {
+            self.engine.wait_healthy(
+                &self.host,
+                self.server,
+                id,
+                name,
+                &self.plan.health,
+                self.say,
+            )
+        });
+        futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .find_map(Result::err)
+    }
+
+    /// Removes the new version's containers.
+    async fn remove_new(&self) -> Result<(), ContainerError> {
+        for (id, _) in &self.new {
+            self.host.remove(id).await?;
+        }
+        Ok(())
+    }
+
+    /// The new version failed: it goes, and the old one keeps running (or starts again).
+    async fn undo(&self) -> Result<(), ContainerError> {
+        self.remove_new().await?;
+        if self.stopped_old {
+            for container in &self.old {
+                self.host.start(&container.id).await?;
+            }
+            self.say.note("the previous version was started again");
+        } else if !self.old.is_empty() {
+            self.say.note("the previous version keeps running");
+        }
+        Ok(())
+    }
+
+    /// Points the app's route at the new version (the old upstreams drain), or takes away the
+    /// route of an app that is no longer routed. `Err` is how the step ends instead.
+    async fn route(&self) -> Result<Drain, StepOutcome> {
+        let (engine, deployment, plan) = (self.engine, self.deployment, self.plan);
+        if let Some(proxy) = &plan.proxy {
+            let ids: Vec<String> = self.new.iter().map(|(id, _)| id.clone()).collect();
+            return engine
+                .switch_route(
+                    deployment,
+                    &plan.app,
+                    proxy,
+                    self.server,
+                    &self.host,
+                    &ids,
+                    self.say,
+                )
+                .await;
+        }
+        // The app was routed and no longer is: its route goes before its containers.
+        if engine.routes.is_none() || !self.old.iter().any(|c| c.label(LABEL_PROXY).is_some()) {
+            return Ok(Drain::default());
+        }
+        match engine
+            .remove_route(&deployment.repo, &deployment.environment, &plan.app)
+            .await
+        {
+            Ok(drain) => {
+                self.say.note(format!(
+                    "removed the route of {} (no proxy: any more)",
+                    plan.app
+                ));
+                Ok(drain)
+            }
+            Err(error) => {
+                self.say
+                    .note(format!("✘ removing the route of {}: {error:#}", plan.app));
+                Ok(Drain::default())
+            }
+        }
+    }
+
+    /// Retires the old version once `drain` ends, in the background.
+    async fn retire_old(self, drain: Drain) {
+        let old = if self.stopped_old {
+            Vec::new()
+        } else {
+            self.old
+        };
+        self.engine
+            .retire_in_background(
+                &self.host,
+                self.deployment,
+                &self.plan.app,
+                old,
+                drain,
+                self.plan.stop_timeout,
+                self.plan.keep,
+                self.say,
+            )
+            .await;
     }
 }
