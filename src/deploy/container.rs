@@ -739,17 +739,6 @@ impl Engine {
         }
     }
 
-    /// Removes the route of `app` in `repo`'s `environment` (nothing without a proxy); its
-    /// upstreams drain.
-    pub(super) async fn remove_route(
-        &self,
-        repo: &str,
-        environment: &str,
-        app: &str,
-    ) -> anyhow::Result<Drain> {
-        self.environments.remove_route(repo, environment, app).await
-    }
-
     /// Stops `containers`; they stay on the server as a retired version.
     async fn retire(
         &self,
@@ -939,6 +928,7 @@ impl Engine {
             // A routed app leaves the proxy first: its requests drain, then it stops.
             if running.iter().any(|c| c.label(LABEL_PROXY).is_some()) {
                 match self
+                    .environments
                     .remove_route(&deployment.repo, &deployment.environment, app)
                     .await
                 {
@@ -1163,6 +1153,7 @@ impl<'a> Rollout<'a> {
             return Ok(Drain::default());
         }
         match engine
+            .environments
             .remove_route(&deployment.repo, &deployment.environment, &plan.app)
             .await
         {
