@@ -5,7 +5,7 @@
 
 use super::Engine;
 use crate::github::NewGithubDeployment;
-use crate::manifest::{AutoDeployTrigger, Manifest};
+use crate::manifest::{AutoDeployRule, AutoDeployTrigger, Manifest};
 use crate::webhook::BranchMoved;
 
 /// What one rule did.
@@ -61,118 +61,140 @@ impl Engine {
             .map_err(|d| NotConsidered::Manifest(short.clone(), d.first().to_string()))?;
         let mut done = Vec::new();
         for rule in manifest.auto_deploy() {
-            if rule.on != trigger || !rule.matches(&moved.branch) {
-                continue;
+            if rule.on == trigger && rule.matches(&moved.branch) {
+                done.push(self.apply(moved, &rule).await);
             }
-            let mut result = AutoDeployed {
-                environment: rule.environment.clone(),
-                task: rule.task.clone(),
-                github_deployment_id: None,
-                note: String::new(),
-            };
-            if let Err(refused) = self.config.admit(&moved.repository, &rule.environment) {
-                result.note = refused.to_string();
-                done.push(result);
-                continue;
-            }
-            if trigger == AutoDeployTrigger::Checks {
-                // A suite names its head branch, but a fork's pull request may have a branch of
-                // the same name: deploy only the commit the branch points at here.
-                let head = self.github.as_ref().map(|github| {
-                    github.commit_sha(&moved.repository, &moved.branch, moved.installation_id)
-                });
-                if let Some(head) = head {
-                    match head.await {
-                        Ok(sha) if moved.sha == *sha => {}
-                        Ok(sha) => {
-                            result.note = format!(
-                                "{} now points at {}, not {short}: nothing deployed",
-                                moved.branch,
-                                crate::sha::Sha::from(sha).short()
-                            );
-                            done.push(result);
-                            continue;
-                        }
-                        Err(error) => {
-                            result.note = format!("reading {}: {}", moved.branch, error.message);
-                            done.push(result);
-                            continue;
-                        }
-                    }
-                }
-            }
-            let trigger_name = trigger.as_str();
-            match self
-                .store
-                .claim_auto_deploy(
-                    &moved.repository,
-                    &rule.environment,
-                    &moved.sha,
-                    trigger_name,
-                )
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    result.note =
-                        format!("{short} was auto-deployed to {} before", rule.environment);
-                    done.push(result);
-                    continue;
-                }
-                Err(error) => {
-                    result.note = format!("recording the auto-deploy: {error:#}");
-                    done.push(result);
-                    continue;
-                }
-            }
-            let description = format!("auto-deploy of {} ({trigger_name})", moved.branch);
-            let payload = serde_json::json!({
-                "dropship": { "auto_deploy": { "branch": moved.branch, "trigger": trigger_name } }
-            });
-            let created = super::actions::create_github_deployment(
-                self.github.as_ref(),
-                &moved.repository,
-                &NewGithubDeployment {
-                    git_ref: &moved.sha,
-                    task: &rule.task,
-                    environment: &rule.environment,
-                    description: &description,
-                    auto_merge: false,
-                    // On push, deploy now; on checks, GitHub verifies every context passed
-                    // (a 409 until they all have).
-                    required_contexts: (trigger == AutoDeployTrigger::Push).then(Vec::new),
-                    payload,
-                },
-                moved.installation_id,
-            )
-            .await;
-            match created {
-                Ok(created) => {
-                    tracing::info!(
-                        repo = %moved.repository, environment = %rule.environment,
-                        sha = %short, github_deployment = created.id, "auto-deploy created"
-                    );
-                    result.github_deployment_id = Some(created.id);
-                    result.note = description;
-                }
-                Err(error) => {
-                    // Give the claim back: a later event may succeed.
-                    if let Err(e) = self
-                        .store
-                        .release_auto_deploy(&moved.repository, &rule.environment, &moved.sha)
-                        .await
-                    {
-                        tracing::error!(error = format!("{e:#}"), "releasing an auto-deploy claim");
-                    }
-                    result.note = format!("not created: {error}");
-                    tracing::warn!(
-                        repo = %moved.repository, environment = %rule.environment,
-                        sha = %short, error = %error, "auto-deploy not created"
-                    );
-                }
-            }
-            done.push(result);
         }
         Ok(done)
+    }
+
+    /// What one matching rule did: a GitHub deployment created, or a note why none was.
+    async fn apply(&self, moved: &BranchMoved, rule: &AutoDeployRule) -> AutoDeployed {
+        let (github_deployment_id, note) = match self.try_apply(moved, rule).await {
+            Ok((id, description)) => (Some(id), description),
+            Err(note) => (None, note),
+        };
+        AutoDeployed {
+            environment: rule.environment.clone(),
+            task: rule.task.clone(),
+            github_deployment_id,
+            note,
+        }
+    }
+
+    /// Admitted, still the branch's head (for checks), claimed once, created: the GitHub
+    /// deployment's id and description, or why it was not made.
+    async fn try_apply(
+        &self,
+        moved: &BranchMoved,
+        rule: &AutoDeployRule,
+    ) -> Result<(i64, String), String> {
+        self.config
+            .admit(&moved.repository, &rule.environment)
+            .map_err(|refused| refused.to_string())?;
+        if rule.on == AutoDeployTrigger::Checks {
+            self.still_head(moved).await?;
+        }
+        self.claim(moved, rule).await?;
+        self.create(moved, rule).await
+    }
+
+    /// Whether the branch still points at the suite's commit. A suite names its head branch,
+    /// but a fork's pull request may have a branch of the same name: deploy only the commit
+    /// the branch points at here.
+    async fn still_head(&self, moved: &BranchMoved) -> Result<(), String> {
+        let Some(github) = &self.github else {
+            return Ok(());
+        };
+        match github
+            .commit_sha(&moved.repository, &moved.branch, moved.installation_id)
+            .await
+        {
+            Ok(sha) if moved.sha == *sha => Ok(()),
+            Ok(sha) => Err(format!(
+                "{} now points at {}, not {}: nothing deployed",
+                moved.branch,
+                crate::sha::Sha::from(sha).short(),
+                moved.sha.short()
+            )),
+            Err(error) => Err(format!("reading {}: {}", moved.branch, error.message)),
+        }
+    }
+
+    /// Claims the auto-deploy of this commit to the rule's environment, once ever.
+    async fn claim(&self, moved: &BranchMoved, rule: &AutoDeployRule) -> Result<(), String> {
+        match self
+            .store
+            .claim_auto_deploy(
+                &moved.repository,
+                &rule.environment,
+                &moved.sha,
+                rule.on.as_str(),
+            )
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!(
+                "{} was auto-deployed to {} before",
+                moved.sha.short(),
+                rule.environment
+            )),
+            Err(error) => Err(format!("recording the auto-deploy: {error:#}")),
+        }
+    }
+
+    /// Creates the GitHub deployment; on failure gives the claim back, so a later event may
+    /// succeed.
+    async fn create(
+        &self,
+        moved: &BranchMoved,
+        rule: &AutoDeployRule,
+    ) -> Result<(i64, String), String> {
+        let trigger_name = rule.on.as_str();
+        let description = format!("auto-deploy of {} ({trigger_name})", moved.branch);
+        let payload = serde_json::json!({
+            "dropship": { "auto_deploy": { "branch": moved.branch, "trigger": trigger_name } }
+        });
+        let created = super::actions::create_github_deployment(
+            self.github.as_ref(),
+            &moved.repository,
+            &NewGithubDeployment {
+                git_ref: &moved.sha,
+                task: &rule.task,
+                environment: &rule.environment,
+                description: &description,
+                auto_merge: false,
+                // On push, deploy now; on checks, GitHub verifies every context passed
+                // (a 409 until they all have).
+                required_contexts: (rule.on == AutoDeployTrigger::Push).then(Vec::new),
+                payload,
+            },
+            moved.installation_id,
+        )
+        .await;
+        let short = moved.sha.short();
+        match created {
+            Ok(created) => {
+                tracing::info!(
+                    repo = %moved.repository, environment = %rule.environment,
+                    sha = %short, github_deployment = created.id, "auto-deploy created"
+                );
+                Ok((created.id, description))
+            }
+            Err(error) => {
+                if let Err(e) = self
+                    .store
+                    .release_auto_deploy(&moved.repository, &rule.environment, &moved.sha)
+                    .await
+                {
+                    tracing::error!(error = format!("{e:#}"), "releasing an auto-deploy claim");
+                }
+                tracing::warn!(
+                    repo = %moved.repository, environment = %rule.environment,
+                    sha = %short, error = %error, "auto-deploy not created"
+                );
+                Err(format!("not created: {error}"))
+            }
+        }
     }
 }
