@@ -146,6 +146,15 @@ impl Outcome {
     }
 }
 
+/// What one step did across its servers.
+#[derive(Debug, Default)]
+struct StepTally {
+    /// The servers it failed on, with why.
+    failed: Vec<(String, String)>,
+    /// The first server that could not be reached.
+    unreachable: Option<ExecError>,
+}
+
 /// How one step ended on one server. Every variant is an outcome to record, none an error of
 /// the engine.
 #[derive(Debug)]
@@ -504,57 +513,12 @@ impl Engine {
                     .pending()
                     .await?;
             }
-            let batches: Vec<&[String]> = match &plan.strategy {
-                Strategy::Parallel => vec![&step.servers[..]],
-                Strategy::Rolling { batch, .. } => step
-                    .servers
-                    .chunks(batch.size(step.servers.len()))
-                    .collect(),
-            };
-            let mut failed: Vec<(String, String)> = Vec::new();
-            let mut unreachable: Option<ExecError> = None;
-            let shared = StepShared::default();
-            for (batch_index, servers) in batches.iter().enumerate() {
-                if batch_index > 0 {
-                    if let Strategy::Rolling {
-                        pause: Some(pause), ..
-                    } = &plan.strategy
-                    {
-                        log.note(format!(
-                            "pausing {} before the next batch",
-                            humantime::format_duration(*pause)
-                        ));
-                        tokio::time::sleep(*pause).await;
-                    }
-                }
-                let runs = servers
-                    .iter()
-                    .map(|server| self.run_step_on(deployment, index, step, server, &shared, log));
-                let results = futures::future::join_all(runs).await;
-                for (server, result) in servers.iter().zip(results) {
-                    match result? {
-                        StepOutcome::Succeeded => {}
-                        StepOutcome::Unreachable(error) => {
-                            unreachable.get_or_insert(error);
-                        }
-                        other => failed.push((server.clone(), other.reason())),
-                    }
-                }
-                if unreachable.is_some() || (!failed.is_empty() && !step.continue_on_error) {
-                    // Later batches of this step never start.
-                    for later in batches.iter().skip(batch_index + 1) {
-                        self.skip(
-                            deployment,
-                            index,
-                            step,
-                            later,
-                            "skipped: an earlier batch failed",
-                        )
-                        .await?;
-                    }
-                    break;
-                }
-            }
+            let StepTally {
+                failed,
+                unreachable,
+            } = self
+                .run_batches(deployment, index, step, &plan.strategy, log)
+                .await?;
             if let Some(error) = unreachable {
                 stopped = Some(Outcome::error(format!("step {}: {error}", step.name)));
             } else if let Some((server, why)) = failed.first() {
@@ -597,6 +561,71 @@ impl Engine {
                 description,
             }
         }))
+    }
+
+    /// Runs one step on its servers: all at once, or in rolling batches with their pause. A
+    /// batch that fails (or reaches an unreachable server) stops the later ones, which are
+    /// recorded skipped.
+    async fn run_batches(
+        &self,
+        deployment: &Deployment,
+        index: usize,
+        step: &PlannedStep,
+        strategy: &Strategy,
+        log: &DeploymentLog,
+    ) -> anyhow::Result<StepTally> {
+        let batches: Vec<&[String]> = match strategy {
+            Strategy::Parallel => vec![&step.servers[..]],
+            Strategy::Rolling { batch, .. } => step
+                .servers
+                .chunks(batch.size(step.servers.len()))
+                .collect(),
+        };
+        let mut tally = StepTally::default();
+        let shared = StepShared::default();
+        for (batch_index, servers) in batches.iter().enumerate() {
+            if batch_index > 0 {
+                if let Strategy::Rolling {
+                    pause: Some(pause), ..
+                } = strategy
+                {
+                    log.note(format!(
+                        "pausing {} before the next batch",
+                        humantime::format_duration(*pause)
+                    ));
+                    tokio::time::sleep(*pause).await;
+                }
+            }
+            let runs = servers
+                .iter()
+                .map(|server| self.run_step_on(deployment, index, step, server, &shared, log));
+            let results = futures::future::join_all(runs).await;
+            for (server, result) in servers.iter().zip(results) {
+                match result? {
+                    StepOutcome::Succeeded => {}
+                    StepOutcome::Unreachable(error) => {
+                        tally.unreachable.get_or_insert(error);
+                    }
+                    other => tally.failed.push((server.clone(), other.reason())),
+                }
+            }
+            if tally.unreachable.is_some() || (!tally.failed.is_empty() && !step.continue_on_error)
+            {
+                // Later batches of this step never start.
+                for later in batches.iter().skip(batch_index + 1) {
+                    self.skip(
+                        deployment,
+                        index,
+                        step,
+                        later,
+                        "skipped: an earlier batch failed",
+                    )
+                    .await?;
+                }
+                break;
+            }
+        }
+        Ok(tally)
     }
 
     async fn run_step_on(
