@@ -218,7 +218,7 @@ pub(super) async fn page(
     // The page shows the newest lines and follows from there.
     let lines = state.store.app_logs_tail(&repo, &environment, 1000).await?;
     let after = lines.last().map_or(0, |l| l.id);
-    let events = super::view::environment_path("/apps", &repo, &environment, "/logs/events");
+    let events = super::paths::environment_path("/apps", &repo, &environment, "/logs/events");
     let body = html! {
         h1 { (repo) " → " (environment) }
         p.meta { "container logs, newest last; live" }

@@ -108,7 +108,7 @@ impl IntoResponse for Refusal {
 }
 
 /// What a `next` query value escapes: all but unreserved characters and `/`.
-const NEXT: &percent_encoding::AsciiSet = &super::view::SEGMENT.remove(b'/');
+const NEXT: &percent_encoding::AsciiSet = &super::paths::SEGMENT.remove(b'/');
 
 fn form_urlencoded_component(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, NEXT).to_string()

@@ -11,6 +11,7 @@ pub mod auth;
 mod dashboard;
 mod error;
 mod pages;
+mod paths;
 mod view;
 mod webhook;
 

@@ -157,8 +157,8 @@ fn render(
     let last_seq = lines.last().map_or(0, |l| l.seq);
     let deployer = user.is_some_and(|u| u.may(Role::Deployer));
     let (owner, name) = deployment.repo_parts();
-    let repo_url = format!("{github_web}{}", super::view::path(&[owner, name]));
-    let sha = super::view::path(&[&deployment.sha]);
+    let repo_url = format!("{github_web}{}", super::paths::path(&[owner, name]));
+    let sha = super::paths::path(&[&deployment.sha]);
     // Links to other parts of this deployment carry the link's token on.
     let token_param = token.map(|t| {
         format!(
@@ -208,7 +208,7 @@ fn render(
                 @if let Some(url) = &deployment.environment_url {
                     "environment: " span #environment-url { (super::view::url_link(url)) } " · "
                 }
-                "GitHub: " a href={(repo_url) "/deployments" (super::view::path(&[&deployment.environment]))} { "deployments" }
+                "GitHub: " a href={(repo_url) "/deployments" (super::paths::path(&[&deployment.environment]))} { "deployments" }
                 " · " a href={(repo_url) "/commit" (sha)} { "commit" }
             }
             @if deployer {
