@@ -53,10 +53,22 @@ pub(super) async fn github(
         count("invalid");
         HttpError::new(StatusCode::BAD_REQUEST, e.to_string())
     })?;
+    // A delivery the store cannot record is answered 503 with the reason: GitHub's delivery
+    // log shows the failure (it never retries by itself), and nothing was acknowledged.
     let accepted = state
         .intake
         .accept(delivery_id, event_label, event_name, event)
-        .await?;
+        .await
+        .map_err(|error| {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "a delivery could not be recorded"
+            );
+            HttpError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the delivery could not be recorded: {error:#}"),
+            )
+        })?;
     Ok(render(accepted))
 }
 

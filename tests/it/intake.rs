@@ -233,3 +233,73 @@ async fn a_backlog_beyond_the_schedulers_memory_waits_in_the_store_and_all_of_it
         );
     }
 }
+
+/// When the store cannot commit (here: the disk under the database is full), a delivery is
+/// answered 503 with the reason, not 2xx and not 500, and nothing is acknowledged; once there
+/// is room again, deliveries are recorded.
+#[tokio::test]
+async fn a_delivery_the_store_cannot_commit_is_answered_503_with_the_reason() {
+    let disk = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(disk.path())
+        .status()
+        .is_ok_and(|status| status.success());
+    if !mounted && crate::support::missing("mounting a small tmpfs (root)") {
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(disk.path().to_path_buf());
+    let github = FakeGithub::start().await;
+    let config = Config::from_toml(&config_toml(disk.path(), &github.url, ALLOW_ACME)).unwrap();
+    let server = TestServer::start(config, None).await;
+    let body = deployment_payload(7001, "acme/shop", "abc", "production", "deploy");
+    let first = server.deliver("deployment", "full-1", &body).await;
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+
+    // Fill the disk to the last byte.
+    let filler = disk.path().join("filler");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while file.write_all(&block).is_ok() {}
+        let _ = file.write_all(&[0u8; 512]);
+        let _ = file.sync_all();
+    }
+    let mut refused = 0;
+    // Each delivery a new deployment; the WAL may still hold room for a few pages.
+    for github_id in 7002..7040 {
+        let body = deployment_payload(github_id, "acme/shop", "abc", "production", "deploy");
+        let response = server
+            .deliver("deployment", &format!("full-{github_id}"), &body)
+            .await;
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(
+                text.contains("the delivery could not be recorded"),
+                "{text}"
+            );
+            refused += 1;
+            break;
+        }
+        assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    }
+    assert_eq!(refused, 1, "no delivery was refused on a full disk");
+
+    // Room again: the next delivery is recorded.
+    std::fs::remove_file(&filler).unwrap();
+    let body = deployment_payload(7100, "acme/shop", "abc", "production", "deploy");
+    let again = server.deliver("deployment", "full-again", &body).await;
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+}
