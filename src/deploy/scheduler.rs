@@ -77,8 +77,6 @@ struct Waiting {
     /// hand-over was lost. While it is set, the channel is ignored and the store, read oldest
     /// first, is the only source, so that the order of arrival holds.
     from_store: bool,
-    /// Whether the last read of the store failed: it is tried again after [`RETRY`].
-    read_failed: bool,
 }
 
 impl Waiting {
@@ -136,8 +134,10 @@ impl Scheduler {
         let mut busy: HashSet<Key> = HashSet::new();
         let mut running: JoinSet<Key> = JoinSet::new();
         loop {
-            self.refill(&mut waiting).await;
-            self.dispatch(&mut waiting, &mut busy, &mut running).await;
+            let refill_failed = self.refill(&mut waiting).await;
+            let dispatch_failed = self.dispatch(&mut waiting, &mut busy, &mut running).await;
+            // A failed read of the store is tried again after `RETRY`.
+            let read_failed = refill_failed || dispatch_failed;
             tokio::select! {
                 _ = &mut shutdown => {
                     running.abort_all();
@@ -150,7 +150,7 @@ impl Scheduler {
                         waiting.handed_over(key, self.max_waiting);
                     }
                 }
-                _ = tokio::time::sleep(RETRY), if waiting.read_failed => {}
+                _ = tokio::time::sleep(RETRY), if read_failed => {}
                 Some(finished) = running.join_next(), if !running.is_empty() => {
                     match finished {
                         Ok(key) => { busy.remove(&key); }
@@ -165,19 +165,19 @@ impl Scheduler {
 
     /// Reads the environments with queued deployments from the store, oldest arrival first,
     /// while it may hold some that are not waiting here, once at most half of `max_waiting` is
-    /// taken.
-    async fn refill(&self, waiting: &mut Waiting) {
+    /// taken. True when the read failed.
+    async fn refill(&self, waiting: &mut Waiting) -> bool {
         if self.overflow.swap(false, Ordering::Acquire) {
             waiting.from_store = true;
         }
         if !waiting.from_store || waiting.keys.len() > self.max_waiting / 2 {
-            return;
+            return false;
         }
         let read = self
             .store
             .queued_environments(self.max_waiting as i64)
             .await;
-        waiting.read_failed = read.is_err();
+        let failed = read.is_err();
         match read {
             Ok(keys) => {
                 // Everything waiting fit: from here on the channel hands over what arrives.
@@ -197,16 +197,17 @@ impl Scheduler {
                 );
             }
         }
+        failed
     }
 
     /// Starts what may start, in order of arrival. Costs O(started + busy), never O(waiting):
-    /// it stops as soon as every slot is taken.
+    /// it stops as soon as every slot is taken. True when a read of the store failed.
     async fn dispatch(
         &self,
         waiting: &mut Waiting,
         busy: &mut HashSet<Key>,
         running: &mut JoinSet<Key>,
-    ) {
+    ) -> bool {
         // Environments with a deployment running keep their place in line.
         let mut busy_waiting = Vec::new();
         let mut failures = 0;
@@ -230,7 +231,6 @@ impl Scheduler {
                         "reading a deployment to start it"
                     );
                     busy_waiting.push(key);
-                    waiting.read_failed = true;
                     // A bad row holds back its own environment only; a store that is down
                     // is not asked again and again in one pass.
                     failures += 1;
@@ -287,6 +287,7 @@ impl Scheduler {
             waiting.keys.insert(key.clone());
             waiting.order.push_front(key);
         }
+        failures > 0
     }
 
     /// The newest queued deployment of an environment, and the ids of the older ones queued
