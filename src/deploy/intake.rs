@@ -275,7 +275,11 @@ impl Intake {
         let answer = match tokio::time::timeout(AUTO_DEPLOY_BUDGET, &mut work).await {
             Ok(Ok(Ok(done))) => serde_json::json!({ "auto_deploy": done }),
             Ok(Ok(Err(why))) => serde_json::json!({ "auto_deploy": [], "note": why.to_string() }),
-            Ok(Err(error)) => anyhow::bail!("auto-deploy task failed: {error}"),
+            // Recorded already: the answer says what went wrong, and the log has it.
+            Ok(Err(error)) => {
+                tracing::error!(%error, "an auto-deploy task failed");
+                serde_json::json!({ "auto_deploy": [], "note": format!("auto-deploy failed: {error}") })
+            }
             Err(_) => serde_json::json!({ "auto_deploy": "continuing in the background" }),
         };
         Ok(Accepted::AutoDeploy(answer))
