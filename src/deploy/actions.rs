@@ -186,7 +186,7 @@ pub(super) async fn lock_of(
     environment: &str,
 ) -> anyhow::Result<Option<Lock>> {
     Ok(store
-        .locks()
+        .locks(now_ms())
         .await?
         .into_iter()
         .find(|l| l.repo == repo && l.environment == environment))
@@ -249,20 +249,25 @@ impl Actions {
         }
     }
 
-    /// Locks an environment, unless it is locked already.
+    /// Locks an environment (for `duration`, or until unlocked), unless it is locked already.
     pub async fn lock(
         &self,
         repo: &str,
         environment: &str,
         by: &str,
         reason: &str,
+        duration: Option<std::time::Duration>,
     ) -> anyhow::Result<Locking> {
+        let locked_at = now_ms();
         let lock = Lock {
             repo: repo.to_string(),
             environment: environment.to_string(),
             locked_by: by.to_string(),
             reason: reason.to_string(),
-            locked_at: now_ms(),
+            locked_at,
+            expires_at: duration.map(|d| {
+                locked_at.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            }),
         };
         if self.store.lock(&lock).await? {
             return Ok(Locking::Locked(lock));

@@ -448,8 +448,13 @@ impl Engine {
         log.note(format!("read {} at {}", file.path, deployment.sha));
         match actions::lock_of(&*self.store, &deployment.repo, &deployment.environment).await {
             Ok(Some(lock)) if !lock_holder(&self.keys, deployment, &lock) => {
+                let until = lock
+                    .expires_at
+                    .and_then(chrono::DateTime::from_timestamp_millis)
+                    .map(|t| format!(" until {}", t.format("%Y-%m-%d %H:%M UTC")))
+                    .unwrap_or_default();
                 return Err(Outcome::error(format!(
-                    "environment {} is locked by {} ({}); unlock it on the dashboard or with DELETE /api/environments/{}/{}/lock",
+                    "environment {} is locked by {} ({}){until}; unlock it on the dashboard or with DELETE /api/environments/{}/{}/lock",
                     deployment.environment,
                     lock.locked_by,
                     lock.reason,

@@ -177,13 +177,35 @@ pub(super) async fn rollback(
     Ok(done(state, user, target, message, Some(created.id)).await)
 }
 
-/// Locks an environment, unless it is locked already; a new lock is audited.
+/// The longest a lock may be taken for; longer, lock it until unlocked.
+const MAX_LOCK_FOR: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
+
+/// How long a lock is asked for (`2h`, `30m`, `1d`): none or blank, until unlocked.
+pub(super) fn lock_for(text: Option<&str>) -> Result<Option<std::time::Duration>, HttpError> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let refused = |why: String| {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!("`for` must be a duration such as 2h or 30m, at most 90 days: {why}"),
+        )
+    };
+    let duration = humantime::parse_duration(text).map_err(|e| refused(e.to_string()))?;
+    if duration.is_zero() || duration > MAX_LOCK_FOR {
+        return Err(refused(format!("{text:?} is out of range")));
+    }
+    Ok(Some(duration))
+}
+
+/// Locks an environment (for `duration`, or until unlocked), unless it is locked already; a
+/// new lock is audited.
 pub(super) async fn lock(
     state: &AppState,
     user: &User,
-    repo: &str,
-    environment: &str,
+    (repo, environment): (&str, &str),
     reason: &str,
+    duration: Option<std::time::Duration>,
 ) -> Result<Locking, HttpError> {
     let reason = if reason.trim().is_empty() {
         "no reason given"
@@ -192,11 +214,20 @@ pub(super) async fn lock(
     };
     let locking = state
         .actions
-        .lock(repo, environment, &user.name, reason)
+        .lock(repo, environment, &user.name, reason, duration)
         .await?;
     if let Locking::Locked(_) = &locking {
+        let detail = match duration {
+            Some(duration) => format!("{reason} (for {})", humantime::format_duration(duration)),
+            None => reason.to_string(),
+        };
         state
-            .audit(&user.name, "lock", &format!("{repo} {environment}"), reason)
+            .audit(
+                &user.name,
+                "lock",
+                &format!("{repo} {environment}"),
+                &detail,
+            )
             .await;
     }
     Ok(locking)
@@ -209,7 +240,11 @@ pub(super) async fn unlock(
     repo: &str,
     environment: &str,
 ) -> Result<(), HttpError> {
-    if !state.store.unlock(repo, environment).await? {
+    if !state
+        .store
+        .unlock(repo, environment, crate::store::now_ms())
+        .await?
+    {
         return Err(HttpError::not_found(format!(
             "{repo} {environment} is not locked"
         )));

@@ -397,11 +397,15 @@ impl EnvironmentJson {
     pub(super) fn url(&self) -> Option<&str> {
         self.url.as_deref()
     }
-    /// Who locked it, and why.
-    pub(super) fn lock(&self) -> Option<(&str, &str)> {
-        self.lock
-            .as_ref()
-            .map(|l| (l.locked_by.as_str(), l.reason.as_str()))
+    /// Who locked it, why, and until when (if it ends by itself).
+    pub(super) fn lock(&self) -> Option<(&str, &str, Option<&str>)> {
+        self.lock.as_ref().map(|l| {
+            (
+                l.locked_by.as_str(),
+                l.reason.as_str(),
+                l.expires_at.as_deref(),
+            )
+        })
     }
 }
 
@@ -413,6 +417,8 @@ pub(super) struct LockJson {
     locked_by: String,
     reason: String,
     locked_at: String,
+    /// When it ends by itself; absent: when it is unlocked.
+    expires_at: Option<String>,
 }
 
 impl From<&Lock> for LockJson {
@@ -423,6 +429,7 @@ impl From<&Lock> for LockJson {
             locked_by: lock.locked_by.clone(),
             reason: lock.reason.clone(),
             locked_at: time(lock.locked_at),
+            expires_at: lock.expires_at.map(time),
         }
     }
 }
@@ -433,7 +440,7 @@ pub(super) async fn environment_list(state: &AppState) -> Result<Vec<Environment
         .store
         .latest_per_environment(Some(DeploymentState::Success))
         .await?;
-    let locks = state.store.locks().await?;
+    let locks = state.store.locks(crate::store::now_ms()).await?;
     Ok(latest
         .iter()
         .map(|d| {
@@ -535,7 +542,7 @@ pub(super) async fn locks(
     caller: Caller,
 ) -> Result<Json<Vec<LockJson>>, HttpError> {
     caller.api(Role::Viewer)?;
-    let locks = state.store.locks().await?;
+    let locks = state.store.locks(crate::store::now_ms()).await?;
     Ok(Json(locks.iter().map(LockJson::from).collect()))
 }
 
@@ -544,6 +551,10 @@ pub(super) struct LockBody {
     /// Why; shown to whoever's deployment the lock refuses.
     #[serde(default)]
     reason: String,
+    /// How long the lock lasts (`2h`, `30m`, `1d`; at most 90 days); without it, until
+    /// unlocked.
+    #[serde(default, rename = "for")]
+    for_: Option<String>,
 }
 
 /// Locks an environment: deployments to it end `error` until it is unlocked, except those the
@@ -559,13 +570,14 @@ pub(super) async fn lock(
     body: Option<Json<LockBody>>,
 ) -> Result<Response, HttpError> {
     let user = caller.api(Role::Deployer)?;
-    let reason = body.map(|Json(b)| b.reason).unwrap_or_default();
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let duration = actions::lock_for(body.for_.as_deref())?;
     let locking = actions::lock(
         &state,
         &user,
-        &format!("{owner}/{name}"),
-        &environment,
-        &reason,
+        (&format!("{owner}/{name}"), &environment),
+        &body.reason,
+        duration,
     )
     .await?;
     Ok(match locking {

@@ -268,7 +268,10 @@ pub(super) async fn environments(
                     " " (state_badge(environment.latest().state.as_str()))
                 }
                 @if let Some(lock) = environment.lock() {
-                    p.notice.lock { "🔒 locked by " strong { (lock.0) } ": " (lock.1) }
+                    p.notice.lock {
+                        "🔒 locked by " strong { (lock.0) } ": " (lock.1)
+                        @if let Some(until) = lock.2 { " (until " (until) ")" }
+                    }
                 }
                 @if deployer {
                     div.actions {
@@ -282,6 +285,7 @@ pub(super) async fn environments(
                         } @else {
                             form method="post" action=(environment_path("/environments", repo, name, "/lock")) {
                                 input name="reason" placeholder="why lock?";
+                                input name="for" placeholder="for (2h; empty: until unlocked)" size="10";
                                 button type="submit" { "Lock" }
                             }
                         }
@@ -458,6 +462,9 @@ pub(super) async fn deployment_action(
 pub(super) struct ActionForm {
     #[serde(default)]
     reason: String,
+    /// How long a lock lasts; empty: until unlocked.
+    #[serde(default, rename = "for")]
+    for_: Option<String>,
 }
 
 pub(super) async fn environment_action(
@@ -479,7 +486,13 @@ pub(super) async fn environment_action(
             message(actions::rollback(&state, &user, &repo, &environment).await)
         }
         Some(EnvironmentAction::Lock) => {
-            match actions::lock(&state, &user, &repo, &environment, &reason).await {
+            let locked = match actions::lock_for(form.for_.as_deref()) {
+                Ok(duration) => {
+                    actions::lock(&state, &user, (&repo, &environment), &reason, duration).await
+                }
+                Err(error) => Err(error),
+            };
+            match locked {
                 Ok(Locking::Locked(_)) => Ok(format!("{repo} {environment} is locked")),
                 Ok(Locking::Held(_)) => Err(HttpError::new(
                     StatusCode::CONFLICT,

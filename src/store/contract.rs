@@ -67,7 +67,7 @@ macro_rules! contract_tests {
             }
 
             #[tokio::test]
-            async fn an_environment_is_locked_once_and_previews_are_found_by_ref() {
+            async fn an_environment_is_locked_once_until_unlocked_or_expired_and_previews_are_found_by_ref() {
                 let (_guard, store) = super::$fresh().await;
                 case::environments(&store).await;
             }
@@ -627,13 +627,40 @@ pub(crate) async fn environments(store: &impl Store) {
         locked_by: by.into(),
         reason: "incident".into(),
         locked_at: 5,
+        expires_at: None,
     };
     assert!(store.lock(&lock("dee")).await.unwrap());
     assert!(!store.lock(&lock("vic")).await.unwrap(), "locked twice");
-    assert_eq!(store.locks().await.unwrap(), vec![lock("dee")]);
-    assert!(store.unlock("acme/shop", "production").await.unwrap());
-    assert!(!store.unlock("acme/shop", "production").await.unwrap());
-    assert!(store.locks().await.unwrap().is_empty());
+    assert_eq!(store.locks(10).await.unwrap(), vec![lock("dee")]);
+    assert!(store.unlock("acme/shop", "production", 10).await.unwrap());
+    assert!(!store.unlock("acme/shop", "production", 10).await.unwrap());
+    assert!(store.locks(10).await.unwrap().is_empty());
+
+    // A lock for a while: in force until then, then no lock, and another may take its place.
+    let until = |by: &str, locked_at: Millis, expires_at: Millis| Lock {
+        locked_at,
+        expires_at: Some(expires_at),
+        ..lock(by)
+    };
+    assert!(store.lock(&until("dee", 100, 200)).await.unwrap());
+    assert!(
+        !store.lock(&until("vic", 150, 300)).await.unwrap(),
+        "still in force"
+    );
+    assert_eq!(
+        store.locks(199).await.unwrap(),
+        vec![until("dee", 100, 200)]
+    );
+    assert!(store.locks(200).await.unwrap().is_empty(), "expired");
+    assert!(!store.unlock("acme/shop", "production", 200).await.unwrap());
+    assert!(
+        store.lock(&until("vic", 200, 300)).await.unwrap(),
+        "replaces the expired one"
+    );
+    assert_eq!(
+        store.locks(250).await.unwrap(),
+        vec![until("vic", 200, 300)]
+    );
 
     store
         .set_preview("acme/shop", "pr-1", Some("feature"))

@@ -476,6 +476,8 @@ pub struct Lock {
     pub locked_by: String,
     pub reason: String,
     pub locked_at: Millis,
+    /// When the lock ends by itself; none: when it is unlocked.
+    pub expires_at: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -733,11 +735,13 @@ pub trait EnvironmentStore: Send + Sync {
     ) -> anyhow::Result<()>;
     /// The preview environments of `repo` deployed from `git_ref`.
     async fn previews_of_ref(&self, repo: &str, git_ref: &str) -> anyhow::Result<Vec<String>>;
-    async fn locks(&self) -> anyhow::Result<Vec<Lock>>;
-    /// Locks an environment; false (and nothing changes) when it is locked already.
+    /// The locks in force at `now` (an expired lock is no lock).
+    async fn locks(&self, now: Millis) -> anyhow::Result<Vec<Lock>>;
+    /// Locks an environment, replacing a lock that expired by `lock.locked_at`; false (and
+    /// nothing changes) when it is locked already.
     async fn lock(&self, lock: &Lock) -> anyhow::Result<bool>;
-    /// Unlocks; false when it was not locked.
-    async fn unlock(&self, repo: &str, environment: &str) -> anyhow::Result<bool>;
+    /// Unlocks a lock in force at `now`; false when there was none.
+    async fn unlock(&self, repo: &str, environment: &str, now: Millis) -> anyhow::Result<bool>;
 }
 
 /// Claims of the auto-deploys made, so none is made twice.

@@ -1410,3 +1410,61 @@ async fn no_injected_script_runs_in_a_real_browser() {
     browser.close().await.unwrap();
     github.wait_final(3701, Duration::from_secs(30)).await;
 }
+
+/// A lock may be taken for a while: the API says until when, the status of a deployment it
+/// holds back says so too, and a duration that is not one (or is out of range) is a 400 that
+/// says what `for` takes.
+#[tokio::test]
+async fn a_lock_for_a_while_says_until_when_and_a_bad_duration_is_refused() {
+    let (server, github) = start(HELLO, LOCAL).await;
+    let path = "/api/environments/acme/shop/production/lock";
+    let lock = |body: Value| {
+        server
+            .client
+            .put(server.url(path))
+            .bearer_auth(DEPLOYER_TOKEN)
+            .json(&body)
+            .send()
+    };
+    for bad in ["soon", "0s", "91d", "$(reboot)"] {
+        let refused = lock(json!({ "reason": "deploy freeze", "for": bad }))
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = refused.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("`for` must be a duration such as 2h or 30m"),
+            "{body}"
+        );
+    }
+    let before = chrono::Utc::now();
+    let locked = lock(json!({ "reason": "deploy freeze", "for": "2h" }))
+        .await
+        .unwrap();
+    assert_eq!(locked.status(), StatusCode::OK);
+    let body: Value = locked.json().await.unwrap();
+    let until = chrono::DateTime::parse_from_rfc3339(body["expires_at"].as_str().unwrap())
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let ahead = until - before;
+    assert!(
+        ahead >= chrono::Duration::minutes(119) && ahead <= chrono::Duration::minutes(121),
+        "{body}"
+    );
+    let listed: Value = server.api("/api/locks").await.json().await.unwrap();
+    assert_eq!(listed[0]["expires_at"], body["expires_at"]);
+
+    deliver(&server, 3901, "production", "deploy").await;
+    let statuses = github.wait_final(3901, Duration::from_secs(30)).await;
+    let last = statuses.last().unwrap();
+    assert_eq!(last.state(), "error");
+    assert!(
+        last.description()
+            .starts_with("environment production is locked by dee (deploy freeze) until "),
+        "{}",
+        last.description()
+    );
+}

@@ -722,10 +722,13 @@ impl EnvironmentStore for Sqlite {
         .await?)
     }
 
-    async fn locks(&self) -> anyhow::Result<Vec<Lock>> {
-        let rows = sqlx::query("SELECT * FROM locks ORDER BY repo, environment")
-            .fetch_all(&self.pool)
-            .await?;
+    async fn locks(&self, now: Millis) -> anyhow::Result<Vec<Lock>> {
+        let rows = sqlx::query(
+            "SELECT * FROM locks WHERE expires_at IS NULL OR expires_at > ? ORDER BY repo, environment",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok(Lock {
@@ -734,6 +737,7 @@ impl EnvironmentStore for Sqlite {
                     locked_by: row.try_get("locked_by")?,
                     reason: row.try_get("reason")?,
                     locked_at: row.try_get("locked_at")?,
+                    expires_at: row.try_get("expires_at")?,
                 })
             })
             .collect()
@@ -743,25 +747,31 @@ impl EnvironmentStore for Sqlite {
         let changed = self
             .writer
             .exec(
-                "INSERT OR IGNORE INTO locks (repo, environment, locked_by, reason, locked_at) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO locks (repo, environment, locked_by, reason, locked_at, expires_at)
+                 VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (repo, environment) DO UPDATE SET
+                    locked_by = excluded.locked_by, reason = excluded.reason,
+                    locked_at = excluded.locked_at, expires_at = excluded.expires_at
+                 WHERE locks.expires_at IS NOT NULL AND locks.expires_at <= excluded.locked_at",
                 vec![
                     lock.repo.clone().into(),
                     lock.environment.clone().into(),
                     lock.locked_by.clone().into(),
                     lock.reason.clone().into(),
                     lock.locked_at.into(),
+                    lock.expires_at.into(),
                 ],
             )
             .await?;
         Ok(changed == 1)
     }
 
-    async fn unlock(&self, repo: &str, environment: &str) -> anyhow::Result<bool> {
+    async fn unlock(&self, repo: &str, environment: &str, now: Millis) -> anyhow::Result<bool> {
         let changed = self
             .writer
             .exec(
-                "DELETE FROM locks WHERE repo = ? AND environment = ?",
-                vec![repo.into(), environment.into()],
+                "DELETE FROM locks WHERE repo = ? AND environment = ? AND (expires_at IS NULL OR expires_at > ?)",
+                vec![repo.into(), environment.into(), now.into()],
             )
             .await?;
         Ok(changed == 1)
