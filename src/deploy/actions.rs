@@ -273,7 +273,13 @@ impl Actions {
             return Ok(Locking::Locked(lock));
         }
         let existing = lock_of(&*self.store, repo, environment).await?;
-        // Unlocked between the two: try once more.
+        // Unlocked (or expired) between the two: try once more, as of now.
+        let now = now_ms();
+        let lock = Lock {
+            locked_at: now,
+            expires_at: lock.expires_at.map(|at| at + (now - lock.locked_at)),
+            ..lock
+        };
         match existing {
             Some(existing) => Ok(Locking::Held(existing)),
             None if self.store.lock(&lock).await? => Ok(Locking::Locked(lock)),

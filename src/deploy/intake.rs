@@ -278,7 +278,7 @@ impl Intake {
             // Recorded already: the answer says what went wrong, and the log has it.
             Ok(Err(error)) => {
                 tracing::error!(%error, "an auto-deploy task failed");
-                serde_json::json!({ "auto_deploy": [], "note": format!("auto-deploy failed: {error}") })
+                serde_json::json!({ "auto_deploy": [], "note": "auto-deploy failed; see the dropship log" })
             }
             Err(_) => serde_json::json!({ "auto_deploy": "continuing in the background" }),
         };

@@ -179,6 +179,8 @@ pub(super) async fn rollback(
 
 /// The longest a lock may be taken for; longer, lock it until unlocked.
 const MAX_LOCK_FOR: std::time::Duration = std::time::Duration::from_secs(90 * 24 * 3600);
+/// The shortest: a lock that ends before anyone could see it is a mistake.
+const MIN_LOCK_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How long a lock is asked for (`2h`, `30m`, `1d`): none or blank, until unlocked.
 pub(super) fn lock_for(text: Option<&str>) -> Result<Option<std::time::Duration>, HttpError> {
@@ -188,11 +190,11 @@ pub(super) fn lock_for(text: Option<&str>) -> Result<Option<std::time::Duration>
     let refused = |why: String| {
         HttpError::new(
             StatusCode::BAD_REQUEST,
-            format!("`for` must be a duration such as 2h or 30m, at most 90 days: {why}"),
+            format!("`for` must be a duration such as 2h or 30m, from 1 minute to 90 days: {why}"),
         )
     };
     let duration = humantime::parse_duration(text).map_err(|e| refused(e.to_string()))?;
-    if duration.is_zero() || duration > MAX_LOCK_FOR {
+    if duration < MIN_LOCK_FOR || duration > MAX_LOCK_FOR {
         return Err(refused(format!("{text:?} is out of range")));
     }
     Ok(Some(duration))

@@ -547,6 +547,7 @@ pub(super) async fn locks(
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub(super) struct LockBody {
     /// Why; shown to whoever's deployment the lock refuses.
     #[serde(default)]
@@ -557,8 +558,9 @@ pub(super) struct LockBody {
     for_: Option<String>,
 }
 
-/// Locks an environment: deployments to it end `error` until it is unlocked, except those the
-/// locker asked for (as GitHub's creator, or through a Dropship redeploy or rollback).
+/// Locks an environment: deployments to it end `error` until it is unlocked (or its `for`
+/// runs out), except those the locker asked for (as GitHub's creator, or through a Dropship
+/// redeploy or rollback).
 #[utoipa::path(put, path = "/api/environments/{owner}/{repo}/{environment}/lock", tag = "environments",
     params(("owner" = String, Path), ("repo" = String, Path), ("environment" = String, Path)),
     request_body(content = LockBody, description = "optional"),

@@ -66,7 +66,7 @@ pub(super) async fn github(
             );
             HttpError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("the delivery could not be recorded: {error:#}"),
+                "the delivery could not be recorded: storage unavailable (see the dropship log)",
             )
         })?;
     Ok(render(accepted))

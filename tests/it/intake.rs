@@ -287,8 +287,12 @@ async fn a_delivery_the_store_cannot_commit_is_answered_503_with_the_reason() {
         assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{text}");
         if status == StatusCode::SERVICE_UNAVAILABLE {
             assert!(
-                text.contains("the delivery could not be recorded"),
+                text.contains("the delivery could not be recorded: storage unavailable"),
                 "{text}"
+            );
+            assert!(
+                !text.contains("(code:"),
+                "the store's own error stays in the log: {text}"
             );
             refused += 1;
             break;
