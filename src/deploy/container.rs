@@ -1003,8 +1003,9 @@ impl<'a> Rollout<'a> {
         })
     }
 
-    /// The container of `replica` of the new version.
-    fn spec(&self, image: &str, replica: u32) -> ContainerSpec {
+    /// The new version's container, built once; each replica differs only in its name and
+    /// its replica label ([`Rollout::replica`]).
+    fn spec(&self, image: &str) -> ContainerSpec {
         let (deployment, plan) = (self.deployment, self.plan);
         let mut labels: BTreeMap<String, String> = plan.labels.clone();
         labels.extend([
@@ -1014,7 +1015,6 @@ impl<'a> Rollout<'a> {
             (LABEL_APP.into(), plan.app.clone()),
             (LABEL_DEPLOYMENT.into(), deployment.id.to_string()),
             (LABEL_SHA.into(), deployment.sha.to_string()),
-            (LABEL_REPLICA.into(), replica.to_string()),
             (
                 LABEL_HEALTH.into(),
                 serde_json::to_string(&plan.health).expect("health checks serialize"),
@@ -1034,7 +1034,7 @@ impl<'a> Rollout<'a> {
         env.extend(plan.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         ContainerSpec {
             name: format!(
-                "{}-{}-{}-{replica}",
+                "{}-{}-{}",
                 plan.app,
                 name_part(&deployment.environment),
                 deployment.id
@@ -1057,11 +1057,21 @@ impl<'a> Rollout<'a> {
         }
     }
 
+    /// Replica `replica` of the new version's `spec`.
+    fn replica(spec: &ContainerSpec, replica: u32) -> ContainerSpec {
+        let mut spec = spec.clone();
+        spec.name = format!("{}-{replica}", spec.name);
+        spec.labels
+            .insert(LABEL_REPLICA.into(), replica.to_string());
+        spec
+    }
+
     /// Creates and starts every replica of the new version. A host port the running version
     /// holds stops that version first; any other failure removes what was created.
     async fn start(&mut self, image: &str) -> Result<(), ContainerError> {
+        let base = self.spec(image);
         for replica in 0..self.plan.replicas {
-            let spec = self.spec(image, replica);
+            let spec = Self::replica(&base, replica);
             let id = self.host.create(&spec).await?;
             self.new.push((id.clone(), spec.name.clone()));
             match self.host.start(&id).await {
