@@ -12,10 +12,15 @@
 #   5k/20k  paced at 5,000 and 20,000 requests/s (wrk's `delay()`, bench/proxy/paced.lua), kept
 #           alive: p99, and the proxy's CPU time per 1,000 requests (utime + stime from
 #           /proc/PID/stat, all threads)
-#   tls-new HTTPS, a new connection per request: handshakes/s (nginx and Dropship, same RSA-2048
+#   tls-new HTTPS, a new connection per request: handshakes/s, and the proxy's CPU time per 1,000
+#           handshakes (the client, wrk on one core, does as much crypto per handshake as the
+#           server and may be the limit of the rate; nginx and Dropship, same RSA-2048
 #           certificate). wrk offers the previous session again, and both servers resume it (nginx
-#           from its session cache, rustls from its default in-memory cache of 256), so this is
+#           from its session cache, Dropship from its stateless session tickets), so this is
 #           mostly the rate of resumed handshakes; `openssl s_client -reconnect` shows both reuse.
+#           nginx is given TLS 1.3 (`ssl_protocols TLSv1.2 TLSv1.3`, its default since 1.23.4;
+#           Debian's 1.22 offers only up to TLS 1.2 by default): a TLS 1.2 resumption skips the key
+#           exchange that every TLS 1.3 one does, so without it the two would not do the same work.
 #   tls-ka  HTTPS, 64 kept-alive connections: requests/s and p99
 #
 # Usage: bench/proxy/run.sh [SECONDS]
@@ -37,6 +42,8 @@ upstream_bin=${CARGO_TARGET_DIR:-target}/release/examples/upstream
 wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
 wants() { [[ " $only " == *" $1 "* ]]; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# CPU ms per 1,000 requests from ticks (1/100 s) over the measure: ticks * 10 * 1000 / (rate * seconds).
+cpu_per_1k() { awk -v t="$1" -v r="$2" -v s="$seconds" 'BEGIN {printf "%.1fms/1k", t * 10000 / (r * s)}'; }
 
 # The upstream, on core 0 with wrk.
 taskset -c 0 "$upstream_bin" 127.0.0.1:19101 1024 &
@@ -53,7 +60,7 @@ http { access_log off; keepalive_requests 1000000;
   upstream app { server 127.0.0.1:19101; keepalive 64; }
   server { listen 127.0.0.1:19102; listen 127.0.0.1:19202 ssl;
     ssl_certificate $work/cert.pem; ssl_certificate_key $work/key.pem;
-    ssl_session_cache shared:SSL:1m;
+    ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:1m;
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto \$scheme; } } }
@@ -122,10 +129,15 @@ measure() {
         result=$(DELAY_MS=10 wrk_run "http://127.0.0.1:$port/" "$connections" -s bench/proxy/paced.lua)
         after=$(cpu_ticks "$pid")
         local rate=${result%% *} ticks=$((after - before))
-        # ticks are 1/100 s: ms per 1,000 requests = ticks * 10 * 1000 / (rate * seconds).
-        result="$result $(awk -v t="$ticks" -v r="$rate" -v s="$seconds" 'BEGIN {printf "%.1fms/1k", t * 10000 / (r * s)}')"
+        result="$result $(cpu_per_1k "$ticks" "$rate")"
         ;;
-      tls-new) [ "$tls" = - ] && result="-" || result=$(wrk_run "https://127.0.0.1:$tls/" 64 -H "Connection: close") ;;
+      tls-new)
+        if [ "$tls" = - ]; then result="-"; else
+          before=$(cpu_ticks "$pid")
+          result=$(wrk_run "https://127.0.0.1:$tls/" 64 -H "Connection: close")
+          after=$(cpu_ticks "$pid")
+          result="$result $(cpu_per_1k "$((after - before))" "${result%% *}")"
+        fi ;;
       tls-ka) [ "$tls" = - ] && result="-" || result=$(wrk_run "https://127.0.0.1:$tls/" 64) ;;
     esac
     line="$line | $result"

@@ -13,11 +13,11 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use maud::html;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::auth::Caller;
+use super::live::{self, Next};
 use super::{AppState, HttpError};
 use crate::config::Role;
 use crate::store::AppLogLine;
@@ -107,46 +107,26 @@ async fn feed(
             |after| store.app_logs(&repo, &environment, after, PAGE),
             |line| line.id,
         );
-        let mut pages = std::pin::pin!(pages);
-        while let Some(page) = futures::StreamExt::next(&mut pages).await {
-            let page = match page {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::error!(
-                        error = format!("{error:#}"),
-                        repo,
-                        environment,
-                        "reading container logs for a stream"
-                    );
-                    return false;
-                }
-            };
-            for line in page {
-                *after = line.id;
-                if line.ts >= since && sender.send(line).await.is_err() {
-                    return false;
-                }
-            }
-        }
-        true
+        let each = |line: AppLogLine| {
+            *after = line.id;
+            (line.ts >= since).then_some(line)
+        };
+        let what = format!("reading container logs of {repo} {environment} for a stream");
+        live::send_stored(pages, &sender, each, &what).await
     };
     if !catch_up(&mut after).await || !follow {
         return;
     }
     loop {
-        let received = tokio::select! {
-            received = live.recv() => received,
-            () = sender.closed() => return,
-        };
-        let line = match received {
-            Ok(line) => line,
-            Err(RecvError::Lagged(_)) => {
+        let line = match live::next(&mut live, &sender).await {
+            Next::Item(line) => line,
+            Next::Lagged => {
                 if !catch_up(&mut after).await {
                     return;
                 }
                 continue;
             }
-            Err(RecvError::Closed) => return,
+            Next::Ended => return,
         };
         if line.id <= after || line.repo != repo || line.environment != environment {
             continue;
@@ -231,6 +211,7 @@ pub(super) async fn page(
             }
         }
         (super::view::data_island(&serde_json::json!({ "events": events, "after": after })))
+        script src=(super::assets::url("live.js")) {}
         script src=(super::assets::url("app-logs.js")) {}
     };
     Ok(

@@ -12,11 +12,16 @@ use sha2::{Digest, Sha256};
 use super::HttpError;
 
 /// Every asset: name, content type, content.
-const ASSETS: [(&str, &str, &str); 3] = [
+const ASSETS: [(&str, &str, &str); 4] = [
     (
         "style.css",
         "text/css; charset=utf-8",
         include_str!("assets/style.css"),
+    ),
+    (
+        "live.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/live.js"),
     ),
     (
         "deployment.js",

@@ -10,6 +10,7 @@ mod apps;
 pub mod auth;
 mod dashboard;
 mod error;
+mod live;
 mod pages;
 mod paths;
 mod view;

@@ -7,13 +7,13 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use super::live::{self, Next};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
 use maud::{Markup, html};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -280,6 +280,7 @@ fn render(
             }
         }
         (data_island(&state))
+        script src=(super::assets::url("live.js")) {}
         script src=(super::assets::url("deployment.js")) {}
     }
 }
@@ -368,27 +369,12 @@ async fn catch_up(
         |after| store.logs(id, after, READ_LINES),
         |line| line.seq,
     );
-    let mut pages = std::pin::pin!(pages);
-    while let Some(page) = futures::StreamExt::next(&mut pages).await {
-        let page = match page {
-            Ok(page) => page,
-            Err(error) => {
-                tracing::error!(
-                    error = format!("{error:#}"),
-                    deployment.id = id,
-                    "reading a log for a live stream"
-                );
-                return false;
-            }
-        };
-        for line in page {
-            *after = line.seq;
-            if sender.send(Event::Log(line)).await.is_err() {
-                return false;
-            }
-        }
-    }
-    true
+    let each = |line: LogLine| {
+        *after = line.seq;
+        Some(Event::Log(line))
+    };
+    let what = format!("reading the log of deployment {id} for a live stream");
+    live::send_stored(pages, sender, each, &what).await
 }
 
 /// [`catch_up`], then the deployment's state from the store: when final, sends it and returns
@@ -434,20 +420,16 @@ async fn feed(
         return;
     }
     loop {
-        let event = tokio::select! {
-            event = events.recv() => event,
-            () = sender.closed() => return,
-        };
-        let event = match event {
-            Ok(event) => event,
+        let event = match live::next(&mut events, &sender).await {
+            Next::Item(event) => event,
             // The missed events may include the final state: look again.
-            Err(RecvError::Lagged(_)) => {
+            Next::Lagged => {
                 if !catch_up_unless_final(&state, id, &mut after, &sender).await {
                     return;
                 }
                 continue;
             }
-            Err(RecvError::Closed) => return,
+            Next::Ended => return,
         };
         if event.deployment_id() != id {
             continue;

@@ -247,16 +247,7 @@ impl Routes for Caddy {
             .unwrap_or_default();
         let staying: Vec<String> = match &next {
             Some((spec, upstreams)) => {
-                self.store
-                    .save_route(&RouteRecord {
-                        repo: key.repo.clone(),
-                        environment: key.environment.clone(),
-                        app: key.app.clone(),
-                        hosts: spec.hosts.clone(),
-                        path_prefix: spec.path_prefix.clone(),
-                        upstreams: upstreams.clone(),
-                    })
-                    .await?;
+                self.store.save_route(&spec.record(upstreams)).await?;
                 upstreams.iter().map(|u| u.address.clone()).collect()
             }
             None => {

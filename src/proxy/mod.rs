@@ -49,6 +49,20 @@ pub struct RouteSpec {
     pub path_prefix: String,
 }
 
+impl RouteSpec {
+    /// The route as the store keeps it, served by `upstreams`.
+    pub fn record(&self, upstreams: &[UpstreamSpec]) -> RouteRecord {
+        RouteRecord {
+            repo: self.key.repo.clone(),
+            environment: self.key.environment.clone(),
+            app: self.key.app.clone(),
+            hosts: self.hosts.clone(),
+            path_prefix: self.path_prefix.clone(),
+            upstreams: upstreams.to_vec(),
+        }
+    }
+}
+
 /// One upstream: a container's published port on its server. The store's record type, so
 /// that the store needs nothing of the proxy.
 pub use crate::store::UpstreamRecord as UpstreamSpec;
@@ -476,17 +490,7 @@ impl Routes for Proxy {
         let mut staying: Vec<Arc<Upstream>> = Vec::new();
         match &next {
             Some((spec, upstreams)) => {
-                self.inner
-                    .store
-                    .save_route(&RouteRecord {
-                        repo: key.repo.clone(),
-                        environment: key.environment.clone(),
-                        app: key.app.clone(),
-                        hosts: spec.hosts.clone(),
-                        path_prefix: spec.path_prefix.clone(),
-                        upstreams: upstreams.clone(),
-                    })
-                    .await?;
+                self.inner.store.save_route(&spec.record(upstreams)).await?;
                 // An upstream that stays (same address) keeps its counters.
                 let kept = |spec: &UpstreamSpec| {
                     old.as_ref().and_then(|(_, b)| {

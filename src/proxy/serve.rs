@@ -196,7 +196,10 @@ pub fn tls_acceptor(
     use anyhow::Context;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut provider = rustls::crypto::ring::default_provider();
+    // aws-lc's x25519 and AES-GCM are hand-written assembly, as OpenSSL's are; with *ring*'s
+    // portable x25519, a quarter of a handshake's time went to the key exchange
+    // (docs/benchmarks.md, TLS profile).
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     // The server picks: AES-128-GCM with SHA-256 first. A handshake's key schedule is mostly
     // hashing, and SHA-256 has CPU instructions of its own (SHA-NI) where SHA-384 has none, so
     // this halves the hashing cost of each handshake (docs/benchmarks.md, TLS profile).
@@ -234,6 +237,12 @@ pub fn tls_acceptor(
         }));
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.ignore_client_order = true;
+    // Stateless session tickets (encrypted with a key rotated every 6 hours), so that every
+    // client may resume, not only the last 256 of the default in-memory cache; and one ticket
+    // a connection, which is what one connection resumes with (every ticket costs the client a
+    // session to store).
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().context("TLS session tickets")?;
+    config.send_tls13_tickets = 1;
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 
@@ -669,5 +678,74 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert!(headers.get("x-secret-hop").is_none() && headers.get("connection").is_none());
         assert!(headers.get("x-kept").is_some());
+    }
+
+    /// More clients than any in-memory session cache holds each resume: the session lives in
+    /// its ticket, not in the server.
+    #[tokio::test]
+    async fn every_client_resumes_its_tls_session() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const CLIENTS: usize = 300;
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["shop.test".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let acceptor = tls_acceptor(&[crate::config::CertificateEntry {
+            hosts: vec!["shop.test".into()],
+            cert: cert_path,
+            key: key_path,
+        }])
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut stream) = acceptor.accept(stream).await {
+                        let _ = stream.write_all(b"hi").await;
+                        let _ = stream.shutdown().await;
+                    }
+                });
+            }
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let client_config = || {
+            rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots.clone())
+                .with_no_client_auth()
+        };
+        // Every client's own session store; each reads to the end, so it takes its ticket.
+        let connect = async |connector: &tokio_rustls::TlsConnector| {
+            let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("shop.test").unwrap();
+            let mut stream = connector.connect(name, stream).await.unwrap();
+            let mut text = Vec::new();
+            stream.read_to_end(&mut text).await.unwrap();
+            assert_eq!(text, b"hi");
+            stream.get_ref().1.handshake_kind()
+        };
+        let connectors: Vec<_> = (0..CLIENTS)
+            .map(|_| tokio_rustls::TlsConnector::from(Arc::new(client_config())))
+            .collect();
+        for connector in &connectors {
+            assert_eq!(connect(connector).await, Some(rustls::HandshakeKind::Full));
+        }
+        let mut resumed = 0;
+        for connector in &connectors {
+            if connect(connector).await == Some(rustls::HandshakeKind::Resumed) {
+                resumed += 1;
+            }
+        }
+        assert_eq!(resumed, CLIENTS, "clients that resumed their session");
     }
 }

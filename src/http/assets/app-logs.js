@@ -2,9 +2,8 @@
 // from the JSON data island #page-state; lines are put into the page as text.
 (function () {
   'use strict';
-  const island = document.getElementById('page-state');
-  if (!island) return;
-  const page = JSON.parse(island.textContent);
+  const page = window.dropship.page();
+  if (!page) return;
   const log = document.getElementById('log');
   let after = page.after;
   const source = new EventSource(page.events + '?after=' + encodeURIComponent(after));
@@ -12,14 +11,7 @@
     const l = JSON.parse(e.data);
     if (l.id <= after) return;
     after = l.id;
-    const line = document.createElement('span');
-    line.className = 'line ' + l.stream;
-    const app = document.createElement('span');
-    app.className = 'app';
-    app.textContent = l.app + '@' + l.server;
-    line.appendChild(app);
-    line.appendChild(document.createTextNode(' ' + l.line + '\n'));
-    log.appendChild(line);
+    log.appendChild(window.dropship.logLine(l.stream, 'app', l.app + '@' + l.server, l.line));
     window.scrollTo(0, document.body.scrollHeight);
   });
 })();

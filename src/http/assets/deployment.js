@@ -3,9 +3,8 @@
 // from the server is put into the page as text, never as markup.
 (function () {
   'use strict';
-  const island = document.getElementById('page-state');
-  if (!island) return;
-  const page = JSON.parse(island.textContent);
+  const page = window.dropship.page();
+  if (!page) return;
   const log = document.getElementById('log');
   const filter = document.getElementById('filter');
   let after = page.after;
@@ -30,15 +29,9 @@
     const l = JSON.parse(e.data);
     if (l.seq <= after) return;
     after = l.seq;
-    const line = document.createElement('span');
-    line.className = 'line ' + l.stream;
-    line.dataset.seq = l.seq;
-    const server = document.createElement('span');
     const name = l.server || 'dropship';
-    server.className = 'server hue-' + hue(name);
-    server.textContent = name;
-    line.appendChild(server);
-    line.appendChild(document.createTextNode(' ' + l.line + '\n'));
+    const line = window.dropship.logLine(l.stream, 'server hue-' + hue(name), name, l.line);
+    line.dataset.seq = l.seq;
     show(line);
     log.appendChild(line);
   });
