@@ -12,7 +12,7 @@ use dropship::config::Config;
 use dropship::github::{FixedManifest, ManifestFile, ManifestSource};
 use dropship::store::{Inserted, NewDeployment, State};
 
-async fn once(engine: &dropship::deploy::Engine, environment: &str) -> anyhow::Result<Duration> {
+async fn once(local: &dropship::server::Local, environment: &str) -> anyhow::Result<Duration> {
     let new = NewDeployment {
         github_id: None,
         repo: "bench/fanout".into(),
@@ -27,11 +27,11 @@ async fn once(engine: &dropship::deploy::Engine, environment: &str) -> anyhow::R
         transient: false,
         production: false,
     };
-    let Inserted::New(deployment) = engine.store.insert_deployment(new, None, None).await? else {
+    let Inserted::New(deployment) = local.store.insert_deployment(new, None, None).await? else {
         anyhow::bail!("duplicate");
     };
     let started = Instant::now();
-    let outcome = engine.run(deployment).await?;
+    let outcome = local.runner.run(deployment).await?;
     let elapsed = started.elapsed();
     anyhow::ensure!(
         outcome.state == State::Success,
@@ -58,25 +58,25 @@ async fn main() -> anyhow::Result<()> {
     match mode.as_str() {
         "cold" => {
             for _ in 0..runs {
-                let engine = dropship::server::engine(config.clone(), source.clone()).await?;
-                times.push(once(&engine, environment).await?);
+                let local = dropship::server::local(config.clone(), source.clone()).await?;
+                times.push(once(&local, environment).await?);
             }
         }
         // As `dropship serve` with `[ssh] connect_at_start`: a fresh engine whose masters were
         // opened before the deployment (not timed), then its first deployment.
         "started" => {
             for _ in 0..runs {
-                let engine = dropship::server::engine(config.clone(), source.clone()).await?;
-                let failed = engine.fleet.connect_all().await;
+                let local = dropship::server::local(config.clone(), source.clone()).await?;
+                let failed = local.fleet.connect_all().await;
                 anyhow::ensure!(failed.is_empty(), "could not connect: {failed:?}");
-                times.push(once(&engine, environment).await?);
+                times.push(once(&local, environment).await?);
             }
         }
         "warm" => {
-            let engine = dropship::server::engine(config.clone(), source.clone()).await?;
-            once(&engine, environment).await?; // opens the masters
+            let local = dropship::server::local(config.clone(), source.clone()).await?;
+            once(&local, environment).await?; // opens the masters
             for _ in 0..runs {
-                times.push(once(&engine, environment).await?);
+                times.push(once(&local, environment).await?);
             }
             let (masters, kib) = masters_rss(&config.server.data_dir);
             println!(

@@ -7,7 +7,8 @@
 //! - [`http`]: the axum router: webhook intake, the deployment pages and the JSON API.
 //! - [`store`]: durable records (deployments, steps, log lines, the status outbox) in SQLite.
 //! - [`manifest`]: pure parsing and validation of `dropship.yml` into a [`manifest::Plan`].
-//! - [`deploy`]: the engine that runs a plan, and the scheduler that orders deployments.
+//! - [`deploy`]: the deployment engine's services: the runner of plans, the scheduler that
+//!   orders deployments, intake, the people's actions, environments, auto-deploy, the survey.
 //! - [`exec`]: command runners: SSH (through the system OpenSSH client) and local.
 //! - [`containers`]: each server's Docker engine (bollard), reached over SSH, locally or TLS.
 //! - [`github`]: the GitHub API client, manifest fetching and the status outbox.

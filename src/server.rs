@@ -1,5 +1,5 @@
-//! Wires the store, GitHub client, executors, engine, scheduler, outbox and HTTP router into the
-//! running service.
+//! Wires the store, GitHub client, executors, the deployment services, the scheduler, the outbox
+//! and the HTTP router into the running service: the one place each service is built.
 
 use std::sync::Arc;
 
@@ -11,7 +11,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ProxyBackend};
 use crate::containers::Hosts;
 use crate::containers::follow::Followers;
-use crate::deploy::{Engine, Scheduler};
+use crate::deploy::{
+    Actions, AutoDeployer, Cancels, Environments, Intake, IntakeParts, LogLinks, Reporter, Runner,
+    RunnerParts, Scheduler, Servers,
+};
 use crate::exec::Fleet;
 use crate::github::{Github, ManifestSource, run_outbox};
 use crate::http::{AppState, router};
@@ -19,7 +22,7 @@ use crate::logs::{Bus, Logs};
 use crate::proxy::Proxy;
 use crate::store::{Sqlite, Store};
 
-/// What the engine and the proxy are built on, opened once: the store, Dropship's key, the
+/// What every service and the proxy are built on, opened once: the store, Dropship's key, the
 /// secret masking, the live bus and the metrics.
 #[derive(Debug)]
 pub struct Foundation {
@@ -49,15 +52,9 @@ impl Foundation {
         })
     }
 
-    /// The engine, whole: manifests from `manifests`, GitHub deployments created through
-    /// `github` (none for `dropship run`), routes changed through `routes` (none without a
-    /// proxy).
-    pub fn engine(
-        &self,
-        manifests: Arc<dyn ManifestSource>,
-        github: Option<Arc<dyn crate::github::GithubApi>>,
-        routes: Option<Arc<dyn crate::proxy::Routes>>,
-    ) -> anyhow::Result<Engine> {
+    /// The pieces every service shares, built once: the log writer, the servers, the
+    /// reporter, the environments and the cancel requests.
+    fn shared(&self, routes: Option<Arc<dyn crate::proxy::Routes>>) -> anyhow::Result<Shared> {
         let config = self.config.clone();
         let store = self.store.clone();
         let logs = Logs::start(store.clone(), self.bus.clone(), config.logs.clone());
@@ -70,7 +67,7 @@ impl Foundation {
             self.redactors.clone(),
         );
         let outbox = Arc::new(Notify::new());
-        let reporter = crate::deploy::Reporter::new(
+        let reporter = Reporter::new(
             store.clone(),
             outbox.clone(),
             self.metrics.clone(),
@@ -79,45 +76,175 @@ impl Foundation {
             config.public_url(),
             config.github.app.is_some(),
         );
-        let environments = crate::deploy::Environments::new(
+        let environments = Environments::new(
             store.clone(),
             reporter.clone(),
             hosts.clone(),
             routes.clone(),
             config.proxy.drain_timeout,
         );
-        Ok(Engine {
-            config,
-            store,
-            manifests,
+        Ok(Shared {
+            logs,
             fleet,
             hosts,
             followers,
-            retiring: Default::default(),
-            routes,
-            logs,
-            bus: self.bus.clone(),
             outbox,
             reporter,
             environments,
-            github,
-            cancels: Default::default(),
-            metrics: self.metrics.clone(),
+            routes,
+            cancels: Cancels::default(),
+            links: LogLinks::new(self.keys.clone(), config.public_url()),
+        })
+    }
+
+    /// A runner of deployments with manifests from `manifests`.
+    fn runner(&self, shared: &Shared, manifests: Arc<dyn ManifestSource>) -> Runner {
+        Runner::new(RunnerParts {
+            config: self.config.clone(),
+            store: self.store.clone(),
+            manifests,
+            fleet: shared.fleet.clone(),
+            hosts: shared.hosts.clone(),
+            followers: shared.followers.clone(),
+            routes: shared.routes.clone(),
+            logs: shared.logs.clone(),
+            reporter: shared.reporter.clone(),
+            environments: shared.environments.clone(),
+            cancels: shared.cancels.clone(),
             keys: self.keys.clone(),
             redactors: self.redactors.clone(),
         })
     }
+
+    /// Every service of `dropship serve`, each built once, whole: manifests from `manifests`,
+    /// GitHub deployments created through `github`, routes changed through `routes` (none
+    /// without a proxy).
+    pub fn services(
+        &self,
+        manifests: Arc<dyn ManifestSource>,
+        github: Arc<dyn crate::github::GithubApi>,
+        routes: Option<Arc<dyn crate::proxy::Routes>>,
+    ) -> anyhow::Result<Services> {
+        let config = &self.config;
+        let shared = self.shared(routes)?;
+        let runner = self.runner(&shared, manifests.clone());
+        let (scheduler, queue) = Scheduler::new(
+            runner.clone(),
+            self.store.clone(),
+            config.server.max_running_deployments,
+            config.server.queued_in_memory,
+        );
+        let auto = AutoDeployer::new(
+            config.clone(),
+            self.store.clone(),
+            manifests,
+            Some(github.clone()),
+        );
+        let intake = Intake::new(IntakeParts {
+            config: config.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            reporter: shared.reporter.clone(),
+            scheduler: queue,
+            environments: shared.environments.clone(),
+            auto,
+            links: shared.links.clone(),
+        });
+        let actions = Actions::new(
+            self.store.clone(),
+            shared.reporter.clone(),
+            shared.cancels.clone(),
+            Some(github),
+            self.keys.clone(),
+        );
+        let state = AppState {
+            servers: Servers::new(config.clone(), shared.fleet.clone(), shared.hosts.clone()),
+            links: shared.links.clone(),
+            config: config.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            keys: self.keys.clone(),
+            bus: self.bus.clone(),
+            followers: shared.followers.clone(),
+            intake,
+            actions,
+            environments: shared.environments,
+            throttle: Arc::new(crate::http::auth::SignInThrottle::new(&config.api)),
+        };
+        Ok(Services {
+            runner,
+            scheduler,
+            state,
+            fleet: shared.fleet,
+            followers: shared.followers,
+            outbox: shared.outbox,
+            outgoing: crate::github::Outgoing::new(self.keys.clone(), self.redactors.clone()),
+        })
+    }
+
+    /// What `dropship run` uses: a runner with manifests from `manifests`, no GitHub client
+    /// and no proxy.
+    pub fn local(&self, manifests: Arc<dyn ManifestSource>) -> anyhow::Result<Local> {
+        let shared = self.shared(None)?;
+        Ok(Local {
+            runner: self.runner(&shared, manifests),
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+            links: shared.links,
+            fleet: shared.fleet,
+        })
+    }
 }
 
-/// An engine on the configured SQLite store, with manifests from `manifests`, no GitHub client
-/// to create deployments with and no proxy (`dropship run`, benchmarks).
-pub async fn engine(
+/// What the services share, built once by [`Foundation::shared`].
+struct Shared {
+    logs: Logs,
+    fleet: Fleet,
+    hosts: Hosts,
+    followers: Followers,
+    outbox: Arc<Notify>,
+    reporter: Reporter,
+    environments: Environments,
+    routes: Option<Arc<dyn crate::proxy::Routes>>,
+    cancels: Cancels,
+    links: LogLinks,
+}
+
+/// Every service of `dropship serve`, as [`run`] starts them.
+#[derive(Debug)]
+pub struct Services {
+    pub runner: Runner,
+    pub scheduler: Scheduler,
+    /// What the HTTP handlers call.
+    pub state: AppState,
+    /// The SSH masters, opened at start when `[ssh] connect_at_start`.
+    pub fleet: Fleet,
+    /// Followers of the containers' logs, resumed at start.
+    pub followers: Followers,
+    /// Wakes the status outbox.
+    pub outbox: Arc<Notify>,
+    /// What the outbox posts: masked, with the log links' tokens.
+    pub outgoing: crate::github::Outgoing,
+}
+
+/// What `dropship run` and the fan-out bench use: one runner on the configured store.
+#[derive(Debug)]
+pub struct Local {
+    pub runner: Runner,
+    pub store: Arc<dyn Store>,
+    /// Its deployments' events, for printing progress.
+    pub bus: Bus,
+    pub links: LogLinks,
+    /// The SSH masters, for opening them ahead of a deployment.
+    pub fleet: Fleet,
+}
+
+/// [`Foundation::local`] on the configured SQLite store.
+pub async fn local(
     config: Arc<Config>,
     manifests: Arc<dyn ManifestSource>,
-) -> anyhow::Result<Engine> {
-    Foundation::open(config)
-        .await?
-        .engine(manifests, None, None)
+) -> anyhow::Result<Local> {
+    Foundation::open(config).await?.local(manifests)
 }
 
 /// Serves on `listener` until `shutdown` is cancelled.
@@ -145,8 +272,9 @@ pub async fn run(
     let proxy_shutdown = shutdown.child_token();
     let _stop_proxies = proxy_shutdown.clone().drop_guard();
     let routes = serve_proxy(&foundation, &proxy_shutdown, &mut proxies).await?;
-    let engine = foundation.engine(github.clone(), Some(github.clone()), routes)?;
-    let interrupted = engine
+    let services = foundation.services(github.clone(), github.clone(), routes)?;
+    let interrupted = services
+        .runner
         .recover_interrupted()
         .await
         .context("finishing interrupted deployments")?;
@@ -161,7 +289,7 @@ pub async fn run(
     let background = Background(Some(background_runtime()?));
     let work = background.handle();
     if config.ssh.connect_at_start {
-        let fleet = engine.fleet.clone();
+        let fleet = services.fleet.clone();
         work.spawn(async move {
             let started = std::time::Instant::now();
             let failed = fleet.connect_all().await;
@@ -176,22 +304,17 @@ pub async fn run(
         });
     }
     let outbox = work.spawn(run_outbox(
-        engine.store.clone(),
+        foundation.store.clone(),
         github,
-        engine.metrics.clone(),
-        engine.outbox.clone(),
-        crate::github::Outgoing::new(engine.keys.clone(), engine.redactors.clone()),
+        foundation.metrics.clone(),
+        services.outbox.clone(),
+        services.outgoing,
         config.github.retry_base,
         config.github.retry_max,
         shutdown.clone().cancelled_owned(),
     ));
-    let (scheduler, queue) = Scheduler::new(
-        engine.clone(),
-        config.server.max_running_deployments,
-        config.server.queued_in_memory,
-    );
-    let scheduler = work.spawn(scheduler.run(shutdown.clone().cancelled_owned()));
-    let followers = engine.followers.clone();
+    let scheduler = work.spawn(services.scheduler.run(shutdown.clone().cancelled_owned()));
+    let followers = services.followers.clone();
     work.spawn(async move {
         if let Err(error) = followers.resume().await {
             tracing::error!(
@@ -200,8 +323,8 @@ pub async fn run(
             );
         }
     });
-    let metrics = engine.metrics.clone();
-    let state = AppState::new(engine, queue);
+    let metrics = foundation.metrics.clone();
+    let state = services.state;
     let address = listener.local_addr()?;
     tracing::info!(%address, public_url = %config.public_url(), "dropship is serving");
     crate::http::serve(

@@ -194,7 +194,7 @@ fn init_tracing(format: LogFormat, default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Masks every configured secret once `server::engine` has read the config.
+        // Masks every configured secret once `server::local` has read the config.
         .with_writer(crate::logs::MaskedWriter::stderr());
     match format {
         LogFormat::Text => builder.init(),
@@ -730,7 +730,7 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         manifest: ManifestFile { path: name, text },
         root: Some(directory.clone()),
     });
-    let engine = crate::server::engine(config.clone(), manifests).await?;
+    let local = crate::server::local(config.clone(), manifests).await?;
     let new = NewDeployment {
         github_id: None,
         repo,
@@ -745,10 +745,10 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         transient: false,
         production: false,
     };
-    let Inserted::New(deployment) = engine.store.insert_deployment(new, None, None).await? else {
+    let Inserted::New(deployment) = local.store.insert_deployment(new, None, None).await? else {
         anyhow::bail!("a local run cannot be a duplicate");
     };
-    let events = engine.bus.subscribe();
+    let events = local.bus.subscribe();
     let printer = tokio::spawn(print_progress(events, deployment.id));
     eprintln!(
         "dropship: {} {} → {} (recorded as deployment {}, log: {})",
@@ -756,9 +756,9 @@ async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         deployment.task,
         deployment.environment,
         deployment.id,
-        engine.log_url(&deployment)
+        local.links.url(&deployment)
     );
-    let outcome = engine.run(deployment).await?;
+    let outcome = local.runner.run(deployment).await?;
     // The final state event ends the printer once every line before it has been printed.
     let _ = tokio::time::timeout(Duration::from_secs(5), printer).await;
     Ok(if outcome.state == State::Success {

@@ -1,16 +1,16 @@
-//! What people ask of the engine through the API and the dashboard: cancel a deployment, lock
+//! What people ask of Dropship through the API and the dashboard: cancel a deployment, lock
 //! an environment, redeploy a version, roll back. Redeploys and rollbacks are created as GitHub
 //! deployments, so GitHub records them like any other and delivers them back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::{Engine, Reporter};
+use super::Reporter;
 use crate::github::{ApiError, GithubApi, GithubDeployment, NewGithubDeployment};
 use crate::keys::Keys;
 use crate::store::{Deployment, ListFilter, Lock, State, Store, now_ms};
 
-/// Cancel requests for running deployments: the engine starts no further step once asked.
+/// Cancel requests for running deployments: the runner starts no further step once asked.
 #[derive(Debug, Clone, Default)]
 pub struct Cancels(Arc<Mutex<HashMap<i64, String>>>);
 
@@ -171,7 +171,7 @@ pub enum Locking {
 pub struct Actions {
     store: Arc<dyn Store>,
     reporter: Reporter,
-    /// Cancel requests, which the engine takes before each step.
+    /// Cancel requests, which the runner takes before each step.
     cancels: Cancels,
     /// Creates the GitHub deployments of redeploys and rollbacks; none for `dropship run`.
     github: Option<Arc<dyn GithubApi>>,
@@ -211,14 +211,21 @@ pub(crate) async fn create_github_deployment(
 }
 
 impl Actions {
-    /// The actions on the deployments `engine` runs (with its GitHub client, if it has one).
-    pub fn new(engine: &Engine) -> Actions {
+    /// The actions on deployments: cancel requests go to the runner through `cancels`; new
+    /// deployments are created through `github` (none for `dropship run`).
+    pub fn new(
+        store: Arc<dyn Store>,
+        reporter: Reporter,
+        cancels: Cancels,
+        github: Option<Arc<dyn GithubApi>>,
+        keys: Arc<Keys>,
+    ) -> Actions {
         Actions {
-            store: engine.store.clone(),
-            reporter: engine.reporter.clone(),
-            cancels: engine.cancels.clone(),
-            github: engine.github.clone(),
-            keys: engine.keys.clone(),
+            store,
+            reporter,
+            cancels,
+            github,
+            keys,
         }
     }
 

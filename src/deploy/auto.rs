@@ -3,9 +3,12 @@
 //! deployment. Dropship then creates it on GitHub, so it is recorded and shown like any other,
 //! and GitHub delivers it back as a `deployment` webhook.
 
-use super::Engine;
-use crate::github::NewGithubDeployment;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::github::{GithubApi, ManifestSource, NewGithubDeployment};
 use crate::manifest::{AutoDeployRule, AutoDeployTrigger, Manifest};
+use crate::store::Store;
 use crate::webhook::BranchMoved;
 
 /// What one rule did.
@@ -31,7 +34,32 @@ pub enum NotConsidered {
     Manifest(String, String),
 }
 
-impl Engine {
+/// Applies auto-deploy rules. Built once at start; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AutoDeployer {
+    config: Arc<Config>,
+    /// Claims each commit's auto-deploy to an environment once ever.
+    store: Arc<dyn Store>,
+    manifests: Arc<dyn ManifestSource>,
+    /// Creates the GitHub deployments; none for `dropship run`.
+    github: Option<Arc<dyn GithubApi>>,
+}
+
+impl AutoDeployer {
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        manifests: Arc<dyn ManifestSource>,
+        github: Option<Arc<dyn GithubApi>>,
+    ) -> AutoDeployer {
+        AutoDeployer {
+            config,
+            store,
+            manifests,
+            github,
+        }
+    }
+
     /// Applies the `auto_deploy` rules of the manifest at the moved commit for `trigger`.
     pub async fn auto_deploy(
         &self,

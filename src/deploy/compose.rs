@@ -5,7 +5,7 @@
 use base64::Engine as _;
 
 use super::container::Say;
-use super::{Engine, StepOutcome};
+use super::{Runner, StepOutcome};
 use crate::exec::shell_quote;
 use crate::manifest::{ComposePlan, PlannedStep, safe_relative_path, valid_project};
 use crate::store::Deployment;
@@ -70,7 +70,7 @@ fi
     script
 }
 
-impl Engine {
+impl Runner {
     /// Brings `plan`'s project up (or down) on `server`.
     pub(super) async fn compose(
         &self,

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
-use super::{Engine, StepOutcome, format_elapsed};
+use super::{Runner, StepOutcome, format_elapsed};
 use crate::containers::{
     BuildSpec, ContainerError, ContainerHost, ContainerInfo, ContainerSpec, HealthCheck, LABEL_APP,
     LABEL_DEPLOYMENT, LABEL_ENVIRONMENT, LABEL_HEALTH, LABEL_MANAGED, LABEL_PROXY, LABEL_REPLICA,
@@ -133,7 +133,7 @@ fn port_in_use(error: &ContainerError) -> bool {
     text.contains("port is already allocated") || text.contains("address already in use")
 }
 
-impl Engine {
+impl Runner {
     fn host(&self, server: &str) -> Result<Arc<dyn ContainerHost>, ContainerError> {
         self.hosts
             .get(server)
@@ -584,7 +584,7 @@ impl Engine {
                 humantime::format_duration(timeout)
             ));
         }
-        let (engine, host, deployment, app, say) = (
+        let (runner, host, deployment, app, say) = (
             self.clone(),
             host.clone(),
             deployment.clone(),
@@ -601,8 +601,8 @@ impl Engine {
                 ));
             }
             let result = async {
-                engine.retire(&host, &old, timeout, &say).await?;
-                engine.prune(&host, &deployment, &app, keep, &say).await
+                runner.retire(&host, &old, timeout, &say).await?;
+                runner.prune(&host, &deployment, &app, keep, &say).await
             }
             .await;
             match result {
@@ -953,7 +953,7 @@ impl Engine {
 /// health-checked, routed, and the old version retired; or, if the new one fails, removed
 /// with the old one kept (or started again).
 struct Rollout<'a> {
-    engine: &'a Engine,
+    runner: &'a Runner,
     deployment: &'a Deployment,
     plan: &'a ContainerPlan,
     server: &'a str,
@@ -971,7 +971,7 @@ impl<'a> Rollout<'a> {
     /// Finds the running version; a container left by an interrupted run of this same
     /// deployment is removed.
     async fn begin(
-        engine: &'a Engine,
+        runner: &'a Runner,
         deployment: &'a Deployment,
         plan: &'a ContainerPlan,
         server: &'a str,
@@ -991,7 +991,7 @@ impl<'a> Rollout<'a> {
             host.remove(&stale.id).await?;
         }
         Ok(Rollout {
-            engine,
+            runner,
             deployment,
             plan,
             server,
@@ -1043,10 +1043,10 @@ impl<'a> Rollout<'a> {
             command: plan.command.clone(),
             env,
             secrets: self
-                .engine
+                .runner
                 .config
                 .repo_secrets(&deployment.repo, &plan.secrets),
-            ports: self.engine.published_ports(plan, self.server),
+            ports: self.runner.published_ports(plan, self.server),
             volumes: plan.volumes.clone(),
             labels,
             restart: Some(plan.restart.clone()),
@@ -1078,7 +1078,7 @@ impl<'a> Rollout<'a> {
                 Ok(()) => {}
                 Err(error) if port_in_use(&error) && !self.old.is_empty() && !self.stopped_old => {
                     self.say.note("a published host port is held by the running version: stopping it first (publish no fixed host port to run both side by side)");
-                    self.engine
+                    self.runner
                         .retire(&self.host, &self.old, self.plan.stop_timeout, self.say)
                         .await?;
                     self.stopped_old = true;
@@ -1103,7 +1103,7 @@ impl<'a> Rollout<'a> {
     /// Waits for every new container's health check; the first diagnosis, if any failed.
     async fn unhealthy(&self) -> Option<String> {
         let checks = self.new.iter().map(|(id, name)| {
-            self.engine.wait_healthy(
+            self.runner.wait_healthy(
                 &self.host,
                 self.server,
                 id,
@@ -1143,10 +1143,10 @@ impl<'a> Rollout<'a> {
     /// Points the app's route at the new version (the old upstreams drain), or takes away the
     /// route of an app that is no longer routed. `Err` is how the step ends instead.
     async fn route(&self) -> Result<Drain, StepOutcome> {
-        let (engine, deployment, plan) = (self.engine, self.deployment, self.plan);
+        let (runner, deployment, plan) = (self.runner, self.deployment, self.plan);
         if let Some(proxy) = &plan.proxy {
             let ids: Vec<String> = self.new.iter().map(|(id, _)| id.clone()).collect();
-            return engine
+            return runner
                 .switch_route(
                     deployment,
                     &plan.app,
@@ -1159,10 +1159,10 @@ impl<'a> Rollout<'a> {
                 .await;
         }
         // The app was routed and no longer is: its route goes before its containers.
-        if engine.routes.is_none() || !self.old.iter().any(|c| c.label(LABEL_PROXY).is_some()) {
+        if runner.routes.is_none() || !self.old.iter().any(|c| c.label(LABEL_PROXY).is_some()) {
             return Ok(Drain::default());
         }
-        match engine
+        match runner
             .environments
             .remove_route(&deployment.repo, &deployment.environment, &plan.app)
             .await
@@ -1189,7 +1189,7 @@ impl<'a> Rollout<'a> {
         } else {
             self.old
         };
-        self.engine
+        self.runner
             .retire_in_background(
                 &self.host,
                 self.deployment,

@@ -6,9 +6,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
-
-use super::{Engine, Environments, Queue, Reporter, queued_status};
+use super::{AutoDeployer, Environments, LogLinks, Queue, Reporter};
 use crate::config::{Config, Refused};
 use crate::manifest::AutoDeployTrigger;
 use crate::metrics::Metrics;
@@ -54,26 +52,51 @@ pub struct Intake {
     config: Arc<Config>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// Builds the `queued` status and check run of a recorded deployment.
     reporter: Reporter,
     scheduler: Queue,
-    outbox: Arc<Notify>,
     /// Tears the previews of a closed pull request down.
     environments: Environments,
-    /// Applies auto-deploy rules and gives log links.
-    engine: Arc<Engine>,
+    /// Applies the auto-deploy rules of a branch that moved.
+    auto: AutoDeployer,
+    /// The answer's link to a recorded deployment's page.
+    links: LogLinks,
+}
+
+/// What [`Intake`] is built from.
+#[derive(Debug)]
+pub struct IntakeParts {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub reporter: Reporter,
+    pub scheduler: Queue,
+    pub environments: Environments,
+    pub auto: AutoDeployer,
+    pub links: LogLinks,
 }
 
 impl Intake {
-    pub fn new(engine: Arc<Engine>, scheduler: Queue) -> Intake {
-        Intake {
-            config: engine.config.clone(),
-            store: engine.store.clone(),
-            metrics: engine.metrics.clone(),
-            reporter: engine.reporter.clone(),
-            outbox: engine.outbox.clone(),
-            environments: engine.environments.clone(),
+    pub fn new(parts: IntakeParts) -> Intake {
+        let IntakeParts {
+            config,
+            store,
+            metrics,
+            reporter,
             scheduler,
-            engine,
+            environments,
+            auto,
+            links,
+        } = parts;
+        Intake {
+            config,
+            store,
+            metrics,
+            reporter,
+            scheduler,
+            environments,
+            auto,
+            links,
         }
     }
 
@@ -194,8 +217,7 @@ impl Intake {
             transient: deployment.transient_environment,
             production: deployment.production_environment,
         };
-        let public_url = self.config.public_url().to_string();
-        let queued = Box::new(move |d: &Deployment| queued_status(&public_url, d));
+        let queued = self.reporter.queued_status();
         let inserted = self
             .store
             .insert_deployment(new, Some(queued), Some(delivery))
@@ -204,17 +226,8 @@ impl Intake {
             Inserted::New(d) => {
                 self.metrics
                     .webhook(label, DeliveryResult::Accepted.as_str());
-                // Behind the queued status, before the deployment can start. Without it the
-                // check run is created at `in_progress`: no reason to fail a recorded delivery.
-                if let Err(error) = self.reporter.check_queued(&d).await {
-                    tracing::error!(
-                        error = format!("{error:#}"),
-                        deployment.id = d.id,
-                        "enqueueing the queued check run"
-                    );
-                }
+                self.reporter.recorded(&d).await;
                 self.scheduler.push(&d);
-                self.outbox.notify_one();
                 (d, false)
             }
             Inserted::Duplicate(d) => {
@@ -224,7 +237,7 @@ impl Intake {
             }
         };
         Ok(Accepted::Deployment {
-            log_url: self.engine.log_url(&deployment),
+            log_url: self.links.url(&deployment),
             deployment: Box::new(deployment),
             duplicate,
         })
@@ -270,8 +283,8 @@ impl Intake {
         }
         self.recorded(label, delivery(DeliveryResult::Accepted))
             .await?;
-        let engine = self.engine.clone();
-        let mut work = tokio::spawn(async move { engine.auto_deploy(&moved, trigger).await });
+        let auto = self.auto.clone();
+        let mut work = tokio::spawn(async move { auto.auto_deploy(&moved, trigger).await });
         let answer = match tokio::time::timeout(AUTO_DEPLOY_BUDGET, &mut work).await {
             Ok(Ok(Ok(done))) => serde_json::json!({ "auto_deploy": done }),
             Ok(Ok(Err(why))) => serde_json::json!({ "auto_deploy": [], "note": why.to_string() }),

@@ -1,9 +1,12 @@
-//! The engine: takes a recorded deployment, plans it from its manifest, runs the plan on the
-//! servers, records every outcome and tells GitHub.
+//! The deployment engine, as services with one job each: the [`Runner`] takes a recorded
+//! deployment, plans it from its manifest, runs the plan on the servers and records every
+//! outcome through the [`Reporter`], which tells GitHub; the [`Scheduler`] orders runs;
+//! [`Intake`], [`Actions`], [`Environments`], [`AutoDeployer`] and [`Servers`] serve the
+//! webhook, people and pages. Each is built once, whole, in `server.rs`.
 //!
-//! Architecture invariant: the engine sees the [`Store`], [`ManifestSource`], [`Executor`],
+//! Architecture invariant: these services see the [`Store`], [`ManifestSource`], [`Executor`],
 //! `ContainerHost` and `Routes` traits, never SQL, octocrab, openssh, bollard or hyper types. A failed step is an outcome (`failure`);
-//! `Err` from [`Engine::run`] means the engine itself could not work (the store is down).
+//! `Err` from [`Runner::run`] means Dropship itself could not work (the store is down).
 
 mod actions;
 mod auto;
@@ -19,23 +22,22 @@ mod survey;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
 use tracing::Instrument;
 
 pub use actions::{ActionError, Actions, Cancelled, Cancels, Locking};
-pub use auto::{AutoDeployed, NotConsidered};
+pub use auto::{AutoDeployed, AutoDeployer, NotConsidered};
 pub use environments::Environments;
-pub use intake::{Accepted, Intake};
+pub use intake::{Accepted, Intake, IntakeParts};
 pub use reporter::Reporter;
 pub use scheduler::{Queue, Scheduler};
-pub use survey::{RunningApp, ServerReport, survey};
+pub use survey::{RunningApp, ServerReport, Servers, survey};
 
 use crate::config::Config;
 use crate::containers::Hosts;
 use crate::containers::follow::Followers;
 use crate::exec::{ExecError, Exit, Fleet, Job};
 use crate::github::{ManifestSource, status_description};
-use crate::logs::{Bus, DeploymentLog, Logs, Redactor};
+use crate::logs::{DeploymentLog, Logs, Redactor};
 use crate::manifest::{Action, Context, Inventory, Manifest, Plan, PlannedStep, Strategy};
 
 use crate::store::{
@@ -44,37 +46,110 @@ use crate::store::{
 pub use container::Retiring;
 use container::{Say, StepShared};
 
-/// Everything a deployment needs.
+/// Runs deployments: plans each from its manifest, runs the plan on the servers (shell steps,
+/// container rollouts, compose stacks, in rolling batches) and records every outcome through
+/// the [`Reporter`]. Built once, whole, from [`RunnerParts`]; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct Engine {
+pub struct Runner {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    manifests: Arc<dyn ManifestSource>,
+    fleet: Fleet,
+    hosts: Hosts,
+    /// Follows the containers' own logs after their deployments.
+    followers: Followers,
+    /// Old container versions being stopped in the background.
+    retiring: Retiring,
+    /// Where container steps with `proxy:` point their routes (none without `[proxy]`).
+    routes: Option<Arc<dyn crate::proxy::Routes>>,
+    logs: Logs,
+    /// Records state changes and reports them to GitHub, the metrics and the bus.
+    reporter: Reporter,
+    /// Retires earlier deployments of an environment when a new one succeeds.
+    environments: Environments,
+    /// Cancel requests for running deployments.
+    cancels: Cancels,
+    /// Dropship's secret key: proves who asked for a redeploy under a lock.
+    keys: Arc<crate::keys::Keys>,
+    /// Each repository's secret masking, built once at start.
+    redactors: crate::logs::Redactors,
+}
+
+/// What a [`Runner`] is built from: the backends it drives and the services it reports to.
+#[derive(Debug)]
+pub struct RunnerParts {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub manifests: Arc<dyn ManifestSource>,
     pub fleet: Fleet,
     pub hosts: Hosts,
-    /// Follows the containers' own logs after their deployments.
     pub followers: Followers,
-    /// Old container versions being stopped in the background.
-    pub retiring: Retiring,
-    /// Where container steps with `proxy:` point their routes (none without `[proxy]`).
     pub routes: Option<Arc<dyn crate::proxy::Routes>>,
     pub logs: Logs,
-    pub bus: Bus,
-    /// Wakes the status outbox when a status is enqueued.
-    pub outbox: Arc<Notify>,
-    /// Records state changes and reports them to GitHub, the metrics and the bus.
     pub reporter: Reporter,
-    /// Tears environments down and retires earlier deployments.
     pub environments: Environments,
-    /// Creates GitHub deployments (redeploy, rollback, auto-deploy); none for `dropship run`.
-    pub github: Option<Arc<dyn crate::github::GithubApi>>,
-    /// Cancel requests for running deployments.
     pub cancels: Cancels,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// Dropship's secret key: log links' tokens are derived from it, never stored.
     pub keys: Arc<crate::keys::Keys>,
-    /// Each repository's secret masking, built once at start.
     pub redactors: crate::logs::Redactors,
+}
+
+impl Runner {
+    pub fn new(parts: RunnerParts) -> Runner {
+        let RunnerParts {
+            config,
+            store,
+            manifests,
+            fleet,
+            hosts,
+            followers,
+            routes,
+            logs,
+            reporter,
+            environments,
+            cancels,
+            keys,
+            redactors,
+        } = parts;
+        Runner {
+            config,
+            store,
+            manifests,
+            fleet,
+            hosts,
+            followers,
+            retiring: Retiring::default(),
+            routes,
+            logs,
+            reporter,
+            environments,
+            cancels,
+            keys,
+            redactors,
+        }
+    }
+}
+
+/// Links to deployment pages, each with its capability token (derived from Dropship's key,
+/// never stored). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LogLinks {
+    keys: Arc<crate::keys::Keys>,
+    public_url: Arc<str>,
+}
+
+impl LogLinks {
+    pub fn new(keys: Arc<crate::keys::Keys>, public_url: &str) -> LogLinks {
+        LogLinks {
+            keys,
+            public_url: public_url.into(),
+        }
+    }
+
+    /// The URL of `deployment`'s page, with its capability token.
+    pub fn url(&self, deployment: &Deployment) -> String {
+        let token = self.keys.log_token(deployment.id);
+        log_url(&self.public_url, deployment.id, &token)
+    }
 }
 
 /// Whether the holder of `lock` asked for this deployment: GitHub's creator of that name, or
@@ -242,7 +317,7 @@ impl From<crate::containers::ContainerError> for StepOutcome {
     }
 }
 
-impl Engine {
+impl Runner {
     /// Masks the values of every secret the deployment's repository may use.
     pub fn redactor(&self, deployment: &Deployment) -> Redactor {
         self.redactors.for_repo(&deployment.repo).clone()
@@ -253,44 +328,112 @@ impl Engine {
         self.followers.watch(server);
     }
 
-    /// The URL of a deployment's page, with its capability token.
-    pub fn log_url(&self, deployment: &Deployment) -> String {
-        let token = self.keys.log_token(deployment.id);
-        log_url(self.config.public_url(), deployment.id, &token)
-    }
-
     /// Finishes deployments left `running` by a previous process as `error`.
     pub async fn recover_interrupted(&self) -> anyhow::Result<usize> {
         let interrupted = self.store.running().await?;
         for deployment in &interrupted {
-            let log = self
-                .logs
-                .open(deployment.id, self.redactor(deployment))
-                .await?;
-            log.note("interrupted: dropship restarted while this deployment was running");
-            log.flush().await;
-            for mut step in self.store.steps(deployment.id).await? {
-                if matches!(step.state, StepState::Running | StepState::Pending) {
-                    step.state = StepState::Error;
-                    step.message = Some("interrupted: dropship restarted".into());
-                    step.finished_at = Some(now_ms());
-                    self.store.save_step(&step).await?;
-                }
-            }
-            self.reporter
-                .transition(
-                    deployment,
-                    State::Error,
-                    "interrupted: dropship restarted",
-                    None,
-                )
-                .await?;
+            self.end_unfinished(
+                deployment,
+                "interrupted: dropship restarted while this deployment was running",
+                "interrupted: dropship restarted",
+            )
+            .await?;
             tracing::warn!(
                 deployment.id = deployment.id,
                 "deployment interrupted by a restart, finished as error"
             );
         }
         Ok(interrupted.len())
+    }
+
+    /// Ends `deployment` `error` with `why`, and its steps still running or pending: after a
+    /// restart, or when its run broke off. `note` goes into its log.
+    async fn end_unfinished(
+        &self,
+        deployment: &Deployment,
+        note: &str,
+        why: &str,
+    ) -> anyhow::Result<()> {
+        let log = self
+            .logs
+            .open(deployment.id, self.redactor(deployment))
+            .await?;
+        log.note(note);
+        log.flush().await;
+        for mut step in self.store.steps(deployment.id).await? {
+            if matches!(step.state, StepState::Running | StepState::Pending) {
+                step.state = StepState::Error;
+                step.message = Some(why.into());
+                step.finished_at = Some(now_ms());
+                self.store.save_step(&step).await?;
+            }
+        }
+        self.reporter
+            .transition(deployment, State::Error, why, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Ends `older`, still queued, `error`: `newest` of its environment runs instead.
+    pub async fn supersede(&self, older: &Deployment, newest: &Deployment) {
+        let description = format!("superseded by deployment {}", newest.public_id());
+        if let Ok(log) = self.logs.open(older.id, self.redactor(older)).await {
+            log.note(&description);
+            log.flush().await;
+        }
+        if let Err(error) = self
+            .reporter
+            .transition(older, State::Error, &description, None)
+            .await
+        {
+            tracing::error!(
+                error = format!("{error:#}"),
+                deployment.id = older.id,
+                "superseding a deployment"
+            );
+        }
+    }
+
+    /// [`Runner::run`], and whatever breaks it off, the deployment ends, so that its
+    /// environment is free for the next: if Dropship itself failed (the store) or the run
+    /// panicked, it ends `error` saying so, with its unfinished steps.
+    pub async fn run_to_end(&self, deployment: Deployment) {
+        use futures::FutureExt;
+        let ended = std::panic::AssertUnwindSafe(self.run(deployment.clone()))
+            .catch_unwind()
+            .await;
+        let why = match ended {
+            Ok(Ok(_)) => return,
+            Ok(Err(error)) => {
+                tracing::error!(
+                    deployment.id = deployment.id,
+                    error = format!("{error:#}"),
+                    "deployment could not be run"
+                );
+                "dropship could not go on with it (see the dropship log)".to_string()
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                tracing::error!(
+                    deployment.id = deployment.id,
+                    panic = %what,
+                    "a deployment's run panicked"
+                );
+                "dropship failed while running it: a bug (see the dropship log)".to_string()
+            }
+        };
+        let note = format!("ended: {why}");
+        if let Err(error) = self.end_unfinished(&deployment, &note, &why).await {
+            tracing::error!(
+                deployment.id = deployment.id,
+                error = format!("{error:#}"),
+                "ending a deployment whose run broke off"
+            );
+        }
     }
 
     /// Runs one deployment to its end. Every expected failure ends in the returned outcome.

@@ -113,14 +113,30 @@ impl Reporter {
         Ok(true)
     }
 
-    /// Enqueues the check run's `queued` state for a deployment just recorded.
-    pub async fn check_queued(&self, deployment: &Deployment) -> anyhow::Result<()> {
+    /// The `queued` status of a deployment about to be recorded, built once its id is known so
+    /// that it is written in the same commit.
+    pub fn queued_status(&self) -> crate::store::StatusFn {
+        let public_url = self.public_url.clone();
+        Box::new(move |d: &Deployment| super::queued_status(&public_url, d))
+    }
+
+    /// After a deployment was recorded with its `queued` status: enqueues the check run's
+    /// `queued` state behind it, before the deployment can start, and wakes the outbox.
+    /// Without that check the run is created at `in_progress`: no reason to fail a recorded
+    /// delivery, so a failure is logged.
+    pub async fn recorded(&self, deployment: &Deployment) {
         if self.checks && deployment.github_id.is_some() {
             let draft =
                 checks::queued(deployment, &stored_log_url(&self.public_url, deployment.id));
-            self.store.enqueue_check(deployment.id, &draft).await?;
+            if let Err(error) = self.store.enqueue_check(deployment.id, &draft).await {
+                tracing::error!(
+                    error = format!("{error:#}"),
+                    deployment.id = deployment.id,
+                    "enqueueing the queued check run"
+                );
+            }
         }
-        Ok(())
+        self.outbox.notify_one();
     }
 
     /// The check-run update for a state change, with the steps grid and the failing step's

@@ -18,8 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::{Engine, Reporter};
-use crate::logs::{Logs, Redactors};
+use super::Runner;
 use crate::store::{Deployment, State, Store};
 
 /// A repository and environment.
@@ -54,12 +53,10 @@ impl Queue {
 
 #[derive(Debug)]
 pub struct Scheduler {
-    /// Runs each deployment started.
-    engine: Engine,
+    /// Runs each deployment started, and ends those a newer one supersedes.
+    runner: Runner,
+    /// Where queued deployments wait.
     store: Arc<dyn Store>,
-    logs: Logs,
-    reporter: Reporter,
-    redactors: Redactors,
     receiver: mpsc::Receiver<Key>,
     overflow: Arc<AtomicBool>,
     max_running: usize,
@@ -105,16 +102,18 @@ impl Waiting {
 
 impl Scheduler {
     /// Builds the scheduler; it reads what is queued from the store when it runs.
-    pub fn new(engine: Engine, max_running: usize, max_waiting: usize) -> (Scheduler, Queue) {
+    pub fn new(
+        runner: Runner,
+        store: Arc<dyn Store>,
+        max_running: usize,
+        max_waiting: usize,
+    ) -> (Scheduler, Queue) {
         let max_waiting = max_waiting.max(1);
         let (sender, receiver) = mpsc::channel(max_waiting);
         let overflow = Arc::new(AtomicBool::new(false));
         let scheduler = Scheduler {
-            store: engine.store.clone(),
-            logs: engine.logs.clone(),
-            reporter: engine.reporter.clone(),
-            redactors: engine.redactors.clone(),
-            engine,
+            runner,
+            store,
             receiver,
             overflow: overflow.clone(),
             max_running: max_running.max(1),
@@ -253,33 +252,12 @@ impl Scheduler {
                         continue;
                     }
                 };
-                let description = format!("superseded by deployment {}", newest.public_id());
-                if let Ok(log) = self
-                    .logs
-                    .open(older.id, self.redactors.for_repo(&older.repo).clone())
-                    .await
-                {
-                    log.note(&description);
-                    log.flush().await;
-                }
-                if let Err(error) = self
-                    .reporter
-                    .transition(&older, State::Error, &description, None)
-                    .await
-                {
-                    tracing::error!(
-                        error = format!("{error:#}"),
-                        deployment.id = older.id,
-                        "superseding a deployment"
-                    );
-                }
+                self.runner.supersede(&older, &newest).await;
             }
             busy.insert(key.clone());
-            let engine = self.engine.clone();
+            let runner = self.runner.clone();
             running.spawn(async move {
-                if let Err(error) = engine.run(newest).await {
-                    tracing::error!(error = format!("{error:#}"), "deployment could not be run");
-                }
+                runner.run_to_end(newest).await;
                 key
             });
         }
@@ -305,5 +283,138 @@ impl Scheduler {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::Scheduler;
+    use crate::config::Config;
+    use crate::github::{ApiError, ManifestFile, ManifestSource};
+    use crate::logs::Event;
+    use crate::store::{Inserted, NewDeployment, State};
+
+    const BROKEN: &str = "bad0000000000000000000000000000000000000";
+    const GOOD: &str = "600d000000000000000000000000000000000000";
+
+    /// A manifest source that panics for one commit, standing in for a bug anywhere in a run.
+    #[derive(Debug)]
+    struct PanicsAt;
+
+    #[async_trait]
+    impl ManifestSource for PanicsAt {
+        async fn file(
+            &self,
+            _repo: &str,
+            sha: &str,
+            path: &str,
+            _installation: Option<i64>,
+        ) -> Result<Option<ManifestFile>, ApiError> {
+            assert_ne!(sha, BROKEN, "a bug in a deployment's run");
+            Ok(Some(ManifestFile {
+                path: path.into(),
+                text: "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: ok\n      run: \"true\"\n".into(),
+            }))
+        }
+
+        async fn tarball(
+            &self,
+            _repo: &str,
+            _sha: &str,
+            _installation: Option<i64>,
+        ) -> Result<Vec<u8>, ApiError> {
+            Err(ApiError::local("no tarball here"))
+        }
+    }
+
+    /// A run that panics ends its deployment `error`, saying so, and frees its environment:
+    /// the next deployment there runs, with one running place in all.
+    #[tokio::test]
+    async fn a_panic_in_a_run_ends_the_deployment_error_and_frees_its_environment() {
+        let data = tempfile::tempdir().unwrap();
+        let config = Config::from_toml(&format!(
+            "[server]\ndata_dir = \"{}\"\n[[servers]]\nname = \"local\"\nhost = \"local\"\n[[repos]]\nname = \"acme/shop\"\nservers = [\"local\"]\n",
+            data.path().display()
+        ))
+        .unwrap();
+        let local = crate::server::local(Arc::new(config), Arc::new(PanicsAt))
+            .await
+            .unwrap();
+        let mut events = local.bus.subscribe();
+        let (scheduler, queue) = Scheduler::new(local.runner.clone(), local.store.clone(), 1, 10);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let scheduler = tokio::spawn(scheduler.run(stop.clone().cancelled_owned()));
+        let mut ids = Vec::new();
+        for sha in [BROKEN, GOOD] {
+            let new = NewDeployment {
+                github_id: None,
+                repo: "acme/shop".into(),
+                environment: "production".into(),
+                task: "deploy".into(),
+                git_ref: "main".into(),
+                sha: sha.into(),
+                payload: serde_json::json!({}),
+                description: None,
+                creator: None,
+                installation_id: None,
+                transient: false,
+                production: true,
+            };
+            let Inserted::New(deployment) = local
+                .store
+                .insert_deployment(new, None, None)
+                .await
+                .unwrap()
+            else {
+                panic!("a duplicate");
+            };
+            ids.push(deployment.id);
+            queue.push(&deployment);
+            // The second is pushed once the first has started, so it is not superseded.
+            if sha == BROKEN {
+                loop {
+                    let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+                        .await
+                        .expect("the first deployment starts")
+                        .unwrap();
+                    if matches!(
+                        &*event,
+                        Event::State {
+                            state: State::Running,
+                            ..
+                        }
+                    ) {
+                        break;
+                    }
+                }
+            }
+        }
+        let mut ended = std::collections::HashMap::new();
+        while ended.len() < 2 {
+            let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+                .await
+                .expect("both deployments end")
+                .unwrap();
+            if let Event::State {
+                deployment_id,
+                state,
+                description,
+            } = &*event
+                && state.is_final()
+            {
+                ended.insert(*deployment_id, (*state, description.clone().unwrap()));
+            }
+        }
+        let (state, description) = &ended[&ids[0]];
+        assert_eq!(*state, State::Error);
+        assert!(description.contains("a bug"), "{description}");
+        assert_eq!(ended[&ids[1]].0, State::Success, "{:?}", ended[&ids[1]]);
+        stop.cancel();
+        scheduler.await.unwrap();
     }
 }

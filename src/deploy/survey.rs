@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::Engine;
+use std::sync::Arc;
+
 use crate::config::Config;
 use crate::containers::Hosts;
 use crate::containers::{LABEL_APP, LABEL_ENVIRONMENT, LABEL_REPO, LABEL_SHA};
@@ -46,7 +47,23 @@ pub struct RunningApp {
     pub status: String,
 }
 
-impl Engine {
+/// Answers what the configured servers look like now. Built once at start; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Servers {
+    config: Arc<Config>,
+    fleet: Fleet,
+    hosts: Hosts,
+}
+
+impl Servers {
+    pub fn new(config: Arc<Config>, fleet: Fleet, hosts: Hosts) -> Servers {
+        Servers {
+            config,
+            fleet,
+            hosts,
+        }
+    }
+
     /// Asks every server at once, each within `limit`.
     pub async fn survey(&self, limit: Duration) -> Vec<ServerReport> {
         survey(&self.config, &self.fleet, &self.hosts, limit).await

@@ -247,7 +247,7 @@ pub const CONNECT_AT_ONCE: usize = 64;
 /// The executors of every configured server, by name.
 #[derive(Debug, Clone, Default)]
 pub struct Fleet {
-    /// Shared: the engine (and so the fleet) is cloned into every deployment task.
+    /// Shared: the runner (and so the fleet) is cloned into every deployment task.
     executors: Arc<HashMap<String, Arc<dyn Executor>>>,
     /// The SSH connections among them, which also carry the Docker engines' sockets.
     ssh: Arc<HashMap<String, Arc<Ssh>>>,

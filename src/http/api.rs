@@ -144,7 +144,7 @@ impl DeploymentJson {
             description: d.state_description.clone(),
             creator: d.creator.clone(),
             environment_url: d.environment_url.clone(),
-            log_url: state.engine.log_url(d),
+            log_url: state.links.url(d),
             created_at: time(d.created_at),
             started_at: d.started_at.map(time),
             finished_at: d.finished_at.map(time),
@@ -613,7 +613,7 @@ pub(super) async fn servers(
     caller: Caller,
 ) -> Result<Json<Vec<ServerReport>>, HttpError> {
     caller.api(Role::Viewer)?;
-    Ok(Json(state.engine.survey(SURVEY_LIMIT).await))
+    Ok(Json(state.servers.survey(SURVEY_LIMIT).await))
 }
 
 /// How long a server may take to answer the servers page or API.
@@ -649,7 +649,7 @@ impl AppJson {
 
 pub(super) async fn app_list(state: &AppState) -> Vec<AppJson> {
     let mut apps: Vec<AppJson> = state
-        .engine
+        .servers
         .survey(SURVEY_LIMIT)
         .await
         .into_iter()

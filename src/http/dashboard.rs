@@ -328,7 +328,7 @@ pub(super) async fn servers(
         Ok(user) => user,
         Err(refusal) => return Ok(refusal.into_response()),
     };
-    let reports = state.engine.survey(api::SURVEY_LIMIT).await;
+    let reports = state.servers.survey(api::SURVEY_LIMIT).await;
     let body = html! {
         h1 { "Servers" }
         div.scroll {

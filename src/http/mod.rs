@@ -38,15 +38,17 @@ pub use error::HttpError;
 
 use crate::config::Config;
 use crate::config::ServerSection;
-use crate::deploy::{Actions, Engine, Environments, Intake, Queue};
+use crate::deploy::{Actions, Environments, Intake, LogLinks, Servers};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// Surveys servers, gives deployments' log links.
-    pub engine: Arc<Engine>,
+    /// What the configured servers look like now.
+    pub servers: Servers,
+    /// Deployments' page links, with their tokens.
+    pub links: LogLinks,
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -64,26 +66,6 @@ pub struct AppState {
     pub environments: Environments,
     /// Failed sign-ins per name and client address.
     pub(crate) throttle: Arc<auth::SignInThrottle>,
-}
-
-impl AppState {
-    pub fn new(engine: Engine, scheduler: Queue) -> AppState {
-        let throttle = Arc::new(auth::SignInThrottle::new(&engine.config.api));
-        let engine = Arc::new(engine);
-        AppState {
-            actions: Actions::new(&engine),
-            environments: engine.environments.clone(),
-            intake: Intake::new(engine.clone(), scheduler),
-            config: engine.config.clone(),
-            store: engine.store.clone(),
-            metrics: engine.metrics.clone(),
-            keys: engine.keys.clone(),
-            bus: engine.bus.clone(),
-            followers: engine.followers.clone(),
-            engine,
-            throttle,
-        }
-    }
 }
 
 /// What pages may load and do: only Dropship's own scripts and styles (no inline script, no
