@@ -24,6 +24,7 @@ pub struct Metrics {
     ssh_reconnects: Counter,
     status_posts: Family<Labels, Counter>,
     status_retries: Counter,
+    status_delivery_paused: Gauge<i64, std::sync::atomic::AtomicI64>,
     proxy_requests: Family<Labels, Counter<u64, AtomicU64>>,
     live_streams: Gauge<i64, std::sync::atomic::AtomicI64>,
     http_connections: Gauge<i64, std::sync::atomic::AtomicI64>,
@@ -101,6 +102,12 @@ impl Default for Metrics {
             "Status posts that failed and were scheduled again",
             status_retries.clone(),
         );
+        let status_delivery_paused = Gauge::default();
+        registry.register(
+            "github_status_delivery_paused",
+            "1 while status delivery is paused because GitHub refused Dropship's credentials",
+            status_delivery_paused.clone(),
+        );
         let proxy_requests = Family::<Labels, Counter>::default();
         registry.register(
             "proxy_requests",
@@ -130,6 +137,7 @@ impl Default for Metrics {
             ssh_reconnects,
             status_posts,
             status_retries,
+            status_delivery_paused,
             proxy_requests,
             live_streams,
             http_connections,
@@ -183,7 +191,12 @@ impl Metrics {
         self.ssh_open.dec();
     }
 
-    /// `kind` is `status` or `check`; `result` is `delivered`, `retry` or `failed`.
+    /// Whether status delivery is paused (GitHub refused the credentials).
+    pub fn status_delivery_paused(&self, paused: bool) {
+        self.status_delivery_paused.set(i64::from(paused));
+    }
+
+    /// `kind` is `status` or `check`; `result` is `delivered`, `retry`, `paused` or `failed`.
     pub fn status_post(&self, kind: &str, result: &str) {
         self.status_posts
             .get_or_create(&vec![

@@ -16,7 +16,7 @@ use crate::deploy::{
     RunnerParts, Scheduler, Servers,
 };
 use crate::exec::Fleet;
-use crate::github::{Github, ManifestSource, run_outbox};
+use crate::github::{Backoff, Github, ManifestSource, Outbox, run_outbox};
 use crate::http::{AppState, router};
 use crate::logs::{Bus, Logs};
 use crate::proxy::Proxy;
@@ -169,6 +169,7 @@ impl Foundation {
             intake,
             actions,
             environments: shared.environments,
+            delivery: crate::github::DeliveryAlarm::new(self.metrics.clone()),
             throttle: Arc::new(crate::http::auth::SignInThrottle::new(&config.api)),
         };
         Ok(Services {
@@ -304,13 +305,18 @@ pub async fn run(
         });
     }
     let outbox = work.spawn(run_outbox(
-        foundation.store.clone(),
-        github,
-        foundation.metrics.clone(),
-        services.outbox.clone(),
-        services.outgoing,
-        config.github.retry_base,
-        config.github.retry_max,
+        Outbox {
+            store: foundation.store.clone(),
+            github,
+            metrics: foundation.metrics.clone(),
+            wake: services.outbox.clone(),
+            outgoing: services.outgoing,
+            backoff: Backoff {
+                base: config.github.retry_base,
+                max: config.github.retry_max,
+            },
+            alarm: services.state.delivery.clone(),
+        },
         shutdown.clone().cancelled_owned(),
     ));
     let scheduler = work.spawn(services.scheduler.run(shutdown.clone().cancelled_owned()));

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use super::Reporter;
 use crate::github::{ApiError, GithubApi, GithubDeployment, NewGithubDeployment};
 use crate::keys::Keys;
-use crate::store::{Deployment, ListFilter, Lock, State, Store, now_ms};
+use crate::store::{Deployment, ListFilter, Lock, State, StatusState, Store, now_ms};
 
 /// Cancel requests for running deployments: the runner starts no further step once asked.
 #[derive(Debug, Clone, Default)]
@@ -292,6 +292,21 @@ impl Actions {
             None if self.store.lock(&lock).await? => Ok(Locking::Locked(lock)),
             None => Ok(Locking::Held(lock)),
         }
+    }
+
+    /// Sends `deployment`'s current state to GitHub again (after statuses were refused or
+    /// lost); refused for a deployment GitHub does not know.
+    pub async fn resend(&self, deployment: &Deployment) -> Result<StatusState, ActionError> {
+        if deployment.github_id.is_none() {
+            return Err(ActionError::Refused(format!(
+                "deployment {} was not made through GitHub: it has no statuses to send",
+                deployment.id
+            )));
+        }
+        self.reporter
+            .resend(deployment)
+            .await
+            .map_err(ActionError::Internal)
     }
 
     /// Creates a GitHub deployment of `deployment`'s commit, task and environment again.

@@ -10,7 +10,9 @@ use super::{checks, stored_log_url};
 use crate::github::status_description;
 use crate::logs::{Bus, Event, Redactor, Redactors};
 use crate::metrics::Metrics;
-use crate::store::{Deployment, State, StatusDraft, StepRun, StepState, Store, Transition, now_ms};
+use crate::store::{
+    Deployment, State, StatusDraft, StatusState, StepRun, StepState, Store, Transition, now_ms,
+};
 
 /// Reports deployments' state changes. Built once at start; cheap to clone.
 #[derive(Debug, Clone)]
@@ -111,6 +113,31 @@ impl Reporter {
             description: Some(description),
         });
         Ok(true)
+    }
+
+    /// Enqueues `deployment`'s current state for GitHub again, behind anything still pending,
+    /// and wakes the outbox: whatever was lost or refused before, the status GitHub shows last
+    /// is Dropship's. Returns the state sent.
+    pub async fn resend(&self, deployment: &Deployment) -> anyhow::Result<StatusState> {
+        let state = deployment.state.github_state();
+        let description = deployment
+            .state_description
+            .clone()
+            .unwrap_or_else(|| deployment.state.as_str().to_string());
+        let status = StatusDraft {
+            state,
+            description: status_description(
+                &self
+                    .redactors
+                    .for_repo(&deployment.repo)
+                    .redact(description),
+            ),
+            log_url: Some(stored_log_url(&self.public_url, deployment.id)),
+            environment_url: deployment.environment_url.clone(),
+        };
+        self.store.enqueue_status(deployment.id, &status).await?;
+        self.outbox.notify_one();
+        Ok(state)
     }
 
     /// The `queued` status of a deployment about to be recorded, built once its id is known so

@@ -18,7 +18,7 @@ use octocrab::service::middleware::retry::RetryConfig;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
-pub use outbox::{Outgoing, run_outbox};
+pub use outbox::{Backoff, DeliveryAlarm, Outbox, Outgoing, run_outbox};
 
 use crate::config::GithubSection;
 use crate::manifest::FILE_NAMES;

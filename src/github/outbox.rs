@@ -1,6 +1,15 @@
 //! Delivers queued deployment statuses to GitHub: in order per deployment, retried with
-//! exponential backoff on 5xx, 429 and rate-limit 403 (honouring `Retry-After`), and kept in
-//! the store, so a restart picks up where it left off.
+//! exponential backoff on 5xx, 429 and rate-limit 403 (honouring `Retry-After`) up to
+//! `retry_max`, then every `retry_max` until delivered: a status is never given up on for
+//! GitHub being away. Kept in the store, so a restart picks up where it left off.
+//!
+//! GitHub refusing Dropship's credentials (401, or a 403 that is not a rate limit) pauses the
+//! whole outbox instead of discarding anything, and raises the [`DeliveryAlarm`]: `/readyz`
+//! says `degraded` with the reason, the dashboard shows a banner, and
+//! `dropship_github_status_delivery_paused` is 1. A look every `retry_max` (or a restart with
+//! the credentials fixed) delivers everything queued. Only a status GitHub refuses as such
+//! (404: the deployment is gone; 422) is set aside, kept with its error; the resend action
+//! posts the deployment's current state again.
 //!
 //! Everything posted passes [`Outgoing`] on its way out: the one place GitHub-bound text goes
 //! through, where the repository's secrets are masked and the log token is put in.
@@ -54,8 +63,52 @@ impl Outgoing {
     }
 }
 
-/// A status still failing after this many attempts is given up on (and the error kept).
-const MAX_ATTEMPTS: i64 = 25;
+/// Why status delivery is paused, if it is. Cheap to clone; every clone sees the same.
+#[derive(Debug, Clone)]
+pub struct DeliveryAlarm {
+    reason: Arc<std::sync::Mutex<Option<String>>>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl DeliveryAlarm {
+    pub fn new(metrics: Arc<crate::metrics::Metrics>) -> DeliveryAlarm {
+        DeliveryAlarm {
+            reason: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Why delivery is paused; `None` while statuses go out.
+    pub fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn raise(&self, reason: String) {
+        let mut current = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if current.is_none() {
+            tracing::error!(%reason, "status delivery paused");
+        }
+        *current = Some(reason);
+        self.metrics.status_delivery_paused(true);
+    }
+
+    fn clear(&self) {
+        let mut current = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if current.take().is_some() {
+            tracing::info!("status delivery resumed: GitHub accepted the credentials");
+        }
+        self.metrics.status_delivery_paused(false);
+    }
+}
+
+/// Whether GitHub refused Dropship's credentials, not the request: 401, or a 403 that is not a
+/// rate limit (those are retriable).
+fn credentials_refused(error: &ApiError) -> bool {
+    !error.retriable && matches!(error.status, Some(401 | 403))
+}
 /// The longest the worker sleeps without looking at the store.
 const IDLE_POLL: Duration = Duration::from_secs(30);
 /// Statuses attempted per round; a full round is followed by another at once.
@@ -66,22 +119,52 @@ enum Attempt {
     Delivered,
     /// GitHub gave no HTTP answer at all.
     Unreachable,
+    /// GitHub refused the credentials: the message.
+    CredentialsRefused(String),
     Other,
 }
 
-/// Runs until `shutdown` resolves. `wake` is notified whenever a status is enqueued; retries
-/// wait `retry_base` (`github.retry_base`), doubling up to `retry_max` (`github.retry_max`).
-#[allow(clippy::too_many_arguments)]
-pub async fn run_outbox(
-    store: Arc<dyn Store>,
-    github: Arc<Github>,
-    metrics: Arc<crate::metrics::Metrics>,
-    wake: Arc<Notify>,
-    outgoing: Outgoing,
-    retry_base: Duration,
-    retry_max: Duration,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+/// How the outbox retries: `retry_base` (`github.retry_base`), doubling up to `retry_max`
+/// (`github.retry_max`), then every `retry_max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The wait before attempt `attempts + 1`.
+    fn after(&self, attempts: u32) -> Duration {
+        self.base
+            .saturating_mul(2u32.saturating_pow(attempts.min(20)))
+            .min(self.max)
+    }
+}
+
+/// The outbox's own parts, built once at start.
+#[derive(Debug)]
+pub struct Outbox {
+    pub store: Arc<dyn Store>,
+    pub github: Arc<Github>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Notified whenever a status is enqueued.
+    pub wake: Arc<Notify>,
+    pub outgoing: Outgoing,
+    pub backoff: Backoff,
+    pub alarm: DeliveryAlarm,
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Output = ()>) {
+    let Outbox {
+        store,
+        github,
+        metrics,
+        wake,
+        outgoing,
+        backoff,
+        alarm,
+    } = outbox;
     tokio::pin!(shutdown);
     // Rounds in a row in which GitHub could not be reached at all: while it is down, the whole
     // outbox backs off instead of trying every pending status.
@@ -98,15 +181,26 @@ pub async fn run_outbox(
                 // The first pending status of each deployment only, so deployments go
                 // concurrently and each deployment's statuses stay in order.
                 let attempts: Vec<Attempt> = futures::stream::iter(due)
-                    .map(|item| {
-                        deliver(
-                            &*store, &github, &metrics, &outgoing, item, retry_base, retry_max,
-                        )
-                    })
+                    .map(|item| deliver(&*store, &github, &metrics, &outgoing, item, backoff))
                     .buffer_unordered(16)
                     .collect()
                     .await;
+                let refused = attempts.iter().find_map(|a| match a {
+                    Attempt::CredentialsRefused(message) => Some(message.clone()),
+                    _ => None,
+                });
+                if let Some(message) = refused {
+                    alarm.raise(format!(
+                        "GitHub refused Dropship's credentials ({message}): statuses wait, none is lost. Fix [github] token or [github.app] in the config and restart; delivery is tried again every {}",
+                        humantime::format_duration(backoff.max)
+                    ));
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        _ = tokio::time::sleep(backoff.max) => continue,
+                    }
+                }
                 if attempts.iter().any(|a| matches!(a, Attempt::Delivered)) {
+                    alarm.clear();
                     unreachable_rounds = 0;
                 } else if !attempts.is_empty()
                     && attempts.iter().all(|a| matches!(a, Attempt::Unreachable))
@@ -119,9 +213,7 @@ pub async fn run_outbox(
             }
         }
         if unreachable_rounds > 0 {
-            let pause = retry_base
-                .saturating_mul(2u32.saturating_pow(unreachable_rounds.min(16) - 1))
-                .min(retry_max);
+            let pause = backoff.after(unreachable_rounds - 1);
             tracing::warn!(
                 pause_ms = pause.as_millis() as u64,
                 "GitHub is unreachable; pausing status delivery"
@@ -156,8 +248,7 @@ async fn deliver(
     metrics: &crate::metrics::Metrics,
     outgoing: &Outgoing,
     item: OutboxItem,
-    retry_base: Duration,
-    retry_max: Duration,
+    backoff: Backoff,
 ) -> Attempt {
     let span =
         tracing::info_span!("status", deployment.id = item.deployment_id, state = %item.state);
@@ -197,9 +288,15 @@ async fn deliver(
                 metrics.status_post(item.kind.as_str(), "delivered");
                 (Attempt::Delivered, store.status_delivered(item.id).await)
             }
-            Err(error) if error.retriable && item.attempts + 1 < MAX_ATTEMPTS => {
-                let backoff = retry_base.saturating_mul(2u32.saturating_pow(item.attempts.min(20) as u32)).min(retry_max);
-                let wait = error.retry_after.unwrap_or(backoff).max(backoff.min(retry_base));
+            Err(error) if credentials_refused(&error) => {
+                // Not the status's fault: it waits, with the whole outbox, for the credentials.
+                metrics.status_post(item.kind.as_str(), "paused");
+                let at = now_ms() + backoff.max.as_millis() as i64;
+                (Attempt::CredentialsRefused(error.message.clone()), store.status_retry(item.id, at, &error.message).await)
+            }
+            Err(error) if error.retriable => {
+                let wait = backoff.after(item.attempts.clamp(0, 20) as u32);
+                let wait = error.retry_after.unwrap_or(wait).max(wait.min(backoff.base));
                 tracing::warn!(error = %error.message, retry_in_ms = wait.as_millis() as u64, "status post failed; will retry");
                 metrics.status_post(item.kind.as_str(), "retry");
                 let attempt = if error.unreachable { Attempt::Unreachable } else { Attempt::Other };

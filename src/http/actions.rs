@@ -1,4 +1,5 @@
-//! What people do to deployments and environments (cancel, redeploy, roll back, lock, unlock),
+//! What people do to deployments and environments (cancel, redeploy, resend its status, roll
+//! back, lock, unlock),
 //! once for both faces: the JSON API renders a [`Done`] as `202` with [`ActionJson`], the
 //! dashboard as a notice. Each writes its audit entry here, so neither face can forget it.
 
@@ -18,6 +19,7 @@ use crate::store::Deployment;
 pub(super) enum DeploymentAction {
     Cancel,
     Redeploy,
+    Resend,
 }
 
 impl DeploymentAction {
@@ -25,6 +27,7 @@ impl DeploymentAction {
         Some(match name {
             "cancel" => DeploymentAction::Cancel,
             "redeploy" => DeploymentAction::Redeploy,
+            "resend" => DeploymentAction::Resend,
             _ => return None,
         })
     }
@@ -135,6 +138,22 @@ pub(super) async fn cancel(state: &AppState, user: &User, id: i64) -> Result<Don
         }
     };
     let target = ("cancel", format!("deployment {id}"));
+    Ok(done(state, user, target, message, None).await)
+}
+
+/// Sends deployment `id`'s current state to GitHub again.
+pub(super) async fn resend(state: &AppState, user: &User, id: i64) -> Result<Done, HttpError> {
+    let deployment = find(state, id).await?;
+    let sent = state
+        .actions
+        .resend(&deployment)
+        .await
+        .map_err(action_error)?;
+    let message = format!(
+        "deployment {id}'s status ({}) is queued for GitHub again",
+        sent.as_str()
+    );
+    let target = ("resend", format!("deployment {id}"));
     Ok(done(state, user, target, message, None).await)
 }
 

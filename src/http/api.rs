@@ -55,6 +55,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(show))
         .routes(routes!(log))
         .routes(routes!(cancel))
+        .routes(routes!(resend))
         .routes(routes!(redeploy))
         .routes(routes!(environments))
         .routes(routes!(delete_environment))
@@ -353,6 +354,20 @@ pub(super) async fn cancel(
 ) -> Result<Done, HttpError> {
     let user = caller.api(Role::Deployer)?;
     actions::cancel(&state, &user, id).await
+}
+
+/// Posts the deployment's current state to GitHub again, behind anything still pending: for a
+/// status that was refused, or lost while delivery was paused.
+#[utoipa::path(post, path = "/api/deployments/{id}/resend", tag = "deployments",
+    params(("id" = i64, Path, description = "Dropship's deployment id")),
+    responses((status = 202, body = actions::ActionJson), (status = 401), (status = 403), (status = 404), (status = 409, description = "not a GitHub deployment")))]
+pub(super) async fn resend(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<i64>,
+) -> Result<Done, HttpError> {
+    let user = caller.api(Role::Deployer)?;
+    actions::resend(&state, &user, id).await
 }
 
 /// Deploys the same commit, task and environment again, as a new GitHub deployment.

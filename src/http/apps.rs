@@ -214,10 +214,14 @@ pub(super) async fn page(
         script src=(super::assets::url("live.js")) {}
         script src=(super::assets::url("app-logs.js")) {}
     };
-    Ok(
-        super::view::layout(&format!("{repo} {environment} logs"), &user, "apps", body)
-            .into_response(),
+    Ok(super::view::layout(
+        &state,
+        &format!("{repo} {environment} logs"),
+        &user,
+        "apps",
+        body,
     )
+    .into_response())
 }
 
 /// Server-sent `line` events for the page.

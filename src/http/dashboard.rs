@@ -209,7 +209,7 @@ pub(super) async fn deployments(
         }
         @if list.is_empty() { p.meta { "No deployments yet." } }
     };
-    Ok(layout("deployments", &user, "deployments", body).into_response())
+    Ok(layout(&state, "deployments", &user, "deployments", body).into_response())
 }
 
 pub(super) async fn environments(
@@ -317,7 +317,7 @@ pub(super) async fn environments(
             }
         }
     };
-    Ok(layout("environments", &user, "environments", body).into_response())
+    Ok(layout(&state, "environments", &user, "environments", body).into_response())
 }
 
 pub(super) async fn servers(
@@ -357,7 +357,7 @@ pub(super) async fn servers(
             }
         }
     };
-    Ok(layout("servers", &user, "servers", body).into_response())
+    Ok(layout(&state, "servers", &user, "servers", body).into_response())
 }
 
 pub(super) async fn apps(
@@ -390,7 +390,7 @@ pub(super) async fn apps(
             }
         }
     };
-    Ok(layout("apps", &user, "apps", body).into_response())
+    Ok(layout(&state, "apps", &user, "apps", body).into_response())
 }
 
 pub(super) async fn audit(
@@ -415,13 +415,18 @@ pub(super) async fn audit(
             }
         }
     };
-    Ok(layout("audit", &user, "audit", body).into_response())
+    Ok(layout(&state, "audit", &user, "audit", body).into_response())
 }
 
 // ---- actions ----
 
 /// What a button did, with a way back.
-fn outcome(user: &User, result: Result<String, HttpError>, back: &str) -> Response {
+fn outcome(
+    state: &AppState,
+    user: &User,
+    result: Result<String, HttpError>,
+    back: &str,
+) -> Response {
     let (status, class, message) = match result {
         Ok(message) => (StatusCode::OK, "notice", message),
         Err(HttpError::Client(status, message)) => (status, "notice error", message),
@@ -431,14 +436,14 @@ fn outcome(user: &User, result: Result<String, HttpError>, back: &str) -> Respon
         p #outcome class=(class) { (message) }
         p { a href=(back) { "← back" } }
     };
-    (status, layout("done", user, "", body)).into_response()
+    (status, layout(state, "done", user, "", body)).into_response()
 }
 
 fn message(result: Result<actions::Done, HttpError>) -> Result<String, HttpError> {
     result.map(|done| done.message)
 }
 
-/// The buttons on a deployment: `cancel` and `redeploy`.
+/// The buttons on a deployment: `cancel`, `redeploy` and `resend`.
 pub(super) async fn deployment_action(
     State(state): State<AppState>,
     caller: Caller,
@@ -453,9 +458,10 @@ pub(super) async fn deployment_action(
     let result = match DeploymentAction::parse(&action) {
         Some(DeploymentAction::Cancel) => message(actions::cancel(&state, &user, id).await),
         Some(DeploymentAction::Redeploy) => message(actions::redeploy(&state, &user, id).await),
+        Some(DeploymentAction::Resend) => message(actions::resend(&state, &user, id).await),
         None => Err(HttpError::not_found(format!("no action `{action}`"))),
     };
-    outcome(&user, result, &format!("/deployments/{id}"))
+    outcome(&state, &user, result, &format!("/deployments/{id}"))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -506,7 +512,7 @@ pub(super) async fn environment_action(
             .map(|()| format!("{repo} {environment} is unlocked")),
         None => Err(HttpError::not_found(format!("no action `{action}`"))),
     };
-    outcome(&user, result, "/environments")
+    outcome(&state, &user, result, "/environments")
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub struct AppState {
     pub actions: Actions,
     /// Tears environments down.
     pub environments: Environments,
+    /// Why status delivery to GitHub is paused, if it is (`/readyz`, the dashboard's banner).
+    pub delivery: crate::github::DeliveryAlarm,
     /// Failed sign-ins per name and client address.
     pub(crate) throttle: Arc<auth::SignInThrottle>,
 }
@@ -263,7 +265,14 @@ async fn ready(
         })
         .await
     {
-        Ok(_) => (axum::http::StatusCode::OK, "ready".into()),
+        // Still ready: webhooks are taken and deployments run; what GitHub is owed waits.
+        Ok(_) => match state.delivery.reason() {
+            None => (axum::http::StatusCode::OK, "ready".into()),
+            Some(reason) => (
+                axum::http::StatusCode::OK,
+                format!("degraded: status delivery is paused: {reason}"),
+            ),
+        },
         Err(error) => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: the database does not answer: {error:#}"),

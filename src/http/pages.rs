@@ -119,7 +119,13 @@ pub(super) async fn deployment(
         &state.config.github_web_url(),
     );
     Ok(match caller.0.as_ref() {
-        Some(user) => super::view::layout(&format!("deployment {id}"), user, "deployments", body),
+        Some(user) => super::view::layout(
+            &state,
+            &format!("deployment {id}"),
+            user,
+            "deployments",
+            body,
+        ),
         None => super::view::bare(&format!("deployment {id}"), body),
     }
     .into_response())
@@ -220,6 +226,11 @@ fn render(
                     }
                     form method="post" action={"/deployments/" (deployment.id) "/redeploy"} {
                         button #redeploy type="submit" { "Redeploy this version" }
+                    }
+                    @if deployment.github_id.is_some() {
+                        form method="post" action={"/deployments/" (deployment.id) "/resend"} {
+                            button #resend type="submit" title="Post this deployment's state to GitHub again" { "Resend status to GitHub" }
+                        }
                     }
                 }
             }

@@ -24,8 +24,22 @@ pub(super) fn document(title: &str, nav: Markup, body: Markup) -> Markup {
     }
 }
 
-/// A page for a signed-in user, with the navigation.
-pub(super) fn layout(title: &str, user: &User, active: &str, body: Markup) -> Markup {
+/// A page for a signed-in user, with the navigation, and a banner while something needs the
+/// operator (status delivery paused).
+pub(super) fn layout(
+    state: &super::AppState,
+    title: &str,
+    user: &User,
+    active: &str,
+    body: Markup,
+) -> Markup {
+    let body = match state.delivery.reason() {
+        None => body,
+        Some(reason) => html! {
+            div.banner role="alert" { strong { "Status delivery to GitHub is paused. " } (reason) }
+            (body)
+        },
+    };
     let link = |href: &str, name: &str, label: &str| {
         html! { a href=(href) class=[(active == name).then_some("on")] { (label) } }
     };

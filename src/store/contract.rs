@@ -211,6 +211,16 @@ pub(crate) async fn deployments_and_statuses(store: &impl Store) {
     assert_eq!(kept[1].last_error.as_deref(), Some("422 Unprocessable"));
     assert_eq!(store.next_status_due().await.unwrap(), None);
     assert!(store.deployment(first.id + 1000).await.unwrap().is_none());
+
+    // A status enqueued again (a resend) goes behind the others and is due at once.
+    store
+        .enqueue_status(first.id, &status(StatusState::Success))
+        .await
+        .unwrap();
+    let due = store.due_statuses(now_ms(), 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].state, "success");
+    assert!(due[0].id > kept[1].id);
 }
 
 /// Queued deployments by environment, in order of arrival; listing and the newest per

@@ -654,6 +654,9 @@ pub trait StatusOutbox: Send + Sync {
     ) -> anyhow::Result<()>;
     async fn status_failed(&self, id: i64, error: &str) -> anyhow::Result<()>;
     async fn statuses(&self, deployment_id: i64) -> anyhow::Result<Vec<OutboxItem>>;
+    /// Enqueues a status behind the deployment's pending ones (a resend: state changes write
+    /// theirs with the change, through `Deployments::transition`).
+    async fn enqueue_status(&self, deployment_id: i64, status: &StatusDraft) -> anyhow::Result<()>;
     /// Enqueues a check-run update behind the deployment's pending statuses.
     async fn enqueue_check(&self, deployment_id: i64, check: &CheckDraft) -> anyhow::Result<()>;
     async fn set_check_run(&self, deployment_id: i64, check_run_id: i64) -> anyhow::Result<()>;

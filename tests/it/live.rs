@@ -226,3 +226,154 @@ async fn a_github_enterprise_api_url_with_a_path_works() {
     let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
     assert_eq!(states, ["queued", "in_progress", "success"]);
 }
+
+const HELLO: &str = "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: hello\n      run: echo hello\n";
+
+/// GitHub answering 503 for far longer than the old 25-attempt window: nothing is given up on,
+/// and once it is back every status arrives, in order per deployment.
+#[tokio::test]
+async fn statuses_outlast_a_long_github_outage_and_all_arrive_in_order() {
+    let (server, github) = start(HELLO, LOCAL).await;
+    github.status_outage(Some((
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Service Unavailable",
+    )));
+    let ids = [7101, 7102];
+    let mut recorded = Vec::new();
+    for github_id in &ids {
+        recorded.push(deliver(&server, *github_id).await["id"].as_i64().unwrap());
+    }
+    // 40 refused posts per deployment: well past 25 attempts each, at the test's 200 ms cap.
+    github.wait_refused(80, Duration::from_secs(60)).await;
+    // Both ran meanwhile; the second replaced the first.
+    assert_eq!(server.deployment(recorded[0]).await["state"], "inactive");
+    assert_eq!(server.deployment(recorded[1]).await["state"], "success");
+    assert!(github.statuses(7101).is_empty() && github.statuses(7102).is_empty());
+    github.status_outage(None);
+    for github_id in ids {
+        let statuses = github.wait_final(github_id, Duration::from_secs(30)).await;
+        let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
+        assert_eq!(
+            states,
+            ["queued", "in_progress", "success"],
+            "deployment {github_id}"
+        );
+    }
+}
+
+/// A token GitHub refuses pauses delivery instead of discarding: `/readyz` says degraded and
+/// why, the metric is 1 and the dashboard shows a banner. Restarted with the right token, every
+/// status queued meanwhile arrives, in order.
+#[tokio::test]
+async fn a_refused_token_pauses_delivery_with_an_alarm_and_the_fixed_token_delivers_everything() {
+    let github = FakeGithub::start().await;
+    github.add_file("acme/shop", SHA, "dropship.yml", HELLO);
+    github.require_token("ghp_the_right_token");
+    let data = tempfile::tempdir().unwrap();
+    let toml = config_toml(data.path(), &github.url, LOCAL);
+    assert!(toml.contains("ghp_test_token"));
+    let server = TestServer::start(Config::from_toml(&toml).unwrap(), Some(data)).await;
+    let id = deliver(&server, 7201).await["id"].as_i64().unwrap();
+    github.wait_refused(3, Duration::from_secs(30)).await;
+    eventually(
+        Duration::from_secs(10),
+        "/readyz to say degraded",
+        || async {
+            let body = server
+                .client
+                .get(server.url("/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            body.starts_with("degraded: status delivery is paused") && body.contains("credentials")
+        },
+    )
+    .await;
+    let metrics = server.api("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("dropship_github_status_delivery_paused 1"),
+        "{metrics}"
+    );
+    let cookie = server.login("admin", crate::support::API_TOKEN).await;
+    let page = server
+        .client
+        .get(server.url("/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("Status delivery to GitHub is paused"),
+        "{page}"
+    );
+    assert_eq!(server.deployment(id).await["state"], "success");
+    assert!(github.statuses(7201).is_empty());
+
+    let data = server.stop_keeping_data().await;
+    let toml = config_toml(data.path(), &github.url, LOCAL)
+        .replace("ghp_test_token", "ghp_the_right_token");
+    let server = TestServer::start(Config::from_toml(&toml).unwrap(), Some(data)).await;
+    let statuses = github.wait_final(7201, Duration::from_secs(30)).await;
+    let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
+    assert_eq!(states, ["queued", "in_progress", "success"]);
+    let ready = server
+        .client
+        .get(server.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(ready, "ready");
+}
+
+/// The resend action posts the deployment's current state again, behind what was posted, and
+/// is written to the audit log.
+#[tokio::test]
+async fn resend_posts_the_current_state_to_github_again() {
+    let (server, github) = start(HELLO, LOCAL).await;
+    let id = deliver(&server, 7301).await["id"].as_i64().unwrap();
+    github.wait_final(7301, Duration::from_secs(30)).await;
+    let response = server
+        .client
+        .post(server.url(&format!("/api/deployments/{id}/resend")))
+        .bearer_auth(crate::support::DEPLOYER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let answer: Value = response.json().await.unwrap();
+    assert!(
+        answer["message"].as_str().unwrap().contains("(success)"),
+        "{answer}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the status to be posted again",
+        || async { github.statuses(7301).len() == 4 },
+    )
+    .await;
+    let states: Vec<String> = github
+        .statuses(7301)
+        .iter()
+        .map(|s| s.state().to_string())
+        .collect();
+    assert_eq!(states, ["queued", "in_progress", "success", "success"]);
+    let viewer = server
+        .client
+        .post(server.url(&format!("/api/deployments/{id}/resend")))
+        .bearer_auth(crate::support::VIEWER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(viewer.status(), StatusCode::FORBIDDEN);
+    let audit = server.api("/api/audit").await.text().await.unwrap();
+    assert!(audit.contains("resend"), "{audit}");
+}

@@ -440,6 +440,30 @@ impl StatusOutbox for Sqlite {
         rows.iter().map(outbox_from_row).collect()
     }
 
+    async fn enqueue_status(
+        &self,
+        deployment_id: i64,
+        status: &super::StatusDraft,
+    ) -> anyhow::Result<()> {
+        let now = now_ms();
+        self.writer
+            .exec(
+                "INSERT INTO status_outbox (deployment_id, state, description, log_url, environment_url, next_attempt_at, created_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                vec![
+                    deployment_id.into(),
+                    status.state.as_str().into(),
+                    status.description.clone().into(),
+                    status.log_url.clone().into(),
+                    status.environment_url.clone().into(),
+                    now.into(),
+                    now.into(),
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn enqueue_check(&self, deployment_id: i64, check: &CheckDraft) -> anyhow::Result<()> {
         let now = now_ms();
         self.writer

@@ -125,6 +125,11 @@ struct Inner {
     refused_at: Vec<std::time::Instant>,
     accepted_at: Vec<std::time::Instant>,
     failed_posts: usize,
+    /// While set, every status post is answered this (an outage), after `refusals`.
+    outage: Option<(StatusCode, &'static str)>,
+    /// While set, a status post whose `Authorization` does not carry this token is answered
+    /// 401, as GitHub answers a revoked or mistyped token. (Only status posts check it.)
+    required_token: Option<String>,
     next_id: i64,
     /// Installation token requests: (installation id, Authorization header).
     token_requests: Vec<(i64, String)>,
@@ -356,6 +361,33 @@ impl FakeGithub {
             .unwrap()
             .refusals
             .push_back((status, retry_after, message));
+    }
+
+    /// From now on every status post is answered `status` (`None`: GitHub is back).
+    pub fn status_outage(&self, status: Option<(StatusCode, &'static str)>) {
+        self.inner.lock().unwrap().outage = status;
+    }
+
+    /// Status posts are refused 401 unless they carry `token`.
+    pub fn require_token(&self, token: &str) {
+        self.inner.lock().unwrap().required_token = Some(token.to_string());
+    }
+
+    /// Waits until at least `n` status posts have been refused.
+    pub async fn wait_refused(&self, n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            if self.failed_posts() >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!(
+                    "only {} status posts refused in {limit:?}, waiting for {n}",
+                    self.failed_posts()
+                );
+            }
+        }
     }
 
     /// When each accepted status post arrived.
@@ -607,7 +639,20 @@ async fn create_status(
     }
     let response = {
         let mut inner = fake.inner.lock().unwrap();
-        if let Some((status, retry_after, message)) = inner.refusals.pop_front() {
+        let bad_token = inner.required_token.as_ref().is_some_and(|token| {
+            let authorization = authorization(&headers);
+            authorization != format!("token {token}") && authorization != format!("Bearer {token}")
+        });
+        let refusal = inner
+            .refusals
+            .pop_front()
+            .or_else(|| bad_token.then_some((StatusCode::UNAUTHORIZED, None, "Bad credentials")))
+            .or_else(|| {
+                inner
+                    .outage
+                    .map(|(status, message)| (status, None, message))
+            });
+        if let Some((status, retry_after, message)) = refusal {
             inner.failed_posts += 1;
             inner.refused_at.push(std::time::Instant::now());
             drop(inner);

@@ -202,6 +202,12 @@ impl TestServer {
         }
     }
 
+    /// Stops the service and hands its data directory over, for a restart on the same store.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        self.stop().await;
+        self._data.take().expect("a data directory")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.address)
     }
