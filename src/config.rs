@@ -209,6 +209,14 @@ pub struct ServerSection {
     /// store only and are read, oldest first, as the scheduler catches up.
     #[serde(default = "default_queued_in_memory")]
     pub queued_in_memory: usize,
+    /// The longest a whole deployment may run unless its manifest's environment says
+    /// otherwise (`timeout`); past it, its running steps are killed and it ends `error`.
+    #[serde(default = "default_deployment_timeout", with = "humantime_serde")]
+    pub deployment_timeout: Duration,
+    /// On SIGTERM, how long running deployments may go on before their steps are killed and
+    /// they end `error` ("interrupted: shutdown"). Queued ones stay queued for the next start.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Dropship's secret key (32 random bytes, created at first start), from which log links'
     /// tokens are derived; default `<data_dir>/dropship.key`.
     pub key_file: Option<PathBuf>,
@@ -1123,6 +1131,12 @@ fn default_max_running_deployments() -> usize {
 fn default_queued_in_memory() -> usize {
     10_000
 }
+fn default_deployment_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(60)
+}
 fn default_header_read_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -1196,6 +1210,8 @@ impl Default for ServerSection {
             max_body_bytes: default_max_body_bytes(),
             max_running_deployments: default_max_running_deployments(),
             queued_in_memory: default_queued_in_memory(),
+            deployment_timeout: default_deployment_timeout(),
+            shutdown_grace: default_shutdown_grace(),
             key_file: None,
             header_read_timeout: default_header_read_timeout(),
             body_read_timeout: default_body_read_timeout(),

@@ -106,6 +106,13 @@ impl Keys {
         })
     }
 
+    /// A short name for this Dropship (10 hex digits, a MAC of nothing under its key): it tells
+    /// its jobs on a server from those of another Dropship deploying there too. Instances that
+    /// share one key and store share it, as they share deployment ids.
+    pub fn instance(&self) -> String {
+        self.mac("instance", b"")[..10].to_string()
+    }
+
     /// The capability token in deployment `id`'s `log_url`.
     pub fn log_token(&self, id: i64) -> String {
         self.mac(LOG_PURPOSE, id.to_string().as_bytes())

@@ -12,8 +12,8 @@ use crate::config::{Config, ProxyBackend};
 use crate::containers::Hosts;
 use crate::containers::follow::Followers;
 use crate::deploy::{
-    Actions, AutoDeployer, Cancels, Environments, Intake, IntakeParts, LogLinks, Reporter, Runner,
-    RunnerParts, Scheduler, Servers,
+    Actions, AutoDeployer, Environments, Intake, IntakeParts, LogLinks, Reporter, Runner,
+    RunnerParts, Scheduler, Servers, Stops,
 };
 use crate::exec::Fleet;
 use crate::github::{Backoff, Github, ManifestSource, Outbox, run_outbox};
@@ -92,7 +92,7 @@ impl Foundation {
             reporter,
             environments,
             routes,
-            cancels: Cancels::default(),
+            stops: Stops::default(),
             links: LogLinks::new(self.keys.clone(), config.public_url()),
         })
     }
@@ -110,7 +110,7 @@ impl Foundation {
             logs: shared.logs.clone(),
             reporter: shared.reporter.clone(),
             environments: shared.environments.clone(),
-            cancels: shared.cancels.clone(),
+            stops: shared.stops.clone(),
             keys: self.keys.clone(),
             redactors: self.redactors.clone(),
         })
@@ -133,6 +133,7 @@ impl Foundation {
             self.store.clone(),
             config.server.max_running_deployments,
             config.server.queued_in_memory,
+            config.server.shutdown_grace,
         );
         let auto = AutoDeployer::new(
             config.clone(),
@@ -153,7 +154,7 @@ impl Foundation {
         let actions = Actions::new(
             self.store.clone(),
             shared.reporter.clone(),
-            shared.cancels.clone(),
+            shared.stops.clone(),
             Some(github),
             self.keys.clone(),
         );
@@ -207,7 +208,7 @@ struct Shared {
     reporter: Reporter,
     environments: Environments,
     routes: Option<Arc<dyn crate::proxy::Routes>>,
-    cancels: Cancels,
+    stops: Stops,
     links: LogLinks,
 }
 
@@ -289,6 +290,16 @@ pub async fn run(
     // burst of webhooks is answered first; with the machine idle they get every core anyway.
     let background = Background(Some(background_runtime()?));
     let work = background.handle();
+    // What an earlier Dropship left running on the servers is killed now where they answer;
+    // the rest before the next step on each.
+    let runner = services.runner.clone();
+    work.spawn(async move {
+        match runner.kill_orphans(None).await {
+            Ok(0) => {}
+            Ok(killed) => tracing::warn!(killed, "killed processes interrupted deployments left running"),
+            Err(error) => tracing::warn!(%error, "could not reach a server to kill what an interrupted deployment left; its next step does"),
+        }
+    });
     if config.ssh.connect_at_start {
         let fleet = services.fleet.clone();
         work.spawn(async move {
@@ -304,6 +315,9 @@ pub async fn run(
             );
         });
     }
+    // The outbox stops after the scheduler, so the final statuses of deployments a shutdown
+    // ended are posted too.
+    let outbox_stop = CancellationToken::new();
     let outbox = work.spawn(run_outbox(
         Outbox {
             store: foundation.store.clone(),
@@ -317,7 +331,7 @@ pub async fn run(
             },
             alarm: services.state.delivery.clone(),
         },
-        shutdown.clone().cancelled_owned(),
+        outbox_stop.clone().cancelled_owned(),
     ));
     let scheduler = work.spawn(services.scheduler.run(shutdown.clone().cancelled_owned()));
     let followers = services.followers.clone();
@@ -344,6 +358,7 @@ pub async fn run(
     .context("serving HTTP")?;
     shutdown.cancel();
     let _ = scheduler.await;
+    outbox_stop.cancel();
     let _ = outbox.await;
     for proxy in proxies {
         let _ = proxy.await;

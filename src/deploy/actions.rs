@@ -2,38 +2,21 @@
 //! an environment, redeploy a version, roll back. Redeploys and rollbacks are created as GitHub
 //! deployments, so GitHub records them like any other and delivers them back.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::Reporter;
+use super::stops::{StopReason, Stops};
 use crate::github::{ApiError, GithubApi, GithubDeployment, NewGithubDeployment};
 use crate::keys::Keys;
 use crate::store::{Deployment, ListFilter, Lock, State, StatusState, Store, now_ms};
-
-/// Cancel requests for running deployments: the runner starts no further step once asked.
-#[derive(Debug, Clone, Default)]
-pub struct Cancels(Arc<Mutex<HashMap<i64, String>>>);
-
-impl Cancels {
-    fn request(&self, id: i64, by: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, by.to_string());
-    }
-
-    /// Who asked to cancel deployment `id`, if anyone did (the request is consumed).
-    pub fn take(&self, id: i64) -> Option<String> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id)
-    }
-}
 
 /// What a cancel request did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancelled {
     /// It had not started: it ended `error` at once.
     Queued,
-    /// It is running: the step under way finishes, and no further step starts.
+    /// It is running: the processes of its running steps are being killed, and no further
+    /// step starts.
     Requested,
     /// It had ended already.
     Ended(State),
@@ -171,8 +154,8 @@ pub enum Locking {
 pub struct Actions {
     store: Arc<dyn Store>,
     reporter: Reporter,
-    /// Cancel requests, which the runner takes before each step.
-    cancels: Cancels,
+    /// Stops running deployments (their running steps' processes are killed).
+    stops: Stops,
     /// Creates the GitHub deployments of redeploys and rollbacks; none for `dropship run`.
     github: Option<Arc<dyn GithubApi>>,
     /// Proves that Dropship made a deployment for a lock's holder.
@@ -216,14 +199,14 @@ impl Actions {
     pub fn new(
         store: Arc<dyn Store>,
         reporter: Reporter,
-        cancels: Cancels,
+        stops: Stops,
         github: Option<Arc<dyn GithubApi>>,
         keys: Arc<Keys>,
     ) -> Actions {
         Actions {
             store,
             reporter,
-            cancels,
+            stops,
             github,
             keys,
         }
@@ -245,15 +228,25 @@ impl Actions {
                     return Ok(Some(Cancelled::Queued));
                 }
                 // It started meanwhile.
-                self.cancels.request(id, by);
-                Ok(Some(Cancelled::Requested))
+                self.stop_running(id, by).await
             }
-            State::Running => {
-                self.cancels.request(id, by);
-                Ok(Some(Cancelled::Requested))
-            }
+            State::Running => self.stop_running(id, by).await,
             ended => Ok(Some(Cancelled::Ended(ended))),
         }
+    }
+
+    /// Stops running deployment `id`, or says how it ended if it is no longer running.
+    async fn stop_running(&self, id: i64, by: &str) -> anyhow::Result<Option<Cancelled>> {
+        if self.stops.stop(id, StopReason::Cancelled(by.to_string())) {
+            return Ok(Some(Cancelled::Requested));
+        }
+        let state = self.store.deployment(id).await?.map(|d| d.state);
+        Ok(Some(match state {
+            Some(state) if state.is_final() => Cancelled::Ended(state),
+            // Running in the store, but not here: left by a Dropship that stopped, and ended
+            // `error` when this one started.
+            _ => Cancelled::Ended(State::Error),
+        }))
     }
 
     /// Locks an environment (for `duration`, or until unlocked), unless it is locked already.

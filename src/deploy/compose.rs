@@ -145,7 +145,7 @@ impl Runner {
             self.config.containers.compose_root.trim_end_matches('/'),
             plan.project
         ));
-        let mut job = self.job(deployment, step, server);
+        let mut job = self.job(deployment, step, say);
         job.script = compose_script(
             self.config.containers.compose_root.trim_end_matches('/'),
             &plan.project,

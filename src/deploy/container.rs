@@ -39,6 +39,10 @@ pub(super) struct Say {
     pub(super) log: DeploymentLog,
     pub(super) server: String,
     pub(super) step: String,
+    /// The job group of this step on this server (`exec::job_group`).
+    pub(super) group: String,
+    /// Cancelled when the deployment is stopped.
+    pub(super) stop: tokio_util::sync::CancellationToken,
 }
 
 impl Say {

@@ -17,6 +17,7 @@ mod environments;
 mod intake;
 mod reporter;
 mod scheduler;
+mod stops;
 mod survey;
 
 use std::sync::Arc;
@@ -24,12 +25,13 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 
-pub use actions::{ActionError, Actions, Cancelled, Cancels, Locking};
+pub use actions::{ActionError, Actions, Cancelled, Locking};
 pub use auto::{AutoDeployed, AutoDeployer, NotConsidered};
 pub use environments::Environments;
 pub use intake::{Accepted, Intake, IntakeParts};
 pub use reporter::Reporter;
 pub use scheduler::{Queue, Scheduler};
+pub use stops::{StopReason, Stops};
 pub use survey::{RunningApp, ServerReport, Servers, survey};
 
 use crate::config::Config;
@@ -45,6 +47,7 @@ use crate::store::{
 };
 pub use container::Retiring;
 use container::{Say, StepShared};
+use stops::Running;
 
 /// Runs deployments: plans each from its manifest, runs the plan on the servers (shell steps,
 /// container rollouts, compose stacks, in rolling batches) and records every outcome through
@@ -67,8 +70,8 @@ pub struct Runner {
     reporter: Reporter,
     /// Retires earlier deployments of an environment when a new one succeeds.
     environments: Environments,
-    /// Cancel requests for running deployments.
-    cancels: Cancels,
+    /// The stop tokens of running deployments (cancel, timeout, shutdown).
+    stops: Stops,
     /// Dropship's secret key: proves who asked for a redeploy under a lock.
     keys: Arc<crate::keys::Keys>,
     /// Each repository's secret masking, built once at start.
@@ -88,7 +91,7 @@ pub struct RunnerParts {
     pub logs: Logs,
     pub reporter: Reporter,
     pub environments: Environments,
-    pub cancels: Cancels,
+    pub stops: Stops,
     pub keys: Arc<crate::keys::Keys>,
     pub redactors: crate::logs::Redactors,
 }
@@ -106,7 +109,7 @@ impl Runner {
             logs,
             reporter,
             environments,
-            cancels,
+            stops,
             keys,
             redactors,
         } = parts;
@@ -122,7 +125,7 @@ impl Runner {
             logs,
             reporter,
             environments,
-            cancels,
+            stops,
             keys,
             redactors,
         }
@@ -243,6 +246,9 @@ pub(super) enum StepOutcome {
     Failed(String),
     /// The server, or its container engine, could not be reached: the deployment ends `error`.
     Unreachable(ExecError),
+    /// The deployment was stopped (cancel, its timeout, shutdown) and the step's processes
+    /// were killed.
+    Stopped,
 }
 
 impl StepOutcome {
@@ -255,6 +261,7 @@ impl StepOutcome {
             StepOutcome::TimedOut => "timed out".into(),
             StepOutcome::Failed(why) => why.clone(),
             StepOutcome::Unreachable(error) => error.to_string(),
+            StepOutcome::Stopped => "stopped: its processes were killed".into(),
         }
     }
 
@@ -267,7 +274,9 @@ impl StepOutcome {
             }
             StepOutcome::TimedOut => (StepState::TimedOut, None, Some(self.reason())),
             StepOutcome::Failed(_) => (StepState::Failure, None, Some(self.reason())),
-            StepOutcome::Unreachable(_) => (StepState::Error, None, Some(self.reason())),
+            StepOutcome::Unreachable(_) | StepOutcome::Stopped => {
+                (StepState::Error, None, Some(self.reason()))
+            }
         }
     }
 
@@ -288,6 +297,7 @@ impl From<Exit> for StepOutcome {
             Exit::Code(code) => StepOutcome::Exited(Some(code)),
             Exit::Signal => StepOutcome::Exited(None),
             Exit::TimedOut => StepOutcome::TimedOut,
+            Exit::Stopped => StepOutcome::Stopped,
         }
     }
 }
@@ -360,7 +370,25 @@ impl Runner {
             .await?;
         log.note(note);
         log.flush().await;
-        for mut step in self.store.steps(deployment.id).await? {
+        let steps = self.store.steps(deployment.id).await?;
+        let instance = self.keys.instance();
+        // Their jobs may still run on the servers, with nobody waiting for them: they are
+        // killed at the next contact with each server (`kill_orphans`).
+        let orphans: Vec<(String, String)> = steps
+            .iter()
+            .filter(|step| step.state == StepState::Running)
+            .map(|step| {
+                let group = crate::exec::job_group(
+                    &instance,
+                    deployment.id,
+                    step.step_index as usize,
+                    &step.server,
+                );
+                (step.server.clone(), group)
+            })
+            .collect();
+        self.store.add_orphan_jobs(&orphans).await?;
+        for mut step in steps {
             if matches!(step.state, StepState::Running | StepState::Pending) {
                 step.state = StepState::Error;
                 step.message = Some(why.into());
@@ -372,6 +400,11 @@ impl Runner {
             .transition(deployment, State::Error, why, None)
             .await?;
         Ok(())
+    }
+
+    /// Stops every running deployment for `reason`: their running steps' processes are killed.
+    pub fn stop_all(&self, reason: StopReason) {
+        self.stops.stop_all(reason);
     }
 
     /// Ends `older`, still queued, `error`: `newest` of its environment runs instead.
@@ -454,6 +487,8 @@ impl Runner {
             .open(deployment.id, self.redactor(&deployment))
             .await?;
         let short_sha = deployment.sha.short().to_string();
+        // Registered before it is `running`, so a cancel that sees it running can stop it.
+        let running = self.stops.register(deployment.id);
         let started = self
             .reporter
             .transition(
@@ -516,13 +551,11 @@ impl Runner {
             }
             Ok(plan) => {
                 let url = plan.environment_url.clone();
-                let outcome = self.execute(&deployment, &plan, &log).await?;
-                if let Some(by) = self.cancels.take(deployment.id) {
-                    // Asked while the last step ran: nothing was left to stop.
-                    log.note(format!(
-                        "{by} asked to cancel during the last step; there was nothing left to stop"
-                    ));
-                }
+                let limit = plan
+                    .timeout
+                    .unwrap_or(self.config.server.deployment_timeout);
+                let _timer = running.stop_after(limit, StopReason::TimedOut(limit));
+                let outcome = self.execute(&deployment, &running, &plan, &log).await?;
                 if plan.preview && outcome.state == State::Success {
                     // A closed pull request finds it by its branch.
                     self.store
@@ -631,6 +664,7 @@ impl Runner {
     async fn execute(
         &self,
         deployment: &Deployment,
+        running: &Running,
         plan: &Plan,
         log: &DeploymentLog,
     ) -> anyhow::Result<Outcome> {
@@ -638,8 +672,8 @@ impl Runner {
         let mut soft_failures = Vec::new();
         for (index, step) in plan.steps.iter().enumerate() {
             if stopped.is_none() {
-                if let Some(by) = self.cancels.take(deployment.id) {
-                    let description = format!("cancelled by {by} before step {}", step.name);
+                if let Some(reason) = running.reason() {
+                    let description = format!("{reason} before step {}", step.name);
                     log.note(&description);
                     stopped = Some(Outcome::error(description));
                 }
@@ -665,9 +699,13 @@ impl Runner {
                 failed,
                 unreachable,
             } = self
-                .run_batches(deployment, index, step, &plan.strategy, log)
+                .run_batches(deployment, running, index, step, &plan.strategy, log)
                 .await?;
-            if let Some(error) = unreachable {
+            if let Some(reason) = running.reason() {
+                let description = format!("{reason} during step {}", step.name);
+                log.note(&description);
+                stopped = Some(Outcome::error(description));
+            } else if let Some(error) = unreachable {
                 stopped = Some(Outcome::error(format!("step {}: {error}", step.name)));
             } else if let Some((server, why)) = failed.first() {
                 let more = if failed.len() > 1 {
@@ -717,6 +755,7 @@ impl Runner {
     async fn run_batches(
         &self,
         deployment: &Deployment,
+        running: &Running,
         index: usize,
         step: &PlannedStep,
         strategy: &Strategy,
@@ -741,12 +780,28 @@ impl Runner {
                         "pausing {} before the next batch",
                         humantime::format_duration(*pause)
                     ));
-                    tokio::time::sleep(*pause).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(*pause) => {}
+                        () = running.token().cancelled() => {}
+                    }
                 }
             }
-            let runs = servers
-                .iter()
-                .map(|server| self.run_step_on(deployment, index, step, server, &shared, log));
+            if batch_index > 0 && running.reason().is_some() {
+                for later in batches.iter().skip(batch_index) {
+                    self.skip(
+                        deployment,
+                        index,
+                        step,
+                        later,
+                        "skipped: the deployment was stopped",
+                    )
+                    .await?;
+                }
+                break;
+            }
+            let runs = servers.iter().map(|server| {
+                self.run_step_on(deployment, running, index, step, server, &shared, log)
+            });
             let results = futures::future::join_all(runs).await;
             for (server, result) in servers.iter().zip(results) {
                 match result? {
@@ -776,9 +831,11 @@ impl Runner {
         Ok(tally)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_step_on(
         &self,
         deployment: &Deployment,
+        running: &Running,
         index: usize,
         step: &PlannedStep,
         server: &str,
@@ -800,10 +857,12 @@ impl Runner {
                 log: log.clone(),
                 server: server.to_string(),
                 step: step.name.clone(),
+                group: crate::exec::job_group(&self.keys.instance(), deployment.id, index, server),
+                stop: running.token().clone(),
             };
             let outcome = match &step.action {
                 Action::Shell => self
-                    .run_script(server, &self.job(deployment, step, server), &say)
+                    .run_script(server, &self.job(deployment, step, &say), &say)
                     .await
                     .map_or_else(StepOutcome::from, StepOutcome::from),
                 Action::Container(plan) => {
@@ -842,11 +901,76 @@ impl Runner {
         .await
     }
 
-    /// Runs a script on `server`, its output going to the step's log.
+    /// Kills the job groups a Dropship that stopped without ending them left on `server` (all
+    /// servers with `None`), and forgets each one killed. `Err` names the first server that
+    /// could not be reached; its groups are tried again at the next contact.
+    pub async fn kill_orphans(&self, server: Option<&str>) -> Result<usize, ExecError> {
+        let orphans = self
+            .store
+            .orphan_jobs(server)
+            .await
+            .map_err(|e| ExecError::Io {
+                server: server.unwrap_or("any").to_string(),
+                detail: format!("reading the jobs left running: {e:#}"),
+            })?;
+        let mut killed = 0;
+        let mut unreachable = None;
+        for (server, group) in orphans {
+            let Some(executor) = self.fleet.get(&server) else {
+                // No longer configured: nothing to reach it with.
+                let _ = self.store.orphan_killed(&server, &group).await;
+                continue;
+            };
+            match executor.kill(&group).await {
+                Ok(found) => {
+                    tracing::warn!(%server, %group, processes = found, "killed a job left running by an earlier Dropship");
+                    killed += found as usize;
+                    if let Err(error) = self.store.orphan_killed(&server, &group).await {
+                        tracing::error!(error = format!("{error:#}"), "forgetting a killed job");
+                    }
+                }
+                Err(error) => {
+                    unreachable.get_or_insert(error);
+                }
+            }
+        }
+        match unreachable {
+            Some(error) => Err(error),
+            None => Ok(killed),
+        }
+    }
+
+    /// Runs a script on `server`, its output going to the step's log. What an earlier Dropship
+    /// left running there is killed first.
     async fn run_script(&self, server: &str, job: &Job, say: &Say) -> Result<Exit, ExecError> {
+        match self.kill_orphans(Some(server)).await {
+            Ok(0) => {}
+            Ok(n) => say.note(format!(
+                "killed {n} process{} an interrupted deployment left running here",
+                if n == 1 { "" } else { "es" }
+            )),
+            Err(error) => return Err(error),
+        }
         let (sender, forward) = say.progress();
         let result = match self.fleet.get(server) {
-            Some(executor) => executor.run(job, sender).await,
+            Some(executor) => {
+                let result = executor.run(job, sender).await;
+                if result == Ok(Exit::TimedOut) {
+                    // `timeout` ended the script's own process group; what escaped it (a
+                    // `setsid` or daemonized child) still carries the job's mark.
+                    match executor.kill(&job.group).await {
+                        Ok(0) => {}
+                        Ok(n) => say.note(format!(
+                            "killed {n} process{} the timed-out step left behind",
+                            if n == 1 { "" } else { "es" }
+                        )),
+                        Err(error) => say.note(format!(
+                            "could not kill what the timed-out step left behind: {error}"
+                        )),
+                    }
+                }
+                result
+            }
             None => Err(ExecError::Io {
                 server: server.to_string(),
                 detail: "no such server in the operator config".into(),
@@ -856,9 +980,9 @@ impl Runner {
         result
     }
 
-    fn job(&self, deployment: &Deployment, step: &PlannedStep, server: &str) -> Job {
+    fn job(&self, deployment: &Deployment, step: &PlannedStep, say: &Say) -> Job {
         let mut env = context(deployment).environment_variables();
-        env.push(("DROPSHIP_SERVER".into(), server.to_string()));
+        env.push(("DROPSHIP_SERVER".into(), say.server.clone()));
         env.push(("DROPSHIP_STEP".into(), step.name.clone()));
         env.extend(step.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let secrets = self.config.repo_secrets(&deployment.repo, &step.secrets);
@@ -868,6 +992,8 @@ impl Runner {
             secrets,
             working_dir: step.working_dir.clone(),
             timeout: step.timeout,
+            group: say.group.clone(),
+            stop: say.stop.child_token(),
         }
     }
 

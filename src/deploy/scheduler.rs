@@ -14,11 +14,12 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use super::Runner;
+use super::{Runner, StopReason};
 use crate::store::{Deployment, State, Store};
 
 /// A repository and environment.
@@ -57,6 +58,8 @@ pub struct Scheduler {
     runner: Runner,
     /// Where queued deployments wait.
     store: Arc<dyn Store>,
+    /// How long running deployments may go on after shutdown begins (`shutdown_grace`).
+    grace: Duration,
     receiver: mpsc::Receiver<Key>,
     overflow: Arc<AtomicBool>,
     max_running: usize,
@@ -107,6 +110,7 @@ impl Scheduler {
         store: Arc<dyn Store>,
         max_running: usize,
         max_waiting: usize,
+        grace: Duration,
     ) -> (Scheduler, Queue) {
         let max_waiting = max_waiting.max(1);
         let (sender, receiver) = mpsc::channel(max_waiting);
@@ -114,6 +118,7 @@ impl Scheduler {
         let scheduler = Scheduler {
             runner,
             store,
+            grace,
             receiver,
             overflow: overflow.clone(),
             max_running: max_running.max(1),
@@ -139,7 +144,7 @@ impl Scheduler {
             let read_failed = refill_failed || dispatch_failed;
             tokio::select! {
                 _ = &mut shutdown => {
-                    running.abort_all();
+                    self.wind_down(running).await;
                     return;
                 }
                 Some(key) = self.receiver.recv() => {
@@ -153,12 +158,50 @@ impl Scheduler {
                 Some(finished) = running.join_next(), if !running.is_empty() => {
                     match finished {
                         Ok(key) => { busy.remove(&key); }
-                        // A panicked task's environment stays busy: better stuck than run twice.
+                        // `run_to_end` ends a run that panics; a task that panicked anyway
+                        // leaves its environment busy: better stuck than run twice.
                         Err(error) if error.is_panic() => tracing::error!("a deployment task panicked"),
                         Err(_) => {}
                     }
                 }
             }
+        }
+    }
+
+    /// On shutdown: nothing new starts (queued deployments stay queued for the next start);
+    /// running ones may finish within the grace; then they are stopped (their steps'
+    /// processes killed) and end `error` ("interrupted: shutdown"), each within the kill
+    /// deadline.
+    async fn wind_down(&self, mut running: JoinSet<Key>) {
+        if running.is_empty() {
+            return;
+        }
+        tracing::info!(
+            running = running.len(),
+            grace = %humantime::format_duration(self.grace),
+            "shutting down: letting running deployments finish"
+        );
+        let finish = async { while running.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.grace, finish).await.is_ok() {
+            return;
+        }
+        tracing::warn!(
+            running = running.len(),
+            "shutdown grace over: stopping the deployments still running"
+        );
+        self.runner.stop_all(StopReason::Shutdown);
+        let stopped = async { while running.join_next().await.is_some() {} };
+        // Killing takes at most the kill deadline per step; past that, they are dropped, and
+        // the next start ends them `error` and kills what they left.
+        if tokio::time::timeout(crate::exec::KILL_DEADLINE + RETRY, stopped)
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                running = running.len(),
+                "deployments did not stop in time; abandoning them"
+            );
+            running.abort_all();
         }
     }
 
@@ -346,7 +389,13 @@ mod tests {
             .await
             .unwrap();
         let mut events = local.bus.subscribe();
-        let (scheduler, queue) = Scheduler::new(local.runner.clone(), local.store.clone(), 1, 10);
+        let (scheduler, queue) = Scheduler::new(
+            local.runner.clone(),
+            local.store.clone(),
+            1,
+            10,
+            Duration::from_secs(1),
+        );
         let stop = tokio_util::sync::CancellationToken::new();
         let scheduler = tokio::spawn(scheduler.run(stop.clone().cancelled_owned()));
         let mut ids = Vec::new();

@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use super::{ExecError, Executor, Exit, Job, Output, Stream, deadline, exit_from, pump, render};
+use super::{
+    ExecError, Executor, Exit, Job, KILL_DEADLINE, Output, Stream, deadline, exit_from,
+    kill_script, killed_count, pump, render,
+};
 
 #[derive(Debug)]
 pub struct Local {
@@ -59,16 +62,41 @@ impl Executor for Local {
             Stream::Stderr,
             output,
         ));
-        let status = match tokio::time::timeout(deadline(job), child.wait()).await {
-            Ok(status) => status.map_err(|e| self.io_error("waiting for the command", e))?,
-            Err(_) => {
+        let ended = tokio::select! {
+            ended = tokio::time::timeout(deadline(job), child.wait()) => ended.ok(),
+            () = job.stop.cancelled() => None,
+        };
+        let status = match ended {
+            Some(status) => status.map_err(|e| self.io_error("waiting for the command", e))?,
+            None => {
+                if let Err(error) = self.kill(&job.group).await {
+                    tracing::warn!(%error, group = %job.group, "killing a stopped job");
+                }
                 let _ = child.kill().await;
-                return Ok(Exit::TimedOut);
+                return Ok(if job.stop.is_cancelled() {
+                    Exit::Stopped
+                } else {
+                    Exit::TimedOut
+                });
             }
         };
         let _ = stdout.await;
         let _ = stderr.await;
         Ok(exit_from(status, started.elapsed(), job))
+    }
+
+    async fn kill(&self, group: &str) -> Result<u32, ExecError> {
+        let run = Command::new("sh")
+            .arg("-c")
+            .arg(kill_script(group))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = tokio::time::timeout(KILL_DEADLINE, run)
+            .await
+            .map_err(|_| self.io_error("killing a job", std::io::ErrorKind::TimedOut.into()))?
+            .map_err(|e| self.io_error("killing a job", e))?;
+        Ok(killed_count(&String::from_utf8_lossy(&output.stdout)))
     }
 
     async fn check(&self) -> Result<String, ExecError> {

@@ -2,7 +2,11 @@
 //!
 //! Both feed the script through the command's standard input, never its arguments, so that
 //! secrets exported by the script do not show in the server's process list. The script runs
-//! under `sh -e` inside `timeout`, so a step that outlives its timeout is killed on the server.
+//! under `sh -e` inside `timeout`, in a process group of its own (`setsid`), and every process
+//! it starts carries `DROPSHIP_JOB=<group>` in its environment. When a job is stopped (cancel,
+//! a timeout, shutdown), or outlives its deadline, or was left behind by a Dropship that
+//! crashed, [`Executor::kill`] finds its processes by that mark over a separate channel and
+//! kills their process groups: TERM, then KILL after [`KILL_GRACE`].
 
 mod local;
 mod ssh;
@@ -23,8 +27,11 @@ pub use ssh::{Forward, Lease, Remote, Ssh};
 
 use crate::config::Config;
 
-/// Grace given to `timeout` to kill the command before Dropship drops the connection itself.
-const KILL_GRACE: Duration = Duration::from_secs(10);
+/// Grace given to a job's processes between TERM and KILL (by `timeout`, and by
+/// [`Executor::kill`]).
+pub const KILL_GRACE: Duration = Duration::from_secs(10);
+/// The longest [`Executor::kill`] may take, its grace included.
+pub const KILL_DEADLINE: Duration = Duration::from_secs(30);
 /// A longer line is cut (and says so), to keep one runaway line from filling memory.
 const MAX_LINE_BYTES: usize = 64 * 1024;
 /// What each line counts against the log caps beyond its text: what is stored with it (its
@@ -43,6 +50,33 @@ pub struct Job {
     pub secrets: Vec<(String, SecretString)>,
     pub working_dir: Option<String>,
     pub timeout: Duration,
+    /// What its processes are known by on the server ([`job_group`]).
+    pub group: String,
+    /// Cancelled when the job must stop before it ends: its processes are then killed and it
+    /// ends [`Exit::Stopped`].
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+/// The group name of one step's job on one server of one deployment of Dropship `instance`
+/// (`Keys::instance`): the mark its processes carry (`DROPSHIP_JOB`). Only letters, digits,
+/// `-`, `_` and `.`, so it is the same word in any shell; the same inputs always give the same
+/// name, so a Dropship that restarts knows the groups of the steps it was running.
+pub fn job_group(instance: &str, deployment_id: i64, step_index: usize, server: &str) -> String {
+    let server: String = server
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let instance: String = instance
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    format!("{instance}-d{deployment_id}-s{step_index}-{server}")
 }
 
 impl fmt::Debug for Job {
@@ -60,7 +94,8 @@ impl fmt::Debug for Job {
             )
             .field("working_dir", &self.working_dir)
             .field("timeout", &self.timeout)
-            .finish()
+            .field("group", &self.group)
+            .finish_non_exhaustive()
     }
 }
 
@@ -89,6 +124,8 @@ pub enum Exit {
     /// Killed by a signal (no exit code).
     Signal,
     TimedOut,
+    /// Stopped through its job's `stop` token; its processes were killed.
+    Stopped,
 }
 
 /// Dropship could not run the command at all.
@@ -231,8 +268,13 @@ fn human_bytes(bytes: u64) -> String {
 /// Runs commands on one server.
 #[async_trait]
 pub trait Executor: Send + Sync + fmt::Debug {
-    /// Runs `job`, sending its output line by line, until it exits or times out.
+    /// Runs `job`, sending its output line by line, until it exits, times out or is stopped
+    /// (its processes then killed).
     async fn run(&self, job: &Job, output: Output) -> Result<Exit, ExecError>;
+    /// Kills every process of job group `group` on the server, over a channel of its own:
+    /// TERM to their process groups, then KILL to what is left after [`KILL_GRACE`]. Returns
+    /// how many processes carried the mark.
+    async fn kill(&self, group: &str) -> Result<u32, ExecError>;
     /// Connects (if needed) and describes the server (`Linux 6.1.0`).
     async fn check(&self) -> Result<String, ExecError>;
     /// A human description of how the host key is checked.
@@ -325,12 +367,45 @@ pub(crate) fn render(job: &Job) -> (String, String) {
     stdin.push('\n');
     let seconds = job.timeout.as_secs().max(1);
     let kill_after = KILL_GRACE.as_secs();
+    // `setsid -w`: a process group (and session) of its own, waited for, so the exit code is
+    // the script's. Without `setsid` or `timeout` on the server, the mark alone still lets
+    // `kill` find the processes.
     let command = format!(
-        "DROPSHIP_SCRIPT=$(cat) && export DROPSHIP_SCRIPT && \
-         if command -v timeout >/dev/null 2>&1; then exec timeout -k {kill_after} {seconds} sh -ec 'eval \"$DROPSHIP_SCRIPT\"' </dev/null; \
-         else exec sh -ec 'eval \"$DROPSHIP_SCRIPT\"' </dev/null; fi"
+        "DROPSHIP_SCRIPT=$(cat) && export DROPSHIP_SCRIPT && DROPSHIP_JOB={group} && export DROPSHIP_JOB && \
+         if command -v timeout >/dev/null 2>&1; then set -- timeout -k {kill_after} {seconds}; else set --; fi && \
+         if command -v setsid >/dev/null 2>&1; then set -- setsid -w \"$@\"; fi && \
+         exec \"$@\" sh -ec 'eval \"$DROPSHIP_SCRIPT\"' </dev/null",
+        group = shell_quote(&job.group),
     );
     (command, stdin)
+}
+
+/// The script that kills job group `group` (see [`Executor::kill`]): it prints how many
+/// processes carried the mark. Linux `/proc`; every value quoted.
+pub(crate) fn kill_script(group: &str) -> String {
+    let mark = shell_quote(&format!("DROPSHIP_JOB={group}"));
+    let grace_steps = KILL_GRACE.as_millis() / 250;
+    format!(
+        "mark={mark}; self=$$\n\
+         marked() {{ for p in /proc/[0-9]*; do pid=${{p#/proc/}}; [ \"$pid\" = \"$self\" ] && continue; \
+         tr '\\000' '\\n' < \"$p/environ\" 2>/dev/null | grep -qxF -- \"$mark\" && echo \"$pid\"; done; }}\n\
+         pids=$(marked); count=$(echo \"$pids\" | grep -c .)\n\
+         signal() {{ for pid in $(marked); do pg=$(sed 's/.*) //' \"/proc/$pid/stat\" 2>/dev/null | cut -d' ' -f3); \
+         [ -n \"$pg\" ] && [ \"$pg\" -gt 1 ] && kill -\"$1\" -- -\"$pg\" 2>/dev/null; kill -\"$1\" \"$pid\" 2>/dev/null; done; }}\n\
+         [ \"$count\" -gt 0 ] && signal TERM\n\
+         i=0; while [ \"$i\" -lt {grace_steps} ] && [ -n \"$(marked)\" ]; do sleep 0.25; i=$((i+1)); done\n\
+         [ -n \"$(marked)\" ] && signal KILL\n\
+         echo \"$count\"\n"
+    )
+}
+
+/// How many processes [`kill_script`] said it found, from its output.
+pub(crate) fn killed_count(output: &str) -> u32 {
+    output
+        .lines()
+        .last()
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// How long Dropship waits for a job before it gives up on the server's `timeout`.
@@ -394,6 +469,78 @@ pub fn shell_quote(value: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The processes on this machine that carry job group `group`'s mark.
+    fn marked(group: &str) -> usize {
+        let mark = format!("DROPSHIP_JOB={group}");
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|entry| {
+                std::fs::read(entry.path().join("environ")).is_ok_and(|environ| {
+                    environ
+                        .split(|b| *b == 0)
+                        .any(|variable| variable == mark.as_bytes())
+                })
+            })
+            .count()
+    }
+
+    /// A stopped job ends at once, and every process it started is killed: those in its
+    /// process group, and one that left it with `setsid`.
+    #[tokio::test]
+    async fn a_stopped_job_has_every_process_killed_even_one_that_left_its_group() {
+        let group = format!("unit-stop-{}", std::process::id());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let job = Job {
+            script: "setsid sleep 300 &\nsleep 300 &\necho started\nwait".into(),
+            env: Vec::new(),
+            secrets: Vec::new(),
+            working_dir: None,
+            timeout: Duration::from_secs(600),
+            group: group.clone(),
+            stop: stop.clone(),
+        };
+        let (sender, mut lines) = Output::channel(OUTPUT_QUEUE_LINES);
+        let run = tokio::spawn(async move { Local::new("local").run(&job, sender).await });
+        while let Some((_, line)) = lines.recv().await {
+            if line == "started" {
+                break;
+            }
+        }
+        assert!(marked(&group) >= 3, "the script and its two sleeps run");
+        stop.cancel();
+        let exit = tokio::time::timeout(Duration::from_secs(20), run)
+            .await
+            .expect("a stopped job ends within the kill grace")
+            .unwrap()
+            .unwrap();
+        assert_eq!(exit, Exit::Stopped);
+        assert_eq!(marked(&group), 0, "processes of the job left running");
+    }
+
+    /// `kill` finds a job's processes by its mark alone: what a Dropship that crashed left.
+    #[tokio::test]
+    async fn kill_finds_a_jobs_processes_by_its_mark() {
+        let group = format!("unit-orphan-{}", std::process::id());
+        let mut orphan = std::process::Command::new("setsid")
+            .args(["sleep", "300"])
+            .env("DROPSHIP_JOB", &group)
+            .spawn()
+            .unwrap();
+        assert_eq!(marked(&group), 1);
+        let killed = Local::new("local").kill(&group).await.unwrap();
+        assert_eq!(killed, 1);
+        orphan.wait().unwrap();
+        assert_eq!(marked(&group), 0);
+        assert_eq!(Local::new("local").kill(&group).await.unwrap(), 0);
+    }
+
+    #[test]
+    fn job_groups_are_one_shell_word() {
+        assert_eq!(job_group("ab12", 12, 3, "web-1.eu"), "ab12-d12-s3-web-1.eu");
+        assert_eq!(job_group("a'b", 1, 0, "a b$(x)'"), "ab-d1-s0-a_b__x__");
+    }
+
     #[tokio::test]
     async fn local_job_streams_lines_and_exit_code_and_hides_secrets_from_argv() {
         let local = Local::new("local");
@@ -403,6 +550,8 @@ mod tests {
             secrets: vec![("TOKEN".into(), SecretString::from("s3cr3t"))],
             working_dir: Some("/".into()),
             timeout: Duration::from_secs(30),
+            group: "dropship-unit-test".into(),
+            stop: Default::default(),
         };
         let (command, _) = render(&job);
         assert!(!command.contains("s3cr3t"));
@@ -429,6 +578,8 @@ mod tests {
             secrets: vec![],
             working_dir: None,
             timeout: Duration::from_secs(30),
+            group: "dropship-unit-test".into(),
+            stop: Default::default(),
         };
         let (sender, mut lines) = Output::channel(OUTPUT_QUEUE_LINES);
         assert_eq!(
@@ -450,6 +601,8 @@ mod tests {
             secrets: vec![],
             working_dir: None,
             timeout: Duration::from_secs(60),
+            group: "dropship-unit-test".into(),
+            stop: Default::default(),
         };
         let (sender, mut lines) = Output::capped(OUTPUT_QUEUE_LINES, step, deployment);
         let reader = tokio::spawn(async move {
@@ -512,6 +665,8 @@ mod tests {
             secrets: vec![],
             working_dir: None,
             timeout: Duration::from_secs(60),
+            group: "dropship-unit-test".into(),
+            stop: Default::default(),
         };
         let (sender, lines) = Output::channel(OUTPUT_QUEUE_LINES);
         drop(lines);
@@ -537,6 +692,8 @@ mod tests {
             secrets: vec![],
             working_dir: None,
             timeout: Duration::from_secs(1),
+            group: "dropship-unit-test".into(),
+            stop: Default::default(),
         };
         let (sender, _lines) = Output::channel(OUTPUT_QUEUE_LINES);
         assert_eq!(

@@ -18,7 +18,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use super::shell_quote;
-use super::{ExecError, Executor, Exit, Job, Output, Stream, deadline, exit_from, pump, render};
+use super::{
+    ExecError, Executor, Exit, Job, KILL_DEADLINE, Output, Stream, deadline, exit_from,
+    kill_script, killed_count, pump, render,
+};
 use crate::config::{HostKey, ServerEntry, SshSection};
 
 pub struct Ssh {
@@ -223,10 +226,24 @@ impl Ssh {
             Stream::Stderr,
             output.clone(),
         ));
-        let status = match tokio::time::timeout(deadline(job), child.wait()).await {
-            Ok(status) => status.map_err(|e| io("waiting for the command", &e))?,
-            // The server's `timeout` did not end it: drop the channel and call it timed out.
-            Err(_) => return Ok(Exit::TimedOut),
+        let ended = tokio::select! {
+            ended = tokio::time::timeout(deadline(job), child.wait()) => ended.ok(),
+            () = job.stop.cancelled() => None,
+        };
+        let status = match ended {
+            Some(status) => status.map_err(|e| io("waiting for the command", &e))?,
+            // Stopped, or the server's `timeout` did not end it: kill the job's processes over
+            // a channel of their own, then let this one go.
+            None => {
+                if let Err(error) = self.kill(&job.group).await {
+                    tracing::warn!(%error, group = %job.group, "killing a stopped job");
+                }
+                return Ok(if job.stop.is_cancelled() {
+                    Exit::Stopped
+                } else {
+                    Exit::TimedOut
+                });
+            }
         };
         let _ = stdout.await;
         let _ = stderr.await;
@@ -408,6 +425,31 @@ impl Executor for Ssh {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let _guard = InFlight(&self.in_flight);
         self.run_once(job, &output).await
+    }
+
+    async fn kill(&self, group: &str) -> Result<u32, ExecError> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let _guard = InFlight(&self.in_flight);
+        let kill = async {
+            let session = self.session().await?;
+            let output = Session::to_raw_command(
+                session,
+                format!("sh -c {}", shell_quote(&kill_script(group))),
+            )
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| self.connect_error(&e))?;
+            Ok(killed_count(&String::from_utf8_lossy(&output.stdout)))
+        };
+        tokio::time::timeout(KILL_DEADLINE, kill)
+            .await
+            .unwrap_or_else(|_| {
+                Err(ExecError::Io {
+                    server: self.name.clone(),
+                    detail: format!("killing job {group} took over {KILL_DEADLINE:?}"),
+                })
+            })
     }
 
     async fn check(&self) -> Result<String, ExecError> {

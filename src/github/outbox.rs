@@ -111,6 +111,8 @@ fn credentials_refused(error: &ApiError) -> bool {
 }
 /// The longest the worker sleeps without looking at the store.
 const IDLE_POLL: Duration = Duration::from_secs(30);
+/// How long the outbox goes on posting what is due once shutdown begins.
+const DRAIN: Duration = Duration::from_secs(10);
 /// Statuses attempted per round; a full round is followed by another at once.
 const ROUND: i64 = 64;
 
@@ -154,7 +156,8 @@ pub struct Outbox {
     pub alarm: DeliveryAlarm,
 }
 
-/// Runs until `shutdown` resolves.
+/// Runs until `shutdown` resolves, then posts what is due for at most [`DRAIN`] more, while
+/// GitHub takes it.
 pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Output = ()>) {
     let Outbox {
         store,
@@ -169,6 +172,9 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
     // Rounds in a row in which GitHub could not be reached at all: while it is down, the whole
     // outbox backs off instead of trying every pending status.
     let mut unreachable_rounds: u32 = 0;
+    // Once shutdown begins: until when what is due may still be posted (the final statuses of
+    // deployments the shutdown ended), round after round while rounds deliver.
+    let mut draining: Option<tokio::time::Instant> = None;
     loop {
         // Register interest before reading the store, so a status enqueued meanwhile wakes us.
         let notified = wake.notified();
@@ -185,6 +191,13 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
                     .buffer_unordered(16)
                     .collect()
                     .await;
+                if let Some(until) = draining {
+                    let delivered = attempts.iter().any(|a| matches!(a, Attempt::Delivered));
+                    if !delivered || tokio::time::Instant::now() >= until {
+                        return;
+                    }
+                    continue;
+                }
                 let refused = attempts.iter().find_map(|a| match a {
                     Attempt::CredentialsRefused(message) => Some(message.clone()),
                     _ => None,
@@ -195,6 +208,7 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
                         humantime::format_duration(backoff.max)
                     ));
                     tokio::select! {
+                        // Nothing gets through without credentials: no drain.
                         _ = &mut shutdown => return,
                         _ = tokio::time::sleep(backoff.max) => continue,
                     }
@@ -209,7 +223,10 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
                 }
             }
             Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "reading the status outbox")
+                tracing::error!(error = format!("{error:#}"), "reading the status outbox");
+                if draining.is_some() {
+                    return;
+                }
             }
         }
         if unreachable_rounds > 0 {
@@ -235,7 +252,7 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
             continue;
         }
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => draining = Some(tokio::time::Instant::now() + DRAIN),
             _ = &mut notified => {}
             _ = tokio::time::sleep(wait) => {}
         }

@@ -191,6 +191,8 @@ pub struct Plan {
     pub teardown: bool,
     /// The environment is a preview (by `previews` or GitHub's transient flag).
     pub preview: bool,
+    /// The environment's deployment-wide timeout, if the manifest sets one.
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -627,6 +629,7 @@ impl Manifest {
                 steps: Vec::new(),
                 teardown: true,
                 preview,
+                timeout: environment.timeout,
             };
             return c.finish(plan);
         }
@@ -779,6 +782,7 @@ impl Manifest {
             steps: planned,
             teardown: false,
             preview,
+            timeout: environment.timeout,
         };
         c.finish(plan)
     }

@@ -90,6 +90,12 @@ pub(crate) struct RawEnvironment {
     #[serde(default, with = "humantime_serde")]
     #[schemars(with = "Option<String>")]
     pub(crate) pause: Option<Duration>,
+    /// The longest a whole deployment to this environment may run (`45m`); past it, its
+    /// running steps are killed and it ends `error`. Default: the operator's
+    /// `[server] deployment_timeout`.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub(crate) timeout: Option<Duration>,
     /// Lets a deployment whose payload carries `{"image": ..., "port": ..., "env": {...},
     /// "cmd": ...}` deploy that image here instead of running the task's steps.
     #[serde(default)]

@@ -350,6 +350,32 @@ pub(crate) async fn steps(store: &impl Store) {
     assert!(steps.contains(&failed));
     assert!(steps.contains(&step(0, "web2", StepState::Running)));
     assert!(store.steps(deployment.id + 1).await.unwrap().is_empty());
+
+    // Orphan job groups: remembered once, by server, forgotten when killed.
+    let jobs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+        list.iter()
+            .map(|(s, g)| (s.to_string(), g.to_string()))
+            .collect()
+    };
+    store
+        .add_orphan_jobs(&jobs(&[("web1", "d1-s0-web1"), ("web2", "d1-s0-web2")]))
+        .await
+        .unwrap();
+    store
+        .add_orphan_jobs(&jobs(&[("web1", "d1-s0-web1")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.orphan_jobs(Some("web1")).await.unwrap(),
+        jobs(&[("web1", "d1-s0-web1")])
+    );
+    assert_eq!(store.orphan_jobs(None).await.unwrap().len(), 2);
+    store.orphan_killed("web1", "d1-s0-web1").await.unwrap();
+    assert!(store.orphan_jobs(Some("web1")).await.unwrap().is_empty());
+    assert_eq!(
+        store.orphan_jobs(None).await.unwrap(),
+        jobs(&[("web2", "d1-s0-web2")])
+    );
 }
 
 /// A deployment's log read forwards by sequence, backwards a page at a time, and per step.

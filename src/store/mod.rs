@@ -602,6 +602,12 @@ pub trait Deployments: Send + Sync {
     async fn transition(&self, id: i64, transition: Transition) -> anyhow::Result<bool>;
     async fn save_step(&self, step: &StepRun) -> anyhow::Result<()>;
     async fn steps(&self, deployment_id: i64) -> anyhow::Result<Vec<StepRun>>;
+    /// Remembers job groups (server, group) that may still run with nobody waiting for them.
+    async fn add_orphan_jobs(&self, jobs: &[(String, String)]) -> anyhow::Result<()>;
+    /// The orphan job groups on `server`, or on every server (server, group).
+    async fn orphan_jobs(&self, server: Option<&str>) -> anyhow::Result<Vec<(String, String)>>;
+    /// Forgets an orphan job group once it was killed.
+    async fn orphan_killed(&self, server: &str, group: &str) -> anyhow::Result<()>;
     /// The newest deployment of each (repo, environment), of `state` when given.
     async fn latest_per_environment(&self, state: Option<State>)
     -> anyhow::Result<Vec<Deployment>>;

@@ -16,6 +16,7 @@ mod people;
 mod proxy;
 mod restart;
 mod secrets;
+mod stops;
 mod support;
 mod switches;
 mod web_security;

@@ -15,7 +15,8 @@ use crate::support::{
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
 #[tokio::test]
-async fn a_deployment_interrupted_by_a_crash_ends_error_with_one_final_status() {
+async fn a_deployment_interrupted_by_a_crash_ends_error_with_one_final_status_and_its_step_killed()
+{
     if sshd::available().is_none() {
         return;
     }
@@ -26,7 +27,7 @@ async fn a_deployment_interrupted_by_a_crash_ends_error_with_one_final_status() 
         "acme/shop",
         SHA,
         "dropship.yml",
-        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: long\n      run: |\n        echo started\n        sleep 60\n",
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: long\n      run: |\n        echo started\n        sleep 60.2001\n",
     );
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
@@ -67,6 +68,14 @@ async fn a_deployment_interrupted_by_a_crash_ends_error_with_one_final_status() 
     )
     .await;
     drop(first); // SIGKILL: no chance to clean up.
+    let running = || {
+        Command::new("pgrep")
+            .args(["-f", "sleep 60.2001"])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(running(), "the step outlives the Dropship that started it");
 
     let _second = serve(&config);
     healthy(&client, &base).await;
@@ -85,6 +94,13 @@ async fn a_deployment_interrupted_by_a_crash_ends_error_with_one_final_status() 
         .unwrap();
     assert_eq!(detail["state"], "error");
     assert_eq!(detail["steps"][0]["state"], "error");
+    // The new Dropship killed what the old one left on web-1.
+    eventually(
+        Duration::from_secs(30),
+        "the orphaned step to be killed",
+        || async { !running() },
+    )
+    .await;
 }
 
 #[test]

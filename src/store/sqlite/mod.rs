@@ -266,6 +266,39 @@ impl Deployments for Sqlite {
         self.writer.transition(id, t).await
     }
 
+    async fn add_orphan_jobs(&self, jobs: &[(String, String)]) -> anyhow::Result<()> {
+        for (server, group) in jobs {
+            self.writer
+                .exec(
+                    "INSERT OR IGNORE INTO orphan_jobs (server, job_group, since) VALUES (?, ?, ?)",
+                    vec![server.clone().into(), group.clone().into(), now_ms().into()],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn orphan_jobs(&self, server: Option<&str>) -> anyhow::Result<Vec<(String, String)>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT server, job_group FROM orphan_jobs WHERE ?1 IS NULL OR server = ?1
+             ORDER BY since, server, job_group",
+        )
+        .bind(server)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn orphan_killed(&self, server: &str, group: &str) -> anyhow::Result<()> {
+        self.writer
+            .exec(
+                "DELETE FROM orphan_jobs WHERE server = ? AND job_group = ?",
+                vec![server.into(), group.into()],
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn save_step(&self, step: &StepRun) -> anyhow::Result<()> {
         self.writer.step(step.clone()).await
     }
