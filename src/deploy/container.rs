@@ -33,6 +33,24 @@ pub(super) struct StepShared {
     built: OnceCell<Result<String, String>>,
 }
 
+/// How long a container step's image, start and health may take: until the step's deadline,
+/// and until the deployment is stopped.
+pub(super) struct Bound {
+    deadline: tokio::time::Instant,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Bound {
+    /// `work`, or how the step ends instead: timed out, or stopped.
+    async fn run<T>(&self, work: impl std::future::Future<Output = T>) -> Result<T, StepOutcome> {
+        tokio::select! {
+            done = work => Ok(done),
+            () = tokio::time::sleep_until(self.deadline) => Err(StepOutcome::TimedOut),
+            () = self.stop.cancelled() => Err(StepOutcome::Stopped),
+        }
+    }
+}
+
 /// Writes a step's lines for one server.
 #[derive(Clone)]
 pub(super) struct Say {
@@ -155,17 +173,23 @@ impl Runner {
         })
     }
 
-    /// Replaces `plan`'s app on `server` behind its health check.
+    /// Replaces `plan`'s app on `server` behind its health check: image, start and health
+    /// within the step's `limit` and until the deployment is stopped.
     pub(super) async fn deploy_app(
         &self,
         deployment: &Deployment,
         plan: &ContainerPlan,
         server: &str,
         shared: &StepShared,
+        limit: Duration,
         say: &Say,
     ) -> StepOutcome {
+        let bound = Bound {
+            deadline: tokio::time::Instant::now() + limit,
+            stop: say.stop.clone(),
+        };
         match self
-            .deploy_app_inner(deployment, plan, server, shared, say)
+            .deploy_app_inner(deployment, plan, server, shared, &bound, say)
             .await
         {
             Ok(result) => result,
@@ -179,6 +203,7 @@ impl Runner {
         plan: &ContainerPlan,
         server: &str,
         shared: &StepShared,
+        bound: &Bound,
         say: &Say,
     ) -> Result<StepOutcome, ContainerError> {
         let host = self.host(server)?;
@@ -190,12 +215,12 @@ impl Runner {
         }
         self.retiring.settle(deployment, &plan.app, server).await;
         let clock = Instant::now();
-        let image = match self
-            .image(deployment, plan, server, &host, shared, say)
+        let image = match bound
+            .run(self.image(deployment, plan, server, &host, shared, say))
             .await
         {
-            Ok(image) => image,
-            Err(outcome) => return Ok(outcome),
+            Ok(Ok(image)) => image,
+            Ok(Err(outcome)) | Err(outcome) => return Ok(outcome),
         };
         let image_time = clock.elapsed();
         say.note(format!(
@@ -207,10 +232,27 @@ impl Runner {
         }
         let mut rollout = Rollout::begin(self, deployment, plan, server, host, say).await?;
         let clock = Instant::now();
-        rollout.start(&image).await?;
+        match bound.run(rollout.start(&image)).await {
+            Ok(started) => started?,
+            Err(outcome) => {
+                rollout.undo().await?;
+                return Ok(outcome);
+            }
+        }
         let start_time = clock.elapsed();
         let clock = Instant::now();
-        let unhealthy = rollout.unhealthy().await;
+        let unhealthy = match bound.run(rollout.unhealthy()).await {
+            Ok(unhealthy) => unhealthy,
+            Err(outcome) => {
+                say.note(format!(
+                    "{}: {} while waiting for health",
+                    plan.app,
+                    outcome.reason()
+                ));
+                rollout.undo().await?;
+                return Ok(outcome);
+            }
+        };
         let health_time = clock.elapsed();
         if let Some(failure) = unhealthy {
             rollout.undo().await?;

@@ -866,7 +866,7 @@ impl Runner {
                     .await
                     .map_or_else(StepOutcome::from, StepOutcome::from),
                 Action::Container(plan) => {
-                    self.deploy_app(deployment, plan, server, shared, &say)
+                    self.deploy_app(deployment, plan, server, shared, step.timeout, &say)
                         .await
                 }
                 Action::Rollback { app, stop_timeout } => {

@@ -118,7 +118,8 @@ fn action_error(error: ActionError) -> HttpError {
     }
 }
 
-/// Cancels deployment `id`: at once if it waits, after the step under way if it runs.
+/// Cancels deployment `id`: at once if it waits; if it runs, its running steps' processes are
+/// killed on their servers and no further step starts.
 pub(super) async fn cancel(state: &AppState, user: &User, id: i64) -> Result<Done, HttpError> {
     let outcome = state
         .actions
@@ -128,7 +129,7 @@ pub(super) async fn cancel(state: &AppState, user: &User, id: i64) -> Result<Don
     let message = match outcome {
         Cancelled::Queued => format!("deployment {id} cancelled before it started"),
         Cancelled::Requested => {
-            format!("deployment {id} stops after the step under way")
+            format!("deployment {id} is stopping: its running steps are being killed")
         }
         Cancelled::Ended(ended) => {
             return Err(HttpError::new(

@@ -342,8 +342,8 @@ pub(crate) fn format_line(line: &LogLine) -> String {
     )
 }
 
-/// Cancels a deployment: a queued one ends `error` at once; a running one finishes the step
-/// under way and starts no other.
+/// Cancels a deployment: a queued one ends `error` at once; a running one has its running
+/// steps' processes killed on their servers and starts no other step.
 #[utoipa::path(post, path = "/api/deployments/{id}/cancel", tag = "deployments",
     params(("id" = i64, Path, description = "Dropship's deployment id")),
     responses((status = 202, body = actions::ActionJson), (status = 401), (status = 403), (status = 404), (status = 409, description = "it had ended")))]

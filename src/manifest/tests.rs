@@ -157,13 +157,13 @@ fn diagnostics() {
     check(
         "version: 1\nenvironments:\n  production:\n    serverz: [web-1]\ntasks: {}\n",
         expect![
-            "dropship.yml:4:5: environments.production: unknown field `serverz`, expected one of `servers`, `url`, `strategy`, `batch`, `pause`, `allow_payload_image`"
+            "dropship.yml:4:5: environments.production: unknown field `serverz`, expected one of `servers`, `url`, `strategy`, `batch`, `pause`, `timeout`, `allow_payload_image`"
         ],
     );
     check(
         "version: 1\nenvironments:\n  production: {a\n  b: c\n",
         expect![
-            "dropship.yml:3:16: environments.production: unknown field `a b`, expected one of `servers`, `url`, `strategy`, `batch`, `pause`, `allow_payload_image`"
+            "dropship.yml:3:16: environments.production: unknown field `a b`, expected one of `servers`, `url`, `strategy`, `batch`, `pause`, `timeout`, `allow_payload_image`"
         ],
     );
     check(

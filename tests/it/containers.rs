@@ -1148,3 +1148,40 @@ async fn a_compose_project_directory_that_is_a_symlink_out_of_the_root_is_refuse
         "nothing may be written through the symlink"
     );
 }
+
+/// A container step honours its `timeout`: a version that never gets healthy is given up on
+/// when the step's time is up (not after its health check's many retries), removed, and the
+/// old version keeps serving.
+#[tokio::test]
+async fn a_container_step_that_outlives_its_timeout_is_undone() {
+    let shas: Vec<String> = (1..=2).map(sha).collect();
+    let manifest = IMAGE_MANIFEST
+        .replace("acme/web", "acme/slow")
+        .replace("retries: 10", "retries: 1000")
+        .replace("    - name: web\n", "    - name: web\n      timeout: 3s\n");
+    let Some(w) = world("acme/slow", &manifest, &shas, true, "").await else {
+        return;
+    };
+    let registry = w.registry.as_ref().unwrap();
+    for sha in &shas {
+        registry.push("acme/slow", sha);
+    }
+    let (_, statuses) = w.deploy(1, &shas[0], "deploy", serde_json::json!({})).await;
+    assert_eq!(last(&statuses).0, "success");
+    let started = std::time::Instant::now();
+    let (id, statuses) = w
+        .deploy(2, &shas[1], "deploy", serde_json::json!({"healthy": "no"}))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "the health check's 1000 retries were waited for"
+    );
+    let (state, description) = last(&statuses);
+    assert_eq!(state, "failure", "{statuses:#?}");
+    assert!(description.contains("timed out"), "{description}");
+    let log = w.server.log(id).await;
+    assert!(log.contains("while waiting for health"), "{log}");
+    let seen = docker::containers("acme/slow", "slow");
+    assert_eq!(seen.len(), 1, "the new container is removed: {seen:?}");
+    assert!(seen[0].running && seen[0].sha == shas[0]);
+}

@@ -240,8 +240,14 @@ async fn statuses_outlast_a_long_github_outage_and_all_arrive_in_order() {
     )));
     let ids = [7101, 7102];
     let mut recorded = Vec::new();
+    // One after the other, so the second does not supersede the first while it waits.
     for github_id in &ids {
-        recorded.push(deliver(&server, *github_id).await["id"].as_i64().unwrap());
+        let id = deliver(&server, *github_id).await["id"].as_i64().unwrap();
+        eventually(Duration::from_secs(30), "the deployment to end", || async {
+            server.deployment(id).await["state"] == "success"
+        })
+        .await;
+        recorded.push(id);
     }
     // 40 refused posts per deployment: well past 25 attempts each, at the test's 200 ms cap.
     github.wait_refused(80, Duration::from_secs(60)).await;

@@ -262,12 +262,13 @@ async fn api_tokens_have_roles_and_every_action_is_audited() {
 }
 
 /// Every API route: what `/api/openapi.json` must list, each with its method.
-const API_ROUTES: [(&str, &str); 15] = [
+const API_ROUTES: [(&str, &str); 16] = [
     ("get", "/api/deployments"),
     ("get", "/api/deployments/{id}"),
     ("get", "/api/deployments/{id}/log"),
     ("post", "/api/deployments/{id}/cancel"),
     ("post", "/api/deployments/{id}/redeploy"),
+    ("post", "/api/deployments/{id}/resend"),
     ("get", "/api/environments"),
     ("delete", "/api/environments/{owner}/{repo}/{environment}"),
     (
@@ -1073,14 +1074,14 @@ async fn deployers_cancel_redeploy_and_roll_back_through_the_api() {
     let body: Value = answer.json().await.unwrap();
     assert_eq!(
         body["message"],
-        format!("deployment {running} stops after the step under way")
+        format!("deployment {running} is stopping: its running steps are being killed")
     );
     std::fs::write(&gate, "").unwrap();
     let statuses = github.wait_final(3601, Duration::from_secs(30)).await;
     let last = statuses.last().unwrap();
     assert_eq!(
         (last.state(), last.description()),
-        ("error", "cancelled by dee before step after")
+        ("error", "cancelled by dee during step wait")
     );
     let detail = server.deployment(running).await;
     let steps: Vec<(&str, &str)> = detail["steps"]
@@ -1089,7 +1090,7 @@ async fn deployers_cancel_redeploy_and_roll_back_through_the_api() {
         .iter()
         .map(|s| (s["name"].as_str().unwrap(), s["state"].as_str().unwrap()))
         .collect();
-    assert_eq!(steps, [("wait", "success"), ("after", "skipped")]);
+    assert_eq!(steps, [("wait", "error"), ("after", "skipped")]);
     let ended = call(
         &server,
         Method::POST,
