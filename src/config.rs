@@ -249,6 +249,13 @@ pub struct GithubSection {
     pub retry_base: Duration,
     #[serde(default = "default_retry_max", with = "humantime_serde")]
     pub retry_max: Duration,
+    /// How often the reconciler looks for deployments whose webhook never arrived (and once
+    /// at start); `0s` turns it off.
+    #[serde(default = "default_reconcile_interval", with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// How far back it looks: older deployments are left alone.
+    #[serde(default = "default_reconcile_window", with = "humantime_serde")]
+    pub reconcile_window: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1131,6 +1138,12 @@ fn default_max_running_deployments() -> usize {
 fn default_queued_in_memory() -> usize {
     10_000
 }
+fn default_reconcile_interval() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_reconcile_window() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
 fn default_deployment_timeout() -> Duration {
     Duration::from_secs(3600)
 }
@@ -1229,6 +1242,8 @@ impl Default for GithubSection {
             webhook_secrets: Vec::new(),
             retry_base: default_retry_base(),
             retry_max: default_retry_max(),
+            reconcile_interval: default_reconcile_interval(),
+            reconcile_window: default_reconcile_window(),
         }
     }
 }

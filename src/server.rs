@@ -12,8 +12,8 @@ use crate::config::{Config, ProxyBackend};
 use crate::containers::Hosts;
 use crate::containers::follow::Followers;
 use crate::deploy::{
-    Actions, AutoDeployer, Environments, Intake, IntakeParts, LogLinks, Reporter, Runner,
-    RunnerParts, Scheduler, Servers, Stops,
+    Actions, AutoDeployer, Environments, Intake, IntakeParts, LogLinks, Reconciler,
+    ReconcilerParts, Reporter, Runner, RunnerParts, Scheduler, Servers, Stops,
 };
 use crate::exec::Fleet;
 use crate::github::{Backoff, Github, ManifestSource, Outbox, run_outbox};
@@ -155,9 +155,17 @@ impl Foundation {
             self.store.clone(),
             shared.reporter.clone(),
             shared.stops.clone(),
-            Some(github),
+            Some(github.clone()),
             self.keys.clone(),
         );
+        let reconciler = Reconciler::new(ReconcilerParts {
+            config: config.clone(),
+            store: self.store.clone(),
+            github,
+            intake: intake.clone(),
+            logs: shared.logs.clone(),
+            redactors: self.redactors.clone(),
+        });
         let state = AppState {
             servers: Servers::new(config.clone(), shared.fleet.clone(), shared.hosts.clone()),
             links: shared.links.clone(),
@@ -176,6 +184,7 @@ impl Foundation {
         Ok(Services {
             runner,
             scheduler,
+            reconciler,
             state,
             fleet: shared.fleet,
             followers: shared.followers,
@@ -217,6 +226,8 @@ struct Shared {
 pub struct Services {
     pub runner: Runner,
     pub scheduler: Scheduler,
+    /// Picks up deployments whose webhook never arrived.
+    pub reconciler: Reconciler,
     /// What the HTTP handlers call.
     pub state: AppState,
     /// The SSH masters, opened at start when `[ssh] connect_at_start`.
@@ -334,6 +345,7 @@ pub async fn run(
         outbox_stop.clone().cancelled_owned(),
     ));
     let scheduler = work.spawn(services.scheduler.run(shutdown.clone().cancelled_owned()));
+    work.spawn(services.reconciler.run(shutdown.clone().cancelled_owned()));
     let followers = services.followers.clone();
     work.spawn(async move {
         if let Err(error) = followers.resume().await {

@@ -351,7 +351,29 @@ pub trait GithubApi: Send + Sync + std::fmt::Debug {
         git_ref: &str,
         installation: Option<i64>,
     ) -> Result<String, ApiError>;
+
+    /// The App's installation on `repo` (`None` with a token).
+    async fn installation(&self, repo: &str) -> Result<Option<i64>, ApiError>;
+
+    /// The newest deployments of `repo` (at most [`RECENT_DEPLOYMENTS`]), newest first, as
+    /// GitHub's REST API describes them: the same object as a `deployment` webhook's.
+    async fn recent_deployments(
+        &self,
+        repo: &str,
+        installation: Option<i64>,
+    ) -> Result<Vec<serde_json::Value>, ApiError>;
+
+    /// Whether deployment `id` of `repo` has any status.
+    async fn has_statuses(
+        &self,
+        repo: &str,
+        id: i64,
+        installation: Option<i64>,
+    ) -> Result<bool, ApiError>;
 }
+
+/// How many of a repository's newest deployments the reconciler reads per pass (one page).
+pub const RECENT_DEPLOYMENTS: usize = 100;
 
 #[async_trait]
 impl GithubApi for Github {
@@ -394,6 +416,53 @@ impl GithubApi for Github {
             )
             .await?;
         Ok(commit.sha)
+    }
+
+    async fn installation(&self, repo: &str) -> Result<Option<i64>, ApiError> {
+        self.installation_for(repo).await
+    }
+
+    async fn recent_deployments(
+        &self,
+        repo: &str,
+        installation: Option<i64>,
+    ) -> Result<Vec<serde_json::Value>, ApiError> {
+        let client = self.client(installation).await?;
+        let route = format!(
+            "/repos/{}/deployments?per_page={RECENT_DEPLOYMENTS}",
+            encode_repo(repo)
+        );
+        self.send(
+            &client,
+            http::Method::GET,
+            &route,
+            None::<&()>,
+            "listing recent deployments",
+        )
+        .await
+    }
+
+    async fn has_statuses(
+        &self,
+        repo: &str,
+        id: i64,
+        installation: Option<i64>,
+    ) -> Result<bool, ApiError> {
+        let client = self.client(installation).await?;
+        let route = format!(
+            "/repos/{}/deployments/{id}/statuses?per_page=1",
+            encode_repo(repo)
+        );
+        let statuses: Vec<serde_json::Value> = self
+            .send(
+                &client,
+                http::Method::GET,
+                &route,
+                None::<&()>,
+                "reading a deployment's statuses",
+            )
+            .await?;
+        Ok(!statuses.is_empty())
     }
 }
 

@@ -211,6 +211,13 @@ pub(crate) async fn deployments_and_statuses(store: &impl Store) {
     assert_eq!(kept[1].last_error.as_deref(), Some("422 Unprocessable"));
     assert_eq!(store.next_status_due().await.unwrap(), None);
     assert!(store.deployment(first.id + 1000).await.unwrap().is_none());
+    assert!(
+        store
+            .has_github_deployment(first.github_id.unwrap())
+            .await
+            .unwrap()
+    );
+    assert!(!store.has_github_deployment(987_654).await.unwrap());
 
     // A status enqueued again (a resend) goes behind the others and is due at once.
     store

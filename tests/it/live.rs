@@ -383,3 +383,62 @@ async fn resend_posts_the_current_state_to_github_again() {
     let audit = server.api("/api/audit").await.text().await.unwrap();
     assert!(audit.contains("resend"), "{audit}");
 }
+
+/// A deployment whose webhook GitHub never delivered is picked up by the reconciler, run and
+/// reported; its late webhook is a duplicate. One with another system's statuses is left alone.
+#[tokio::test]
+async fn a_deployment_whose_webhook_never_arrived_is_picked_up_by_the_reconciler() {
+    let github = FakeGithub::start().await;
+    github.add_file("acme/shop", SHA, "dropship.yml", HELLO);
+    // Both created on GitHub; neither webhook reaches Dropship.
+    github.add_recent_deployment("acme/shop", 9101, SHA, "production", "deploy");
+    github.add_recent_deployment("acme/shop", 9102, SHA, "production", "deploy");
+    github.add_foreign_status("acme/shop", 9102, "success");
+    let data = tempfile::tempdir().unwrap();
+    let toml = config_toml(data.path(), &github.url, LOCAL).replace(
+        "retry_max = \"200ms\"\n",
+        "retry_max = \"200ms\"\nreconcile_interval = \"200ms\"\n",
+    );
+    let server = TestServer::start(Config::from_toml(&toml).unwrap(), Some(data)).await;
+    let statuses = github.wait_final(9101, Duration::from_secs(30)).await;
+    let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
+    assert_eq!(states, ["queued", "in_progress", "success"]);
+    let list: Value = server.api("/api/deployments").await.json().await.unwrap();
+    let recorded: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["github_deployment_id"] == 9101)
+        .collect();
+    assert_eq!(recorded.len(), 1, "{list}");
+    let id = recorded[0]["id"].as_i64().unwrap();
+    let log = server.log(id).await;
+    assert!(
+        log.contains("picked up by the reconciler: the webhook never arrived"),
+        "{log}"
+    );
+    // The webhook, late: a duplicate.
+    let body = deployment_payload(9101, "acme/shop", SHA, "production", "deploy");
+    let late = server.deliver("deployment", "late-9101", &body).await;
+    assert_eq!(late.status(), StatusCode::OK);
+    let late: Value = late.json().await.unwrap();
+    assert_eq!(late["duplicate"], true, "{late}");
+    // Passes go on; the deployment with another system's statuses is never taken.
+    let lists = github.deployment_lists();
+    eventually(
+        Duration::from_secs(10),
+        "two more reconciler passes",
+        || async { github.deployment_lists() >= lists + 2 },
+    )
+    .await;
+    assert_eq!(github.statuses(9102).len(), 1, "only the other system's");
+    let list: Value = server.api("/api/deployments").await.json().await.unwrap();
+    assert!(
+        !list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["github_deployment_id"] == 9102),
+        "{list}"
+    );
+}

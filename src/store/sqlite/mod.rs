@@ -215,6 +215,15 @@ impl Deployments for Sqlite {
         row.as_ref().map(deployment_from_row).transpose()
     }
 
+    async fn has_github_deployment(&self, github_id: i64) -> anyhow::Result<bool> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM deployments WHERE github_id = ?")
+                .bind(github_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(found.is_some())
+    }
+
     async fn list_deployments(&self, filter: &ListFilter) -> anyhow::Result<Vec<Deployment>> {
         let rows = sqlx::query(
             "SELECT * FROM deployments WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR environment = ?2)

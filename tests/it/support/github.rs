@@ -125,6 +125,8 @@ struct Inner {
     refused_at: Vec<std::time::Instant>,
     accepted_at: Vec<std::time::Instant>,
     failed_posts: usize,
+    /// `GET .../deployments` calls answered.
+    deployment_lists: usize,
     /// While set, every status post is answered this (an outage), after `refusals`.
     outage: Option<(StatusCode, &'static str)>,
     /// While set, a status post whose `Authorization` does not carry this token is answered
@@ -316,6 +318,38 @@ impl FakeGithub {
             .unwrap()
             .deployments
             .push((repo.into(), deployment));
+    }
+
+    /// Records a deployment created just now whose webhook never came (GitHub dropped it).
+    pub fn add_recent_deployment(
+        &self,
+        repo: &str,
+        id: i64,
+        sha: &str,
+        environment: &str,
+        task: &str,
+    ) {
+        self.add_deployment(repo, id, sha, environment, task);
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut inner = self.inner.lock().unwrap();
+        let (_, deployment) = inner.deployments.last_mut().unwrap();
+        deployment["created_at"] = now.clone().into();
+        deployment["updated_at"] = now.into();
+    }
+
+    /// A status another system posted on deployment `id`.
+    pub fn add_foreign_status(&self, repo: &str, id: i64, state: &str) {
+        self.inner.lock().unwrap().statuses.push(PostedStatus {
+            repo: repo.into(),
+            deployment_id: id,
+            body: json!({ "state": state, "description": "by another system" }),
+            authorization: "token another-system".into(),
+        });
+    }
+
+    /// How many times deployments were listed.
+    pub fn deployment_lists(&self) -> usize {
+        self.inner.lock().unwrap().deployment_lists
     }
 
     /// Deployments created through the API for `repo`.
@@ -706,6 +740,7 @@ async fn list_deployments(
 ) -> Response {
     let op = op_pointer("/repos/{owner}/{repo}/deployments", "get");
     let full = format!("{owner}/{repo}");
+    fake.inner.lock().unwrap().deployment_lists += 1;
     let mut list: Vec<Value> = fake
         .inner
         .lock()

@@ -1,0 +1,216 @@
+//! The reconciler: GitHub never redelivers a webhook by itself, so a delivery lost to a restart
+//! or a network blip would leave a deployment nobody runs. At start and every
+//! `[github] reconcile_interval`, Dropship reads the newest deployments of every repository the
+//! config names, and records and runs, as if delivered, each one newer than
+//! `reconcile_window` that it never recorded and that has no status (one with statuses belongs
+//! to another system, or to a Dropship that posted them). Its log says so. A webhook that
+//! arrives late for it is a duplicate.
+
+use std::sync::Arc;
+
+use super::{Accepted, Intake};
+use crate::config::Config;
+use crate::github::{ApiError, GithubApi};
+use crate::logs::{Logs, Redactors};
+use crate::store::Store;
+use crate::webhook::Event;
+
+/// What a pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Deployments recorded and queued by this pass.
+    pub picked_up: usize,
+    /// Repositories that could not be read, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Picks up deployments whose webhook never arrived. Built once at start.
+#[derive(Debug)]
+pub struct Reconciler {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    github: Arc<dyn GithubApi>,
+    /// Records and queues what is picked up, exactly as a delivery is.
+    intake: Intake,
+    /// Notes in a picked-up deployment's log how it came.
+    logs: Logs,
+    redactors: Redactors,
+}
+
+/// What [`Reconciler`] is built from.
+#[derive(Debug)]
+pub struct ReconcilerParts {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub github: Arc<dyn GithubApi>,
+    pub intake: Intake,
+    pub logs: Logs,
+    pub redactors: Redactors,
+}
+
+impl Reconciler {
+    pub fn new(parts: ReconcilerParts) -> Reconciler {
+        let ReconcilerParts {
+            config,
+            store,
+            github,
+            intake,
+            logs,
+            redactors,
+        } = parts;
+        Reconciler {
+            config,
+            store,
+            github,
+            intake,
+            logs,
+            redactors,
+        }
+    }
+
+    /// A pass now, then one every `reconcile_interval` (none when it is zero), until
+    /// `shutdown`.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let interval = self.config.github.reconcile_interval;
+        if interval.is_zero() {
+            return;
+        }
+        tokio::pin!(shutdown);
+        loop {
+            let done = self.pass().await;
+            for (repo, why) in &done.failed {
+                tracing::warn!(%repo, error = %why, "reconciler: could not read the repository's deployments");
+            }
+            if done.picked_up > 0 {
+                tracing::warn!(
+                    picked_up = done.picked_up,
+                    "reconciler: picked up deployments whose webhook never arrived"
+                );
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    /// Looks at every repository the config names exactly (an `owner/*` entry names none the
+    /// reconciler could list).
+    pub async fn pass(&self) -> Reconciled {
+        let mut done = Reconciled::default();
+        let repos: Vec<String> = self
+            .config
+            .repos
+            .iter()
+            .map(|entry| entry.name.clone())
+            .filter(|name| !name.contains('*'))
+            .collect();
+        for repo in repos {
+            match self.repository(&repo).await {
+                Ok(picked_up) => done.picked_up += picked_up,
+                Err(why) => done.failed.push((repo, why)),
+            }
+        }
+        done
+    }
+
+    /// Picks up `repo`'s recent deployments that need it; how many.
+    async fn repository(&self, repo: &str) -> Result<usize, String> {
+        let api = |e: ApiError| e.message;
+        let installation = self.github.installation(repo).await.map_err(api)?;
+        let recent = self
+            .github
+            .recent_deployments(repo, installation)
+            .await
+            .map_err(api)?;
+        let window = chrono::Duration::from_std(self.config.github.reconcile_window)
+            .unwrap_or(chrono::Duration::MAX);
+        let oldest = chrono::Utc::now() - window;
+        let mut picked_up = 0;
+        for deployment in recent {
+            let Some(id) = deployment["id"].as_i64() else {
+                continue;
+            };
+            let created = deployment["created_at"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            // Newest first: the rest are older still.
+            if created.is_none_or(|t| t < oldest) {
+                break;
+            }
+            let known = self
+                .store
+                .has_github_deployment(id)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            if known
+                || self
+                    .github
+                    .has_statuses(repo, id, installation)
+                    .await
+                    .map_err(api)?
+            {
+                continue;
+            }
+            if self.pick_up(repo, installation, deployment).await? {
+                picked_up += 1;
+            }
+        }
+        Ok(picked_up)
+    }
+
+    /// Records and queues one deployment as its webhook would have; true when it was new.
+    async fn pick_up(
+        &self,
+        repo: &str,
+        installation: Option<i64>,
+        deployment: serde_json::Value,
+    ) -> Result<bool, String> {
+        let id = deployment["id"].as_i64().unwrap_or_default();
+        let mut envelope = serde_json::json!({
+            "action": "created",
+            "deployment": deployment,
+            "repository": { "full_name": repo },
+        });
+        if let Some(installation) = installation {
+            envelope["installation"] = serde_json::json!({ "id": installation });
+        }
+        // The same parser and the same intake as a delivery: the same checks, no other path.
+        let body = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
+        let event = crate::webhook::parse("deployment", &body)
+            .map_err(|e| format!("deployment {id}: {e}"))?;
+        if !matches!(event, Event::Deployment(_)) {
+            return Ok(false);
+        }
+        let accepted = self
+            .intake
+            .accept(
+                Some(format!("reconciler-{id}")),
+                "reconciled",
+                "deployment",
+                event,
+            )
+            .await
+            .map_err(|e| format!("recording deployment {id}: {e:#}"))?;
+        match accepted {
+            Accepted::Deployment {
+                deployment,
+                duplicate: false,
+                ..
+            } => {
+                tracing::warn!(%repo, github_deployment = id, deployment.id = deployment.id, "picked up by the reconciler: the webhook never arrived");
+                let redactor = self.redactors.for_repo(repo).clone();
+                if let Ok(log) = self.logs.open(deployment.id, redactor).await {
+                    log.note("picked up by the reconciler: the webhook never arrived");
+                    log.flush().await;
+                }
+                Ok(true)
+            }
+            Accepted::Refused(refused) => {
+                tracing::info!(%repo, github_deployment = id, %refused, "reconciler: not admitted");
+                Ok(false)
+            }
+            _ => Ok(false),
+        }
+    }
+}
