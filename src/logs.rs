@@ -276,6 +276,11 @@ impl DeploymentLog {
     }
 
     /// Dropship's own message about the deployment.
+    /// Whether nothing was written to this log yet.
+    pub fn is_empty(&self) -> bool {
+        self.seq.load(Ordering::SeqCst) == 0
+    }
+
     pub fn note(&self, text: impl Into<String>) {
         self.line(None, None, LogStream::Dropship, text);
     }

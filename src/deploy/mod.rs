@@ -431,14 +431,15 @@ impl Runner {
 
     /// [`Runner::run`], and whatever breaks it off, the deployment ends, so that its
     /// environment is free for the next: if Dropship itself failed (the store) or the run
-    /// panicked, it ends `error` saying so, with its unfinished steps.
-    pub async fn run_to_end(&self, deployment: Deployment) {
+    /// panicked, it ends `error` saying so, with its unfinished steps. True when it did not
+    /// start and still waits queued (its environment's lease was held).
+    pub async fn run_to_end(&self, deployment: Deployment) -> bool {
         use futures::FutureExt;
         let ended = std::panic::AssertUnwindSafe(self.run(deployment.clone()))
             .catch_unwind()
             .await;
         let why = match ended {
-            Ok(Ok(_)) => return,
+            Ok(Ok(outcome)) => return outcome.state == State::Queued,
             Ok(Err(error)) => {
                 tracing::error!(
                     deployment.id = deployment.id,
@@ -469,6 +470,7 @@ impl Runner {
                 "ending a deployment whose run broke off"
             );
         }
+        false
     }
 
     /// Runs one deployment to its end. Every expected failure ends in the returned outcome.
@@ -504,11 +506,28 @@ impl Runner {
             )
             .await?;
         if !started {
+            let current = self.store.deployment(deployment.id).await?;
+            let state = current.map_or(State::Error, |d| d.state);
+            if state == State::Queued {
+                // The store holds its environment's lease for another running deployment. Said
+                // once in its log, however often it is tried.
+                tracing::info!("its environment runs another deployment; it waits queued");
+                if log.is_empty() {
+                    log.note(format!(
+                        "waiting: another deployment of {} is running",
+                        deployment.environment
+                    ));
+                    log.flush().await;
+                }
+                return Ok(Outcome {
+                    state,
+                    description: "waiting: another deployment of its environment runs".into(),
+                });
+            }
             // Another task started it, or it ended (superseded) meanwhile: never run twice.
             tracing::warn!("deployment is no longer queued; not running it again");
-            let current = self.store.deployment(deployment.id).await?;
             return Ok(Outcome {
-                state: current.map_or(State::Error, |d| d.state),
+                state,
                 description: "not queued any more".into(),
             });
         }

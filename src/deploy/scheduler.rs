@@ -136,12 +136,15 @@ impl Scheduler {
             ..Waiting::default()
         };
         let mut busy: HashSet<Key> = HashSet::new();
-        let mut running: JoinSet<Key> = JoinSet::new();
+        let mut running: JoinSet<(Key, bool)> = JoinSet::new();
+        // A deployment the store would not start (its environment's lease was held) is looked
+        // for again in the store after `RETRY`.
+        let mut deferred = false;
         loop {
             let refill_failed = self.refill(&mut waiting).await;
             let dispatch_failed = self.dispatch(&mut waiting, &mut busy, &mut running).await;
             // A failed read of the store is tried again after `RETRY`.
-            let read_failed = refill_failed || dispatch_failed;
+            let read_failed = refill_failed || dispatch_failed || std::mem::take(&mut deferred);
             tokio::select! {
                 _ = &mut shutdown => {
                     self.wind_down(running).await;
@@ -157,7 +160,13 @@ impl Scheduler {
                 _ = tokio::time::sleep(RETRY), if read_failed => {}
                 Some(finished) = running.join_next(), if !running.is_empty() => {
                     match finished {
-                        Ok(key) => { busy.remove(&key); }
+                        Ok((key, waits)) => {
+                            busy.remove(&key);
+                            if waits {
+                                waiting.from_store = true;
+                                deferred = true;
+                            }
+                        }
                         // `run_to_end` ends a run that panics; a task that panicked anyway
                         // leaves its environment busy: better stuck than run twice.
                         Err(error) if error.is_panic() => tracing::error!("a deployment task panicked"),
@@ -172,7 +181,7 @@ impl Scheduler {
     /// running ones may finish within the grace; then they are stopped (their steps'
     /// processes killed) and end `error` ("interrupted: shutdown"), each within the kill
     /// deadline.
-    async fn wind_down(&self, mut running: JoinSet<Key>) {
+    async fn wind_down(&self, mut running: JoinSet<(Key, bool)>) {
         if running.is_empty() {
             return;
         }
@@ -248,7 +257,7 @@ impl Scheduler {
         &self,
         waiting: &mut Waiting,
         busy: &mut HashSet<Key>,
-        running: &mut JoinSet<Key>,
+        running: &mut JoinSet<(Key, bool)>,
     ) -> bool {
         // Environments with a deployment running keep their place in line.
         let mut busy_waiting = Vec::new();
@@ -300,8 +309,8 @@ impl Scheduler {
             busy.insert(key.clone());
             let runner = self.runner.clone();
             running.spawn(async move {
-                runner.run_to_end(newest).await;
-                key
+                let waits = runner.run_to_end(newest).await;
+                (key, waits)
             });
         }
         for key in busy_waiting.into_iter().rev() {
@@ -463,6 +472,148 @@ mod tests {
         assert_eq!(*state, State::Error);
         assert!(description.contains("a bug"), "{description}");
         assert_eq!(ended[&ids[1]].0, State::Success, "{:?}", ended[&ids[1]]);
+        stop.cancel();
+        scheduler.await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod lease_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::Scheduler;
+    use crate::config::Config;
+    use crate::github::{FixedManifest, ManifestFile};
+    use crate::logs::Event;
+    use crate::store::{Inserted, NewDeployment, State, Transition};
+
+    fn new(github_id: i64) -> NewDeployment {
+        NewDeployment {
+            github_id: Some(github_id),
+            repo: "acme/shop".into(),
+            environment: "production".into(),
+            task: "deploy".into(),
+            git_ref: "main".into(),
+            sha: "1ea5e00000000000000000000000000000000000".into(),
+            payload: serde_json::json!({}),
+            description: None,
+            creator: None,
+            installation_id: None,
+            transient: false,
+            production: true,
+        }
+    }
+
+    /// A deployment the store shows running (another Dropship's, or one no memory knows of)
+    /// holds its environment: a queued one there waits, and runs once that one ended.
+    #[tokio::test]
+    async fn the_store_holds_each_environments_run_lease() {
+        let data = tempfile::tempdir().unwrap();
+        let config = Config::from_toml(&format!(
+            "[server]\ndata_dir = \"{}\"\n[[servers]]\nname = \"local\"\nhost = \"local\"\n[[repos]]\nname = \"acme/shop\"\nservers = [\"local\"]\n",
+            data.path().display()
+        ))
+        .unwrap();
+        let manifest = FixedManifest::new(ManifestFile {
+            path: "dropship.yml".into(),
+            text: "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: ok\n      run: \"true\"\n".into(),
+        });
+        let local = crate::server::local(Arc::new(config), Arc::new(manifest))
+            .await
+            .unwrap();
+        let insert = |github_id| {
+            let store = local.store.clone();
+            async move {
+                match store
+                    .insert_deployment(new(github_id), None, None)
+                    .await
+                    .unwrap()
+                {
+                    Inserted::New(d) => d,
+                    Inserted::Duplicate(_) => panic!("a duplicate"),
+                }
+            }
+        };
+        let holder = insert(1).await;
+        let transition = |state| Transition {
+            state,
+            description: None,
+            environment_url: None,
+            status: None,
+            check: None,
+        };
+        assert!(
+            local
+                .store
+                .transition(holder.id, transition(State::Running))
+                .await
+                .unwrap()
+        );
+        let waiting = insert(2).await;
+        let mut events = local.bus.subscribe();
+        let (scheduler, queue) = Scheduler::new(
+            local.runner.clone(),
+            local.store.clone(),
+            4,
+            10,
+            Duration::from_secs(1),
+        );
+        let stop = tokio_util::sync::CancellationToken::new();
+        let scheduler = tokio::spawn(scheduler.run(stop.clone().cancelled_owned()));
+        queue.push(&waiting);
+        // Tried, and refused by the store: its log says why it waits.
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+                .await
+                .expect("a try to start it")
+                .unwrap();
+            match &*event {
+                Event::Log(line) if line.deployment_id == waiting.id => {
+                    assert_eq!(
+                        line.line,
+                        "waiting: another deployment of production is running"
+                    );
+                    break;
+                }
+                Event::State { deployment_id, .. } => {
+                    assert_ne!(*deployment_id, waiting.id, "it ran beside the holder")
+                }
+                _ => {}
+            }
+        }
+        let state = local
+            .store
+            .deployment(waiting.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state;
+        assert_eq!(state, State::Queued);
+        assert!(
+            local
+                .store
+                .transition(holder.id, transition(State::Success))
+                .await
+                .unwrap()
+        );
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(30), events.recv())
+                .await
+                .expect("it runs once the holder ended")
+                .unwrap();
+            if let Event::State {
+                deployment_id,
+                state,
+                ..
+            } = &*event
+                && *deployment_id == waiting.id
+                && state.is_final()
+            {
+                assert_eq!(*state, State::Success);
+                break;
+            }
+        }
         stop.cancel();
         scheduler.await.unwrap();
     }

@@ -159,10 +159,23 @@ pub(crate) async fn deployments_and_statuses(store: &impl Store) {
         vec![first.id]
     );
 
+    // Another deployment of the same environment waits while this one runs.
+    let Inserted::New(second) = store
+        .insert_deployment(new_deployment(8), None, None)
+        .await
+        .unwrap()
+    else {
+        panic!("not new");
+    };
+    assert_eq!(second.environment, first.environment);
     assert!(store.transition(first.id, running()).await.unwrap());
     assert!(
         !store.transition(first.id, running()).await.unwrap(),
         "started twice"
+    );
+    assert!(
+        !store.transition(second.id, running()).await.unwrap(),
+        "two running in one environment"
     );
     let done = Transition {
         state: State::Success,
@@ -228,6 +241,9 @@ pub(crate) async fn deployments_and_statuses(store: &impl Store) {
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].state, "success");
     assert!(due[0].id > kept[1].id);
+
+    // Its environment free again, the other deployment starts.
+    assert!(store.transition(second.id, running()).await.unwrap());
 }
 
 /// Queued deployments by environment, in order of arrival; listing and the newest per

@@ -599,8 +599,10 @@ pub trait Deployments: Send + Sync {
     async fn queued_in(&self, repo: &str, environment: &str) -> anyhow::Result<Vec<i64>>;
     async fn running(&self) -> anyhow::Result<Vec<Deployment>>;
     /// Changes a deployment's state and enqueues its status in one transaction. Moving to
-    /// `running` succeeds only from `queued`, so no deployment runs twice. Returns whether the
-    /// change was made.
+    /// `running` succeeds only from `queued`, so no deployment runs twice, and only while no
+    /// other deployment of its repository and environment is `running`: the store holds each
+    /// environment's run lease, so nothing in memory (a restart, a second scheduler) can let
+    /// two overlap. Returns whether the change was made.
     async fn transition(&self, id: i64, transition: Transition) -> anyhow::Result<bool>;
     async fn save_step(&self, step: &StepRun) -> anyhow::Result<()>;
     async fn steps(&self, deployment_id: i64) -> anyhow::Result<Vec<StepRun>>;

@@ -435,7 +435,9 @@ async fn apply_transition(
             environment_url = COALESCE(?, environment_url),
             started_at = CASE WHEN ? = 'running' THEN ? ELSE started_at END,
             finished_at = CASE WHEN ? IN ('success', 'failure', 'error') THEN ? ELSE finished_at END
-         WHERE id = ? AND (? != 'running' OR state = 'queued')
+         WHERE id = ? AND (? != 'running' OR (state = 'queued' AND NOT EXISTS (
+               SELECT 1 FROM deployments other WHERE other.repo = deployments.repo
+                 AND other.environment = deployments.environment AND other.state = 'running')))
            AND state NOT IN ('failure', 'error', 'inactive') AND (state != 'success' OR ? = 'inactive')
          RETURNING github_id",
     )
@@ -453,7 +455,7 @@ async fn apply_transition(
     .await?;
     let Some(github_id) = github_id else {
         // Gone, ended (only a success may still become inactive), or (moving to running) no
-        // longer queued: nothing changes.
+        // longer queued, or its environment runs another: nothing changes.
         return Ok(false);
     };
     if let (Some(_), Some(status)) = (github_id, &t.status) {
