@@ -976,6 +976,17 @@ impl Runner {
         let result = match self.fleet.get(server) {
             Some(executor) => {
                 let result = executor.run(job, sender).await;
+                if result.is_err() {
+                    // The connection was lost, maybe with the job started: it may run on with
+                    // nobody waiting, so it is killed before the next step on this server.
+                    let orphan = [(server.to_string(), job.group.clone())];
+                    if let Err(error) = self.store.add_orphan_jobs(&orphan).await {
+                        tracing::error!(
+                            error = format!("{error:#}"),
+                            "remembering a job that may run on"
+                        );
+                    }
+                }
                 if result == Ok(Exit::TimedOut) {
                     // `timeout` ended the script's own process group; what escaped it (a
                     // `setsid` or daemonized child) still carries the job's mark.

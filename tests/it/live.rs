@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use dropship::config::Config;
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::github::FakeGithub;
 use crate::support::{TestServer, config_toml, deployment_payload, eventually, fixture};
@@ -391,8 +391,8 @@ async fn a_deployment_whose_webhook_never_arrived_is_picked_up_by_the_reconciler
     let github = FakeGithub::start().await;
     github.add_file("acme/shop", SHA, "dropship.yml", HELLO);
     // Both created on GitHub; neither webhook reaches Dropship.
-    github.add_recent_deployment("acme/shop", 9101, SHA, "production", "deploy");
-    github.add_recent_deployment("acme/shop", 9102, SHA, "production", "deploy");
+    github.add_recent_deployment("acme/shop", 9101, SHA, "production", json!({}));
+    github.add_recent_deployment("acme/shop", 9102, SHA, "production", json!({}));
     github.add_foreign_status("acme/shop", 9102, "success");
     let data = tempfile::tempdir().unwrap();
     let toml = config_toml(data.path(), &github.url, LOCAL).replace(

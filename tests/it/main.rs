@@ -16,6 +16,7 @@ mod people;
 mod proxy;
 mod restart;
 mod secrets;
+mod soak;
 mod stops;
 mod support;
 mod switches;

@@ -327,14 +327,15 @@ impl FakeGithub {
         id: i64,
         sha: &str,
         environment: &str,
-        task: &str,
+        payload: Value,
     ) {
-        self.add_deployment(repo, id, sha, environment, task);
+        self.add_deployment(repo, id, sha, environment, "deploy");
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let mut inner = self.inner.lock().unwrap();
         let (_, deployment) = inner.deployments.last_mut().unwrap();
         deployment["created_at"] = now.clone().into();
         deployment["updated_at"] = now.into();
+        deployment["payload"] = payload;
     }
 
     /// A status another system posted on deployment `id`.
