@@ -934,20 +934,34 @@ impl Runner {
                 server: server.unwrap_or("any").to_string(),
                 detail: format!("reading the jobs left running: {e:#}"),
             })?;
+        let mut by_server: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for (server, group) in orphans {
+            by_server.entry(server).or_default().push(group);
+        }
         let mut killed = 0;
         let mut unreachable = None;
-        for (server, group) in orphans {
+        for (server, groups) in by_server {
             let Some(executor) = self.fleet.get(&server) else {
                 // No longer configured: nothing to reach it with.
-                let _ = self.store.orphan_killed(&server, &group).await;
+                for group in &groups {
+                    let _ = self.store.orphan_killed(&server, group).await;
+                }
                 continue;
             };
-            match executor.kill(&group).await {
+            // One look and one kill for all of a server's groups.
+            match executor.kill(&groups).await {
                 Ok(found) => {
-                    tracing::warn!(%server, %group, processes = found, "killed a job left running by an earlier Dropship");
+                    if found > 0 {
+                        tracing::warn!(%server, groups = groups.len(), processes = found, "killed jobs left running by an interrupted deployment");
+                    }
                     killed += found as usize;
-                    if let Err(error) = self.store.orphan_killed(&server, &group).await {
-                        tracing::error!(error = format!("{error:#}"), "forgetting a killed job");
+                    for group in &groups {
+                        if let Err(error) = self.store.orphan_killed(&server, group).await {
+                            tracing::error!(
+                                error = format!("{error:#}"),
+                                "forgetting a killed job"
+                            );
+                        }
                     }
                 }
                 Err(error) => {
@@ -990,7 +1004,7 @@ impl Runner {
                 if result == Ok(Exit::TimedOut) {
                     // `timeout` ended the script's own process group; what escaped it (a
                     // `setsid` or daemonized child) still carries the job's mark.
-                    match executor.kill(&job.group).await {
+                    match executor.kill(std::slice::from_ref(&job.group)).await {
                         Ok(0) => {}
                         Ok(n) => say.note(format!(
                             "killed {n} process{} the timed-out step left behind",

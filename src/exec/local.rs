@@ -69,7 +69,7 @@ impl Executor for Local {
         let status = match ended {
             Some(status) => status.map_err(|e| self.io_error("waiting for the command", e))?,
             None => {
-                if let Err(error) = self.kill(&job.group).await {
+                if let Err(error) = self.kill(std::slice::from_ref(&job.group)).await {
                     tracing::warn!(%error, group = %job.group, "killing a stopped job");
                 }
                 let _ = child.kill().await;
@@ -85,10 +85,10 @@ impl Executor for Local {
         Ok(exit_from(status, started.elapsed(), job))
     }
 
-    async fn kill(&self, group: &str) -> Result<u32, ExecError> {
+    async fn kill(&self, groups: &[String]) -> Result<u32, ExecError> {
         let run = Command::new("sh")
             .arg("-c")
-            .arg(kill_script(group))
+            .arg(kill_script(groups))
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output();

@@ -271,10 +271,10 @@ pub trait Executor: Send + Sync + fmt::Debug {
     /// Runs `job`, sending its output line by line, until it exits, times out or is stopped
     /// (its processes then killed).
     async fn run(&self, job: &Job, output: Output) -> Result<Exit, ExecError>;
-    /// Kills every process of job group `group` on the server, over a channel of its own:
+    /// Kills every process of job groups `groups` on the server, over a channel of its own:
     /// TERM to their process groups, then KILL to what is left after [`KILL_GRACE`]. Returns
-    /// how many processes carried the mark.
-    async fn kill(&self, group: &str) -> Result<u32, ExecError>;
+    /// how many processes carried a mark.
+    async fn kill(&self, groups: &[String]) -> Result<u32, ExecError>;
     /// Connects (if needed) and describes the server (`Linux 6.1.0`).
     async fn check(&self) -> Result<String, ExecError>;
     /// A human description of how the host key is checked.
@@ -380,16 +380,19 @@ pub(crate) fn render(job: &Job) -> (String, String) {
     (command, stdin)
 }
 
-/// The script that kills job group `group` (see [`Executor::kill`]): it prints how many
-/// processes carried the mark. Linux `/proc`; every value quoted.
-pub(crate) fn kill_script(group: &str) -> String {
-    let mark = shell_quote(&format!("DROPSHIP_JOB={group}"));
+/// The script that kills job groups `groups` (see [`Executor::kill`]): it prints how many
+/// processes carried one of their marks. Linux `/proc`, one `grep` over every process's
+/// environment per look; every value quoted.
+pub(crate) fn kill_script(groups: &[String]) -> String {
+    let patterns: Vec<String> = groups
+        .iter()
+        .map(|group| format!("-e {}", shell_quote(&format!("DROPSHIP_JOB={group}"))))
+        .collect();
+    let patterns = patterns.join(" ");
     let grace_steps = KILL_GRACE.as_millis() / 250;
     format!(
-        "mark={mark}; self=$$\n\
-         marked() {{ for p in /proc/[0-9]*; do pid=${{p#/proc/}}; [ \"$pid\" = \"$self\" ] && continue; \
-         tr '\\000' '\\n' < \"$p/environ\" 2>/dev/null | grep -qxF -- \"$mark\" && echo \"$pid\"; done; }}\n\
-         pids=$(marked); count=$(echo \"$pids\" | grep -c .)\n\
+        "marked() {{ grep -lzxF {patterns} /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3; }}\n\
+         count=$(marked | grep -c .)\n\
          signal() {{ for pid in $(marked); do pg=$(sed 's/.*) //' \"/proc/$pid/stat\" 2>/dev/null | cut -d' ' -f3); \
          [ -n \"$pg\" ] && [ \"$pg\" -gt 1 ] && kill -\"$1\" -- -\"$pg\" 2>/dev/null; kill -\"$1\" \"$pid\" 2>/dev/null; done; }}\n\
          [ \"$count\" -gt 0 ] && signal TERM\n\
@@ -528,11 +531,15 @@ mod tests {
             .spawn()
             .unwrap();
         assert_eq!(marked(&group), 1);
-        let killed = Local::new("local").kill(&group).await.unwrap();
+        let other = format!("{group}-other");
+        let killed = Local::new("local")
+            .kill(&[other.clone(), group.clone()])
+            .await
+            .unwrap();
         assert_eq!(killed, 1);
         orphan.wait().unwrap();
         assert_eq!(marked(&group), 0);
-        assert_eq!(Local::new("local").kill(&group).await.unwrap(), 0);
+        assert_eq!(Local::new("local").kill(&[group]).await.unwrap(), 0);
     }
 
     #[test]

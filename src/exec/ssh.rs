@@ -235,7 +235,7 @@ impl Ssh {
             // Stopped, or the server's `timeout` did not end it: kill the job's processes over
             // a channel of their own, then let this one go.
             None => {
-                if let Err(error) = self.kill(&job.group).await {
+                if let Err(error) = self.kill(std::slice::from_ref(&job.group)).await {
                     tracing::warn!(%error, group = %job.group, "killing a stopped job");
                 }
                 return Ok(if job.stop.is_cancelled() {
@@ -427,14 +427,14 @@ impl Executor for Ssh {
         self.run_once(job, &output).await
     }
 
-    async fn kill(&self, group: &str) -> Result<u32, ExecError> {
+    async fn kill(&self, groups: &[String]) -> Result<u32, ExecError> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let _guard = InFlight(&self.in_flight);
         let kill = async {
             let session = self.session().await?;
             let output = Session::to_raw_command(
                 session,
-                format!("sh -c {}", shell_quote(&kill_script(group))),
+                format!("sh -c {}", shell_quote(&kill_script(groups))),
             )
             .stdin(Stdio::null())
             .output()
@@ -447,7 +447,10 @@ impl Executor for Ssh {
             .unwrap_or_else(|_| {
                 Err(ExecError::Io {
                     server: self.name.clone(),
-                    detail: format!("killing job {group} took over {KILL_DEADLINE:?}"),
+                    detail: format!(
+                        "killing jobs {} took over {KILL_DEADLINE:?}",
+                        groups.join(", ")
+                    ),
                 })
             })
     }
