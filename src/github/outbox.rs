@@ -286,6 +286,23 @@ async fn deliver(
             return Attempt::Other;
         };
         let item = outgoing.prepare(&deployment, item);
+        // A post whose outcome was never recorded may have got through: GitHub's newest status
+        // says whether it did, so nothing is posted twice.
+        if item.kind == OutboxKind::Status
+            && item.sending_since.is_some()
+            && already_posted(github, &deployment, github_id, &item).await
+        {
+            tracing::info!("status posted before Dropship stopped; not posting it again");
+            metrics.status_post(item.kind.as_str(), "delivered");
+            if let Err(error) = store.status_delivered(item.id).await {
+                tracing::error!(error = format!("{error:#}"), "recording a status delivery");
+            }
+            return Attempt::Delivered;
+        }
+        if let Err(error) = store.status_sending(item.id).await {
+            tracing::error!(error = format!("{error:#}"), "noting a status post under way");
+            return Attempt::Other;
+        }
         let result = if item.kind == OutboxKind::Check {
             let body = item.body.as_ref().unwrap_or(&serde_json::Value::Null);
             post_check(store, github, &deployment, body).await
@@ -332,6 +349,25 @@ async fn deliver(
     }
     .instrument(span.clone())
     .await
+}
+
+/// Whether GitHub's newest status of the deployment is `item` (its state and description).
+async fn already_posted(
+    github: &Github,
+    deployment: &Deployment,
+    github_id: i64,
+    item: &OutboxItem,
+) -> bool {
+    match github
+        .deployment_statuses(&deployment.repo, github_id, deployment.installation_id)
+        .await
+    {
+        Ok(statuses) => statuses.first().is_some_and(|newest| {
+            newest.state == item.state && newest.description.as_deref() == Some(&item.description)
+        }),
+        // Unknown: post; a duplicate beats a lost status.
+        Err(_) => false,
+    }
 }
 
 /// Creates the deployment's check run (remembering its id) or updates it.
@@ -423,6 +459,7 @@ mod tests {
             next_attempt_at: 0,
             delivered_at: None,
             failed_at: None,
+            sending_since: None,
             last_error: None,
         };
         let prepared = outgoing.prepare(&deployment, item);

@@ -199,6 +199,13 @@ pub(crate) async fn deployments_and_statuses(store: &impl Store) {
         due.iter().map(|s| s.state.as_str()).collect::<Vec<_>>(),
         ["queued"]
     );
+    assert_eq!(due[0].sending_since, None);
+    store.status_sending(due[0].id).await.unwrap();
+    let sending = store.due_statuses(now_ms(), 10).await.unwrap();
+    assert!(
+        sending[0].sending_since.is_some(),
+        "a post under way is remembered"
+    );
     store.status_delivered(due[0].id).await.unwrap();
     let due = store.due_statuses(now_ms(), 10).await.unwrap();
     assert_eq!(

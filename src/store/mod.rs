@@ -436,6 +436,8 @@ pub struct OutboxItem {
     pub delivered_at: Option<Millis>,
     pub failed_at: Option<Millis>,
     pub last_error: Option<String>,
+    /// When a post of it began whose outcome was never recorded (Dropship stopped mid-post).
+    pub sending_since: Option<Millis>,
 }
 
 /// A state change, with the status to post (if the deployment came from GitHub).
@@ -655,6 +657,9 @@ pub trait StatusOutbox: Send + Sync {
     async fn due_statuses(&self, now: Millis, limit: i64) -> anyhow::Result<Vec<OutboxItem>>;
     /// When the next pending status is due, if any is pending.
     async fn next_status_due(&self) -> anyhow::Result<Option<Millis>>;
+    /// Notes that a post of item `id` begins, before it is sent: if Dropship stops before the
+    /// outcome is recorded, the next attempt knows to ask GitHub first.
+    async fn status_sending(&self, id: i64) -> anyhow::Result<()>;
     async fn status_delivered(&self, id: i64) -> anyhow::Result<()>;
     async fn status_retry(
         &self,

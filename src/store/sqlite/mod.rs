@@ -162,6 +162,7 @@ fn outbox_from_row(row: &SqliteRow) -> anyhow::Result<OutboxItem> {
         delivered_at: row.try_get("delivered_at")?,
         failed_at: row.try_get("failed_at")?,
         last_error: row.try_get("last_error")?,
+        sending_since: row.try_get("sending_since")?,
     })
 }
 
@@ -440,6 +441,16 @@ impl StatusOutbox for Sqlite {
         .fetch_one(&self.pool)
         .await?;
         Ok(next)
+    }
+
+    async fn status_sending(&self, id: i64) -> anyhow::Result<()> {
+        self.writer
+            .exec(
+                "UPDATE status_outbox SET sending_since = COALESCE(sending_since, ?) WHERE id = ?",
+                vec![now_ms().into(), id.into()],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn status_delivered(&self, id: i64) -> anyhow::Result<()> {

@@ -683,7 +683,7 @@ async fn change_status(
                 .bind(id)
         }
         StatusChange::Retry { at, error } => sqlx::query(
-            "UPDATE status_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
+            "UPDATE status_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ?, sending_since = NULL WHERE id = ?",
         )
         .bind(*at)
         .bind(error.clone())
