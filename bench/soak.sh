@@ -21,5 +21,5 @@ cargo test --quiet --test it --no-run
 for run in $(seq "$runs"); do
   echo "== soak run $run of $runs"
   cargo test --quiet --test it -- --exact soak::a_soak_under_faults_loses_nothing_and_never_overlaps --nocapture 2>&1 \
-    | grep -E '^(soak|\||deployments:|  ended by|test result)'
+    | grep -E -A3 '^(soak|\||deployments:|  ended by|test result|thread .* panicked)'
 done

@@ -126,24 +126,41 @@ impl Reconciler {
         let window = chrono::Duration::from_std(self.config.github.reconcile_window)
             .unwrap_or(chrono::Duration::MAX);
         let oldest = chrono::Utc::now() - window;
+        // Oldest first, as their webhooks would have come: of several picked up for one
+        // environment, the newest is recorded last and is the one that runs.
+        let mut recent: Vec<serde_json::Value> = recent
+            .into_iter()
+            .take_while(|deployment| {
+                deployment["created_at"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .is_some_and(|t| t >= oldest)
+            })
+            .collect();
+        recent.reverse();
+        let store = |e: anyhow::Error| format!("{e:#}");
         let mut picked_up = 0;
         for deployment in recent {
-            let Some(id) = deployment["id"].as_i64() else {
+            let (Some(id), Some(environment)) = (
+                deployment["id"].as_i64(),
+                deployment["environment"].as_str(),
+            ) else {
                 continue;
             };
-            let created = deployment["created_at"]
-                .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-            // Newest first: the rest are older still.
-            if created.is_none_or(|t| t < oldest) {
-                break;
+            // Not admitted: its webhook would have been refused; nothing to record again.
+            if self.config.admit(repo, environment).is_err()
+                || self.store.has_github_deployment(id).await.map_err(store)?
+            {
+                continue;
             }
-            let known = self
+            // A newer deployment of the environment came through already: running this one
+            // now would put an older version over it.
+            let newest = self
                 .store
-                .has_github_deployment(id)
+                .newest_github_id(repo, environment)
                 .await
-                .map_err(|e| format!("{e:#}"))?;
-            if known
+                .map_err(store)?;
+            if newest.is_some_and(|newest| newest > id)
                 || self
                     .github
                     .has_statuses(repo, id, installation)

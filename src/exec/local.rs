@@ -37,9 +37,12 @@ impl Executor for Local {
     async fn run(&self, job: &Job, output: Output) -> Result<Exit, ExecError> {
         let (command, stdin) = render(job);
         let started = Instant::now();
+        // A process group of its own (never Dropship's), and no mark but the job's.
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(command)
+            .process_group(0)
+            .env_remove("DROPSHIP_JOB")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -89,6 +92,7 @@ impl Executor for Local {
         let run = Command::new("sh")
             .arg("-c")
             .arg(kill_script(groups))
+            .env_remove("DROPSHIP_JOB")
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output();

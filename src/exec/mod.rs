@@ -368,12 +368,12 @@ pub(crate) fn render(job: &Job) -> (String, String) {
     let seconds = job.timeout.as_secs().max(1);
     let kill_after = KILL_GRACE.as_secs();
     // `setsid -w`: a process group (and session) of its own, waited for, so the exit code is
-    // the script's. Without `setsid` or `timeout` on the server, the mark alone still lets
-    // `kill` find the processes.
+    // the script's. It is tried, not looked up: BusyBox's `setsid` has no `-w`. Without it or
+    // `timeout` on the server, the mark alone still lets `kill` find the processes.
     let command = format!(
         "DROPSHIP_SCRIPT=$(cat) && export DROPSHIP_SCRIPT && DROPSHIP_JOB={group} && export DROPSHIP_JOB && \
          if command -v timeout >/dev/null 2>&1; then set -- timeout -k {kill_after} {seconds}; else set --; fi && \
-         if command -v setsid >/dev/null 2>&1; then set -- setsid -w \"$@\"; fi && \
+         if setsid -w true >/dev/null 2>&1; then set -- setsid -w \"$@\"; fi && \
          exec \"$@\" sh -ec 'eval \"$DROPSHIP_SCRIPT\"' </dev/null",
         group = shell_quote(&job.group),
     );

@@ -3,7 +3,7 @@
 //! `retry_max`, then every `retry_max` until delivered: a status is never given up on for
 //! GitHub being away. Kept in the store, so a restart picks up where it left off.
 //!
-//! GitHub refusing Dropship's credentials (401, or a 403 that is not a rate limit) pauses the
+//! GitHub refusing Dropship's credentials (401) pauses the
 //! whole outbox instead of discarding anything, and raises the [`DeliveryAlarm`]: `/readyz`
 //! says `degraded` with the reason, the dashboard shows a banner, and
 //! `dropship_github_status_delivery_paused` is 1. A look every `retry_max` (or a restart with
@@ -104,10 +104,11 @@ impl DeliveryAlarm {
     }
 }
 
-/// Whether GitHub refused Dropship's credentials, not the request: 401, or a 403 that is not a
-/// rate limit (those are retriable).
+/// Whether GitHub refused Dropship's credentials, not the request: 401. (A 403 that is not a
+/// rate limit is about one request, such as a missing permission or an archived repository:
+/// that item is set aside, and the rest go on.)
 fn credentials_refused(error: &ApiError) -> bool {
-    !error.retriable && matches!(error.status, Some(401 | 403))
+    !error.retriable && error.status == Some(401)
 }
 /// The longest the worker sleeps without looking at the store.
 const IDLE_POLL: Duration = Duration::from_secs(30);

@@ -238,6 +238,20 @@ pub(crate) async fn deployments_and_statuses(store: &impl Store) {
             .unwrap()
     );
     assert!(!store.has_github_deployment(987_654).await.unwrap());
+    assert_eq!(
+        store
+            .newest_github_id(&first.repo, &first.environment)
+            .await
+            .unwrap(),
+        Some(8)
+    );
+    assert_eq!(
+        store
+            .newest_github_id(&first.repo, "nowhere")
+            .await
+            .unwrap(),
+        None
+    );
 
     // A status enqueued again (a resend) goes behind the others and is due at once.
     store

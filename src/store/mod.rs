@@ -593,6 +593,8 @@ pub trait Deployments: Send + Sync {
     async fn deployment(&self, id: i64) -> anyhow::Result<Option<Deployment>>;
     /// Whether GitHub deployment `github_id` was recorded.
     async fn has_github_deployment(&self, github_id: i64) -> anyhow::Result<bool>;
+    /// The newest GitHub deployment id recorded for `repo`'s `environment`.
+    async fn newest_github_id(&self, repo: &str, environment: &str) -> anyhow::Result<Option<i64>>;
     async fn list_deployments(&self, filter: &ListFilter) -> anyhow::Result<Vec<Deployment>>;
     /// The repositories and environments with queued deployments, `limit` at most, the one
     /// with the oldest queued deployment first.

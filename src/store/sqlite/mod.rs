@@ -225,6 +225,17 @@ impl Deployments for Sqlite {
         Ok(found.is_some())
     }
 
+    async fn newest_github_id(&self, repo: &str, environment: &str) -> anyhow::Result<Option<i64>> {
+        let newest: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(github_id) FROM deployments WHERE repo = ? AND environment = ?",
+        )
+        .bind(repo)
+        .bind(environment)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(newest)
+    }
+
     async fn list_deployments(&self, filter: &ListFilter) -> anyhow::Result<Vec<Deployment>> {
         let rows = sqlx::query(
             "SELECT * FROM deployments WHERE (?1 IS NULL OR repo = ?1) AND (?2 IS NULL OR environment = ?2)
