@@ -382,7 +382,8 @@ pub(crate) fn render(job: &Job) -> (String, String) {
 
 /// The script that kills job groups `groups` (see [`Executor::kill`]): it prints how many
 /// processes carried one of their marks. Linux `/proc`, one `grep` over every process's
-/// environment per look; every value quoted.
+/// environment per look; each process group signalled once, then each marked process (one that
+/// left its group); every value quoted.
 pub(crate) fn kill_script(groups: &[String]) -> String {
     let patterns: Vec<String> = groups
         .iter()
@@ -393,8 +394,10 @@ pub(crate) fn kill_script(groups: &[String]) -> String {
     format!(
         "marked() {{ grep -lzxF {patterns} /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3; }}\n\
          count=$(marked | grep -c .)\n\
-         signal() {{ for pid in $(marked); do pg=$(sed 's/.*) //' \"/proc/$pid/stat\" 2>/dev/null | cut -d' ' -f3); \
-         [ -n \"$pg\" ] && [ \"$pg\" -gt 1 ] && kill -\"$1\" -- -\"$pg\" 2>/dev/null; kill -\"$1\" \"$pid\" 2>/dev/null; done; }}\n\
+         signal() {{ pids=$(marked); \
+         for pg in $(for pid in $pids; do sed 's/.*) //' \"/proc/$pid/stat\" 2>/dev/null | cut -d' ' -f3; done | sort -un); do \
+         [ \"$pg\" -gt 1 ] && kill -\"$1\" -- -\"$pg\" 2>/dev/null; done; \
+         for pid in $pids; do kill -\"$1\" \"$pid\" 2>/dev/null; done; }}\n\
          [ \"$count\" -gt 0 ] && signal TERM\n\
          i=0; while [ \"$i\" -lt {grace_steps} ] && [ -n \"$(marked)\" ]; do sleep 0.25; i=$((i+1)); done\n\
          [ -n \"$(marked)\" ] && signal KILL\n\
