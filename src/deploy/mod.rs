@@ -76,6 +76,8 @@ pub struct Runner {
     stops: Stops,
     /// Dropship's secret key: proves who asked for a redeploy under a lock.
     keys: Arc<crate::keys::Keys>,
+    /// This Dropship's name in its jobs' marks (`Keys::instance`).
+    instance: Arc<str>,
     /// Each repository's secret masking, built once at start.
     redactors: crate::logs::Redactors,
 }
@@ -128,6 +130,7 @@ impl Runner {
             reporter,
             environments,
             stops,
+            instance: keys.instance().into(),
             keys,
             redactors,
         }
@@ -373,7 +376,7 @@ impl Runner {
         log.note(note);
         log.flush().await;
         let steps = self.store.steps(deployment.id).await?;
-        let instance = self.keys.instance();
+        let instance = &self.instance;
         // Their jobs may still run on the servers, with nobody waiting for them: they are
         // killed at the next contact with each server (`kill_orphans`).
         let orphans: Vec<(String, String)> = steps
@@ -381,7 +384,7 @@ impl Runner {
             .filter(|step| step.state == StepState::Running)
             .map(|step| {
                 let group = crate::exec::job_group(
-                    &instance,
+                    instance,
                     deployment.id,
                     step.step_index as usize,
                     &step.server,
@@ -878,7 +881,7 @@ impl Runner {
                 log: log.clone(),
                 server: server.to_string(),
                 step: step.name.clone(),
-                group: crate::exec::job_group(&self.keys.instance(), deployment.id, index, server),
+                group: crate::exec::job_group(&self.instance, deployment.id, index, server),
                 stop: running.token().clone(),
             };
             let outcome = match &step.action {

@@ -2,7 +2,8 @@
 //!
 //! Both feed the script through the command's standard input, never its arguments, so that
 //! secrets exported by the script do not show in the server's process list. The script runs
-//! under `sh -e` inside `timeout`, in a process group of its own (`setsid`), and every process
+//! under `sh -e` inside `timeout`, in a process group of its own (`timeout`'s, or `setsid`'s
+//! where there is no `timeout`), and every process
 //! it starts carries `DROPSHIP_JOB=<group>` in its environment. When a job is stopped (cancel,
 //! a timeout, shutdown), or outlives its deadline, or was left behind by a Dropship that
 //! crashed, [`Executor::kill`] finds its processes by that mark over a separate channel and
@@ -367,13 +368,14 @@ pub(crate) fn render(job: &Job) -> (String, String) {
     stdin.push('\n');
     let seconds = job.timeout.as_secs().max(1);
     let kill_after = KILL_GRACE.as_secs();
-    // `setsid -w`: a process group (and session) of its own, waited for, so the exit code is
-    // the script's. It is tried, not looked up: BusyBox's `setsid` has no `-w`. Without it or
-    // `timeout` on the server, the mark alone still lets `kill` find the processes.
+    // A process group of its own: `timeout` makes one (it is its group's leader, so it can
+    // signal the whole group); without `timeout`, `setsid -w` does (a new session, waited for,
+    // so the exit code is the script's; tried, not looked up, as BusyBox's has no `-w`).
+    // Without either, the mark alone still lets `kill` find the processes.
     let command = format!(
         "DROPSHIP_SCRIPT=$(cat) && export DROPSHIP_SCRIPT && DROPSHIP_JOB={group} && export DROPSHIP_JOB && \
-         if command -v timeout >/dev/null 2>&1; then set -- timeout -k {kill_after} {seconds}; else set --; fi && \
-         if setsid -w true >/dev/null 2>&1; then set -- setsid -w \"$@\"; fi && \
+         if command -v timeout >/dev/null 2>&1; then set -- timeout -k {kill_after} {seconds}; \
+         elif setsid -w true >/dev/null 2>&1; then set -- setsid -w; else set --; fi && \
          exec \"$@\" sh -ec 'eval \"$DROPSHIP_SCRIPT\"' </dev/null",
         group = shell_quote(&job.group),
     );
