@@ -345,11 +345,72 @@ mod tests {
 
     use async_trait::async_trait;
 
-    use super::Scheduler;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Queue, Scheduler};
     use crate::config::Config;
-    use crate::github::{ApiError, ManifestFile, ManifestSource};
+    use crate::github::{ApiError, FixedManifest, ManifestFile, ManifestSource};
     use crate::logs::Event;
-    use crate::store::{Inserted, NewDeployment, State};
+    use crate::server::Local;
+    use crate::store::{Deployment, Inserted, NewDeployment, State, Transition};
+
+    const MANIFEST: &str = "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: ok\n      run: \"true\"\n";
+
+    /// Dropship on this machine, its data in `data`, manifests from `manifests`.
+    async fn local(data: &std::path::Path, manifests: Arc<dyn ManifestSource>) -> Local {
+        let config = Config::from_toml(&format!(
+            "[server]\ndata_dir = \"{}\"\n[[servers]]\nname = \"local\"\nhost = \"local\"\n[[repos]]\nname = \"acme/shop\"\nservers = [\"local\"]\n",
+            data.display()
+        ))
+        .unwrap();
+        crate::server::local(Arc::new(config), manifests)
+            .await
+            .unwrap()
+    }
+
+    /// Records a deployment of `sha` to acme/shop's production.
+    async fn insert(local: &Local, github_id: i64, sha: &str) -> Deployment {
+        let new = NewDeployment {
+            github_id: Some(github_id),
+            repo: "acme/shop".into(),
+            environment: "production".into(),
+            task: "deploy".into(),
+            git_ref: "main".into(),
+            sha: sha.into(),
+            payload: serde_json::json!({}),
+            description: None,
+            creator: None,
+            installation_id: None,
+            transient: false,
+            production: true,
+        };
+        match local
+            .store
+            .insert_deployment(new, None, None)
+            .await
+            .unwrap()
+        {
+            Inserted::New(deployment) => deployment,
+            Inserted::Duplicate(_) => panic!("a duplicate"),
+        }
+    }
+
+    /// A running scheduler with `max_running` places; cancel the token to stop it.
+    fn start(
+        local: &Local,
+        max_running: usize,
+    ) -> (Queue, CancellationToken, tokio::task::JoinHandle<()>) {
+        let (scheduler, queue) = Scheduler::new(
+            local.runner.clone(),
+            local.store.clone(),
+            max_running,
+            10,
+            Duration::from_secs(1),
+        );
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(scheduler.run(stop.clone().cancelled_owned()));
+        (queue, stop, running)
+    }
 
     const BROKEN: &str = "bad0000000000000000000000000000000000000";
     const GOOD: &str = "600d000000000000000000000000000000000000";
@@ -370,7 +431,7 @@ mod tests {
             assert_ne!(sha, BROKEN, "a bug in a deployment's run");
             Ok(Some(ManifestFile {
                 path: path.into(),
-                text: "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: ok\n      run: \"true\"\n".into(),
+                text: MANIFEST.into(),
             }))
         }
 
@@ -389,48 +450,12 @@ mod tests {
     #[tokio::test]
     async fn a_panic_in_a_run_ends_the_deployment_error_and_frees_its_environment() {
         let data = tempfile::tempdir().unwrap();
-        let config = Config::from_toml(&format!(
-            "[server]\ndata_dir = \"{}\"\n[[servers]]\nname = \"local\"\nhost = \"local\"\n[[repos]]\nname = \"acme/shop\"\nservers = [\"local\"]\n",
-            data.path().display()
-        ))
-        .unwrap();
-        let local = crate::server::local(Arc::new(config), Arc::new(PanicsAt))
-            .await
-            .unwrap();
+        let local = local(data.path(), Arc::new(PanicsAt)).await;
         let mut events = local.bus.subscribe();
-        let (scheduler, queue) = Scheduler::new(
-            local.runner.clone(),
-            local.store.clone(),
-            1,
-            10,
-            Duration::from_secs(1),
-        );
-        let stop = tokio_util::sync::CancellationToken::new();
-        let scheduler = tokio::spawn(scheduler.run(stop.clone().cancelled_owned()));
+        let (queue, stop, scheduler) = start(&local, 1);
         let mut ids = Vec::new();
-        for sha in [BROKEN, GOOD] {
-            let new = NewDeployment {
-                github_id: None,
-                repo: "acme/shop".into(),
-                environment: "production".into(),
-                task: "deploy".into(),
-                git_ref: "main".into(),
-                sha: sha.into(),
-                payload: serde_json::json!({}),
-                description: None,
-                creator: None,
-                installation_id: None,
-                transient: false,
-                production: true,
-            };
-            let Inserted::New(deployment) = local
-                .store
-                .insert_deployment(new, None, None)
-                .await
-                .unwrap()
-            else {
-                panic!("a duplicate");
-            };
+        for (github_id, sha) in [(1, BROKEN), (2, GOOD)] {
+            let deployment = insert(&local, github_id, sha).await;
             ids.push(deployment.id);
             queue.push(&deployment);
             // The second is pushed once the first has started, so it is not superseded.
@@ -475,67 +500,18 @@ mod tests {
         stop.cancel();
         scheduler.await.unwrap();
     }
-}
-
-#[cfg(test)]
-mod lease_tests {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use super::Scheduler;
-    use crate::config::Config;
-    use crate::github::{FixedManifest, ManifestFile};
-    use crate::logs::Event;
-    use crate::store::{Inserted, NewDeployment, State, Transition};
-
-    fn new(github_id: i64) -> NewDeployment {
-        NewDeployment {
-            github_id: Some(github_id),
-            repo: "acme/shop".into(),
-            environment: "production".into(),
-            task: "deploy".into(),
-            git_ref: "main".into(),
-            sha: "1ea5e00000000000000000000000000000000000".into(),
-            payload: serde_json::json!({}),
-            description: None,
-            creator: None,
-            installation_id: None,
-            transient: false,
-            production: true,
-        }
-    }
 
     /// A deployment the store shows running (another Dropship's, or one no memory knows of)
     /// holds its environment: a queued one there waits, and runs once that one ended.
     #[tokio::test]
     async fn the_store_holds_each_environments_run_lease() {
         let data = tempfile::tempdir().unwrap();
-        let config = Config::from_toml(&format!(
-            "[server]\ndata_dir = \"{}\"\n[[servers]]\nname = \"local\"\nhost = \"local\"\n[[repos]]\nname = \"acme/shop\"\nservers = [\"local\"]\n",
-            data.path().display()
-        ))
-        .unwrap();
         let manifest = FixedManifest::new(ManifestFile {
             path: "dropship.yml".into(),
-            text: "version: 1\nenvironments:\n  production:\n    servers: [local]\ntasks:\n  deploy:\n    - name: ok\n      run: \"true\"\n".into(),
+            text: MANIFEST.into(),
         });
-        let local = crate::server::local(Arc::new(config), Arc::new(manifest))
-            .await
-            .unwrap();
-        let insert = |github_id| {
-            let store = local.store.clone();
-            async move {
-                match store
-                    .insert_deployment(new(github_id), None, None)
-                    .await
-                    .unwrap()
-                {
-                    Inserted::New(d) => d,
-                    Inserted::Duplicate(_) => panic!("a duplicate"),
-                }
-            }
-        };
-        let holder = insert(1).await;
+        let local = local(data.path(), Arc::new(manifest)).await;
+        let holder = insert(&local, 1, GOOD).await;
         let transition = |state| Transition {
             state,
             description: None,
@@ -550,17 +526,9 @@ mod lease_tests {
                 .await
                 .unwrap()
         );
-        let waiting = insert(2).await;
+        let waiting = insert(&local, 2, GOOD).await;
         let mut events = local.bus.subscribe();
-        let (scheduler, queue) = Scheduler::new(
-            local.runner.clone(),
-            local.store.clone(),
-            4,
-            10,
-            Duration::from_secs(1),
-        );
-        let stop = tokio_util::sync::CancellationToken::new();
-        let scheduler = tokio::spawn(scheduler.run(stop.clone().cancelled_owned()));
+        let (queue, stop, scheduler) = start(&local, 4);
         queue.push(&waiting);
         // Tried, and refused by the store: its log says why it waits.
         loop {

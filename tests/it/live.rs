@@ -267,6 +267,11 @@ async fn statuses_outlast_a_long_github_outage_and_all_arrive_in_order() {
     }
 }
 
+async fn readyz(server: &TestServer) -> String {
+    let answer = server.client.get(server.url("/readyz")).send().await;
+    answer.unwrap().text().await.unwrap()
+}
+
 /// A token GitHub refuses pauses delivery instead of discarding: `/readyz` says degraded and
 /// why, the metric is 1 and the dashboard shows a banner. Restarted with the right token, every
 /// status queued meanwhile arrives, in order.
@@ -285,15 +290,7 @@ async fn a_refused_token_pauses_delivery_with_an_alarm_and_the_fixed_token_deliv
         Duration::from_secs(10),
         "/readyz to say degraded",
         || async {
-            let body = server
-                .client
-                .get(server.url("/readyz"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let body = readyz(&server).await;
             body.starts_with("degraded: status delivery is paused") && body.contains("credentials")
         },
     )
@@ -328,16 +325,7 @@ async fn a_refused_token_pauses_delivery_with_an_alarm_and_the_fixed_token_deliv
     let statuses = github.wait_final(7201, Duration::from_secs(30)).await;
     let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
     assert_eq!(states, ["queued", "in_progress", "success"]);
-    let ready = server
-        .client
-        .get(server.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(ready, "ready");
+    assert_eq!(readyz(&server).await, "ready");
 }
 
 /// The resend action posts the deployment's current state again, behind what was posted, and
