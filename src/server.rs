@@ -53,7 +53,7 @@ impl Foundation {
     }
 
     /// The pieces every service shares, built once: the log writer, the servers, the
-    /// reporter, the environments and the cancel requests.
+    /// reporter, the environments, the stop tokens and the page links.
     fn shared(&self, routes: Option<Arc<dyn crate::proxy::Routes>>) -> anyhow::Result<Shared> {
         let config = self.config.clone();
         let store = self.store.clone();
