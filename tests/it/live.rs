@@ -267,6 +267,14 @@ async fn statuses_outlast_a_long_github_outage_and_all_arrive_in_order() {
     }
 }
 
+/// Waits until GitHub's deployments were listed `n` times in all (reconciler passes).
+async fn reconciler_passes(github: &FakeGithub, n: usize) {
+    eventually(Duration::from_secs(10), "reconciler passes", || async {
+        github.deployment_lists() >= n
+    })
+    .await;
+}
+
 async fn readyz(server: &TestServer) -> String {
     let answer = server.client.get(server.url("/readyz")).send().await;
     answer.unwrap().text().await.unwrap()
@@ -413,22 +421,12 @@ async fn a_deployment_whose_webhook_never_arrived_is_picked_up_by_the_reconciler
     assert_eq!(late["duplicate"], true, "{late}");
     // Passes go on; the deployment with another system's statuses is never taken.
     let lists = github.deployment_lists();
-    eventually(
-        Duration::from_secs(10),
-        "two more reconciler passes",
-        || async { github.deployment_lists() >= lists + 2 },
-    )
-    .await;
+    reconciler_passes(&github, lists + 2).await;
     assert_eq!(github.statuses(9102).len(), 1, "only the other system's");
     // One older than what already ran there is not run over it.
     github.add_recent_deployment("acme/shop", 9100, SHA, "production", json!({}));
     let lists = github.deployment_lists();
-    eventually(
-        Duration::from_secs(10),
-        "two more reconciler passes",
-        || async { github.deployment_lists() >= lists + 2 },
-    )
-    .await;
+    reconciler_passes(&github, lists + 2).await;
     let list: Value = server.api("/api/deployments").await.json().await.unwrap();
     for skipped in [9100, 9102] {
         assert!(

@@ -60,6 +60,22 @@ impl Params {
     }
 }
 
+/// How many steps have marked their start.
+fn step_starts(marks: &std::path::Path) -> usize {
+    std::fs::read_to_string(marks)
+        .map(|text| text.lines().filter(|l| l.contains(" start ")).count())
+        .unwrap_or(0)
+}
+
+/// Waits until more than `before` steps have marked their start, or `limit` has passed.
+async fn a_step_starts(marks: &std::path::Path, before: usize, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut look = tokio::time::interval(Duration::from_millis(20));
+    while step_starts(marks) <= before && tokio::time::Instant::now() < deadline {
+        look.tick().await;
+    }
+}
+
 /// Seconds since the epoch, as the steps' `date +%s.%N` marks them.
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
@@ -182,6 +198,7 @@ async fn a_soak_under_faults_loses_nothing_and_never_overlaps() {
     let kill_every = (p.deployments / (p.kills + 1)).max(1);
     let started = Instant::now();
     for (i, github_id) in ids.iter().copied().enumerate() {
+        let started_steps = step_starts(&marks);
         let environment = format!("e{}", i % p.environments);
         let sleep = format!("{}.{}", dice.below(3), dice.below(10));
         let payload = json!({ "sleep": sleep });
@@ -248,8 +265,10 @@ async fn a_soak_under_faults_loses_nothing_and_never_overlaps() {
             }
             _ => github.status_outage(None),
         }
-        // Deliveries spread over the run, so faults land under running steps.
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Deliveries spread over the run, so faults land under running steps: the next one
+        // waits until a step has started since this one (or a second has passed: every
+        // environment may be busy, or this delivery dropped).
+        a_step_starts(&marks, started_steps, Duration::from_secs(1)).await;
     }
     github.status_outage(None);
 
