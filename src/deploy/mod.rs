@@ -412,6 +412,12 @@ impl Runner {
         self.stops.stop_all(reason);
     }
 
+    /// Stops, for `reason`, the running deployments that have not begun a step: on shutdown
+    /// they go back to the queue.
+    pub fn stop_unbegun(&self, reason: StopReason) {
+        self.stops.stop_unbegun(reason);
+    }
+
     /// Ends `older`, still queued, `error`: `newest` of its environment runs instead.
     pub async fn supersede(&self, older: &Deployment, newest: &Deployment) {
         let description = format!("superseded by deployment {}", newest.public_id());
@@ -542,7 +548,14 @@ impl Runner {
             deployment.environment,
             deployment.task
         ));
-        let (outcome, environment_url) = match self.plan(&deployment, &log).await {
+        let planned = tokio::select! {
+            plan = self.plan(&deployment, &log) => plan,
+            () = running.token().cancelled() => Err(stopped_before_steps(
+                running.reason().unwrap_or(StopReason::Shutdown),
+                "while reading its manifest",
+            )),
+        };
+        let (outcome, environment_url) = match planned {
             Ok(plan) if plan.teardown => {
                 log.note(format!(
                     "tearing down preview environment {}",
@@ -596,6 +609,7 @@ impl Runner {
         };
         let mark = match outcome.state {
             State::Success | State::Inactive => "✔",
+            State::Queued => "↻",
             _ => "✘",
         };
         log.note(format!("{mark} {}: {}", outcome.state, outcome.description));
@@ -695,6 +709,15 @@ impl Runner {
         let mut stopped: Option<Outcome> = None;
         let mut soft_failures = Vec::new();
         for (index, step) in plan.steps.iter().enumerate() {
+            if index == 0 {
+                if let Err(reason) = running.begin_steps() {
+                    let outcome =
+                        stopped_before_steps(reason, &format!("before step {}", step.name));
+                    if outcome.state == State::Queued {
+                        return Ok(outcome);
+                    }
+                }
+            }
             if stopped.is_none() {
                 if let Some(reason) = running.reason() {
                     let description = format!("{reason} before step {}", step.name);
@@ -1074,5 +1097,20 @@ pub fn format_elapsed(elapsed: Duration) -> String {
         format!("{:.1}s", elapsed.as_secs_f64())
     } else {
         format!("{}m{:02}s", elapsed.as_secs() / 60, elapsed.as_secs() % 60)
+    }
+}
+
+/// The outcome of a deployment stopped for `reason` before its first step (`when`): stopped
+/// by a shutdown, it goes back to the queue and the next start runs it; otherwise it ends
+/// `error`.
+fn stopped_before_steps(reason: StopReason, when: &str) -> Outcome {
+    match reason {
+        StopReason::Shutdown => Outcome {
+            state: State::Queued,
+            description: format!(
+                "re-queued: dropship shut down {when}; it runs after the restart"
+            ),
+        },
+        other => Outcome::error(format!("{other} {when}")),
     }
 }

@@ -177,14 +177,15 @@ impl Scheduler {
         }
     }
 
-    /// On shutdown: nothing new starts (queued deployments stay queued for the next start);
-    /// running ones may finish within the grace; then they are stopped (their steps'
-    /// processes killed) and end `error` ("interrupted: shutdown"), each within the kill
-    /// deadline.
+    /// On shutdown: nothing new starts (queued deployments stay queued for the next start),
+    /// and running ones that have not begun a step go back to the queue at once; the others
+    /// may finish within the grace; then they are stopped (their steps' processes killed) and
+    /// end `error` ("interrupted: shutdown"), each within the kill deadline.
     async fn wind_down(&self, mut running: JoinSet<(Key, bool)>) {
         if running.is_empty() {
             return;
         }
+        self.runner.stop_unbegun(StopReason::Shutdown);
         tracing::info!(
             running = running.len(),
             grace = %humantime::format_duration(self.grace),

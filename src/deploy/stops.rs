@@ -37,6 +37,8 @@ impl std::fmt::Display for StopReason {
 struct Entry {
     token: CancellationToken,
     reason: Option<StopReason>,
+    /// Its first step has begun: from here on a stop ends it rather than re-queueing it.
+    steps_begun: bool,
 }
 
 /// The stop tokens of running deployments. Cheap to clone; every clone sees the same. One
@@ -74,6 +76,18 @@ impl Stops {
         }
     }
 
+    /// Stops, for `reason`, every running deployment that has not begun a step: on shutdown
+    /// they go back to the queue (their runner sees [`Running::begin_steps`] refused) instead
+    /// of starting work the grace may not let finish.
+    pub fn stop_unbegun(&self, reason: StopReason) {
+        for entry in self.lock().values_mut() {
+            if entry.reason.is_none() && !entry.steps_begun {
+                entry.reason = Some(reason.clone());
+                entry.token.cancel();
+            }
+        }
+    }
+
     /// How many deployments are registered as running.
     pub fn running(&self) -> usize {
         self.lock().len()
@@ -102,6 +116,21 @@ impl Running {
     /// Cancelled when the deployment is stopped: a step's job holds a child of it.
     pub fn token(&self) -> &CancellationToken {
         &self.token
+    }
+
+    /// Marks its first step begun, unless it was stopped already: then the reason.
+    pub fn begin_steps(&self) -> Result<(), StopReason> {
+        let mut entries = self.stops.lock();
+        let Some(entry) = entries.get_mut(&self.id) else {
+            return Ok(());
+        };
+        match &entry.reason {
+            Some(reason) => Err(reason.clone()),
+            None => {
+                entry.steps_begun = true;
+                Ok(())
+            }
+        }
     }
 
     /// Why the deployment was stopped, once it was.
@@ -154,5 +183,18 @@ mod tests {
         assert!(!again.token().is_cancelled() && again.reason().is_none());
         stops.stop_all(StopReason::Shutdown);
         assert_eq!(again.reason(), Some(StopReason::Shutdown));
+    }
+
+    #[test]
+    fn on_shutdown_only_deployments_that_began_no_step_are_stopped_at_once() {
+        let stops = Stops::default();
+        let (working, waiting) = (stops.register(1), stops.register(2));
+        assert_eq!(working.begin_steps(), Ok(()));
+        stops.stop_unbegun(StopReason::Shutdown);
+        assert!(!working.token().is_cancelled() && working.reason().is_none());
+        assert!(waiting.token().is_cancelled());
+        assert_eq!(waiting.begin_steps(), Err(StopReason::Shutdown));
+        stops.stop_all(StopReason::Shutdown);
+        assert_eq!(working.reason(), Some(StopReason::Shutdown));
     }
 }

@@ -20,6 +20,8 @@ const SHA: &str = "5709500000000000000000000000000000000000";
 struct World {
     server: TestServer,
     github: FakeGithub,
+    /// The configuration, for a restart.
+    toml: String,
     _sshd: Sshd,
     _key: ClientKey,
 }
@@ -44,6 +46,7 @@ async fn world(manifest: &str, server_extra: &str) -> Option<World> {
     Some(World {
         server,
         github,
+        toml,
         _sshd: sshd,
         _key: key,
     })
@@ -204,4 +207,53 @@ async fn shutdown_lets_a_deployment_finish_within_the_grace() {
     w.server.stop().await;
     let statuses = w.github.wait_final(8501, Duration::from_secs(30)).await;
     assert_eq!(statuses.last().unwrap().state(), "success");
+}
+
+/// SIGTERM sends a deployment that has begun no step (its manifest read is still out) back
+/// to the queue at once, without waiting for the grace, and the next start runs it.
+#[tokio::test]
+async fn shutdown_requeues_a_deployment_that_began_no_step_and_the_next_start_runs_it() {
+    let manifest = "version: 1\nenvironments:\n  production:\n    servers: [web-1]\ntasks:\n  deploy:\n    - name: short\n      run: echo ran-after-restart\n";
+    let Some(w) = world(manifest, "shutdown_grace = \"60s\"\n").await else {
+        return;
+    };
+    w.github.hold_contents();
+    let id = deliver(&w, 8601).await;
+    w.github
+        .wait_contents_requests(1, Duration::from_secs(30))
+        .await;
+    let World {
+        server,
+        github,
+        toml,
+        _sshd,
+        _key,
+    } = w;
+    let stopping = std::time::Instant::now();
+    let data = server.stop_keeping_data().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(30),
+        "shutdown waited for the grace"
+    );
+    let statuses = github.statuses(8601);
+    let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
+    assert_eq!(states, ["queued", "in_progress", "queued"]);
+    assert_eq!(
+        statuses.last().unwrap().description(),
+        "re-queued: dropship shut down while reading its manifest; it runs after the restart"
+    );
+
+    github.release_contents();
+    let server = TestServer::start(Config::from_toml(&toml).unwrap(), Some(data)).await;
+    let statuses = github.wait_final(8601, Duration::from_secs(30)).await;
+    let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
+    assert_eq!(
+        states,
+        ["queued", "in_progress", "queued", "in_progress", "success"]
+    );
+    let log = server.log(id).await;
+    assert!(
+        log.contains("re-queued") && log.contains("ran-after-restart"),
+        "{log}"
+    );
 }

@@ -108,6 +108,8 @@ impl PostedStatus {
 struct Inner {
     /// (repo, sha, path) → file text.
     files: HashMap<(String, String, String), String>,
+    /// Manifest (contents) reads that arrived.
+    contents_requests: usize,
     /// Deployments created through the API: (repo, deployment), oldest first.
     deployments: Vec<(String, Value)>,
     /// Where created deployments' webhooks go, and the secret that signs them.
@@ -145,6 +147,8 @@ struct Inner {
 pub struct FakeGithub {
     inner: Arc<Mutex<Inner>>,
     changed: Arc<Notify>,
+    /// False while manifest reads are held: each waits, counted, until they are let go.
+    contents_open: Arc<tokio::sync::watch::Sender<bool>>,
     pub url: String,
 }
 
@@ -162,6 +166,7 @@ impl FakeGithub {
                 ..Default::default()
             })),
             changed: Arc::new(Notify::new()),
+            contents_open: Arc::new(tokio::sync::watch::Sender::new(true)),
             url: String::new(),
         };
         let app = axum::Router::new()
@@ -403,6 +408,30 @@ impl FakeGithub {
         self.inner.lock().unwrap().outage = status;
     }
 
+    /// Holds every manifest read from now on, until [`FakeGithub::release_contents`].
+    pub fn hold_contents(&self) {
+        self.contents_open.send_replace(false);
+    }
+
+    /// Answers the held manifest reads, and those to come.
+    pub fn release_contents(&self) {
+        self.contents_open.send_replace(true);
+    }
+
+    /// Waits until `n` manifest reads have arrived (held or answered).
+    pub async fn wait_contents_requests(&self, n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            if self.inner.lock().unwrap().contents_requests >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("fewer than {n} manifest reads in {limit:?}");
+            }
+        }
+    }
+
     /// Status posts are refused 401 unless they carry `token`.
     pub fn require_token(&self, token: &str) {
         self.inner.lock().unwrap().required_token = Some(token.to_string());
@@ -552,6 +581,13 @@ async fn contents(
         );
         return error(StatusCode::BAD_REQUEST, "ref required by this test");
     };
+    fake.inner.lock().unwrap().contents_requests += 1;
+    fake.changed.notify_waiters();
+    let _ = fake
+        .contents_open
+        .subscribe()
+        .wait_for(|open| *open)
+        .await;
     let full = format!("{owner}/{repo}");
     let text = fake
         .inner
