@@ -1107,9 +1107,7 @@ fn stopped_before_steps(reason: StopReason, when: &str) -> Outcome {
     match reason {
         StopReason::Shutdown => Outcome {
             state: State::Queued,
-            description: format!(
-                "re-queued: dropship shut down {when}; it runs after the restart"
-            ),
+            description: format!("re-queued: dropship shut down {when}; it runs after the restart"),
         },
         other => Outcome::error(format!("{other} {when}")),
     }

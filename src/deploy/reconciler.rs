@@ -1,7 +1,8 @@
 //! The reconciler: GitHub never redelivers a webhook by itself, so a delivery lost to a restart
 //! or a network blip would leave a deployment nobody runs. At start and every
 //! `[github] reconcile_interval`, Dropship reads the newest deployments of every repository the
-//! config names, and records and runs, as if delivered, each one newer than
+//! config names exactly, and, with a GitHub App, of every repository of the App's
+//! installations that an `owner/*` entry admits, and records and runs, as if delivered, each one newer than
 //! `reconcile_window` that it never recorded and that has no status (one with statuses belongs
 //! to another system, or to a Dropship that posted them). Its log says so. A webhook that
 //! arrives late for it is a duplicate.
@@ -9,7 +10,7 @@
 use std::sync::Arc;
 
 use super::{Accepted, Intake};
-use crate::config::Config;
+use crate::config::{Config, RepoEntry};
 use crate::github::{ApiError, GithubApi};
 use crate::logs::{Logs, Redactors};
 use crate::store::Store;
@@ -94,19 +95,42 @@ impl Reconciler {
         }
     }
 
-    /// Looks at every repository the config names exactly (an `owner/*` entry names none the
-    /// reconciler could list).
+    /// Looks at every repository the config names exactly and, with a GitHub App, every
+    /// repository its installations reach that an `owner/*` entry admits.
     pub async fn pass(&self) -> Reconciled {
         let mut done = Reconciled::default();
-        let repos: Vec<String> = self
+        let (exact, patterns): (Vec<&RepoEntry>, Vec<&RepoEntry>) = self
             .config
             .repos
             .iter()
-            .map(|entry| entry.name.clone())
-            .filter(|name| !name.contains('*'))
-            .collect();
-        for repo in repos {
-            match self.repository(&repo).await {
+            .partition(|entry| !entry.name.contains('*'));
+        let mut repos: Vec<(String, Option<i64>)> = Vec::new();
+        for entry in exact {
+            match self.github.installation(&entry.name).await {
+                Ok(installation) => repos.push((entry.name.clone(), installation)),
+                Err(error) => done.failed.push((entry.name.clone(), error.message)),
+            }
+        }
+        if !patterns.is_empty() {
+            match self.github.installed_repositories().await {
+                Ok(installed) => {
+                    let admitted: Vec<(String, Option<i64>)> = installed
+                        .into_iter()
+                        .filter(|(repo, _)| {
+                            patterns.iter().any(|entry| entry.matches_repo(repo))
+                                && !repos.iter().any(|(named, _)| named == repo)
+                        })
+                        .map(|(repo, installation)| (repo, Some(installation)))
+                        .collect();
+                    repos.extend(admitted);
+                }
+                Err(error) => done
+                    .failed
+                    .push(("the App's installations".into(), error.message)),
+            }
+        }
+        for (repo, installation) in repos {
+            match self.repository(&repo, installation).await {
                 Ok(picked_up) => done.picked_up += picked_up,
                 Err(why) => done.failed.push((repo, why)),
             }
@@ -115,9 +139,8 @@ impl Reconciler {
     }
 
     /// Picks up `repo`'s recent deployments that need it; how many.
-    async fn repository(&self, repo: &str) -> Result<usize, String> {
+    async fn repository(&self, repo: &str, installation: Option<i64>) -> Result<usize, String> {
         let api = |e: ApiError| e.message;
-        let installation = self.github.installation(repo).await.map_err(api)?;
         let recent = self
             .github
             .recent_deployments(repo, installation)

@@ -370,7 +370,15 @@ pub trait GithubApi: Send + Sync + std::fmt::Debug {
         id: i64,
         installation: Option<i64>,
     ) -> Result<bool, ApiError>;
+
+    /// Every repository a GitHub App's installations may reach, with its installation (at
+    /// most [`INSTALLED_PAGES`] pages of each list); empty with a token, which has none.
+    async fn installed_repositories(&self) -> Result<Vec<(String, i64)>, ApiError>;
 }
+
+/// How many pages of 100 the App's installations, and each installation's repositories, are
+/// read to at most.
+pub const INSTALLED_PAGES: usize = 10;
 
 /// How many of a repository's newest deployments the reconciler reads per pass (one page).
 pub const RECENT_DEPLOYMENTS: usize = 100;
@@ -463,6 +471,69 @@ impl GithubApi for Github {
             )
             .await?;
         Ok(!statuses.is_empty())
+    }
+
+    async fn installed_repositories(&self) -> Result<Vec<(String, i64)>, ApiError> {
+        #[derive(Deserialize)]
+        struct Installation {
+            id: i64,
+        }
+        #[derive(Deserialize)]
+        struct Repository {
+            full_name: String,
+        }
+        #[derive(Deserialize)]
+        struct Repositories {
+            repositories: Vec<Repository>,
+        }
+        if !self.is_app {
+            return Ok(Vec::new());
+        }
+        let mut installations = Vec::new();
+        for page in 1..=INSTALLED_PAGES {
+            let route = format!("/app/installations?per_page=100&page={page}");
+            let listed: Vec<Installation> = self
+                .send(
+                    &self.root,
+                    http::Method::GET,
+                    &route,
+                    None::<&()>,
+                    "listing the App's installations",
+                )
+                .await?;
+            let last = listed.len() < 100;
+            installations.extend(listed.into_iter().map(|i| i.id));
+            if last {
+                break;
+            }
+        }
+        let mut repositories = Vec::new();
+        for installation in installations {
+            let client = self.client(Some(installation)).await?;
+            for page in 1..=INSTALLED_PAGES {
+                let route = format!("/installation/repositories?per_page=100&page={page}");
+                let listed: Repositories = self
+                    .send(
+                        &client,
+                        http::Method::GET,
+                        &route,
+                        None::<&()>,
+                        "listing an installation's repositories",
+                    )
+                    .await?;
+                let last = listed.repositories.len() < 100;
+                repositories.extend(
+                    listed
+                        .repositories
+                        .into_iter()
+                        .map(|r| (r.full_name, installation)),
+                );
+                if last {
+                    break;
+                }
+            }
+        }
+        Ok(repositories)
     }
 }
 

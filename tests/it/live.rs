@@ -268,6 +268,52 @@ async fn statuses_outlast_a_long_github_outage_and_all_arrive_in_order() {
 }
 
 /// Waits until GitHub's deployments were listed `n` times in all (reconciler passes).
+/// With a GitHub App, an `owner/*` entry's repositories are the App's installations' ones: a
+/// deployment of one of them whose webhook never arrived is picked up and run as that
+/// installation; one the entry does not admit is not recorded.
+#[tokio::test]
+async fn the_reconciler_reads_the_repositories_an_apps_installations_reach() {
+    let (_keys, key) = crate::support::app_key();
+    let github = FakeGithub::start().await;
+    github.add_file("acme/shop", SHA, "dropship.yml", HELLO);
+    github.install(3, "acme/shop");
+    github.install(3, "other/thing");
+    github.add_recent_deployment("acme/shop", 9201, SHA, "production", json!({}));
+    github.add_recent_deployment("other/thing", 9202, SHA, "production", json!({}));
+    let extra = format!(
+        "[github.app]\napp_id = 42\nprivate_key_file = \"{}\"\n\n{}",
+        key.display(),
+        LOCAL.replace("acme/shop", "acme/*")
+    );
+    let data = tempfile::tempdir().unwrap();
+    let toml = config_toml(data.path(), &github.url, &extra)
+        .replace("token = \"ghp_test_token\"\n", "")
+        .replace(
+            "retry_max = \"200ms\"\n",
+            "retry_max = \"200ms\"\nreconcile_interval = \"200ms\"\n",
+        );
+    let server = TestServer::start(Config::from_toml(&toml).unwrap(), Some(data)).await;
+    let statuses = github.wait_final(9201, Duration::from_secs(30)).await;
+    let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
+    assert_eq!(states, ["queued", "in_progress", "success"]);
+    assert!(
+        statuses
+            .iter()
+            .all(|s| s.authorization.contains("ghs_installation3_")),
+        "{statuses:#?}"
+    );
+    let lists = github.deployment_lists();
+    reconciler_passes(&github, lists + 2).await;
+    let list: Value = server.api("/api/deployments").await.json().await.unwrap();
+    let repos: Vec<&Value> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| &d["repo"])
+        .collect();
+    assert_eq!(repos, ["acme/shop"], "{list}");
+}
+
 async fn reconciler_passes(github: &FakeGithub, n: usize) {
     eventually(Duration::from_secs(10), "reconciler passes", || async {
         github.deployment_lists() >= n

@@ -108,6 +108,8 @@ impl PostedStatus {
 struct Inner {
     /// (repo, sha, path) → file text.
     files: HashMap<(String, String, String), String>,
+    /// Repositories of the App's installations: (installation id, full name).
+    installed: Vec<(i64, String)>,
     /// Manifest (contents) reads that arrived.
     contents_requests: usize,
     /// Deployments created through the API: (repo, deployment), oldest first.
@@ -176,6 +178,8 @@ impl FakeGithub {
                 post(create_status).get(list_statuses),
             )
             .route("/app/installations/{id}/access_tokens", post(access_token))
+            .route("/app/installations", get(list_installations))
+            .route("/installation/repositories", get(installation_repositories))
             .route("/repos/{owner}/{repo}/tarball/{*reference}", get(tarball))
             .route("/repos/{owner}/{repo}/commits/{*reference}", get(commit))
             .route("/repos/{owner}/{repo}/check-runs", post(create_check_run))
@@ -341,6 +345,15 @@ impl FakeGithub {
         deployment["created_at"] = now.clone().into();
         deployment["updated_at"] = now.into();
         deployment["payload"] = payload;
+    }
+
+    /// Makes `repo` one of installation `installation`'s repositories.
+    pub fn install(&self, installation: i64, repo: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .installed
+            .push((installation, repo.into()));
     }
 
     /// A status another system posted on deployment `id`.
@@ -583,11 +596,7 @@ async fn contents(
     };
     fake.inner.lock().unwrap().contents_requests += 1;
     fake.changed.notify_waiters();
-    let _ = fake
-        .contents_open
-        .subscribe()
-        .wait_for(|open| *open)
-        .await;
+    let _ = fake.contents_open.subscribe().wait_for(|open| *open).await;
     let full = format!("{owner}/{repo}");
     let text = fake
         .inner
@@ -641,6 +650,103 @@ fn authorization(headers: &axum::http::HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string()
+}
+
+/// `apps/list-installations` (an App's JWT): one page, GitHub's example installation for each
+/// id. (The operation is not in the OpenAPI subset; each item is checked against its
+/// `installation` schema.)
+async fn list_installations(
+    State(fake): State<FakeGithub>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let auth = authorization(&headers);
+    if auth
+        .strip_prefix("Bearer ")
+        .unwrap_or_default()
+        .split('.')
+        .count()
+        != 3
+    {
+        fake.violation(format!("installations listed without an app JWT: {auth:?}"));
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "A JSON web token could not be decoded",
+        );
+    }
+    let mut ids: Vec<i64> = fake
+        .inner
+        .lock()
+        .unwrap()
+        .installed
+        .iter()
+        .map(|(id, _)| *id)
+        .collect();
+    ids.dedup();
+    let example = openapi()["components"]["examples"]["installation"]["value"].clone();
+    let list: Vec<Value> = ids
+        .into_iter()
+        .map(|id| {
+            let mut installation = example.clone();
+            installation["id"] = id.into();
+            installation
+        })
+        .collect();
+    for installation in &list {
+        if let Err(e) = validate("/components/schemas/installation", installation) {
+            fake.violation(format!("fake's own installation: {e}"));
+        }
+    }
+    (StatusCode::OK, Json(Value::Array(list))).into_response()
+}
+
+/// `apps/list-repos-accessible-to-installation` (an installation token): the installation's
+/// repositories, each GitHub's example repository renamed. (Not in the OpenAPI subset; each
+/// repository is checked against its `repository` schema.)
+async fn installation_repositories(
+    State(fake): State<FakeGithub>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let auth = authorization(&headers);
+    let Some(installation) = auth
+        .strip_prefix("Bearer ghs_installation")
+        .and_then(|rest| rest.split('_').next())
+        .and_then(|id| id.parse::<i64>().ok())
+    else {
+        fake.violation(format!(
+            "installation repositories listed without an installation token: {auth:?}"
+        ));
+        return error(StatusCode::UNAUTHORIZED, "Bad credentials");
+    };
+    let example =
+        openapi()["components"]["examples"]["installation-token"]["value"]["repositories"][0]
+            .clone();
+    let repositories: Vec<Value> = fake
+        .inner
+        .lock()
+        .unwrap()
+        .installed
+        .iter()
+        .filter(|(id, _)| *id == installation)
+        .map(|(_, full)| {
+            let (owner, name) = full.split_once('/').unwrap();
+            let mut repository = example.clone();
+            repository["full_name"] = full.clone().into();
+            repository["name"] = name.into();
+            repository["owner"]["login"] = owner.into();
+            repository
+        })
+        .collect();
+    for repository in &repositories {
+        if let Err(e) = validate("/components/schemas/repository", repository) {
+            fake.violation(format!("fake's own repository: {e}"));
+        }
+    }
+    let body = json!({
+        "total_count": repositories.len(),
+        "repository_selection": "selected",
+        "repositories": repositories,
+    });
+    (StatusCode::OK, Json(body)).into_response()
 }
 
 async fn access_token(
