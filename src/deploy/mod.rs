@@ -472,12 +472,25 @@ impl Runner {
             }
         };
         let note = format!("ended: {why}");
-        if let Err(error) = self.end_unfinished(&deployment, &note, &why).await {
-            tracing::error!(
-                deployment.id = deployment.id,
-                error = format!("{error:#}"),
-                "ending a deployment whose run broke off"
-            );
+        // The store may be what failed: tried again a few times, since a deployment left
+        // `running` holds its environment until the next start ends it.
+        let mut pause = END_RETRY;
+        for attempt in 1..=END_ATTEMPTS {
+            match self.end_unfinished(&deployment, &note, &why).await {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::error!(
+                        deployment.id = deployment.id,
+                        attempt,
+                        error = format!("{error:#}"),
+                        "ending a deployment whose run broke off"
+                    );
+                    if attempt < END_ATTEMPTS {
+                        tokio::time::sleep(pause).await;
+                        pause *= 2;
+                    }
+                }
+            }
         }
         false
     }
@@ -1099,6 +1112,11 @@ pub fn format_elapsed(elapsed: Duration) -> String {
         format!("{}m{:02}s", elapsed.as_secs() / 60, elapsed.as_secs() % 60)
     }
 }
+
+/// How often ending a deployment whose run broke off is tried, and the first pause between
+/// tries (doubling: at most 1 + 2 + 4 + 8 s in all).
+const END_ATTEMPTS: u32 = 5;
+const END_RETRY: Duration = Duration::from_secs(1);
 
 /// The outcome of a deployment stopped for `reason` before its first step (`when`): stopped
 /// by a shutdown, it goes back to the queue and the next start runs it; otherwise it ends

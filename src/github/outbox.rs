@@ -110,6 +110,9 @@ impl DeliveryAlarm {
 fn credentials_refused(error: &ApiError) -> bool {
     !error.retriable && error.status == Some(401)
 }
+/// The shortest pause after a round in which the store failed.
+const STORE_PAUSE: Duration = Duration::from_secs(1);
+
 /// The longest the worker sleeps without looking at the store.
 const IDLE_POLL: Duration = Duration::from_secs(30);
 /// How long the outbox goes on posting what is due once shutdown begins.
@@ -124,6 +127,8 @@ enum Attempt {
     Unreachable,
     /// GitHub refused the credentials: the message.
     CredentialsRefused(String),
+    /// The store could not be read or written: the item stays as it was, due.
+    StoreFailed,
     Other,
 }
 
@@ -173,6 +178,9 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
     // Rounds in a row in which GitHub could not be reached at all: while it is down, the whole
     // outbox backs off instead of trying every pending status.
     let mut unreachable_rounds: u32 = 0;
+    // Rounds in a row in which the store failed: the outbox backs off as well, instead of
+    // trying the same due items again at once.
+    let mut store_rounds: u32 = 0;
     // Once shutdown begins: until when what is due may still be posted (the final statuses of
     // deployments the shutdown ended), round after round while rounds deliver.
     let mut draining: Option<tokio::time::Instant> = None;
@@ -214,6 +222,11 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
                         _ = tokio::time::sleep(backoff.max) => continue,
                     }
                 }
+                if attempts.iter().any(|a| matches!(a, Attempt::StoreFailed)) {
+                    store_rounds += 1;
+                } else {
+                    store_rounds = 0;
+                }
                 if attempts.iter().any(|a| matches!(a, Attempt::Delivered)) {
                     alarm.clear();
                     unreachable_rounds = 0;
@@ -228,6 +241,18 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
                 if draining.is_some() {
                     return;
                 }
+                store_rounds += 1;
+            }
+        }
+        if store_rounds > 0 {
+            let pause = backoff.after(store_rounds - 1).max(STORE_PAUSE);
+            tracing::warn!(
+                pause_ms = pause.as_millis() as u64,
+                "the store failed; pausing status delivery"
+            );
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(pause) => continue,
             }
         }
         if unreachable_rounds > 0 {
@@ -279,7 +304,7 @@ async fn deliver(
             }
             Err(error) => {
                 tracing::error!(error = format!("{error:#}"), "reading a deployment for its status");
-                return Attempt::Other;
+                return Attempt::StoreFailed;
             }
         };
         let Some(github_id) = deployment.github_id else {
@@ -297,12 +322,13 @@ async fn deliver(
             metrics.status_post(item.kind.as_str(), "delivered");
             if let Err(error) = store.status_delivered(item.id).await {
                 tracing::error!(error = format!("{error:#}"), "recording a status delivery");
+                return Attempt::StoreFailed;
             }
             return Attempt::Delivered;
         }
         if let Err(error) = store.status_sending(item.id).await {
             tracing::error!(error = format!("{error:#}"), "noting a status post under way");
-            return Attempt::Other;
+            return Attempt::StoreFailed;
         }
         let result = if item.kind == OutboxKind::Check {
             let body = item.body.as_ref().unwrap_or(&serde_json::Value::Null);
@@ -344,7 +370,10 @@ async fn deliver(
             }
         };
         if let Err(error) = recorded {
+            // Posted but not recorded: it stays due with `sending_since` set, so the next
+            // attempt finds it on GitHub and does not post it twice.
             tracing::error!(error = format!("{error:#}"), "recording a status delivery");
+            return Attempt::StoreFailed;
         }
         attempt
     }

@@ -508,6 +508,13 @@ impl Manifest {
                 }
             }
             check_duration(&mut c, &format!("{path}.pause"), environment.pause);
+            check_duration(&mut c, &format!("{path}.timeout"), environment.timeout);
+            if environment.timeout == Some(Duration::ZERO) {
+                c.at_value(
+                    &format!("{path}.timeout"),
+                    "a timeout must be longer than zero",
+                );
+            }
             match (environment.strategy, &environment.batch) {
                 (RawStrategy::Parallel, Some(_)) => c.at_key(
                     &format!("{path}.batch"),

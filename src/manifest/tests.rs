@@ -478,6 +478,16 @@ fn transient_environment_never_turns_a_defined_environment_into_a_preview() {
 }
 
 #[test]
+fn an_environments_timeout_is_longer_than_zero_and_at_most_a_day() {
+    check(
+        "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    timeout: 25h\n  staging:\n    servers: [web-1]\n    timeout: 0s\ntasks:\n  deploy:\n    - name: a\n      run: x\n",
+        expect![[r#"
+            dropship.yml:5:14: a duration may be at most 24h
+            dropship.yml:8:14: a timeout must be longer than zero"#]],
+    );
+}
+
+#[test]
 fn durations_are_bounded_with_their_position() {
     check(
         "version: 1\nenvironments:\n  production:\n    servers: [web-1]\n    strategy: rolling\n    pause: 100000h\ntasks:\n  deploy:\n    - name: a\n      timeout: 18446744073709551615s\n      run: x\n    - name: web\n      container:\n        image: a\n        stop_timeout: 25h\n        healthcheck: { command: [\"true\"], interval: 9999999h }\n",
