@@ -72,7 +72,9 @@ impl Executor for Local {
         let status = match ended {
             Some(status) => status.map_err(|e| self.io_error("waiting for the command", e))?,
             None => {
-                if let Err(error) = self.kill(std::slice::from_ref(&job.group)).await {
+                let killed = self.kill(std::slice::from_ref(&job.group)).await;
+                super::end_readers([stdout, stderr]).await;
+                if let Err(error) = killed {
                     tracing::warn!(%error, group = %job.group, "killing a stopped job");
                 }
                 let _ = child.kill().await;

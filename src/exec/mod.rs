@@ -416,6 +416,23 @@ pub(crate) fn killed_count(output: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// How long a killed job's output readers may take to pass on what is still in the pipes.
+const READER_DRAIN: Duration = Duration::from_secs(1);
+
+/// Lets a killed job's output readers pass on what it said while dying, for at most
+/// [`READER_DRAIN`], then ends them: a pipe held open by an escaped child does not keep one
+/// past the step.
+pub(crate) async fn end_readers(readers: [tokio::task::JoinHandle<()>; 2]) {
+    let [mut stdout, mut stderr] = readers;
+    let drained = async {
+        let _ = (&mut stdout).await;
+        let _ = (&mut stderr).await;
+    };
+    let _ = tokio::time::timeout(READER_DRAIN, drained).await;
+    stdout.abort();
+    stderr.abort();
+}
+
 /// How long Dropship waits for a job before it gives up on the server's `timeout`.
 pub(crate) fn deadline(job: &Job) -> Duration {
     job.timeout + KILL_GRACE + Duration::from_secs(5)
@@ -530,9 +547,13 @@ mod tests {
     #[tokio::test]
     async fn kill_finds_a_jobs_processes_by_its_mark() {
         let group = format!("unit-orphan-{}", std::process::id());
-        let mut orphan = std::process::Command::new("setsid")
-            .args(["sleep", "300"])
+        use std::os::unix::process::CommandExt as _;
+        // In a process group of its own, and spawned straight (no `setsid` exec in between,
+        // during which its environment may read empty).
+        let mut orphan = std::process::Command::new("sleep")
+            .arg("300")
             .env("DROPSHIP_JOB", &group)
+            .process_group(0)
             .spawn()
             .unwrap();
         assert_eq!(marked(&group), 1);

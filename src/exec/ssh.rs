@@ -235,8 +235,18 @@ impl Ssh {
             // Stopped, or the server's `timeout` did not end it: kill the job's processes over
             // a channel of their own, then let this one go.
             None => {
-                if let Err(error) = self.kill(std::slice::from_ref(&job.group)).await {
+                let killed = self.kill(std::slice::from_ref(&job.group)).await;
+                super::end_readers([stdout, stderr]).await;
+                if let Err(error) = killed {
+                    // The caller remembers the job as an orphan on an error: it is killed at
+                    // the next contact with this server.
                     tracing::warn!(%error, group = %job.group, "killing a stopped job");
+                    return Err(ExecError::Connect {
+                        server: self.name.clone(),
+                        detail: format!(
+                            "the step was stopped but its processes could not be killed ({error}); they are killed at the next contact"
+                        ),
+                    });
                 }
                 return Ok(if job.stop.is_cancelled() {
                     Exit::Stopped
