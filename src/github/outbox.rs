@@ -353,7 +353,7 @@ async fn deliver(
                 // Not the status's fault: it waits, with the whole outbox, for the credentials.
                 metrics.status_post(item.kind.as_str(), "paused");
                 let at = now_ms() + backoff.max.as_millis() as i64;
-                (Attempt::CredentialsRefused(error.message.clone()), store.status_retry(item.id, at, &error.message).await)
+                (Attempt::CredentialsRefused(error.message.clone()), store.status_retry(item.id, at, &error.message, true).await)
             }
             Err(error) if error.retriable => {
                 let wait = backoff.after(item.attempts.clamp(0, 20) as u32);
@@ -361,7 +361,9 @@ async fn deliver(
                 tracing::warn!(error = %error.message, retry_in_ms = wait.as_millis() as u64, "status post failed; will retry");
                 metrics.status_post(item.kind.as_str(), "retry");
                 let attempt = if error.unreachable { Attempt::Unreachable } else { Attempt::Other };
-                (attempt, store.status_retry(item.id, now_ms() + wait.as_millis() as i64, &error.message).await)
+                // Without an answer it may have got through: the next attempt asks GitHub first.
+                let answered = !error.unreachable;
+                (attempt, store.status_retry(item.id, now_ms() + wait.as_millis() as i64, &error.message, answered).await)
             }
             Err(error) => {
                 tracing::error!(error = %error.message, "status post failed; giving up on it");

@@ -212,10 +212,26 @@ pub(crate) async fn deployments_and_statuses(store: &impl Store) {
         due.iter().map(|s| s.state.as_str()).collect::<Vec<_>>(),
         ["success"]
     );
+    store.status_sending(due[0].id).await.unwrap();
     store
-        .status_retry(due[0].id, now_ms() + 60_000, "502")
+        .status_retry(due[0].id, 0, "no answer", false)
         .await
         .unwrap();
+    let unanswered = store.due_statuses(now_ms(), 10).await.unwrap();
+    assert!(
+        unanswered[0].sending_since.is_some(),
+        "a post that got no answer may have got through"
+    );
+    store
+        .status_retry(due[0].id, now_ms() + 60_000, "502", true)
+        .await
+        .unwrap();
+    let retried = store.statuses(first.id).await.unwrap();
+    let retried = retried.iter().find(|s| s.id == due[0].id).unwrap();
+    assert!(
+        retried.sending_since.is_none(),
+        "a refused post was not posted"
+    );
     assert!(store.due_statuses(now_ms(), 10).await.unwrap().is_empty());
     assert!(store.next_status_due().await.unwrap().unwrap() > now_ms());
 

@@ -663,11 +663,15 @@ pub trait StatusOutbox: Send + Sync {
     /// outcome is recorded, the next attempt knows to ask GitHub first.
     async fn status_sending(&self, id: i64) -> anyhow::Result<()>;
     async fn status_delivered(&self, id: i64) -> anyhow::Result<()>;
+    /// Item `id` is tried again at `next_attempt_at`. `answered`: GitHub answered the post
+    /// (refused it), so it was not posted; without an answer it may have been, and the post
+    /// stays noted as under way, so the next attempt asks GitHub first.
     async fn status_retry(
         &self,
         id: i64,
         next_attempt_at: Millis,
         error: &str,
+        answered: bool,
     ) -> anyhow::Result<()>;
     async fn status_failed(&self, id: i64, error: &str) -> anyhow::Result<()>;
     async fn statuses(&self, deployment_id: i64) -> anyhow::Result<Vec<OutboxItem>>;

@@ -382,6 +382,18 @@ async fn a_refused_token_pauses_delivery_with_an_alarm_and_the_fixed_token_deliv
     assert_eq!(readyz(&server).await, "ready");
 }
 
+/// A status post GitHub accepted whose answer never came is not posted twice: the retry asks
+/// GitHub first.
+#[tokio::test]
+async fn a_status_accepted_without_an_answer_is_not_posted_twice() {
+    let (server, github) = start(HELLO, LOCAL).await;
+    github.lose_next_status_answers(2);
+    deliver(&server, 7401).await;
+    let statuses = github.wait_final(7401, Duration::from_secs(30)).await;
+    let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
+    assert_eq!(states, ["queued", "in_progress", "success"]);
+}
+
 /// The resend action posts the deployment's current state again, behind what was posted, and
 /// is written to the audit log.
 #[tokio::test]

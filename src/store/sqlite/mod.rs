@@ -473,6 +473,7 @@ impl StatusOutbox for Sqlite {
         id: i64,
         next_attempt_at: Millis,
         error: &str,
+        answered: bool,
     ) -> anyhow::Result<()> {
         self.writer
             .status(
@@ -480,6 +481,7 @@ impl StatusOutbox for Sqlite {
                 StatusChange::Retry {
                     at: next_attempt_at,
                     error: error.to_string(),
+                    answered,
                 },
             )
             .await

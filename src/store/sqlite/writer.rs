@@ -30,8 +30,14 @@ pub(super) struct IntakeJob {
 
 pub(super) enum StatusChange {
     Delivered,
-    Retry { at: Millis, error: String },
-    Failed { error: String },
+    Retry {
+        at: Millis,
+        error: String,
+        answered: bool,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 enum Write {
@@ -682,11 +688,17 @@ async fn change_status(
                 .bind(now_ms())
                 .bind(id)
         }
-        StatusChange::Retry { at, error } => sqlx::query(
-            "UPDATE status_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ?, sending_since = NULL WHERE id = ?",
+        StatusChange::Retry {
+            at,
+            error,
+            answered,
+        } => sqlx::query(
+            "UPDATE status_outbox SET next_attempt_at = ?, attempts = attempts + 1, last_error = ?,
+                sending_since = CASE WHEN ? THEN NULL ELSE sending_since END WHERE id = ?",
         )
         .bind(*at)
         .bind(error.clone())
+        .bind(*answered)
         .bind(id),
         StatusChange::Failed { error } => sqlx::query(
             "UPDATE status_outbox SET failed_at = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",

@@ -110,6 +110,8 @@ struct Inner {
     files: HashMap<(String, String, String), String>,
     /// Repositories of the App's installations: (installation id, full name).
     installed: Vec<(i64, String)>,
+    /// How many of the next accepted status posts lose their answer (the connection drops).
+    lost_answers: usize,
     /// Manifest (contents) reads that arrived.
     contents_requests: usize,
     /// Deployments created through the API: (repo, deployment), oldest first.
@@ -443,6 +445,12 @@ impl FakeGithub {
                 panic!("fewer than {n} manifest reads in {limit:?}");
             }
         }
+    }
+
+    /// The next `n` status posts are accepted, but their answers are lost: the connection
+    /// drops before it, as on a read timeout.
+    pub fn lose_next_status_answers(&self, n: usize) {
+        self.inner.lock().unwrap().lost_answers = n;
     }
 
     /// Status posts are refused 401 unless they carry `token`.
@@ -873,6 +881,17 @@ async fn create_status(
         fake.violation(format!("fake's own status response: {e}"));
     }
     fake.changed.notify_waiters();
+    let lose = {
+        let mut inner = fake.inner.lock().unwrap();
+        let lose = inner.lost_answers > 0;
+        inner.lost_answers = inner.lost_answers.saturating_sub(1);
+        lose
+    };
+    if lose {
+        // Accepted, but the connection drops before the answer: the poster cannot know.
+        // (`resume_unwind` ends this connection's task without the panic hook's noise.)
+        std::panic::resume_unwind(Box::new("the answer is lost"));
+    }
     (StatusCode::CREATED, Json(response)).into_response()
 }
 
