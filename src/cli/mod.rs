@@ -373,20 +373,23 @@ async fn deploy(
         }
         return Ok(ExitCode::SUCCESS);
     };
-    // GitHub offers no stream of statuses: ask every second.
-    let started = tokio::time::Instant::now();
-    let deadline = started + limit;
+    follow_statuses(&github, &request.repo, created.id, installation, limit).await
+}
+
+/// Prints GitHub deployment `id`'s statuses as they come, asking every second (GitHub offers
+/// no stream), until a final one or `limit`; the exit code says how it ended.
+async fn follow_statuses(
+    github: &crate::github::Github,
+    repo: &str,
+    id: i64,
+    installation: Option<i64>,
+    limit: Duration,
+) -> anyhow::Result<ExitCode> {
+    let deadline = tokio::time::Instant::now() + limit;
     let mut seen = std::collections::HashSet::new();
-    let mut log_shown = false;
-    // On a terminal, one line that says how long it has been; in CI, plain lines only.
-    let live = std::io::stdout().is_terminal();
-    let mut current = String::from("waiting");
-    let mut spin = 0usize;
+    let mut progress = Progress::new();
     loop {
-        let mut statuses = match github
-            .deployment_statuses(&request.repo, created.id, installation)
-            .await
-        {
+        let mut statuses = match github.deployment_statuses(repo, id, installation).await {
             Ok(statuses) => statuses,
             // GitHub hiccups (5xx, rate limits, the network): ask again on the next round.
             Err(error) if error.retriable && tokio::time::Instant::now() < deadline => {
@@ -397,56 +400,94 @@ async fn deploy(
         };
         statuses.reverse(); // oldest first
         for status in statuses {
-            if !seen.insert(status.id) {
-                continue;
-            }
-            if live {
-                // Clear the progress line before printing a status above it.
-                print!("\r\x1b[2K");
-            }
-            current = status.state.clone();
-            if let (false, Some(url)) = (log_shown, &status.log_url) {
-                println!("log: {url}");
-                log_shown = true;
-            }
-            let description = status.description.as_deref().unwrap_or_default();
-            println!("{:<12} {description}", status.state);
-            match status.state.as_str() {
-                "success" => {
-                    if let Some(url) = &status.environment_url {
-                        if !url.is_empty() {
-                            println!("environment: {url}");
-                        }
-                    }
-                    return Ok(ExitCode::SUCCESS);
+            if seen.insert(status.id) {
+                if let Some(code) = progress.status(&status) {
+                    return Ok(code);
                 }
-                "failure" | "error" | "inactive" => return Ok(ExitCode::FAILURE),
-                _ => {}
             }
         }
-        if live {
-            use std::io::Write as _;
-            const FRAMES: [&str; 4] = ["|", "/", "-", "\\"];
-            spin += 1;
-            print!(
-                "\r\x1b[2K{} {current} · {}",
-                FRAMES[spin % FRAMES.len()],
-                crate::deploy::format_elapsed(Duration::from_secs(started.elapsed().as_secs()))
-            );
-            let _ = std::io::stdout().flush();
-        }
+        progress.tick();
         if tokio::time::Instant::now() >= deadline {
-            if live {
-                println!();
-            }
+            progress.end_line();
             eprintln!(
-                "error: deployment {} did not end within {}",
-                created.id,
+                "error: deployment {id} did not end within {}",
                 humantime::format_duration(limit)
             );
             return Ok(ExitCode::FAILURE);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// What `dropship deploy --wait` prints: each status on a line of its own, and on a terminal
+/// one more line that says how long it has been (in CI, plain lines only).
+struct Progress {
+    live: bool,
+    started: tokio::time::Instant,
+    log_shown: bool,
+    current: String,
+    spin: usize,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            live: std::io::stdout().is_terminal(),
+            started: tokio::time::Instant::now(),
+            log_shown: false,
+            current: String::from("waiting"),
+            spin: 0,
+        }
+    }
+
+    /// Prints a new status (and the log URL, the first time one comes); the exit code once it
+    /// is final.
+    fn status(&mut self, status: &crate::github::GithubStatus) -> Option<ExitCode> {
+        if self.live {
+            // Clear the progress line before printing a status above it.
+            print!("\r\x1b[2K");
+        }
+        self.current = status.state.clone();
+        if let (false, Some(url)) = (self.log_shown, &status.log_url) {
+            println!("log: {url}");
+            self.log_shown = true;
+        }
+        let description = status.description.as_deref().unwrap_or_default();
+        println!("{:<12} {description}", status.state);
+        match status.state.as_str() {
+            "success" => {
+                if let Some(url) = status.environment_url.as_deref().filter(|u| !u.is_empty()) {
+                    println!("environment: {url}");
+                }
+                Some(ExitCode::SUCCESS)
+            }
+            "failure" | "error" | "inactive" => Some(ExitCode::FAILURE),
+            _ => None,
+        }
+    }
+
+    /// Redraws the progress line on a terminal.
+    fn tick(&mut self) {
+        if !self.live {
+            return;
+        }
+        use std::io::Write as _;
+        const FRAMES: [&str; 4] = ["|", "/", "-", "\\"];
+        self.spin += 1;
+        print!(
+            "\r\x1b[2K{} {} · {}",
+            FRAMES[self.spin % FRAMES.len()],
+            self.current,
+            crate::deploy::format_elapsed(Duration::from_secs(self.started.elapsed().as_secs()))
+        );
+        let _ = std::io::stdout().flush();
+    }
+
+    /// Ends the progress line before a last message.
+    fn end_line(&self) {
+        if self.live {
+            println!();
+        }
     }
 }
 

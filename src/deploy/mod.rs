@@ -512,7 +512,6 @@ impl Runner {
             .logs
             .open(deployment.id, self.redactor(&deployment))
             .await?;
-        let short_sha = deployment.sha.short().to_string();
         // Registered before it is `running`, so a cancel that sees it running can stop it.
         let running = self.stops.register(deployment.id);
         let started = self
@@ -521,43 +520,23 @@ impl Runner {
                 &deployment,
                 State::Running,
                 &format!(
-                    "running {} on {} at {short_sha}",
-                    deployment.task, deployment.environment
+                    "running {} on {} at {}",
+                    deployment.task,
+                    deployment.environment,
+                    deployment.sha.short()
                 ),
                 None,
             )
             .await?;
         if !started {
-            let current = self.store.deployment(deployment.id).await?;
-            let state = current.map_or(State::Error, |d| d.state);
-            if state == State::Queued {
-                // The store holds its environment's lease for another running deployment. Said
-                // once in its log, however often it is tried.
-                tracing::info!("its environment runs another deployment; it waits queued");
-                if log.is_empty() {
-                    log.note(format!(
-                        "waiting: another deployment of {} is running",
-                        deployment.environment
-                    ));
-                    log.flush().await;
-                }
-                return Ok(Outcome {
-                    state,
-                    description: "waiting: another deployment of its environment runs".into(),
-                });
-            }
-            // Another task started it, or it ended (superseded) meanwhile: never run twice.
-            tracing::warn!("deployment is no longer queued; not running it again");
-            return Ok(Outcome {
-                state,
-                description: "not queued any more".into(),
-            });
+            return self.not_started(&deployment, &log).await;
         }
         log.note(format!(
-            "deployment {} of {}@{} ({short_sha}) to {}, task {}",
+            "deployment {} of {}@{} ({}) to {}, task {}",
             deployment.public_id(),
             deployment.repo,
             deployment.git_ref,
+            deployment.sha.short(),
             deployment.environment,
             deployment.task
         ));
@@ -569,38 +548,8 @@ impl Runner {
             )),
         };
         let (outcome, environment_url) = match planned {
-            Ok(plan) if plan.teardown => {
-                log.note(format!(
-                    "tearing down preview environment {}",
-                    deployment.environment
-                ));
-                let outcome = match self
-                    .environments
-                    .teardown(&deployment.repo, &deployment.environment)
-                    .await
-                {
-                    Ok((removed, inactive)) => {
-                        log.note(format!(
-                            "removed {removed} container{}; {inactive} deployment{} now inactive",
-                            plural(removed),
-                            plural(inactive)
-                        ));
-                        // Inactive: GitHub shows the environment as destroyed.
-                        Outcome {
-                            state: State::Inactive,
-                            description: format!(
-                                "preview {} torn down ({removed} container{} removed)",
-                                deployment.environment,
-                                plural(removed)
-                            ),
-                        }
-                    }
-                    Err(error) => Outcome::error(format!("tearing down: {error:#}")),
-                };
-                (outcome, None)
-            }
+            Ok(plan) if plan.teardown => (self.tear_down(&deployment, &log).await, None),
             Ok(plan) => {
-                let url = plan.environment_url.clone();
                 let limit = plan
                     .timeout
                     .unwrap_or(self.config.server.deployment_timeout);
@@ -616,10 +565,86 @@ impl Runner {
                         )
                         .await?;
                 }
-                (outcome, url)
+                (outcome, plan.environment_url)
             }
             Err(outcome) => (outcome, None),
         };
+        self.finish(&deployment, &log, &outcome, environment_url)
+            .await?;
+        Ok(outcome)
+    }
+
+    /// Why a deployment the store would not move to `running` was not run: its environment's
+    /// lease is held (it waits queued, said once in its log), or it is no longer queued.
+    async fn not_started(
+        &self,
+        deployment: &Deployment,
+        log: &DeploymentLog,
+    ) -> anyhow::Result<Outcome> {
+        let current = self.store.deployment(deployment.id).await?;
+        let state = current.map_or(State::Error, |d| d.state);
+        if state == State::Queued {
+            tracing::info!("its environment runs another deployment; it waits queued");
+            if log.is_empty() {
+                log.note(format!(
+                    "waiting: another deployment of {} is running",
+                    deployment.environment
+                ));
+                log.flush().await;
+            }
+            return Ok(Outcome {
+                state,
+                description: "waiting: another deployment of its environment runs".into(),
+            });
+        }
+        // Another task started it, or it ended (superseded) meanwhile: never run twice.
+        tracing::warn!("deployment is no longer queued; not running it again");
+        Ok(Outcome {
+            state,
+            description: "not queued any more".into(),
+        })
+    }
+
+    /// Tears down the deployment's preview environment: `inactive` (GitHub shows it
+    /// destroyed), or `error` saying why not.
+    async fn tear_down(&self, deployment: &Deployment, log: &DeploymentLog) -> Outcome {
+        log.note(format!(
+            "tearing down preview environment {}",
+            deployment.environment
+        ));
+        match self
+            .environments
+            .teardown(&deployment.repo, &deployment.environment)
+            .await
+        {
+            Ok((removed, inactive)) => {
+                log.note(format!(
+                    "removed {removed} container{}; {inactive} deployment{} now inactive",
+                    plural(removed),
+                    plural(inactive)
+                ));
+                Outcome {
+                    state: State::Inactive,
+                    description: format!(
+                        "preview {} torn down ({removed} container{} removed)",
+                        deployment.environment,
+                        plural(removed)
+                    ),
+                }
+            }
+            Err(error) => Outcome::error(format!("tearing down: {error:#}")),
+        }
+    }
+
+    /// Records the run's `outcome`: its log's last line, its state with its status, and, on
+    /// success, the earlier deployments of its environment made inactive.
+    async fn finish(
+        &self,
+        deployment: &Deployment,
+        log: &DeploymentLog,
+        outcome: &Outcome,
+        environment_url: Option<String>,
+    ) -> anyhow::Result<()> {
         let mark = match outcome.state {
             State::Success | State::Inactive => "✔",
             State::Queued => "↻",
@@ -629,17 +654,17 @@ impl Runner {
         log.flush().await;
         self.reporter
             .transition(
-                &deployment,
+                deployment,
                 outcome.state,
                 &outcome.description,
                 environment_url,
             )
             .await?;
         if outcome.state == State::Success {
-            self.environments.deactivate_earlier(&deployment).await?;
+            self.environments.deactivate_earlier(deployment).await?;
         }
         tracing::info!(state = %outcome.state, description = %outcome.description, "deployment finished");
-        Ok(outcome)
+        Ok(())
     }
 
     /// The plan, or the `error` outcome that says why there is none.

@@ -154,45 +154,35 @@ fn render(
     user: Option<&User>,
     github_web: &str,
 ) -> Markup {
-    let (servers, rows) = crate::store::grid_axes(steps);
+    let deployer = user.is_some_and(|u| u.may(Role::Deployer));
+    let state = serde_json::json!({
+        "deployment": deployment.id,
+        "token": token,
+        "after": log.lines.last().map_or(0, |l| l.seq),
+        "final": deployment.state.is_final(),
+        "live": log.newest,
+    });
+    html! {
+        (summary(deployment, deployer, github_web))
+        (steps_grid(steps))
+        @if !services.is_empty() { (services_table(services)) }
+        (log_section(deployment, log, token))
+        (data_island(&state))
+        script src=(super::assets::url("live.js")) {}
+        script src=(super::assets::url("deployment.js")) {}
+    }
+}
+
+/// The deployment's header: what, where, its state, its links and (for deployers) the
+/// actions.
+fn summary(deployment: &Deployment, deployer: bool, github_web: &str) -> Markup {
     let duration = match (deployment.started_at, deployment.finished_at) {
         (Some(s), Some(f)) => format_elapsed(Duration::from_millis((f - s).max(0) as u64)),
         _ => String::new(),
     };
-    let lines = &log.lines;
-    let last_seq = lines.last().map_or(0, |l| l.seq);
-    let deployer = user.is_some_and(|u| u.may(Role::Deployer));
     let (owner, name) = deployment.repo_parts();
     let repo_url = format!("{github_web}{}", super::paths::path(&[owner, name]));
     let sha = super::paths::path(&[&deployment.sha]);
-    // Links to other parts of this deployment carry the link's token on.
-    let token_param = token.map(|t| {
-        format!(
-            "token={}",
-            percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC)
-        )
-    });
-    let page_url = |before: Option<i64>| {
-        let mut params: Vec<String> = token_param.iter().cloned().collect();
-        params.extend(before.map(|b| format!("before={b}")));
-        let query = if params.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", params.join("&"))
-        };
-        format!("/deployments/{}{query}", deployment.id)
-    };
-    let text_log = match &token_param {
-        Some(param) => format!("/api/deployments/{}/log?{param}", deployment.id),
-        None => format!("/api/deployments/{}/log", deployment.id),
-    };
-    let state = serde_json::json!({
-        "deployment": deployment.id,
-        "token": token,
-        "after": last_seq,
-        "final": deployment.state.is_final(),
-        "live": log.newest,
-    });
     html! {
         header {
             h1 { (deployment.repo) " → " (deployment.environment) }
@@ -217,24 +207,36 @@ fn render(
                 "GitHub: " a href={(repo_url) "/deployments" (super::paths::path(&[&deployment.environment]))} { "deployments" }
                 " · " a href={(repo_url) "/commit" (sha)} { "commit" }
             }
-            @if deployer {
-                div.actions {
-                    @if !deployment.state.is_final() {
-                        form method="post" action={"/deployments/" (deployment.id) "/cancel"} {
-                            button #cancel type="submit" { "Cancel" }
-                        }
-                    }
-                    form method="post" action={"/deployments/" (deployment.id) "/redeploy"} {
-                        button #redeploy type="submit" { "Redeploy this version" }
-                    }
-                    @if deployment.github_id.is_some() {
-                        form method="post" action={"/deployments/" (deployment.id) "/resend"} {
-                            button #resend type="submit" title="Post this deployment's state to GitHub again" { "Resend status to GitHub" }
-                        }
-                    }
+            @if deployer { (actions(deployment)) }
+        }
+    }
+}
+
+/// The deployer's buttons: cancel (while it runs), redeploy, resend its status.
+fn actions(deployment: &Deployment) -> Markup {
+    html! {
+        div.actions {
+            @if !deployment.state.is_final() {
+                form method="post" action={"/deployments/" (deployment.id) "/cancel"} {
+                    button #cancel type="submit" { "Cancel" }
+                }
+            }
+            form method="post" action={"/deployments/" (deployment.id) "/redeploy"} {
+                button #redeploy type="submit" { "Redeploy this version" }
+            }
+            @if deployment.github_id.is_some() {
+                form method="post" action={"/deployments/" (deployment.id) "/resend"} {
+                    button #resend type="submit" title="Post this deployment's state to GitHub again" { "Resend status to GitHub" }
                 }
             }
         }
+    }
+}
+
+/// The steps × servers grid, each cell a step's state on one server.
+fn steps_grid(steps: &[StepRun]) -> Markup {
+    let (servers, rows) = crate::store::grid_axes(steps);
+    html! {
         section {
             h2 { "Steps" }
             table #grid {
@@ -255,28 +257,59 @@ fn render(
                 }
             }
         }
-        @if !services.is_empty() {
-            section {
-                h2 { "Services" }
-                table #services {
-                    thead { tr { th { "server" } th { "project" } th { "service" } th { "container" } th { "state" } } }
-                    tbody {
-                        @for service in services {
-                            tr {
-                                td { (service.server) } td { (service.project) } td { (service.service) }
-                                td { code { (service.container) } }
-                                td class=(if service.state == "running" { "ok" } else { "bad" }) { (service.state) " · " (service.status) }
-                            }
+    }
+}
+
+/// The compose services the deployment started.
+fn services_table(services: &[Service]) -> Markup {
+    html! {
+        section {
+            h2 { "Services" }
+            table #services {
+                thead { tr { th { "server" } th { "project" } th { "service" } th { "container" } th { "state" } } }
+                tbody {
+                    @for service in services {
+                        tr {
+                            td { (service.server) } td { (service.project) } td { (service.service) }
+                            td { code { (service.container) } }
+                            td class=(if service.state == "running" { "ok" } else { "bad" }) { (service.state) " · " (service.status) }
                         }
                     }
                 }
             }
         }
+    }
+}
+
+/// The page of log lines with links to earlier ones, the newest and the whole text; links to
+/// other parts of this deployment carry the link's token on.
+fn log_section(deployment: &Deployment, log: &LogPage, token: Option<&str>) -> Markup {
+    let token_param = token.map(|t| {
+        format!(
+            "token={}",
+            percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC)
+        )
+    });
+    let page_url = |before: Option<i64>| {
+        let mut params: Vec<String> = token_param.iter().cloned().collect();
+        params.extend(before.map(|b| format!("before={b}")));
+        let query = if params.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", params.join("&"))
+        };
+        format!("/deployments/{}{query}", deployment.id)
+    };
+    let text_log = match &token_param {
+        Some(param) => format!("/api/deployments/{}/log?{param}", deployment.id),
+        None => format!("/api/deployments/{}/log", deployment.id),
+    };
+    html! {
         section {
             h2 { "Log" }
             p.meta {
                 @if log.earlier {
-                    @if let Some(first) = lines.first() {
+                    @if let Some(first) = log.lines.first() {
                         a #earlier href=(page_url(Some(first.seq))) { "show earlier lines" } " · "
                     }
                 }
@@ -285,14 +318,11 @@ fn render(
             }
             input #filter type="search" placeholder="filter the log (text or server)" autocomplete="off";
             pre #log {
-                @for line in lines {
+                @for line in &log.lines {
                     (log_line(line))
                 }
             }
         }
-        (data_island(&state))
-        script src=(super::assets::url("live.js")) {}
-        script src=(super::assets::url("deployment.js")) {}
     }
 }
 
