@@ -91,245 +91,351 @@ struct PendingHeredoc {
 pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
     let found = occurrences(script);
     // Without expressions the scan refuses nothing and copies every byte: nothing to do.
-    if found.is_empty() {
+    let Some(first) = found.first() else {
         return Ok(ShellScript {
             text: script.to_string(),
             variables: Vec::new(),
         });
-    }
-    let mut names = Names::default();
-    let mut out = String::with_capacity(script.len() + 16 * found.len());
-    let mut expressions = found.iter().peekable();
-    let bytes = script.as_bytes();
-    let mut stack = vec![Frame::unquoted(false)];
-    let mut pending: Vec<PendingHeredoc> = Vec::new();
-    let mut unterminated: Option<String> = None;
-    if let (Some(first), Some(construct)) = (found.first(), bash_arithmetic(script)) {
-        return Err(ScriptError {
-            offset: first.start,
-            message: format!(
-                "this script uses {construct}, where bash (the `sh` of some systems) evaluates values as arithmetic and runs the `$( )` inside them; a script with `{}` may not: pass the value through `env:` and check it is a number before any arithmetic",
-                &script[first.start..first.end]
-            ),
-        });
-    }
-    // In bash's ANSI-C quoting `$'…'` a backslash escapes the quote (`$'\''` is one `'`),
-    // which POSIX quoting (what the scan follows) does not know: the scan would lose track of
-    // what is quoted from there on.
-    if let Some(first) = found.first().filter(|_| script.contains("$'")) {
-        return Err(ScriptError {
-            offset: first.start,
-            message: format!(
-                "this script uses bash's `$'…'`, in which `\\'` does not end the string: `$'…'` quoting cannot be followed in a script with `{}`; write the script without it, or pass the value through `env:`",
-                &script[first.start..first.end]
-            ),
-        });
-    }
-    // Where a word continues after a `$( )`, `$(( ))` or backtick substitution closed: a `#`
-    // there does not start a comment.
-    let mut glued = usize::MAX;
+    };
+    refuse_unfollowable(script, first)?;
+    let mut scan = Scan {
+        script,
+        bytes: script.as_bytes(),
+        expressions: found.iter().peekable(),
+        names: Names::default(),
+        out: String::with_capacity(script.len() + 16 * found.len()),
+        stack: vec![Frame::unquoted(false)],
+        pending: Vec::new(),
+        unterminated: None,
+        glued: usize::MAX,
+    };
     let mut i = 0;
-    while i < bytes.len() {
+    while i < script.len() {
+        i = scan.step(i)?;
+    }
+    scan.finish(first)
+}
+
+/// Refuses a script with expressions (`first` is the first) that uses what bash evaluates as
+/// arithmetic anywhere, or bash's `$'…'`, in which a backslash escapes the quote (`$'\''` is
+/// one `'`): POSIX quoting, which the scan follows, does not know it, and the scan would lose
+/// track of what is quoted from there on.
+fn refuse_unfollowable(script: &str, first: &Occurrence) -> Result<(), ScriptError> {
+    let expression = &script[first.start..first.end];
+    if let Some(construct) = bash_arithmetic(script) {
+        return Err(ScriptError {
+            offset: first.start,
+            message: format!(
+                "this script uses {construct}, where bash (the `sh` of some systems) evaluates values as arithmetic and runs the `$( )` inside them; a script with `{expression}` may not: pass the value through `env:` and check it is a number before any arithmetic"
+            ),
+        });
+    }
+    if script.contains("$'") {
+        return Err(ScriptError {
+            offset: first.start,
+            message: format!(
+                "this script uses bash's `$'…'`, in which `\\'` does not end the string: `$'…'` quoting cannot be followed in a script with `{expression}`; write the script without it, or pass the value through `env:`"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The scan of one script: where it stands (the frames of quotes and substitutions open),
+/// and the rewritten text so far.
+struct Scan<'a> {
+    script: &'a str,
+    bytes: &'a [u8],
+    expressions: std::iter::Peekable<std::slice::Iter<'a, Occurrence>>,
+    names: Names,
+    out: String,
+    stack: Vec<Frame>,
+    /// Heredocs whose operator was read; their bodies start on the next line.
+    pending: Vec<PendingHeredoc>,
+    /// The delimiter of a heredoc whose body never ended.
+    unterminated: Option<String>,
+    /// Where a word continues after a `$( )`, `$(( ))` or backtick substitution closed: a
+    /// `#` there does not start a comment.
+    glued: usize,
+}
+
+impl<'a> Scan<'a> {
+    fn frame(&self) -> Frame {
+        *self.stack.last().unwrap_or(&Frame::Double)
+    }
+
+    /// Reads what stands at `i`; returns where the next read starts.
+    fn step(&mut self, i: usize) -> Result<usize, ScriptError> {
         // An expression whose `$` was escaped (`\${{`) was copied as written.
-        while expressions.next_if(|o| o.start < i).is_some() {}
-        if let Some(occurrence) = expressions.next_if(|o| o.start == i) {
-            if stack
-                .iter()
-                .any(|f| matches!(f, Frame::Arithmetic { .. } | Frame::Test | Frame::Parameter))
-                || in_subscript(bytes, i)
-            {
-                return Err(ScriptError {
-                    offset: occurrence.start,
-                    message: format!(
-                        "`{}` stands in arithmetic (`$(( ))`, `(( ))`, `[[ ]]`, `${{ }}` or an array subscript), where a shell may evaluate a value as code: assign it to a variable and check it is a number first, or compare with `[ ]`",
-                        &script[occurrence.start..occurrence.end]
-                    ),
-                });
-            }
-            let frame = *stack.last().unwrap_or(&Frame::Double);
-            out.push_str(&replacement(occurrence, &mut names, frame, script));
-            i = occurrence.end;
-            continue;
+        while self.expressions.next_if(|o| o.start < i).is_some() {}
+        if let Some(occurrence) = self.expressions.next_if(|o| o.start == i) {
+            return self.expression(occurrence);
         }
-        let frame = *stack.last().unwrap_or(&Frame::Double);
-        let c = bytes[i];
-        let next = bytes.get(i + 1).copied();
-        match frame {
+        let frame = self.frame();
+        let c = self.bytes[i];
+        let next = self.bytes.get(i + 1).copied();
+        let handled = match frame {
             Frame::Single => {
                 if c == b'\'' {
-                    stack.pop();
+                    self.stack.pop();
                 }
+                None
             }
-            Frame::Double => match c {
-                b'"' => {
-                    stack.pop();
-                }
-                b'$' if next == Some(b'{') => {
-                    out.push_str("${");
-                    stack.push(Frame::Parameter);
-                    i += 2;
-                    continue;
-                }
-                b'\\' => {
-                    i = copy_escaped(script, i, &mut out);
-                    continue;
-                }
-                b'$' if next == Some(b'(') => {
-                    i = open_substitution(script, i, &mut stack, &mut out);
-                    continue;
-                }
-                b'`' => stack.push(Frame::Backtick),
-                _ => {}
-            },
-            Frame::Arithmetic { .. } => match c {
-                b'(' => {
-                    if let Some(Frame::Arithmetic { parens }) = stack.last_mut() {
-                        *parens += 1;
-                    }
-                }
-                b')' => match stack.last_mut() {
-                    Some(Frame::Arithmetic { parens }) if *parens > 0 => *parens -= 1,
-                    _ => {
-                        // `))` ends it.
-                        stack.pop();
-                        if next == Some(b')') {
-                            out.push_str("))");
-                            i += 2;
-                            glued = i;
-                            continue;
-                        }
-                    }
-                },
-                _ => {}
-            },
-            Frame::Unquoted { .. } | Frame::Backtick | Frame::Test | Frame::Parameter => match c {
-                b'\\' => {
-                    i = copy_escaped(script, i, &mut out);
-                    continue;
-                }
-                b'\'' => stack.push(Frame::Single),
-                b'"' => stack.push(Frame::Double),
-                b'`' if frame == Frame::Backtick => {
-                    stack.pop();
-                    glued = i + 1;
-                }
-                b'`' => stack.push(Frame::Backtick),
-                b'$' if next == Some(b'(') => {
-                    i = open_substitution(script, i, &mut stack, &mut out);
-                    continue;
-                }
-                b'$' if next == Some(b'{') => {
-                    out.push_str("${");
-                    stack.push(Frame::Parameter);
-                    i += 2;
-                    continue;
-                }
-                b'}' if frame == Frame::Parameter => {
-                    stack.pop();
-                }
-                b'(' if next == Some(b'(') && starts_word(bytes, i) => {
-                    out.push_str("((");
-                    stack.push(Frame::Arithmetic { parens: 0 });
-                    i += 2;
-                    continue;
-                }
-                b'[' if frame != Frame::Test
-                    && script[i..].starts_with("[[")
-                    && starts_word(bytes, i)
-                    && ends_word(bytes, i + 2) =>
-                {
-                    out.push_str("[[");
-                    stack.push(Frame::Test);
-                    i += 2;
-                    continue;
-                }
-                b']' if frame == Frame::Test
-                    && script[i..].starts_with("]]")
-                    && starts_word(bytes, i)
-                    && ends_word(bytes, i + 2) =>
-                {
-                    out.push_str("]]");
-                    stack.pop();
-                    i += 2;
-                    continue;
-                }
-                b'c' if word_at(bytes, i, b"case") && at_command_start(bytes, i) => {
-                    if let Some(Frame::Unquoted { cases, .. }) = stack.last_mut() {
-                        *cases += 1;
-                    }
-                }
-                b'e' if word_at(bytes, i, b"esac") && at_command_start(bytes, i) => {
-                    if let Some(Frame::Unquoted { cases, .. }) = stack.last_mut() {
-                        *cases = cases.saturating_sub(1);
-                    }
-                }
-                b'(' => {
-                    if let Some(Frame::Unquoted { parens, .. }) = stack.last_mut() {
-                        *parens += 1;
-                    }
-                }
-                b')' => match stack.last_mut() {
-                    Some(Frame::Unquoted { parens, .. }) if *parens > 0 => *parens -= 1,
-                    // The end of a `case` pattern.
-                    Some(Frame::Unquoted { cases, .. }) if *cases > 0 => {}
-                    Some(Frame::Unquoted {
-                        closes_on_paren: true,
-                        ..
-                    }) => {
-                        stack.pop();
-                        glued = i + 1;
-                    }
-                    _ => {}
-                },
-                b'#' if starts_word(bytes, i) && i != glued => {
-                    // A comment runs to the end of the line; expressions in it are harmless
-                    // but still rewritten, so the value never appears in the text.
-                    let end = script[i..].find('\n').map_or(script.len(), |n| i + n);
-                    copy_plain(script, i, end, &mut expressions, &mut names, &mut out);
-                    i = end;
-                    continue;
-                }
-                b'<' if script[i..].starts_with("<<<") => {
-                    out.push_str("<<<");
-                    i += 3;
-                    continue;
-                }
-                b'<' if next == Some(b'<') => {
-                    let (heredoc, after) = heredoc_operator(script, i);
-                    out.push_str(&script[i..after]);
-                    pending.extend(heredoc);
-                    i = after;
-                    continue;
-                }
-                b'\n' if !pending.is_empty() => {
-                    out.push('\n');
-                    i += 1;
-                    for heredoc in pending.drain(..) {
-                        let (after, ended) = heredoc_body(
-                            script,
-                            i,
-                            &heredoc,
-                            &mut expressions,
-                            &mut names,
-                            &mut out,
-                        )?;
-                        if !ended {
-                            unterminated = Some(heredoc.delimiter.clone());
-                        }
-                        i = after;
-                    }
-                    continue;
-                }
-                _ => {}
-            },
-        }
-        let width = script[i..].chars().next().map_or(1, char::len_utf8);
-        out.push_str(&script[i..i + width]);
-        i += width;
+            Frame::Double => self.in_double(i, c, next),
+            Frame::Arithmetic { .. } => self.in_arithmetic(i, c, next),
+            Frame::Unquoted { .. } | Frame::Backtick | Frame::Test | Frame::Parameter => {
+                self.in_unquoted(i, c, next, frame)?
+            }
+        };
+        Ok(match handled {
+            Some(after) => after,
+            None => self.copy_char(i),
+        })
     }
-    let balanced = stack.len() == 1 && pending.is_empty() && unterminated.is_none();
-    if !balanced && !found.is_empty() {
-        let what = match (stack.last(), &unterminated) {
+
+    /// Replaces the expression at `occurrence`, unless it stands in arithmetic.
+    fn expression(&mut self, occurrence: &Occurrence) -> Result<usize, ScriptError> {
+        if self
+            .stack
+            .iter()
+            .any(|f| matches!(f, Frame::Arithmetic { .. } | Frame::Test | Frame::Parameter))
+            || in_subscript(self.bytes, occurrence.start)
+        {
+            return Err(ScriptError {
+                offset: occurrence.start,
+                message: format!(
+                    "`{}` stands in arithmetic (`$(( ))`, `(( ))`, `[[ ]]`, `${{ }}` or an array subscript), where a shell may evaluate a value as code: assign it to a variable and check it is a number first, or compare with `[ ]`",
+                    &self.script[occurrence.start..occurrence.end]
+                ),
+            });
+        }
+        let frame = self.frame();
+        self.out.push_str(&replacement(
+            occurrence,
+            &mut self.names,
+            frame,
+            self.script,
+        ));
+        Ok(occurrence.end)
+    }
+
+    /// Copies the character at `i` as it is.
+    fn copy_char(&mut self, i: usize) -> usize {
+        let width = self.script[i..].chars().next().map_or(1, char::len_utf8);
+        self.out.push_str(&self.script[i..i + width]);
+        i + width
+    }
+
+    /// Copies `text` (two bytes) at `i` and opens `frame`.
+    fn open(&mut self, text: &str, frame: Frame, i: usize) -> usize {
+        self.out.push_str(text);
+        self.stack.push(frame);
+        i + 2
+    }
+
+    /// Inside `"…"`: where the next read starts when `c` at `i` was handled, `None` when it
+    /// is copied as it is.
+    fn in_double(&mut self, i: usize, c: u8, next: Option<u8>) -> Option<usize> {
+        match c {
+            b'"' => {
+                self.stack.pop();
+                None
+            }
+            b'$' if next == Some(b'{') => Some(self.open("${", Frame::Parameter, i)),
+            b'\\' => Some(copy_escaped(self.script, i, &mut self.out)),
+            b'$' if next == Some(b'(') => Some(open_substitution(
+                self.script,
+                i,
+                &mut self.stack,
+                &mut self.out,
+            )),
+            b'`' => {
+                self.stack.push(Frame::Backtick);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Inside `$(( ))` or `(( ))`, as [`Scan::in_double`].
+    fn in_arithmetic(&mut self, i: usize, c: u8, next: Option<u8>) -> Option<usize> {
+        match (c, self.stack.last_mut()) {
+            (b'(', Some(Frame::Arithmetic { parens })) => {
+                *parens += 1;
+                None
+            }
+            (b')', Some(Frame::Arithmetic { parens })) if *parens > 0 => {
+                *parens -= 1;
+                None
+            }
+            (b')', _) => {
+                // `))` ends it.
+                self.stack.pop();
+                if next != Some(b')') {
+                    return None;
+                }
+                self.out.push_str("))");
+                self.glued = i + 2;
+                Some(i + 2)
+            }
+            _ => None,
+        }
+    }
+
+    /// At the top level, inside `$( )`, backticks, `[[ ]]` or `${ }`, as
+    /// [`Scan::in_double`].
+    fn in_unquoted(
+        &mut self,
+        i: usize,
+        c: u8,
+        next: Option<u8>,
+        frame: Frame,
+    ) -> Result<Option<usize>, ScriptError> {
+        let (script, bytes) = (self.script, self.bytes);
+        let word = |text: &str| {
+            script[i..].starts_with(text) && starts_word(bytes, i) && ends_word(bytes, i + 2)
+        };
+        Ok(match c {
+            b'\\' => Some(copy_escaped(script, i, &mut self.out)),
+            b'\'' => {
+                self.stack.push(Frame::Single);
+                None
+            }
+            b'"' => {
+                self.stack.push(Frame::Double);
+                None
+            }
+            b'`' if frame == Frame::Backtick => {
+                self.stack.pop();
+                self.glued = i + 1;
+                None
+            }
+            b'`' => {
+                self.stack.push(Frame::Backtick);
+                None
+            }
+            b'$' if next == Some(b'(') => {
+                Some(open_substitution(script, i, &mut self.stack, &mut self.out))
+            }
+            b'$' if next == Some(b'{') => Some(self.open("${", Frame::Parameter, i)),
+            b'}' if frame == Frame::Parameter => {
+                self.stack.pop();
+                None
+            }
+            b'(' if next == Some(b'(') && starts_word(bytes, i) => {
+                Some(self.open("((", Frame::Arithmetic { parens: 0 }, i))
+            }
+            b'[' if frame != Frame::Test && word("[[") => Some(self.open("[[", Frame::Test, i)),
+            b']' if frame == Frame::Test && word("]]") => {
+                self.out.push_str("]]");
+                self.stack.pop();
+                Some(i + 2)
+            }
+            b'c' if word_at(bytes, i, b"case") && at_command_start(bytes, i) => {
+                if let Some(Frame::Unquoted { cases, .. }) = self.stack.last_mut() {
+                    *cases += 1;
+                }
+                None
+            }
+            b'e' if word_at(bytes, i, b"esac") && at_command_start(bytes, i) => {
+                if let Some(Frame::Unquoted { cases, .. }) = self.stack.last_mut() {
+                    *cases = cases.saturating_sub(1);
+                }
+                None
+            }
+            b'(' => {
+                if let Some(Frame::Unquoted { parens, .. }) = self.stack.last_mut() {
+                    *parens += 1;
+                }
+                None
+            }
+            b')' => {
+                self.close_paren(i);
+                None
+            }
+            b'#' if starts_word(bytes, i) && i != self.glued => Some(self.comment(i)),
+            b'<' if script[i..].starts_with("<<<") => {
+                self.out.push_str("<<<");
+                Some(i + 3)
+            }
+            b'<' if next == Some(b'<') => {
+                let (heredoc, after) = heredoc_operator(script, i);
+                self.out.push_str(&script[i..after]);
+                self.pending.extend(heredoc);
+                Some(after)
+            }
+            b'\n' if !self.pending.is_empty() => Some(self.heredoc_bodies(i)?),
+            _ => None,
+        })
+    }
+
+    /// A `)` outside quotes: it closes a `(`, ends a `case` pattern, or ends a `$( )`.
+    fn close_paren(&mut self, i: usize) {
+        match self.stack.last_mut() {
+            Some(Frame::Unquoted { parens, .. }) if *parens > 0 => *parens -= 1,
+            // The end of a `case` pattern.
+            Some(Frame::Unquoted { cases, .. }) if *cases > 0 => {}
+            Some(Frame::Unquoted {
+                closes_on_paren: true,
+                ..
+            }) => {
+                self.stack.pop();
+                self.glued = i + 1;
+            }
+            _ => {}
+        }
+    }
+
+    /// A comment runs to the end of the line; expressions in it are harmless but still
+    /// rewritten, so the value never appears in the text.
+    fn comment(&mut self, i: usize) -> usize {
+        let end = self.script[i..]
+            .find('\n')
+            .map_or(self.script.len(), |n| i + n);
+        copy_plain(
+            self.script,
+            i,
+            end,
+            &mut self.expressions,
+            &mut self.names,
+            &mut self.out,
+        );
+        end
+    }
+
+    /// The newline at `i` ends a line with heredoc operators: their bodies follow.
+    fn heredoc_bodies(&mut self, i: usize) -> Result<usize, ScriptError> {
+        self.out.push('\n');
+        let mut i = i + 1;
+        for heredoc in std::mem::take(&mut self.pending) {
+            let (after, ended) = heredoc_body(
+                self.script,
+                i,
+                &heredoc,
+                &mut self.expressions,
+                &mut self.names,
+                &mut self.out,
+            )?;
+            if !ended {
+                self.unterminated = Some(heredoc.delimiter.clone());
+            }
+            i = after;
+        }
+        Ok(i)
+    }
+
+    /// The rewritten script, or why the scan cannot tell how it quotes `first` (the first
+    /// expression): something it opened is never closed.
+    fn finish(self, first: &Occurrence) -> Result<ShellScript, ScriptError> {
+        let balanced =
+            self.stack.len() == 1 && self.pending.is_empty() && self.unterminated.is_none();
+        if balanced {
+            return Ok(ShellScript {
+                text: self.out,
+                variables: self.names.into_variables(),
+            });
+        }
+        let what = match (self.stack.last(), &self.unterminated) {
             (_, Some(delimiter)) => format!("the heredoc ending with `{delimiter}` never ends"),
             (Some(Frame::Single), _) => "a single quote is never closed".to_string(),
             (Some(Frame::Double), _) => "a double quote is never closed".to_string(),
@@ -337,21 +443,17 @@ pub(crate) fn rewrite(script: &str) -> Result<ShellScript, ScriptError> {
             (Some(Frame::Arithmetic { .. }), _) => "a `$((` is never closed".to_string(),
             (Some(Frame::Test), _) => "a `[[` is never closed".to_string(),
             (Some(Frame::Parameter), _) => "a `${` is never closed".to_string(),
-            _ if !pending.is_empty() => "a heredoc has no body".to_string(),
+            _ if !self.pending.is_empty() => "a heredoc has no body".to_string(),
             _ => "a `$(` is never closed".to_string(),
         };
-        return Err(ScriptError {
-            offset: found[0].start,
+        Err(ScriptError {
+            offset: first.start,
             message: format!(
                 "Dropship cannot tell how this script quotes `{}`: {what} (as Dropship reads it); balance the quoting, or pass the value through `env:`",
-                &script[found[0].start..found[0].end]
+                &self.script[first.start..first.end]
             ),
-        });
+        })
     }
-    Ok(ShellScript {
-        text: out,
-        variables: names.into_variables(),
-    })
 }
 
 /// Copies the `$(` or `$((` at `i` and opens its frame; returns where it ends.
