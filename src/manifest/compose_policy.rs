@@ -147,6 +147,19 @@ fn untag(value: Value) -> Value {
 }
 
 fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mut Say<'_>) {
+    check_provider(path, service, say);
+    check_privilege(path, service, policy, say);
+    check_namespaces(path, service, policy, say);
+    check_labels(path, service, say);
+    check_devices(path, service, policy, say);
+    check_volumes(path, service, policy, say);
+    check_ports(path, service, policy, say);
+    check_files(path, service, say);
+    check_build(path, service, policy, say);
+}
+
+/// `provider`: a program on the server itself.
+fn check_provider(path: &str, service: &Value, say: &mut Say<'_>) {
     let field = |key: &str| service.get(key);
     // Compose (2.36 and later) runs `provider.type` as a program on the server itself (a
     // Docker CLI plugin, or a binary on the PATH or in the project directory): nothing a
@@ -161,6 +174,11 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
             "`provider` runs a program on the server itself, outside any container; the operator config has no grant for it: run the service from an `image`".into(),
         );
     }
+}
+
+/// `privileged` and `security_opt`: the container's confinement.
+fn check_privilege(path: &str, service: &Value, policy: &ContainerPolicy, say: &mut Say<'_>) {
+    let field = |key: &str| service.get(key);
     if let Some(value) = field("privileged") {
         let at = format!("{path}.privileged");
         if is_true(value) && !policy.privileged {
@@ -187,6 +205,12 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
             );
         }
     }
+}
+
+/// `network_mode`, the other namespaces, and `volumes_from`: what the container shares
+/// outside its stack.
+fn check_namespaces(path: &str, service: &Value, policy: &ContainerPolicy, say: &mut Say<'_>) {
+    let field = |key: &str| service.get(key);
     if let Some(mode) = field("network_mode").and_then(Value::as_str) {
         let at = format!("{path}.network_mode");
         no_interpolation(&at, mode, say);
@@ -218,6 +242,23 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
             }
         }
     }
+    for (key, from) in each_string(field("volumes_from")) {
+        let at = format!("{path}.volumes_from{key}");
+        no_interpolation(&at, &from, say);
+        if from.starts_with("container:") && !policy.host_namespaces {
+            say(
+                &at,
+                format!(
+                    "`{from}` takes the volumes of a container outside this stack; the operator config does not allow it (repos.containers.host_namespaces)"
+                ),
+            );
+        }
+    }
+}
+
+/// Labels, which may not pass as Dropship's own.
+fn check_labels(path: &str, service: &Value, say: &mut Say<'_>) {
+    let field = |key: &str| service.get(key);
     // Dropship's own labels mark its containers by repository and app: a stack wearing them
     // could pass its containers off as another repository's (a version that repository's
     // rollback would start, and route to).
@@ -254,6 +295,11 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
             }
         }
     }
+}
+
+/// `cap_add`, `devices` and `device_cgroup_rules`: the host's capabilities and devices.
+fn check_devices(path: &str, service: &Value, policy: &ContainerPolicy, say: &mut Say<'_>) {
+    let field = |key: &str| service.get(key);
     for (key, cap) in each_string(field("cap_add")) {
         let at = format!("{path}.cap_add{key}");
         no_interpolation(&at, &cap, say);
@@ -273,6 +319,11 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
             }
         }
     }
+}
+
+/// `volumes`: what the container mounts from the server.
+fn check_volumes(path: &str, service: &Value, policy: &ContainerPolicy, say: &mut Say<'_>) {
+    let field = |key: &str| service.get(key);
     if let Some(volumes) = field("volumes").and_then(Value::as_sequence) {
         for (i, volume) in volumes.iter().enumerate() {
             let at = format!("{path}.volumes[{i}]");
@@ -305,29 +356,38 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
             }
         }
     }
-    for (key, from) in each_string(field("volumes_from")) {
-        let at = format!("{path}.volumes_from{key}");
-        no_interpolation(&at, &from, say);
-        if from.starts_with("container:") && !policy.host_namespaces {
-            say(
-                &at,
-                format!(
-                    "`{from}` takes the volumes of a container outside this stack; the operator config does not allow it (repos.containers.host_namespaces)"
-                ),
-            );
-        }
-    }
+}
+
+/// `ports`: what the container publishes on the server.
+fn check_ports(path: &str, service: &Value, policy: &ContainerPolicy, say: &mut Say<'_>) {
+    let field = |key: &str| service.get(key);
     if let Some(ports) = field("ports").and_then(Value::as_sequence) {
         for (i, port) in ports.iter().enumerate() {
             let at = format!("{path}.ports[{i}]");
             check_port(&at, port, policy, say);
         }
     }
+}
+
+/// `env_file`, `label_file` and `extends.file`: files that must lie inside the project.
+fn check_files(path: &str, service: &Value, say: &mut Say<'_>) {
+    let field = |key: &str| service.get(key);
     for section in ["env_file", "label_file"] {
         for (key, file) in env_files(field(section)) {
             inside_project(&format!("{path}.{section}{key}"), &file, say);
         }
     }
+    if let Some(file) = field("extends")
+        .and_then(|e| e.get("file"))
+        .and_then(Value::as_str)
+    {
+        inside_project(&format!("{path}.extends.file"), file, say);
+    }
+}
+
+/// `build`: its context, Dockerfile, network, privileges, ssh and caches.
+fn check_build(path: &str, service: &Value, policy: &ContainerPolicy, say: &mut Say<'_>) {
+    let field = |key: &str| service.get(key);
     match field("build") {
         Some(Value::String(context)) => build_context(&format!("{path}.build"), context, say),
         Some(build @ Value::Mapping(_)) => {
@@ -380,12 +440,6 @@ fn check_service(path: &str, service: &Value, policy: &ContainerPolicy, say: &mu
             }
         }
         _ => {}
-    }
-    if let Some(file) = field("extends")
-        .and_then(|e| e.get("file"))
-        .and_then(Value::as_str)
-    {
-        inside_project(&format!("{path}.extends.file"), file, say);
     }
 }
 
