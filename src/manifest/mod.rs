@@ -656,124 +656,20 @@ impl Manifest {
                 check_secrets(&mut c, inventory, &path, step);
             }
             if let (true, Action::Container(plan)) = (preview, &mut action) {
-                if let Some(proxy) = &mut plan.proxy {
-                    match &inventory.preview_domain {
-                        Some(domain) => {
-                            let host = preview_host(
-                                &plan.app,
-                                &context.environment,
-                                &repo_digest(&context.repo_owner, &context.repo_name),
-                                domain,
-                            );
-                            preview_url.get_or_insert_with(|| {
-                                format!("{}://{host}", inventory.preview_scheme)
-                            });
-                            proxy.hosts = vec![host];
-                        }
-                        None => c.at_key(
-                            "previews",
-                            "a preview routes its apps through the proxy: the operator config needs [proxy] preview_domain",
-                        ),
-                    }
-                }
+                route_preview(&mut c, inventory, context, plan, &mut preview_url);
             }
-            let on = step.on.as_deref().unwrap_or("all");
-            let step_servers: Vec<String> = match on {
-                "all" => servers.clone(),
-                "first" => servers.iter().take(1).cloned().collect(),
-                name if servers.iter().any(|s| s == name) => vec![name.to_string()],
-                role => servers
-                    .iter()
-                    .filter(|s| {
-                        inventory
-                            .servers
-                            .iter()
-                            .any(|i| &i.name == *s && i.roles.iter().any(|r| r == role))
-                    })
-                    .cloned()
-                    .collect(),
-            };
-            if step_servers.is_empty() && !servers.is_empty() {
-                c.at_value(
-                    &format!("{path}.on"),
-                    format!(
-                        "step `{}`: `on: {on}` matches no server of environment `{}` (use all, first, one of its servers or a role one of them has)",
-                        step.name, context.environment
-                    ),
-                );
-            }
-            if let Action::Container(plan) = &action {
-                if let ImageSource::Build(BuildPlan {
-                    builder: Some(builder),
-                    ..
-                }) = &plan.image
-                {
-                    if !servers.contains(builder)
-                        && !inventory
-                            .servers
-                            .iter()
-                            .any(|s| &s.name == builder && s.allowed)
-                    {
-                        c.at_value(
-                            &format!("{path}.container.build.builder"),
-                            format!("builder `{builder}` is not a server this repository may use"),
-                        );
-                    }
-                }
-            }
-            // Expressions in a script become variable references; the values travel in the
-            // step's environment (src/manifest/shell.rs).
-            let (script, variables) = match action {
-                Action::Shell => {
-                    let run = step.run.as_deref().unwrap_or_default();
-                    match shell::rewrite(run) {
-                        Ok(script) => (script.text, script.variables),
-                        Err(error) => {
-                            c.at_value(&format!("{path}.run"), error.message);
-                            (String::new(), Vec::new())
-                        }
-                    }
-                }
-                _ => (String::new(), Vec::new()),
-            };
-            let name = match &action {
-                Action::Rollback { app, .. } => format!("rollback {app}"),
-                Action::StopApp { app, .. } => format!("stop {app}"),
-                Action::ComposeDown(plan) => format!("compose down {}", plan.project),
-                _ => step.name.clone(),
-            };
-            planned.push(PlannedStep {
-                name,
+            let step_servers = step_servers(&mut c, inventory, context, &servers, &path, step);
+            check_builder(&mut c, inventory, &servers, &path, &action);
+            planned.push(planned_step(
+                &mut c,
+                context,
+                &path,
+                step,
                 action,
-                script,
-                servers: step_servers,
-                timeout: step.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
-                env: step
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), substitute(v, context, Quoting::Raw)))
-                    .chain(
-                        variables
-                            .iter()
-                            .map(|(name, reference)| (name.clone(), context.value(reference))),
-                    )
-                    .collect(),
-                secrets: step.secrets.clone(),
-                working_dir: step.working_dir.clone(),
-                continue_on_error: step.continue_on_error,
-            });
+                step_servers,
+            ));
         }
-        let strategy = match environment.strategy {
-            RawStrategy::Parallel => Strategy::Parallel,
-            RawStrategy::Rolling => Strategy::Rolling {
-                batch: environment
-                    .batch
-                    .as_ref()
-                    .map(|b| parse_batch(b).unwrap_or(Batch::Count(1)))
-                    .unwrap_or(Batch::Count(1)),
-                pause: environment.pause,
-            },
-        };
+        let strategy = strategy(environment);
         let plan = Plan {
             task: context.task.clone(),
             environment: context.environment.clone(),
@@ -792,6 +688,169 @@ impl Manifest {
             timeout: environment.timeout,
         };
         c.finish(plan)
+    }
+}
+
+/// Gives a preview's proxied app its preview host (the first one is the environment's URL),
+/// or says the operator config has no `preview_domain` for it.
+fn route_preview(
+    c: &mut Collector<'_>,
+    inventory: &Inventory,
+    context: &Context,
+    plan: &mut ContainerPlan,
+    preview_url: &mut Option<String>,
+) {
+    let Some(proxy) = &mut plan.proxy else {
+        return;
+    };
+    match &inventory.preview_domain {
+        Some(domain) => {
+            let host = preview_host(
+                &plan.app,
+                &context.environment,
+                &repo_digest(&context.repo_owner, &context.repo_name),
+                domain,
+            );
+            preview_url.get_or_insert_with(|| format!("{}://{host}", inventory.preview_scheme));
+            proxy.hosts = vec![host];
+        }
+        None => c.at_key(
+            "previews",
+            "a preview routes its apps through the proxy: the operator config needs [proxy] preview_domain",
+        ),
+    }
+}
+
+/// The servers of the environment (`servers`) that a step's `on` picks: all, the first, one
+/// by name, or those with a role; none is an error at `on`.
+fn step_servers(
+    c: &mut Collector<'_>,
+    inventory: &Inventory,
+    context: &Context,
+    servers: &[String],
+    path: &str,
+    step: &RawStep,
+) -> Vec<String> {
+    let on = step.on.as_deref().unwrap_or("all");
+    let picked: Vec<String> = match on {
+        "all" => servers.to_vec(),
+        "first" => servers.iter().take(1).cloned().collect(),
+        name if servers.iter().any(|s| s == name) => vec![name.to_string()],
+        role => servers
+            .iter()
+            .filter(|s| {
+                inventory
+                    .servers
+                    .iter()
+                    .any(|i| &i.name == *s && i.roles.iter().any(|r| r == role))
+            })
+            .cloned()
+            .collect(),
+    };
+    if picked.is_empty() && !servers.is_empty() {
+        c.at_value(
+            &format!("{path}.on"),
+            format!(
+                "step `{}`: `on: {on}` matches no server of environment `{}` (use all, first, one of its servers or a role one of them has)",
+                step.name, context.environment
+            ),
+        );
+    }
+    picked
+}
+
+/// A container step's `build.builder` must be one of the environment's servers or one the
+/// repository may use.
+fn check_builder(
+    c: &mut Collector<'_>,
+    inventory: &Inventory,
+    servers: &[String],
+    path: &str,
+    action: &Action,
+) {
+    let Action::Container(plan) = action else {
+        return;
+    };
+    let ImageSource::Build(BuildPlan {
+        builder: Some(builder),
+        ..
+    }) = &plan.image
+    else {
+        return;
+    };
+    if !servers.contains(builder)
+        && !inventory
+            .servers
+            .iter()
+            .any(|s| &s.name == builder && s.allowed)
+    {
+        c.at_value(
+            &format!("{path}.container.build.builder"),
+            format!("builder `{builder}` is not a server this repository may use"),
+        );
+    }
+}
+
+/// One step as it runs: its name, its script (expressions become variable references whose
+/// values travel in the step's environment, src/manifest/shell.rs) and its environment.
+fn planned_step(
+    c: &mut Collector<'_>,
+    context: &Context,
+    path: &str,
+    step: &RawStep,
+    action: Action,
+    servers: Vec<String>,
+) -> PlannedStep {
+    let (script, variables) = match action {
+        Action::Shell => match shell::rewrite(step.run.as_deref().unwrap_or_default()) {
+            Ok(script) => (script.text, script.variables),
+            Err(error) => {
+                c.at_value(&format!("{path}.run"), error.message);
+                (String::new(), Vec::new())
+            }
+        },
+        _ => (String::new(), Vec::new()),
+    };
+    let name = match &action {
+        Action::Rollback { app, .. } => format!("rollback {app}"),
+        Action::StopApp { app, .. } => format!("stop {app}"),
+        Action::ComposeDown(plan) => format!("compose down {}", plan.project),
+        _ => step.name.clone(),
+    };
+    PlannedStep {
+        name,
+        action,
+        script,
+        servers,
+        timeout: step.timeout.unwrap_or(DEFAULT_STEP_TIMEOUT),
+        env: step
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), substitute(v, context, Quoting::Raw)))
+            .chain(
+                variables
+                    .iter()
+                    .map(|(name, reference)| (name.clone(), context.value(reference))),
+            )
+            .collect(),
+        secrets: step.secrets.clone(),
+        working_dir: step.working_dir.clone(),
+        continue_on_error: step.continue_on_error,
+    }
+}
+
+/// How an environment's servers take each step: all at once, or in rolling batches.
+fn strategy(environment: &raw::RawEnvironment) -> Strategy {
+    match environment.strategy {
+        RawStrategy::Parallel => Strategy::Parallel,
+        RawStrategy::Rolling => Strategy::Rolling {
+            batch: environment
+                .batch
+                .as_ref()
+                .map(|b| parse_batch(b).unwrap_or(Batch::Count(1)))
+                .unwrap_or(Batch::Count(1)),
+            pause: environment.pause,
+        },
     }
 }
 
