@@ -537,42 +537,8 @@ impl Forwarder {
         };
         // The route counts the answer; a switch during the request updates it in place.
         let backend = found.insert(backend);
-        let upgrade = is_upgrade(&parts.headers);
-        let client_upgrade = upgrade
-            .then(|| parts.extensions.remove::<OnUpgrade>())
-            .flatten();
-        let upgrade_protocol = upgrade
-            .then(|| parts.headers.get(header::UPGRADE).cloned())
-            .flatten();
-        strip_hop_by_hop(&mut parts.headers);
-        if let Some(protocol) = upgrade_protocol {
-            parts.headers.insert(header::UPGRADE, protocol);
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        }
-        let forwarded_for = match parts.headers.get(X_FORWARDED_FOR) {
-            Some(earlier) => earlier
-                .to_str()
-                .ok()
-                .and_then(|earlier| {
-                    HeaderValue::from_str(&format!("{earlier}, {}", connection.remote.ip())).ok()
-                })
-                .unwrap_or_else(|| connection.client.clone()),
-            None => connection.client.clone(),
-        };
-        parts.headers.insert(X_FORWARDED_FOR, forwarded_for);
-        parts.headers.insert(X_FORWARDED_PROTO, self.scheme.clone());
-        let forwarded_host = match &host_header {
-            Some(value) if value.as_bytes() == host.as_bytes() => Some(value.clone()),
-            _ => HeaderValue::from_str(&host).ok(),
-        };
-        if let Some(value) = forwarded_host {
-            if host_header.is_none() {
-                parts.headers.insert(header::HOST, value.clone());
-            }
-            parts.headers.insert(X_FORWARDED_HOST, value);
-        }
+        let client_upgrade =
+            self.forwarding_headers(&connection, &mut parts, &host, host_header.as_ref());
         // Sent in origin form; an upstream learns the host from `Host`.
         parts.uri = Uri::from(path_and_query.clone());
         // hyper frames the body again on the way out from what it knows of it (its length, or
@@ -626,41 +592,101 @@ impl Forwarder {
                         &format!("The app at {host}{path} failed to answer."),
                     );
                 }
-                Ok(Ok((mut response, lease))) => {
-                    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        if let Some(client_upgrade) = client_upgrade {
-                            let upstream_upgrade = hyper::upgrade::on(&mut response);
-                            connection.verdicts.upgraded();
-                            tokio::spawn(async move {
-                                let _held = (in_flight, lease, connection);
-                                if let (Ok(a), Ok(b)) =
-                                    (client_upgrade.await, upstream_upgrade.await)
-                                {
-                                    let _ = tokio::io::copy_bidirectional(
-                                        &mut TokioIo::new(a),
-                                        &mut TokioIo::new(b),
-                                    )
-                                    .await;
-                                }
-                            });
-                            let (parts, _) = response.into_parts();
-                            return Response::from_parts(parts, empty());
+                Ok(Ok((response, lease))) => {
+                    return match client_upgrade {
+                        Some(client_upgrade)
+                            if response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                        {
+                            tunnel(connection, response, client_upgrade, in_flight, lease)
                         }
-                    }
-                    let (mut parts, body) = response.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    let body = Guarded {
-                        body,
-                        in_flight,
-                        lease: Some(lease),
-                        idle_timeout: settings.idle_timeout,
-                        ended: false,
+                        _ => {
+                            let (mut parts, body) = response.into_parts();
+                            strip_hop_by_hop(&mut parts.headers);
+                            let body = Guarded {
+                                body,
+                                in_flight,
+                                lease: Some(lease),
+                                idle_timeout: settings.idle_timeout,
+                                ended: false,
+                            };
+                            Response::from_parts(parts, body.boxed())
+                        }
                     };
-                    return Response::from_parts(parts, body.boxed());
                 }
             }
         }
     }
+
+    /// Readies the request's headers for the upstream: hop-by-hop ones removed (an upgrade's
+    /// own put back), `X-Forwarded-For`, `-Proto` and `-Host` set, and `Host` where the
+    /// request named its host only in its URI. Returns the client's side of an upgrade it
+    /// asks for.
+    fn forwarding_headers(
+        &self,
+        connection: &Connection,
+        parts: &mut http::request::Parts,
+        host: &str,
+        host_header: Option<&HeaderValue>,
+    ) -> Option<OnUpgrade> {
+        let upgrade = is_upgrade(&parts.headers);
+        let client_upgrade = upgrade
+            .then(|| parts.extensions.remove::<OnUpgrade>())
+            .flatten();
+        let upgrade_protocol = upgrade
+            .then(|| parts.headers.get(header::UPGRADE).cloned())
+            .flatten();
+        strip_hop_by_hop(&mut parts.headers);
+        if let Some(protocol) = upgrade_protocol {
+            parts.headers.insert(header::UPGRADE, protocol);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        }
+        let forwarded_for = match parts.headers.get(X_FORWARDED_FOR) {
+            Some(earlier) => earlier
+                .to_str()
+                .ok()
+                .and_then(|earlier| {
+                    HeaderValue::from_str(&format!("{earlier}, {}", connection.remote.ip())).ok()
+                })
+                .unwrap_or_else(|| connection.client.clone()),
+            None => connection.client.clone(),
+        };
+        parts.headers.insert(X_FORWARDED_FOR, forwarded_for);
+        parts.headers.insert(X_FORWARDED_PROTO, self.scheme.clone());
+        let forwarded_host = match host_header {
+            Some(value) if value.as_bytes() == host.as_bytes() => Some(value.clone()),
+            _ => HeaderValue::from_str(host).ok(),
+        };
+        if let Some(value) = forwarded_host {
+            if host_header.is_none() {
+                parts.headers.insert(header::HOST, value.clone());
+            }
+            parts.headers.insert(X_FORWARDED_HOST, value);
+        }
+        client_upgrade
+    }
+}
+
+/// An upstream's `101`: both sides' upgraded connections are joined, holding the upstream's
+/// place and the connection, and the client gets the `101`.
+fn tunnel(
+    connection: Arc<Connection>,
+    mut response: Response<Incoming>,
+    client_upgrade: OnUpgrade,
+    in_flight: InFlight,
+    lease: Lease,
+) -> Response<ProxyBody> {
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    connection.verdicts.upgraded();
+    tokio::spawn(async move {
+        let _held = (in_flight, lease, connection);
+        if let (Ok(a), Ok(b)) = (client_upgrade.await, upstream_upgrade.await) {
+            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b)).await;
+        }
+    });
+    let (parts, _) = response.into_parts();
+    Response::from_parts(parts, empty())
 }
 
 #[cfg(test)]
