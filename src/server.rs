@@ -301,31 +301,7 @@ pub async fn run(
     // burst of webhooks is answered first; with the machine idle they get every core anyway.
     let background = Background(Some(background_runtime()?));
     let work = background.handle();
-    // What an earlier Dropship left running on the servers is killed now where they answer;
-    // the rest before the next step on each.
-    let runner = services.runner.clone();
-    work.spawn(async move {
-        match runner.kill_orphans(None).await {
-            Ok(0) => {}
-            Ok(killed) => tracing::warn!(killed, "killed processes interrupted deployments left running"),
-            Err(error) => tracing::warn!(%error, "could not reach a server to kill what an interrupted deployment left; its next step does"),
-        }
-    });
-    if config.ssh.connect_at_start {
-        let fleet = services.fleet.clone();
-        work.spawn(async move {
-            let started = std::time::Instant::now();
-            let failed = fleet.connect_all().await;
-            for (server, error) in &failed {
-                tracing::warn!(%server, %error, "could not open the master connection at start; its next step tries again");
-            }
-            tracing::info!(
-                failed = failed.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "master connections opened at start"
-            );
-        });
-    }
+    spawn_start_chores(&work, &services, config.ssh.connect_at_start);
     // The outbox stops after the scheduler, so the final statuses of deployments a shutdown
     // ended are posted too.
     let outbox_stop = CancellationToken::new();
@@ -346,15 +322,6 @@ pub async fn run(
     ));
     let scheduler = work.spawn(services.scheduler.run(shutdown.clone().cancelled_owned()));
     work.spawn(services.reconciler.run(shutdown.clone().cancelled_owned()));
-    let followers = services.followers.clone();
-    work.spawn(async move {
-        if let Err(error) = followers.resume().await {
-            tracing::error!(
-                error = format!("{error:#}"),
-                "resuming container log followers"
-            );
-        }
-    });
     let metrics = foundation.metrics.clone();
     let state = services.state;
     let address = listener.local_addr()?;
@@ -376,6 +343,45 @@ pub async fn run(
         let _ = proxy.await;
     }
     Ok(())
+}
+
+/// What a start does beside serving, on the background runtime: kills what an earlier
+/// Dropship left running on the servers that answer (the rest before the next step on each),
+/// opens the master connections if `connect_at_start`, and resumes the container log
+/// followers.
+fn spawn_start_chores(work: &tokio::runtime::Handle, services: &Services, connect_at_start: bool) {
+    let runner = services.runner.clone();
+    work.spawn(async move {
+        match runner.kill_orphans(None).await {
+            Ok(0) => {}
+            Ok(killed) => tracing::warn!(killed, "killed processes interrupted deployments left running"),
+            Err(error) => tracing::warn!(%error, "could not reach a server to kill what an interrupted deployment left; its next step does"),
+        }
+    });
+    if connect_at_start {
+        let fleet = services.fleet.clone();
+        work.spawn(async move {
+            let started = std::time::Instant::now();
+            let failed = fleet.connect_all().await;
+            for (server, error) in &failed {
+                tracing::warn!(%server, %error, "could not open the master connection at start; its next step tries again");
+            }
+            tracing::info!(
+                failed = failed.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "master connections opened at start"
+            );
+        });
+    }
+    let followers = services.followers.clone();
+    work.spawn(async move {
+        if let Err(error) = followers.resume().await {
+            tracing::error!(
+                error = format!("{error:#}"),
+                "resuming container log followers"
+            );
+        }
+    });
 }
 
 /// Starts the configured proxy: the built-in one's workers on every listen address (their

@@ -175,12 +175,7 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
         alarm,
     } = outbox;
     tokio::pin!(shutdown);
-    // Rounds in a row in which GitHub could not be reached at all: while it is down, the whole
-    // outbox backs off instead of trying every pending status.
-    let mut unreachable_rounds: u32 = 0;
-    // Rounds in a row in which the store failed: the outbox backs off as well, instead of
-    // trying the same due items again at once.
-    let mut store_rounds: u32 = 0;
+    let mut troubles = Troubles::default();
     // Once shutdown begins: until when what is due may still be posted (the final statuses of
     // deployments the shutdown ended), round after round while rounds deliver.
     let mut draining: Option<tokio::time::Instant> = None;
@@ -200,18 +195,14 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
                     .buffer_unordered(16)
                     .collect()
                     .await;
+                let delivered = attempts.iter().any(|a| matches!(a, Attempt::Delivered));
                 if let Some(until) = draining {
-                    let delivered = attempts.iter().any(|a| matches!(a, Attempt::Delivered));
                     if !delivered || tokio::time::Instant::now() >= until {
                         return;
                     }
                     continue;
                 }
-                let refused = attempts.iter().find_map(|a| match a {
-                    Attempt::CredentialsRefused(message) => Some(message.clone()),
-                    _ => None,
-                });
-                if let Some(message) = refused {
+                if let Some(message) = troubles.count(&attempts) {
                     alarm.raise(format!(
                         "GitHub refused Dropship's credentials ({message}): statuses wait, none is lost. Fix [github] token or [github.app] in the config and restart; delivery is tried again every {}",
                         humantime::format_duration(backoff.max)
@@ -222,18 +213,8 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
                         _ = tokio::time::sleep(backoff.max) => continue,
                     }
                 }
-                if attempts.iter().any(|a| matches!(a, Attempt::StoreFailed)) {
-                    store_rounds += 1;
-                } else {
-                    store_rounds = 0;
-                }
-                if attempts.iter().any(|a| matches!(a, Attempt::Delivered)) {
+                if delivered {
                     alarm.clear();
-                    unreachable_rounds = 0;
-                } else if !attempts.is_empty()
-                    && attempts.iter().all(|a| matches!(a, Attempt::Unreachable))
-                {
-                    unreachable_rounds += 1;
                 }
             }
             Err(error) => {
@@ -241,26 +222,10 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
                 if draining.is_some() {
                     return;
                 }
-                store_rounds += 1;
+                troubles.store += 1;
             }
         }
-        if store_rounds > 0 {
-            let pause = backoff.after(store_rounds - 1).max(STORE_PAUSE);
-            tracing::warn!(
-                pause_ms = pause.as_millis() as u64,
-                "the store failed; pausing status delivery"
-            );
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(pause) => continue,
-            }
-        }
-        if unreachable_rounds > 0 {
-            let pause = backoff.after(unreachable_rounds - 1);
-            tracing::warn!(
-                pause_ms = pause.as_millis() as u64,
-                "GitHub is unreachable; pausing status delivery"
-            );
+        if let Some(pause) = troubles.pause(backoff) {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(pause) => continue,
@@ -282,6 +247,61 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
             _ = &mut notified => {}
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+/// Rounds in a row that went wrong as a whole: while GitHub cannot be reached at all, or the
+/// store fails, the whole outbox backs off instead of trying every pending status again at
+/// once.
+#[derive(Debug, Default)]
+struct Troubles {
+    unreachable: u32,
+    store: u32,
+}
+
+impl Troubles {
+    /// Counts a round's attempts; the message when GitHub refused the credentials.
+    fn count(&mut self, attempts: &[Attempt]) -> Option<String> {
+        let refused = attempts.iter().find_map(|a| match a {
+            Attempt::CredentialsRefused(message) => Some(message.clone()),
+            _ => None,
+        });
+        if refused.is_some() {
+            return refused;
+        }
+        if attempts.iter().any(|a| matches!(a, Attempt::StoreFailed)) {
+            self.store += 1;
+        } else {
+            self.store = 0;
+        }
+        if attempts.iter().any(|a| matches!(a, Attempt::Delivered)) {
+            self.unreachable = 0;
+        } else if !attempts.is_empty() && attempts.iter().all(|a| matches!(a, Attempt::Unreachable))
+        {
+            self.unreachable += 1;
+        }
+        None
+    }
+
+    /// How long to pause before the next round, if the last ones went wrong.
+    fn pause(&self, backoff: Backoff) -> Option<Duration> {
+        if self.store > 0 {
+            let pause = backoff.after(self.store - 1).max(STORE_PAUSE);
+            tracing::warn!(
+                pause_ms = pause.as_millis() as u64,
+                "the store failed; pausing status delivery"
+            );
+            return Some(pause);
+        }
+        if self.unreachable > 0 {
+            let pause = backoff.after(self.unreachable - 1);
+            tracing::warn!(
+                pause_ms = pause.as_millis() as u64,
+                "GitHub is unreachable; pausing status delivery"
+            );
+            return Some(pause);
+        }
+        None
     }
 }
 
