@@ -847,25 +847,8 @@ impl Runner {
                 .flat_map(|(_, c)| c.iter().filter(|c| c.running).cloned())
                 .collect();
             let current_id = current.iter().filter_map(ContainerInfo::deployment).max();
-            let mut target = None;
-            for (id, containers) in &groups {
-                if current_id.is_some_and(|c| *id >= c) || containers.iter().any(|c| c.running) {
-                    continue;
-                }
-                // Only a version whose deployment succeeded; one this store does not know
-                // (an older database) is trusted.
-                // Inactive: it succeeded, and a later deployment replaced it.
-                let succeeded = match self.store.deployment(*id).await {
-                    Ok(Some(d)) => matches!(d.state, State::Success | State::Inactive),
-                    Ok(None) => true,
-                    Err(_) => false,
-                };
-                if succeeded {
-                    target = Some((*id, containers.clone()));
-                    break;
-                }
-            }
-            let Some((target_id, containers)) = target else {
+            let Some((target_id, containers)) = self.rollback_target(groups, current_id).await
+            else {
                 return Ok(StepOutcome::Failed(format!(
                     "no earlier successful version of {app} is kept on {server}"
                 )));
@@ -895,16 +878,7 @@ impl Runner {
                 say.note(format!("started {}", container.name));
             }
             for container in &containers {
-                let check: HealthCheck = container
-                    .label(LABEL_HEALTH)
-                    .and_then(|h| serde_json::from_str(h).ok())
-                    .unwrap_or(HealthCheck {
-                        probe: Probe::Running,
-                        interval: Duration::from_secs(1),
-                        timeout: Duration::from_secs(5),
-                        retries: 3,
-                        start_period: Duration::ZERO,
-                    });
+                let check = kept_health_check(container);
                 if let Err(failure) = self
                     .wait_healthy(&host, server, &container.id, &container.name, &check, say)
                     .await
@@ -948,6 +922,30 @@ impl Runner {
             Ok(result) => result,
             Err(error) => error.into(),
         }
+    }
+
+    /// The newest kept version older than the running one (`current_id`), stopped, whose
+    /// deployment succeeded (one this store does not know, from an older database, is
+    /// trusted; an inactive one succeeded and was replaced later).
+    async fn rollback_target(
+        &self,
+        groups: Vec<(i64, Vec<ContainerInfo>)>,
+        current_id: Option<i64>,
+    ) -> Option<(i64, Vec<ContainerInfo>)> {
+        for (id, containers) in groups {
+            if current_id.is_some_and(|c| id >= c) || containers.iter().any(|c| c.running) {
+                continue;
+            }
+            let succeeded = match self.store.deployment(id).await {
+                Ok(Some(d)) => matches!(d.state, State::Success | State::Inactive),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if succeeded {
+                return Some((id, containers));
+            }
+        }
+        None
     }
 
     /// Stops every running container of `app` (they stay, retired).
@@ -1248,4 +1246,19 @@ impl<'a> Rollout<'a> {
             )
             .await;
     }
+}
+
+/// The health check a kept container was started with (its label), or: running for 3 checks
+/// a second apart.
+fn kept_health_check(container: &ContainerInfo) -> HealthCheck {
+    container
+        .label(LABEL_HEALTH)
+        .and_then(|h| serde_json::from_str(h).ok())
+        .unwrap_or(HealthCheck {
+            probe: Probe::Running,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            retries: 3,
+            start_period: Duration::ZERO,
+        })
 }
