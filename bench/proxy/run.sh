@@ -26,7 +26,8 @@
 # Usage: bench/proxy/run.sh [SECONDS]
 #   (needs: apt-get install wrk nginx-light haproxy sqlite3 openssl)
 # DROPSHIP_BIN=path skips the build; BENCH_ONLY="ka new" runs only those measures;
-# BENCH_PERF=/tmp/perf.data records Dropship under `perf record -g` during its `ka` run.
+# BENCH_PERF=/tmp/perf.data records Dropship under `perf record -g` during its first measure
+# (and nginx's worker during its own, into /tmp/perf.data.nginx).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-10}
@@ -154,6 +155,9 @@ echo "| upstream alone (keep-alive) | $(wrk_run http://127.0.0.1:19101/ 64) |"
 taskset -c 1 nginx -c "$work/nginx.conf" -p "$work"
 wait_port 19102
 nginx_worker=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
+if [ -n "${BENCH_PERF:-}" ]; then
+  perf record -g -o "$BENCH_PERF.nginx" -p "$nginx_worker" -- sleep "$seconds" >/dev/null 2>&1 &
+fi
 measure "nginx $(nginx -v 2>&1 | sed 's|.*/||') (1 worker)" "$nginx_worker" 19102 19202
 pkill -F "$work/nginx.pid"
 

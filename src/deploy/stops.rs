@@ -44,10 +44,18 @@ struct Entry {
 /// The stop tokens of running deployments. Cheap to clone; every clone sees the same. One
 /// entry per running deployment (at most `max_running_deployments`).
 #[derive(Debug, Clone, Default)]
-pub struct Stops(Arc<Mutex<HashMap<i64, Entry>>>);
+pub struct Stops(Arc<Mutex<Inner>>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<i64, Entry>,
+    /// Set on shutdown: a deployment registered from then on is stopped for it at once (its
+    /// task may have been started just before).
+    closed: Option<StopReason>,
+}
 
 impl Stops {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -55,8 +63,8 @@ impl Stops {
     /// stays). False when it is not running here: the runner registers a deployment before it
     /// moves it to `running`, so one the store shows running and this does not know has ended.
     pub fn stop(&self, id: i64, reason: StopReason) -> bool {
-        let mut entries = self.lock();
-        let Some(entry) = entries.get_mut(&id) else {
+        let mut inner = self.lock();
+        let Some(entry) = inner.entries.get_mut(&id) else {
             return false;
         };
         if entry.reason.is_none() {
@@ -68,7 +76,9 @@ impl Stops {
 
     /// Stops every running deployment for `reason`.
     pub fn stop_all(&self, reason: StopReason) {
-        for entry in self.lock().values_mut() {
+        let mut inner = self.lock();
+        inner.closed.get_or_insert_with(|| reason.clone());
+        for entry in inner.entries.values_mut() {
             if entry.reason.is_none() {
                 entry.reason = Some(reason.clone());
                 entry.token.cancel();
@@ -80,7 +90,9 @@ impl Stops {
     /// they go back to the queue (their runner sees [`Running::begin_steps`] refused) instead
     /// of starting work the grace may not let finish.
     pub fn stop_unbegun(&self, reason: StopReason) {
-        for entry in self.lock().values_mut() {
+        let mut inner = self.lock();
+        inner.closed.get_or_insert_with(|| reason.clone());
+        for entry in inner.entries.values_mut() {
             if entry.reason.is_none() && !entry.steps_begun {
                 entry.reason = Some(reason.clone());
                 entry.token.cancel();
@@ -90,12 +102,20 @@ impl Stops {
 
     /// How many deployments are registered as running.
     pub fn running(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     /// Registers deployment `id` as running, until the returned guard drops.
     pub fn register(&self, id: i64) -> Running {
-        let token = self.lock().entry(id).or_default().token.clone();
+        let mut inner = self.lock();
+        let closed = inner.closed.clone();
+        let entry = inner.entries.entry(id).or_default();
+        if let (Some(reason), None) = (closed, &entry.reason) {
+            entry.reason = Some(reason);
+            entry.token.cancel();
+        }
+        let token = entry.token.clone();
+        drop(inner);
         Running {
             stops: self.clone(),
             id,
@@ -120,8 +140,8 @@ impl Running {
 
     /// Marks its first step begun, unless it was stopped already: then the reason.
     pub fn begin_steps(&self) -> Result<(), StopReason> {
-        let mut entries = self.stops.lock();
-        let Some(entry) = entries.get_mut(&self.id) else {
+        let mut inner = self.stops.lock();
+        let Some(entry) = inner.entries.get_mut(&self.id) else {
             return Ok(());
         };
         match &entry.reason {
@@ -137,6 +157,7 @@ impl Running {
     pub fn reason(&self) -> Option<StopReason> {
         self.stops
             .lock()
+            .entries
             .get(&self.id)
             .and_then(|entry| entry.reason.clone())
     }
@@ -159,7 +180,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         // Ends the timer of `stop_after` too.
         self.token.cancel();
-        self.stops.lock().remove(&self.id);
+        self.stops.lock().entries.remove(&self.id);
     }
 }
 
@@ -196,5 +217,9 @@ mod tests {
         assert_eq!(waiting.begin_steps(), Err(StopReason::Shutdown));
         stops.stop_all(StopReason::Shutdown);
         assert_eq!(working.reason(), Some(StopReason::Shutdown));
+        // One whose task started just before the shutdown registers after it: stopped at once.
+        let late = stops.register(3);
+        assert!(late.token().is_cancelled());
+        assert_eq!(late.begin_steps(), Err(StopReason::Shutdown));
     }
 }
