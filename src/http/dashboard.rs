@@ -224,90 +224,119 @@ pub(super) async fn environments(
     let environments = environment_list(&state).await?;
     let mut sections = Vec::new();
     for environment in &environments {
-        // Versions that ran here and may be deployed again.
-        let earlier: Vec<Deployment> = state
-            .store
-            .list_deployments(&ListFilter {
-                repo: Some(environment.repo().to_string()),
-                environment: Some(environment.name().to_string()),
-                limit: 30,
-                ..Default::default()
-            })
-            .await?
-            .into_iter()
-            .filter(|d| {
-                matches!(
-                    d.state,
-                    DeploymentState::Success | DeploymentState::Inactive
-                ) && d.task == "deploy"
-            })
-            .take(5)
-            .collect();
-        sections.push((environment, earlier));
+        let earlier = earlier_versions(&state, environment).await?;
+        sections.push(environment_section(environment, &earlier, deployer));
     }
     let body = html! {
         h1 { "Environments" }
         @if environments.is_empty() { p.meta { "No environment has seen a deployment yet." } }
-        @for (environment, earlier) in &sections {
-            @let (repo, name) = (environment.repo(), environment.name());
-            section.environment data-repo=(repo) data-environment=(name) {
-                h2 { (repo) " → " (name) }
-                p {
-                    @match environment.live() {
-                        Some(live) => {
-                            "runs " code { (live.git_ref) } " " code { (live.sha.short()) }
-                            " since " (live.finished_at.as_deref().unwrap_or_default())
-                            " (" a href={"/deployments/" (live.id)} { "deployment " (live.id) } ")"
-                        }
-                        None => { "nothing live" }
+        @for section in &sections { (section) }
+    };
+    Ok(layout(&state, "environments", &user, "environments", body).into_response())
+}
+
+/// The last five versions deployed to `environment` that succeeded: what may be deployed
+/// again.
+async fn earlier_versions(
+    state: &AppState,
+    environment: &api::EnvironmentJson,
+) -> Result<Vec<Deployment>, HttpError> {
+    Ok(state
+        .store
+        .list_deployments(&ListFilter {
+            repo: Some(environment.repo().to_string()),
+            environment: Some(environment.name().to_string()),
+            limit: 30,
+            ..Default::default()
+        })
+        .await?
+        .into_iter()
+        .filter(|d| {
+            matches!(
+                d.state,
+                DeploymentState::Success | DeploymentState::Inactive
+            ) && d.task == "deploy"
+        })
+        .take(5)
+        .collect())
+}
+
+/// One environment: what runs there, its latest deployment, its lock, and (for deployers) its
+/// actions and earlier versions to redeploy.
+fn environment_section(
+    environment: &api::EnvironmentJson,
+    earlier: &[Deployment],
+    deployer: bool,
+) -> Markup {
+    let (repo, name) = (environment.repo(), environment.name());
+    html! {
+        section.environment data-repo=(repo) data-environment=(name) {
+            h2 { (repo) " → " (name) }
+            p {
+                @match environment.live() {
+                    Some(live) => {
+                        "runs " code { (live.git_ref) } " " code { (live.sha.short()) }
+                        " since " (live.finished_at.as_deref().unwrap_or_default())
+                        " (" a href={"/deployments/" (live.id)} { "deployment " (live.id) } ")"
                     }
-                    @if let Some(url) = environment.url() { " · " (url_link(url)) }
+                    None => { "nothing live" }
                 }
-                p.meta {
-                    "latest: " a href={"/deployments/" (environment.latest().id)} { (environment.latest().id) }
-                    " " (state_badge(environment.latest().state.as_str()))
+                @if let Some(url) = environment.url() { " · " (url_link(url)) }
+            }
+            p.meta {
+                "latest: " a href={"/deployments/" (environment.latest().id)} { (environment.latest().id) }
+                " " (state_badge(environment.latest().state.as_str()))
+            }
+            @if let Some(lock) = environment.lock() {
+                p.notice.lock {
+                    "🔒 locked by " strong { (lock.0) } ": " (lock.1)
+                    @if let Some(until) = lock.2 { " (until " (until) ")" }
                 }
-                @if let Some(lock) = environment.lock() {
-                    p.notice.lock {
-                        "🔒 locked by " strong { (lock.0) } ": " (lock.1)
-                        @if let Some(until) = lock.2 { " (until " (until) ")" }
-                    }
+            }
+            @if deployer { (environment_actions(repo, name, environment.lock().is_some())) }
+            @if !earlier.is_empty() { (earlier_table(earlier, deployer)) }
+        }
+    }
+}
+
+/// Roll back, and lock or unlock.
+fn environment_actions(repo: &str, name: &str, locked: bool) -> Markup {
+    html! {
+        div.actions {
+            form method="post" action=(environment_path("/environments", repo, name, "/rollback")) {
+                button.rollback type="submit" { "Roll back" }
+            }
+            @if locked {
+                form method="post" action=(environment_path("/environments", repo, name, "/unlock")) {
+                    button type="submit" { "Unlock" }
                 }
-                @if deployer {
-                    div.actions {
-                        form method="post" action=(environment_path("/environments", repo, name, "/rollback")) {
-                            button.rollback type="submit" { "Roll back" }
-                        }
-                        @if environment.lock().is_some() {
-                            form method="post" action=(environment_path("/environments", repo, name, "/unlock")) {
-                                button type="submit" { "Unlock" }
-                            }
-                        } @else {
-                            form method="post" action=(environment_path("/environments", repo, name, "/lock")) {
-                                input name="reason" placeholder="why lock?";
-                                input name="for" placeholder="for (2h; empty: until unlocked)" size="10";
-                                button type="submit" { "Lock" }
-                            }
-                        }
-                    }
+            } @else {
+                form method="post" action=(environment_path("/environments", repo, name, "/lock")) {
+                    input name="reason" placeholder="why lock?";
+                    input name="for" placeholder="for (2h; empty: until unlocked)" size="10";
+                    button type="submit" { "Lock" }
                 }
-                @if !earlier.is_empty() {
-                    div.scroll {
-                        table {
-                            thead { tr { th { "version" } th { "deployed" } th { "by" } @if deployer { th {} } } }
-                            tbody {
-                                @for d in earlier {
-                                    tr {
-                                        td { code { (d.git_ref) } " " code { (d.sha.short()) } }
-                                        td { a href={"/deployments/" (d.id)} { (d.finished_at.map(time).unwrap_or_default()) } }
-                                        td { (d.creator.as_deref().unwrap_or("")) }
-                                        @if deployer {
-                                            td {
-                                                form method="post" action={"/deployments/" (d.id) "/redeploy"} {
-                                                    button.redeploy type="submit" { "Redeploy" }
-                                                }
-                                            }
-                                        }
+            }
+        }
+    }
+}
+
+/// Earlier versions, each with a redeploy button for deployers.
+fn earlier_table(earlier: &[Deployment], deployer: bool) -> Markup {
+    html! {
+        div.scroll {
+            table {
+                thead { tr { th { "version" } th { "deployed" } th { "by" } @if deployer { th {} } } }
+                tbody {
+                    @for d in earlier {
+                        tr {
+                            td { code { (d.git_ref) } " " code { (d.sha.short()) } }
+                            td { a href={"/deployments/" (d.id)} { (d.finished_at.map(time).unwrap_or_default()) } }
+                            td { (d.creator.as_deref().unwrap_or("")) }
+                            @if deployer {
+                                td {
+                                    form method="post" action={"/deployments/" (d.id) "/redeploy"} {
+                                        button.redeploy type="submit" { "Redeploy" }
                                     }
                                 }
                             }
@@ -316,8 +345,7 @@ pub(super) async fn environments(
                 }
             }
         }
-    };
-    Ok(layout(&state, "environments", &user, "environments", body).into_response())
+    }
 }
 
 pub(super) async fn servers(

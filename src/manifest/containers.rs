@@ -286,6 +286,20 @@ fn plan_command(
 
 /// Stage 1 checks of a `container:` block at `path` (`tasks.deploy[0].container`).
 pub(super) fn check_container(c: &mut Collector<'_>, path: &str, raw: &RawContainer) {
+    check_image_source(c, path, raw);
+    check_resources(c, path, raw);
+    check_container_names(c, path, raw);
+    super::check_duration(c, &format!("{path}.stop_timeout"), raw.stop_timeout);
+    if let Some(health) = &raw.healthcheck {
+        check_health(c, &format!("{path}.healthcheck"), raw, health);
+    }
+    if let Some(proxy) = &raw.proxy {
+        check_proxy(c, &format!("{path}.proxy"), raw, proxy);
+    }
+}
+
+/// `image` (with at most one tag) or `build` (with paths inside the repository), not both.
+fn check_image_source(c: &mut Collector<'_>, path: &str, raw: &RawContainer) {
     match (&raw.image, &raw.build) {
         (None, None) => c.at_key(path, "a container needs `image` (to pull) or `build`"),
         (Some(_), Some(_)) => c.at_key(
@@ -319,6 +333,10 @@ pub(super) fn check_container(c: &mut Collector<'_>, path: &str, raw: &RawContai
             }
         }
     }
+}
+
+/// The app's name, ports, volumes, restart policy, memory, cpus, replicas and network.
+fn check_resources(c: &mut Collector<'_>, path: &str, raw: &RawContainer) {
     if let Some(name) = &raw.name {
         if !valid_app(name) {
             c.at_value(&format!("{path}.name"), format!("app name `{name}`: use lowercase letters, digits, `_`, `.` and `-`, starting with a letter or digit"));
@@ -369,6 +387,10 @@ pub(super) fn check_container(c: &mut Collector<'_>, path: &str, raw: &RawContai
             );
         }
     }
+}
+
+/// Environment variable, secret and label names.
+fn check_container_names(c: &mut Collector<'_>, path: &str, raw: &RawContainer) {
     for key in raw.env.keys() {
         super::check_env_name(c, &format!("{path}.env.{key}"), key);
     }
@@ -387,13 +409,6 @@ pub(super) fn check_container(c: &mut Collector<'_>, path: &str, raw: &RawContai
                 format!("`{key}`: labels starting with dropship. are set by dropship"),
             );
         }
-    }
-    super::check_duration(c, &format!("{path}.stop_timeout"), raw.stop_timeout);
-    if let Some(health) = &raw.healthcheck {
-        check_health(c, &format!("{path}.healthcheck"), raw, health);
-    }
-    if let Some(proxy) = &raw.proxy {
-        check_proxy(c, &format!("{path}.proxy"), raw, proxy);
     }
 }
 

@@ -468,88 +468,12 @@ impl Manifest {
                 );
             }
         }
-        for (index, rule) in raw.auto_deploy.iter().enumerate() {
-            let path = format!("auto_deploy.{index}");
-            if !raw.environments.contains_key(&rule.environment) {
-                c.at_value(
-                    &format!("{path}.environment"),
-                    format!(
-                        "auto_deploy names environment `{}`, which is not defined",
-                        rule.environment
-                    ),
-                );
-            }
-            let task = rule.task.as_deref().unwrap_or("deploy");
-            if !raw.tasks.contains_key(task) && !BUILT_IN_TASKS.contains(&task) {
-                c.at_value(
-                    &format!("{path}.task"),
-                    format!("auto_deploy runs task `{task}`, which is not defined"),
-                );
-            }
-            if rule.branch.trim().is_empty() {
-                c.at_value(&format!("{path}.branch"), "the branch must not be empty");
-            }
-        }
+        check_auto_deploy(&mut c, &raw);
         for (name, environment) in &raw.environments {
-            let path = format!("environments.{name}");
-            if environment.servers.is_empty() {
-                c.at_key(
-                    &format!("{path}.servers"),
-                    format!("environment `{name}` lists no servers"),
-                );
-            }
-            if let Some(url) = &environment.url {
-                check_expressions(&mut c, text, &format!("{path}.url"), url);
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    c.at_value(
-                        &format!("{path}.url"),
-                        format!("url `{url}` must start with https:// or http:// (expressions may fill in the rest)"),
-                    );
-                }
-            }
-            check_duration(&mut c, &format!("{path}.pause"), environment.pause);
-            check_duration(&mut c, &format!("{path}.timeout"), environment.timeout);
-            if environment.timeout == Some(Duration::ZERO) {
-                c.at_value(
-                    &format!("{path}.timeout"),
-                    "a timeout must be longer than zero",
-                );
-            }
-            match (environment.strategy, &environment.batch) {
-                (RawStrategy::Parallel, Some(_)) => c.at_key(
-                    &format!("{path}.batch"),
-                    "`batch` needs `strategy: rolling`",
-                ),
-                (RawStrategy::Parallel, None) if environment.pause.is_some() => c.at_key(
-                    &format!("{path}.pause"),
-                    "`pause` needs `strategy: rolling`",
-                ),
-                (_, Some(batch)) => {
-                    if let Err(message) = parse_batch(batch) {
-                        c.at_value(&format!("{path}.batch"), message);
-                    }
-                }
-                _ => {}
-            }
+            check_environment(&mut c, text, name, environment);
         }
         for (task, steps) in &raw.tasks {
-            if steps.is_empty() {
-                c.at_key(
-                    &format!("tasks.{task}"),
-                    format!("task `{task}` has no steps"),
-                );
-            }
-            let mut names = BTreeSet::new();
-            for (i, step) in steps.iter().enumerate() {
-                let path = format!("tasks.{task}[{i}]");
-                check_step(&mut c, text, &path, step);
-                if !names.insert(step.name.as_str()) {
-                    c.at_value(
-                        &format!("{path}.name"),
-                        format!("step name `{}` is used twice in task `{task}`", step.name),
-                    );
-                }
-            }
+            check_task(&mut c, text, task, steps);
         }
         c.finish(())?;
         Ok(Manifest {
@@ -688,6 +612,103 @@ impl Manifest {
             timeout: environment.timeout,
         };
         c.finish(plan)
+    }
+}
+
+/// Each `auto_deploy` rule names a defined environment and task, and a branch.
+fn check_auto_deploy(c: &mut Collector<'_>, raw: &RawManifest) {
+    for (index, rule) in raw.auto_deploy.iter().enumerate() {
+        let path = format!("auto_deploy.{index}");
+        if !raw.environments.contains_key(&rule.environment) {
+            c.at_value(
+                &format!("{path}.environment"),
+                format!(
+                    "auto_deploy names environment `{}`, which is not defined",
+                    rule.environment
+                ),
+            );
+        }
+        let task = rule.task.as_deref().unwrap_or("deploy");
+        if !raw.tasks.contains_key(task) && !BUILT_IN_TASKS.contains(&task) {
+            c.at_value(
+                &format!("{path}.task"),
+                format!("auto_deploy runs task `{task}`, which is not defined"),
+            );
+        }
+        if rule.branch.trim().is_empty() {
+            c.at_value(&format!("{path}.branch"), "the branch must not be empty");
+        }
+    }
+}
+
+/// An environment lists servers, has a URL that is one, durations in range, and `batch` and
+/// `pause` only when rolling.
+fn check_environment(
+    c: &mut Collector<'_>,
+    text: &str,
+    name: &str,
+    environment: &raw::RawEnvironment,
+) {
+    let path = format!("environments.{name}");
+    if environment.servers.is_empty() {
+        c.at_key(
+            &format!("{path}.servers"),
+            format!("environment `{name}` lists no servers"),
+        );
+    }
+    if let Some(url) = &environment.url {
+        check_expressions(c, text, &format!("{path}.url"), url);
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            c.at_value(
+                &format!("{path}.url"),
+                format!("url `{url}` must start with https:// or http:// (expressions may fill in the rest)"),
+            );
+        }
+    }
+    check_duration(c, &format!("{path}.pause"), environment.pause);
+    check_duration(c, &format!("{path}.timeout"), environment.timeout);
+    if environment.timeout == Some(Duration::ZERO) {
+        c.at_value(
+            &format!("{path}.timeout"),
+            "a timeout must be longer than zero",
+        );
+    }
+    match (environment.strategy, &environment.batch) {
+        (RawStrategy::Parallel, Some(_)) => c.at_key(
+            &format!("{path}.batch"),
+            "`batch` needs `strategy: rolling`",
+        ),
+        (RawStrategy::Parallel, None) if environment.pause.is_some() => c.at_key(
+            &format!("{path}.pause"),
+            "`pause` needs `strategy: rolling`",
+        ),
+        (_, Some(batch)) => {
+            if let Err(message) = parse_batch(batch) {
+                c.at_value(&format!("{path}.batch"), message);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A task has steps, each valid, no two with one name.
+fn check_task(c: &mut Collector<'_>, text: &str, task: &str, steps: &[RawStep]) {
+    if steps.is_empty() {
+        c.at_key(
+            &format!("tasks.{task}"),
+            format!("task `{task}` has no steps"),
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (i, step) in steps.iter().enumerate() {
+        let path = format!("tasks.{task}[{i}]");
+        check_step(c, text, &path, step);
+        if !names.insert(step.name.as_str()) {
+            c.at_value(
+                &format!("{path}.name"),
+                format!("step name `{}` is used twice in task `{task}`", step.name),
+            );
+        }
     }
 }
 
@@ -866,56 +887,11 @@ impl Manifest {
         context: &Context,
         environment: &raw::RawEnvironment,
     ) -> Result<TaskSteps<'a>, (String, String)> {
-        let env_path = format!("environments.{}", context.environment);
-        match containers::plan_payload_image(context) {
-            Err(message) => return Err((env_path, format!("deployment payload: {message}"))),
-            Ok(Some(plan)) if context.task == "deploy" => {
-                if !environment.allow_payload_image {
-                    return Err((
-                        env_path,
-                        format!(
-                            "the deployment's payload carries an image, but environment `{}` does not set allow_payload_image: true",
-                            context.environment
-                        ),
-                    ));
-                }
-                static PAYLOAD_STEP: std::sync::OnceLock<RawStep> = std::sync::OnceLock::new();
-                let step = PAYLOAD_STEP.get_or_init(|| RawStep {
-                    name: "payload image".into(),
-                    run: None,
-                    container: None,
-                    compose: None,
-                    on: None,
-                    timeout: None,
-                    env: BTreeMap::new(),
-                    secrets: Vec::new(),
-                    working_dir: None,
-                    continue_on_error: false,
-                });
-                return Ok(vec![(env_path, step, Action::Container(Box::new(plan)))]);
-            }
-            Ok(_) => {}
+        if let Some(steps) = payload_image_steps(context, environment)? {
+            return Ok(steps);
         }
-        let actions = |task: &str, steps: &'a [RawStep]| -> TaskSteps<'a> {
-            steps
-                .iter()
-                .enumerate()
-                .map(|(i, step)| {
-                    let action = match (&step.container, &step.compose) {
-                        (Some(container), _) => Action::Container(Box::new(
-                            containers::plan_container(container, context),
-                        )),
-                        (None, Some(compose)) => {
-                            Action::Compose(containers::plan_compose(compose, context))
-                        }
-                        (None, None) => Action::Shell,
-                    };
-                    (format!("tasks.{task}[{i}]"), step, action)
-                })
-                .collect()
-        };
         if let Some(steps) = self.raw.tasks.get(&context.task) {
-            return Ok(actions(&context.task, steps));
+            return Ok(task_actions(context, &context.task, steps));
         }
         let defined = || {
             self.raw
@@ -941,24 +917,7 @@ impl Manifest {
             .get("deploy")
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let derived: TaskSteps<'a> = actions("deploy", deploy)
-            .into_iter()
-            .filter_map(|(path, step, action)| {
-                let action = match (context.task.as_str(), action) {
-                    ("rollback", Action::Container(plan)) => Action::Rollback {
-                        app: plan.app,
-                        stop_timeout: plan.stop_timeout,
-                    },
-                    ("stop", Action::Container(plan)) => Action::StopApp {
-                        app: plan.app,
-                        stop_timeout: plan.stop_timeout,
-                    },
-                    ("stop", Action::Compose(plan)) => Action::ComposeDown(plan),
-                    _ => return None,
-                };
-                Some((path, step, action))
-            })
-            .collect();
+        let derived = derived_task(context, task_actions(context, "deploy", deploy));
         if derived.is_empty() {
             return Err((
                 "tasks".into(),
@@ -976,6 +935,90 @@ impl Manifest {
         }
         Ok(derived)
     }
+}
+
+/// The one step of a `deploy` whose payload carries an image (`None` without one), or why
+/// the environment refuses it (the path, the message).
+fn payload_image_steps(
+    context: &Context,
+    environment: &raw::RawEnvironment,
+) -> Result<Option<TaskSteps<'static>>, (String, String)> {
+    let env_path = format!("environments.{}", context.environment);
+    let plan = match containers::plan_payload_image(context) {
+        Err(message) => return Err((env_path, format!("deployment payload: {message}"))),
+        Ok(Some(plan)) if context.task == "deploy" => plan,
+        Ok(_) => return Ok(None),
+    };
+    if !environment.allow_payload_image {
+        return Err((
+            env_path,
+            format!(
+                "the deployment's payload carries an image, but environment `{}` does not set allow_payload_image: true",
+                context.environment
+            ),
+        ));
+    }
+    static PAYLOAD_STEP: std::sync::OnceLock<RawStep> = std::sync::OnceLock::new();
+    let step = PAYLOAD_STEP.get_or_init(|| RawStep {
+        name: "payload image".into(),
+        run: None,
+        container: None,
+        compose: None,
+        on: None,
+        timeout: None,
+        env: BTreeMap::new(),
+        secrets: Vec::new(),
+        working_dir: None,
+        continue_on_error: false,
+    });
+    Ok(Some(vec![(
+        env_path,
+        step,
+        Action::Container(Box::new(plan)),
+    )]))
+}
+
+/// What each step of `task` does: a container, a compose stack or a script.
+fn task_actions<'a>(context: &Context, task: &str, steps: &'a [RawStep]) -> TaskSteps<'a> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let action = match (&step.container, &step.compose) {
+                (Some(container), _) => {
+                    Action::Container(Box::new(containers::plan_container(container, context)))
+                }
+                (None, Some(compose)) => {
+                    Action::Compose(containers::plan_compose(compose, context))
+                }
+                (None, None) => Action::Shell,
+            };
+            (format!("tasks.{task}[{i}]"), step, action)
+        })
+        .collect()
+}
+
+/// The built-in `rollback` or `stop` task, derived from the deploy task's container (and, for
+/// `stop`, compose) steps.
+fn derived_task<'a>(context: &Context, deploy: TaskSteps<'a>) -> TaskSteps<'a> {
+    deploy
+        .into_iter()
+        .filter_map(|(path, step, action)| {
+            let action = match (context.task.as_str(), action) {
+                ("rollback", Action::Container(plan)) => Action::Rollback {
+                    app: plan.app,
+                    stop_timeout: plan.stop_timeout,
+                },
+                ("stop", Action::Container(plan)) => Action::StopApp {
+                    app: plan.app,
+                    stop_timeout: plan.stop_timeout,
+                },
+                ("stop", Action::Compose(plan)) => Action::ComposeDown(plan),
+                _ => return None,
+            };
+            Some((path, step, action))
+        })
+        .collect()
 }
 
 fn check_step(c: &mut Collector<'_>, text: &str, path: &str, step: &RawStep) {
