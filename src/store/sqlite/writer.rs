@@ -747,56 +747,14 @@ async fn write_intake(
         .filter_map(|(i, job)| job.deployment.take().map(|(d, status)| (i, d, status)))
         .collect();
     if !new.is_empty() {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO deployments (github_id, repo, environment, task, git_ref, sha, payload, description,
-                creator, installation_id, transient, production, insert_key, state, created_at) ",
-        );
-        insert.push_values(&new, |mut row, (index, d, _)| {
-            row.push_bind(d.github_id)
-                .push_bind(&d.repo)
-                .push_bind(&d.environment)
-                .push_bind(&d.task)
-                .push_bind(&d.git_ref)
-                .push_bind(d.sha.as_str())
-                .push_bind(d.payload.to_string())
-                .push_bind(&d.description)
-                .push_bind(&d.creator)
-                .push_bind(d.installation_id)
-                .push_bind(d.transient)
-                .push_bind(d.production)
-                .push_bind(index.to_string())
-                .push_bind("queued")
-                .push_bind(now);
-        });
-        insert.push(" ON CONFLICT (github_id) DO NOTHING RETURNING *");
-        // RETURNING's order is unspecified: match rows by their place in this batch.
-        let mut inserted: HashMap<usize, Deployment> = HashMap::new();
-        for row in insert.build().fetch_all(&mut *tx).await? {
-            let key: String = row.try_get("insert_key")?;
-            let index = key
-                .parse()
-                .with_context(|| format!("an inserted deployment's insert_key is `{key}`"))?;
-            inserted.insert(index, deployment_from_row(&row)?);
-        }
+        let rows: Vec<(usize, &NewDeployment)> = new.iter().map(|(i, d, _)| (*i, d)).collect();
+        let mut inserted = insert_deployments(tx, &rows, now).await?;
         let duplicate_ids: Vec<i64> = new
             .iter()
             .filter(|(index, _, _)| !inserted.contains_key(index))
             .filter_map(|(_, d, _)| d.github_id)
             .collect();
-        let mut duplicates: HashMap<i64, Deployment> = HashMap::new();
-        if !duplicate_ids.is_empty() {
-            let mut select =
-                sqlx::QueryBuilder::new("SELECT * FROM deployments WHERE github_id IN (");
-            let mut ids = select.separated(", ");
-            for id in &duplicate_ids {
-                ids.push_bind(*id);
-            }
-            select.push(")");
-            for row in select.build().fetch_all(&mut *tx).await? {
-                let deployment = deployment_from_row(&row)?;
-                duplicates.insert(deployment.github_id.unwrap_or_default(), deployment);
-            }
-        }
+        let duplicates = deployments_by_github_id(tx, &duplicate_ids).await?;
         let mut statuses: Vec<(i64, StatusDraft)> = Vec::new();
         for (index, d, status) in new {
             let outcome = match inserted.remove(&index) {
@@ -824,39 +782,125 @@ async fn write_intake(
             }
             results[index] = Some(outcome);
         }
-        if !statuses.is_empty() {
-            let mut insert = sqlx::QueryBuilder::new(
-                "INSERT INTO status_outbox (deployment_id, state, description, log_url, environment_url, next_attempt_at, created_at) ",
-            );
-            insert.push_values(&statuses, |mut row, (id, status)| {
-                row.push_bind(*id)
-                    .push_bind(status.state.as_str())
-                    .push_bind(&status.description)
-                    .push_bind(&status.log_url)
-                    .push_bind(&status.environment_url)
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
+        insert_first_statuses(tx, &statuses, now).await?;
     }
     let deliveries: Vec<&Delivery> = batch
         .iter()
         .filter_map(|job| job.delivery.as_ref())
         .collect();
-    if !deliveries.is_empty() {
-        let mut insert = sqlx::QueryBuilder::new(
-            "INSERT INTO deliveries (delivery_id, event, action, result, deployment_id, received_at) ",
-        );
-        insert.push_values(&deliveries, |mut row, delivery| {
-            row.push_bind(&delivery.delivery_id)
-                .push_bind(&delivery.event)
-                .push_bind(&delivery.action)
-                .push_bind(delivery.result.as_str())
-                .push_bind(delivery.deployment_id)
-                .push_bind(now);
-        });
-        insert.build().execute(&mut *tx).await?;
-    }
+    insert_deliveries(tx, &deliveries, now).await?;
     Ok(results)
+}
+
+/// Inserts the batch's new deployments, `queued`, in one statement; those GitHub already
+/// delivered (a `github_id` recorded) are left out. Returns the inserted rows by their place
+/// in the batch.
+async fn insert_deployments(
+    tx: &mut SqliteConnection,
+    new: &[(usize, &NewDeployment)],
+    now: Millis,
+) -> anyhow::Result<HashMap<usize, Deployment>> {
+    let mut insert = sqlx::QueryBuilder::new(
+        "INSERT INTO deployments (github_id, repo, environment, task, git_ref, sha, payload, description,
+            creator, installation_id, transient, production, insert_key, state, created_at) ",
+    );
+    insert.push_values(new, |mut row, (index, d)| {
+        row.push_bind(d.github_id)
+            .push_bind(&d.repo)
+            .push_bind(&d.environment)
+            .push_bind(&d.task)
+            .push_bind(&d.git_ref)
+            .push_bind(d.sha.as_str())
+            .push_bind(d.payload.to_string())
+            .push_bind(&d.description)
+            .push_bind(&d.creator)
+            .push_bind(d.installation_id)
+            .push_bind(d.transient)
+            .push_bind(d.production)
+            .push_bind(index.to_string())
+            .push_bind("queued")
+            .push_bind(now);
+    });
+    insert.push(" ON CONFLICT (github_id) DO NOTHING RETURNING *");
+    // RETURNING's order is unspecified: match rows by their place in this batch.
+    let mut inserted: HashMap<usize, Deployment> = HashMap::new();
+    for row in insert.build().fetch_all(&mut *tx).await? {
+        let key: String = row.try_get("insert_key")?;
+        let index = key
+            .parse()
+            .with_context(|| format!("an inserted deployment's insert_key is `{key}`"))?;
+        inserted.insert(index, deployment_from_row(&row)?);
+    }
+    Ok(inserted)
+}
+
+/// The recorded deployments with these GitHub ids, by GitHub id.
+async fn deployments_by_github_id(
+    tx: &mut SqliteConnection,
+    ids: &[i64],
+) -> anyhow::Result<HashMap<i64, Deployment>> {
+    let mut found: HashMap<i64, Deployment> = HashMap::new();
+    if ids.is_empty() {
+        return Ok(found);
+    }
+    let mut select = sqlx::QueryBuilder::new("SELECT * FROM deployments WHERE github_id IN (");
+    let mut separated = select.separated(", ");
+    for id in ids {
+        separated.push_bind(*id);
+    }
+    select.push(")");
+    for row in select.build().fetch_all(&mut *tx).await? {
+        let deployment = deployment_from_row(&row)?;
+        found.insert(deployment.github_id.unwrap_or_default(), deployment);
+    }
+    Ok(found)
+}
+
+/// Queues each new deployment's first status (`queued`) for GitHub.
+async fn insert_first_statuses(
+    tx: &mut SqliteConnection,
+    statuses: &[(i64, StatusDraft)],
+    now: Millis,
+) -> anyhow::Result<()> {
+    if statuses.is_empty() {
+        return Ok(());
+    }
+    let mut insert = sqlx::QueryBuilder::new(
+        "INSERT INTO status_outbox (deployment_id, state, description, log_url, environment_url, next_attempt_at, created_at) ",
+    );
+    insert.push_values(statuses, |mut row, (id, status)| {
+        row.push_bind(*id)
+            .push_bind(status.state.as_str())
+            .push_bind(&status.description)
+            .push_bind(&status.log_url)
+            .push_bind(&status.environment_url)
+            .push_bind(now)
+            .push_bind(now);
+    });
+    insert.build().execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Records the batch's deliveries with what became of each.
+async fn insert_deliveries(
+    tx: &mut SqliteConnection,
+    deliveries: &[&Delivery],
+    now: Millis,
+) -> anyhow::Result<()> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let mut insert = sqlx::QueryBuilder::new(
+        "INSERT INTO deliveries (delivery_id, event, action, result, deployment_id, received_at) ",
+    );
+    insert.push_values(deliveries, |mut row, delivery| {
+        row.push_bind(&delivery.delivery_id)
+            .push_bind(&delivery.event)
+            .push_bind(&delivery.action)
+            .push_bind(delivery.result.as_str())
+            .push_bind(delivery.deployment_id)
+            .push_bind(now);
+    });
+    insert.build().execute(&mut *tx).await?;
+    Ok(())
 }
