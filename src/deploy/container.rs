@@ -499,47 +499,7 @@ impl Runner {
                     .diagnose(host, server, id, name, &what, &why, say)
                     .await);
             }
-            let passed = match &check.probe {
-                Probe::Running => {
-                    // Running through one interval counts as up.
-                    if started.elapsed() >= check.interval.max(check.start_period) {
-                        Ok(())
-                    } else {
-                        Err("starting".to_string())
-                    }
-                }
-                Probe::Http { path, port } => {
-                    match host.http_get(id, *port, path, check.timeout).await {
-                        Ok(answer) if (200..400).contains(&answer.status) => Ok(()),
-                        Ok(answer) => Err(format!(
-                            "HTTP {}{}",
-                            answer.status,
-                            if answer.body.is_empty() {
-                                String::new()
-                            } else {
-                                format!(": {}", answer.body.lines().next().unwrap_or_default())
-                            }
-                        )),
-                        Err(e) => Err(match e {
-                            ContainerError::Engine { detail, .. } => detail,
-                            other => other.to_string(),
-                        }),
-                    }
-                }
-                Probe::Command { command } => match host.exec(id, command, check.timeout).await {
-                    Ok(answer) if answer.exit_code == 0 => Ok(()),
-                    Ok(answer) => Err(format!(
-                        "exit code {}{}",
-                        answer.exit_code,
-                        if answer.output.trim().is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {}", answer.output.trim())
-                        }
-                    )),
-                    Err(e) => Err(e.to_string()),
-                },
-            };
+            let passed = probe(host.as_ref(), id, check, started).await;
             match passed {
                 Ok(()) => {
                     say.note(format!(
@@ -1245,6 +1205,52 @@ impl<'a> Rollout<'a> {
                 self.say,
             )
             .await;
+    }
+}
+
+/// One health probe of container `id`: passed, or why not. A `running` probe passes once the
+/// container ran through one interval (or its start period) since `started`.
+async fn probe(
+    host: &dyn ContainerHost,
+    id: &str,
+    check: &HealthCheck,
+    started: Instant,
+) -> Result<(), String> {
+    match &check.probe {
+        Probe::Running => {
+            if started.elapsed() >= check.interval.max(check.start_period) {
+                Ok(())
+            } else {
+                Err("starting".to_string())
+            }
+        }
+        Probe::Http { path, port } => match host.http_get(id, *port, path, check.timeout).await {
+            Ok(answer) if (200..400).contains(&answer.status) => Ok(()),
+            Ok(answer) => Err(format!(
+                "HTTP {}{}",
+                answer.status,
+                if answer.body.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", answer.body.lines().next().unwrap_or_default())
+                }
+            )),
+            Err(ContainerError::Engine { detail, .. }) => Err(detail),
+            Err(other) => Err(other.to_string()),
+        },
+        Probe::Command { command } => match host.exec(id, command, check.timeout).await {
+            Ok(answer) if answer.exit_code == 0 => Ok(()),
+            Ok(answer) => Err(format!(
+                "exit code {}{}",
+                answer.exit_code,
+                if answer.output.trim().is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", answer.output.trim())
+                }
+            )),
+            Err(e) => Err(e.to_string()),
+        },
     }
 }
 
