@@ -349,7 +349,7 @@ impl Runner {
         for deployment in &interrupted {
             self.end_unfinished(
                 deployment,
-                "interrupted: dropship restarted while this deployment was running",
+                Some("interrupted: dropship restarted while this deployment was running"),
                 "interrupted: dropship restarted",
             )
             .await?;
@@ -362,19 +362,21 @@ impl Runner {
     }
 
     /// Ends `deployment` `error` with `why`, and its steps still running or pending: after a
-    /// restart, or when its run broke off. `note` goes into its log.
+    /// restart, or when its run broke off. `note`, if any, goes into its log.
     async fn end_unfinished(
         &self,
         deployment: &Deployment,
-        note: &str,
+        note: Option<&str>,
         why: &str,
     ) -> anyhow::Result<()> {
-        let log = self
-            .logs
-            .open(deployment.id, self.redactor(deployment))
-            .await?;
-        log.note(note);
-        log.flush().await;
+        if let Some(note) = note {
+            let log = self
+                .logs
+                .open(deployment.id, self.redactor(deployment))
+                .await?;
+            log.note(note);
+            log.flush().await;
+        }
         let steps = self.store.steps(deployment.id).await?;
         let instance = &self.instance;
         // Their jobs may still run on the servers, with nobody waiting for them: they are
@@ -476,7 +478,9 @@ impl Runner {
         // `running` holds its environment until the next start ends it.
         let mut pause = END_RETRY;
         for attempt in 1..=END_ATTEMPTS {
-            match self.end_unfinished(&deployment, &note, &why).await {
+            // Noted in its log once, however often it is tried.
+            let note = (attempt == 1).then_some(note.as_str());
+            match self.end_unfinished(&deployment, note, &why).await {
                 Ok(()) => break,
                 Err(error) => {
                     tracing::error!(
@@ -514,6 +518,13 @@ impl Runner {
             .await?;
         // Registered before it is `running`, so a cancel that sees it running can stop it.
         let running = self.stops.register(deployment.id);
+        if running.reason() == Some(StopReason::Shutdown) {
+            // Its task started as the shutdown began: it stays queued for the next start.
+            return Ok(Outcome {
+                state: State::Queued,
+                description: "not started: dropship is shutting down".into(),
+            });
+        }
         let started = self
             .reporter
             .transition(
@@ -541,11 +552,13 @@ impl Runner {
             deployment.task
         ));
         let planned = tokio::select! {
-            plan = self.plan(&deployment, &log) => plan,
+            // A stop that came as the plan did wins: nothing starts after it.
+            biased;
             () = running.token().cancelled() => Err(stopped_before_steps(
                 running.reason().unwrap_or(StopReason::Shutdown),
                 "while reading its manifest",
             )),
+            plan = self.plan(&deployment, &log) => plan,
         };
         let (outcome, environment_url) = match planned {
             Ok(plan) if plan.teardown => (self.tear_down(&deployment, &log).await, None),

@@ -112,7 +112,11 @@ impl Reconciler {
             }
         }
         if !patterns.is_empty() {
-            match self.github.installed_repositories().await {
+            let accounts: Vec<String> = patterns
+                .iter()
+                .map(|entry| entry.name.split('/').next().unwrap_or_default().to_string())
+                .collect();
+            match self.github.installed_repositories(&accounts).await {
                 Ok(installed) => {
                     let admitted: Vec<(String, Option<i64>)> = installed
                         .into_iter()

@@ -74,10 +74,17 @@ impl Executor for Local {
             None => {
                 let killed = self.kill(std::slice::from_ref(&job.group)).await;
                 super::end_readers([stdout, stderr]).await;
-                if let Err(error) = killed {
-                    tracing::warn!(%error, group = %job.group, "killing a stopped job");
-                }
                 let _ = child.kill().await;
+                if let Err(error) = killed {
+                    // As over ssh: the caller remembers the job as an orphan.
+                    tracing::warn!(%error, group = %job.group, "killing a stopped job");
+                    return Err(ExecError::Io {
+                        server: self.name.clone(),
+                        detail: format!(
+                            "the step was stopped but its processes could not be killed ({error}); they are killed before the next step here"
+                        ),
+                    });
+                }
                 return Ok(if job.stop.is_cancelled() {
                     Exit::Stopped
                 } else {

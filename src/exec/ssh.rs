@@ -241,10 +241,15 @@ impl Ssh {
                     // The caller remembers the job as an orphan on an error: it is killed at
                     // the next contact with this server.
                     tracing::warn!(%error, group = %job.group, "killing a stopped job");
+                    let what = if job.stop.is_cancelled() {
+                        "was stopped"
+                    } else {
+                        "timed out"
+                    };
                     return Err(ExecError::Connect {
                         server: self.name.clone(),
                         detail: format!(
-                            "the step was stopped but its processes could not be killed ({error}); they are killed at the next contact"
+                            "the step {what} but its processes could not be killed ({error}); they are killed at the next contact"
                         ),
                     });
                 }

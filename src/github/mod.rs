@@ -371,9 +371,14 @@ pub trait GithubApi: Send + Sync + std::fmt::Debug {
         installation: Option<i64>,
     ) -> Result<bool, ApiError>;
 
-    /// Every repository a GitHub App's installations may reach, with its installation (at
-    /// most [`INSTALLED_PAGES`] pages of each list); empty with a token, which has none.
-    async fn installed_repositories(&self) -> Result<Vec<(String, i64)>, ApiError>;
+    /// Every repository a GitHub App's installations on an account whose login matches one of
+    /// `accounts` (globs) may reach, with its installation (at most [`INSTALLED_PAGES`] pages
+    /// of each list); empty with a token, which has none. A suspended installation is
+    /// skipped; one whose repositories cannot be read is skipped with a warning.
+    async fn installed_repositories(
+        &self,
+        accounts: &[String],
+    ) -> Result<Vec<(String, i64)>, ApiError>;
 }
 
 /// How many pages of 100 the App's installations, and each installation's repositories, are
@@ -473,18 +478,19 @@ impl GithubApi for Github {
         Ok(!statuses.is_empty())
     }
 
-    async fn installed_repositories(&self) -> Result<Vec<(String, i64)>, ApiError> {
+    async fn installed_repositories(
+        &self,
+        accounts: &[String],
+    ) -> Result<Vec<(String, i64)>, ApiError> {
+        #[derive(Deserialize)]
+        struct Account {
+            login: String,
+        }
         #[derive(Deserialize)]
         struct Installation {
             id: i64,
-        }
-        #[derive(Deserialize)]
-        struct Repository {
-            full_name: String,
-        }
-        #[derive(Deserialize)]
-        struct Repositories {
-            repositories: Vec<Repository>,
+            account: Option<Account>,
+            suspended_at: Option<String>,
         }
         if !self.is_app {
             return Ok(Vec::new());
@@ -502,35 +508,33 @@ impl GithubApi for Github {
                 )
                 .await?;
             let last = listed.len() < 100;
-            installations.extend(listed.into_iter().map(|i| i.id));
+            installations.extend(listed.into_iter().filter(|i| {
+                i.suspended_at.is_none()
+                    && i.account.as_ref().is_some_and(|account| {
+                        accounts
+                            .iter()
+                            .any(|pattern| crate::config::glob_match(pattern, &account.login))
+                    })
+            }));
             if last {
                 break;
+            }
+            if page == INSTALLED_PAGES {
+                tracing::warn!(
+                    pages = INSTALLED_PAGES,
+                    "the App has more installations than the reconciler reads"
+                );
             }
         }
         let mut repositories = Vec::new();
         for installation in installations {
-            let client = self.client(Some(installation)).await?;
-            for page in 1..=INSTALLED_PAGES {
-                let route = format!("/installation/repositories?per_page=100&page={page}");
-                let listed: Repositories = self
-                    .send(
-                        &client,
-                        http::Method::GET,
-                        &route,
-                        None::<&()>,
-                        "listing an installation's repositories",
-                    )
-                    .await?;
-                let last = listed.repositories.len() < 100;
-                repositories.extend(
-                    listed
-                        .repositories
-                        .into_iter()
-                        .map(|r| (r.full_name, installation)),
-                );
-                if last {
-                    break;
-                }
+            match self.installation_repositories(installation.id).await {
+                Ok(found) => repositories.extend(found.into_iter().map(|r| (r, installation.id))),
+                Err(error) => tracing::warn!(
+                    installation = installation.id,
+                    error = %error.message,
+                    "reconciler: could not list an installation's repositories"
+                ),
             }
         }
         Ok(repositories)
@@ -571,6 +575,46 @@ impl Github {
             )
             .await?;
         Ok(Some(installation.id))
+    }
+
+    /// The full names of the repositories installation `installation` may reach (at most
+    /// [`INSTALLED_PAGES`] pages).
+    async fn installation_repositories(&self, installation: i64) -> Result<Vec<String>, ApiError> {
+        #[derive(Deserialize)]
+        struct Repository {
+            full_name: String,
+        }
+        #[derive(Deserialize)]
+        struct Repositories {
+            repositories: Vec<Repository>,
+        }
+        let client = self.client(Some(installation)).await?;
+        let mut names = Vec::new();
+        for page in 1..=INSTALLED_PAGES {
+            let route = format!("/installation/repositories?per_page=100&page={page}");
+            let listed: Repositories = self
+                .send(
+                    &client,
+                    http::Method::GET,
+                    &route,
+                    None::<&()>,
+                    "listing an installation's repositories",
+                )
+                .await?;
+            let last = listed.repositories.len() < 100;
+            names.extend(listed.repositories.into_iter().map(|r| r.full_name));
+            if last {
+                break;
+            }
+            if page == INSTALLED_PAGES {
+                tracing::warn!(
+                    installation,
+                    pages = INSTALLED_PAGES,
+                    "an installation has more repositories than the reconciler reads"
+                );
+            }
+        }
+        Ok(names)
     }
 
     /// The newest deployment of `repo` to `environment`, if GitHub has any.

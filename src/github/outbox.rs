@@ -381,8 +381,9 @@ async fn deliver(
                 tracing::warn!(error = %error.message, retry_in_ms = wait.as_millis() as u64, "status post failed; will retry");
                 metrics.status_post(item.kind.as_str(), "retry");
                 let attempt = if error.unreachable { Attempt::Unreachable } else { Attempt::Other };
-                // Without an answer it may have got through: the next attempt asks GitHub first.
-                let answered = !error.unreachable;
+                // Without an answer, or with a 5xx (a front end may answer so after the post got
+                // through), it may have got through: the next attempt asks GitHub first.
+                let answered = error.status.is_some_and(|status| status < 500);
                 (attempt, store.status_retry(item.id, now_ms() + wait.as_millis() as i64, &error.message, answered).await)
             }
             Err(error) => {

@@ -270,7 +270,8 @@ async fn statuses_outlast_a_long_github_outage_and_all_arrive_in_order() {
 /// Waits until GitHub's deployments were listed `n` times in all (reconciler passes).
 /// With a GitHub App, an `owner/*` entry's repositories are the App's installations' ones: a
 /// deployment of one of them whose webhook never arrived is picked up and run as that
-/// installation; one the entry does not admit is not recorded.
+/// installation; one the entry does not admit, or a suspended installation's, is not
+/// recorded.
 #[tokio::test]
 async fn the_reconciler_reads_the_repositories_an_apps_installations_reach() {
     let (_keys, key) = crate::support::app_key();
@@ -278,8 +279,11 @@ async fn the_reconciler_reads_the_repositories_an_apps_installations_reach() {
     github.add_file("acme/shop", SHA, "dropship.yml", HELLO);
     github.install(3, "acme/shop");
     github.install(3, "other/thing");
+    github.install(4, "acme/api");
+    github.suspend(4);
     github.add_recent_deployment("acme/shop", 9201, SHA, "production", json!({}));
     github.add_recent_deployment("other/thing", 9202, SHA, "production", json!({}));
+    github.add_recent_deployment("acme/api", 9203, SHA, "production", json!({}));
     let extra = format!(
         "[github.app]\napp_id = 42\nprivate_key_file = \"{}\"\n\n{}",
         key.display(),

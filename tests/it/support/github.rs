@@ -108,8 +108,11 @@ impl PostedStatus {
 struct Inner {
     /// (repo, sha, path) → file text.
     files: HashMap<(String, String, String), String>,
-    /// Repositories of the App's installations: (installation id, full name).
+    /// Repositories of the App's installations: (installation id, full name). An
+    /// installation's account is its first repository's owner.
     installed: Vec<(i64, String)>,
+    /// Installations suspended.
+    suspended: Vec<i64>,
     /// How many of the next accepted status posts lose their answer (the connection drops).
     lost_answers: usize,
     /// Manifest (contents) reads that arrived.
@@ -356,6 +359,11 @@ impl FakeGithub {
             .unwrap()
             .installed
             .push((installation, repo.into()));
+    }
+
+    /// Suspends installation `installation`.
+    pub fn suspend(&self, installation: i64) {
+        self.inner.lock().unwrap().suspended.push(installation);
     }
 
     /// A status another system posted on deployment `id`.
@@ -681,21 +689,26 @@ async fn list_installations(
             "A JSON web token could not be decoded",
         );
     }
-    let mut ids: Vec<i64> = fake
-        .inner
-        .lock()
-        .unwrap()
-        .installed
-        .iter()
-        .map(|(id, _)| *id)
-        .collect();
-    ids.dedup();
+    let (installed, suspended) = {
+        let inner = fake.inner.lock().unwrap();
+        (inner.installed.clone(), inner.suspended.clone())
+    };
+    let mut accounts: Vec<(i64, String)> = Vec::new();
+    for (id, repo) in installed {
+        if !accounts.iter().any(|(known, _)| *known == id) {
+            accounts.push((id, repo.split('/').next().unwrap().to_string()));
+        }
+    }
     let example = openapi()["components"]["examples"]["installation"]["value"].clone();
-    let list: Vec<Value> = ids
+    let list: Vec<Value> = accounts
         .into_iter()
-        .map(|id| {
+        .map(|(id, login)| {
             let mut installation = example.clone();
             installation["id"] = id.into();
+            installation["account"]["login"] = login.into();
+            if suspended.contains(&id) {
+                installation["suspended_at"] = "2026-11-01T00:00:00Z".into();
+            }
             installation
         })
         .collect();
