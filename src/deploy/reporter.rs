@@ -14,6 +14,9 @@ use crate::store::{
     Deployment, State, StatusDraft, StatusState, StepRun, StepState, Store, Transition, now_ms,
 };
 
+/// How often a resend reads the deployment again while its state keeps changing under it.
+const RESEND_READS: usize = 3;
+
 /// Reports deployments' state changes. Built once at start; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Reporter {
@@ -119,13 +122,36 @@ impl Reporter {
     /// and wakes the outbox: whatever was lost or refused before, the status GitHub shows last
     /// is Dropship's. Returns the state sent.
     pub async fn resend(&self, deployment: &Deployment) -> anyhow::Result<StatusState> {
-        let state = deployment.state.github_state();
+        let mut current = deployment.clone();
+        // A state change committed between the caller's read and this enqueue would be posted
+        // before this older copy: read again, and enqueue the newer state behind it. (One
+        // committed later posts after this one anyway.)
+        for _ in 0..RESEND_READS {
+            self.store
+                .enqueue_status(current.id, &self.current_status(&current))
+                .await?;
+            match self.store.deployment(current.id).await? {
+                Some(newer)
+                    if newer.state != current.state
+                        || newer.state_description != current.state_description =>
+                {
+                    current = newer;
+                }
+                _ => break,
+            }
+        }
+        self.outbox.notify_one();
+        Ok(current.state.github_state())
+    }
+
+    /// The status that says where `deployment` stands now.
+    fn current_status(&self, deployment: &Deployment) -> StatusDraft {
         let description = deployment
             .state_description
             .clone()
             .unwrap_or_else(|| deployment.state.as_str().to_string());
-        let status = StatusDraft {
-            state,
+        StatusDraft {
+            state: deployment.state.github_state(),
             description: status_description(
                 &self
                     .redactors
@@ -134,10 +160,7 @@ impl Reporter {
             ),
             log_url: Some(stored_log_url(&self.public_url, deployment.id)),
             environment_url: deployment.environment_url.clone(),
-        };
-        self.store.enqueue_status(deployment.id, &status).await?;
-        self.outbox.notify_one();
-        Ok(state)
+        }
     }
 
     /// The `queued` status of a deployment about to be recorded, built once its id is known so
