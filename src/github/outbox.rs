@@ -104,11 +104,16 @@ impl DeliveryAlarm {
     }
 }
 
-/// Whether GitHub refused Dropship's credentials, not the request: 401. (A 403 that is not a
-/// rate limit is about one request, such as a missing permission or an archived repository:
-/// that item is set aside, and the rest go on.)
+/// Whether GitHub refused Dropship's credentials or their rights, not the request: a 401, or a
+/// 403 that is neither a rate limit (retriable) nor an archived repository's (read-only: a
+/// refusal of that repository's statuses alone, set aside like a 404).
 fn credentials_refused(error: &ApiError) -> bool {
-    !error.retriable && error.status == Some(401)
+    !error.retriable
+        && match error.status {
+            Some(401) => true,
+            Some(403) => !error.message.contains("archived"),
+            _ => false,
+        }
 }
 /// The shortest pause after a round in which the store failed.
 const STORE_PAUSE: Duration = Duration::from_secs(1);
@@ -204,7 +209,7 @@ pub async fn run_outbox(outbox: Outbox, shutdown: impl std::future::Future<Outpu
                 }
                 if let Some(message) = troubles.count(&attempts) {
                     alarm.raise(format!(
-                        "GitHub refused Dropship's credentials ({message}): statuses wait, none is lost. Fix [github] token or [github.app] in the config and restart; delivery is tried again every {}",
+                        "GitHub refused Dropship's credentials or their permissions ({message}): statuses wait, none is lost. Fix [github] token or [github.app] in the config and restart, or the App's permissions on GitHub; delivery is tried again every {}",
                         humantime::format_duration(backoff.max)
                     ));
                     tokio::select! {

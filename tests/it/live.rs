@@ -386,6 +386,42 @@ async fn a_refused_token_pauses_delivery_with_an_alarm_and_the_fixed_token_deliv
     assert_eq!(readyz(&server).await, "ready");
 }
 
+/// A 403 that is not a rate limit (a missing permission) pauses delivery like a refused token:
+/// the status waits and arrives once GitHub takes it, never discarded. An archived
+/// repository's 403 is about that repository alone: its status is set aside.
+#[tokio::test]
+async fn a_missing_permission_pauses_delivery_and_an_archived_repository_is_set_aside() {
+    let (server, github) = start(HELLO, LOCAL).await;
+    github.refuse_next_status(
+        StatusCode::FORBIDDEN,
+        None,
+        "Resource not accessible by integration",
+    );
+    deliver(&server, 7501).await;
+    let statuses = github.wait_final(7501, Duration::from_secs(30)).await;
+    let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
+    assert_eq!(states, ["queued", "in_progress", "success"]);
+    let metrics = server.api("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains(r#"dropship_github_status_posts_total{kind="status",result="paused"} 1"#),
+        "{metrics}"
+    );
+
+    github.refuse_next_status(
+        StatusCode::FORBIDDEN,
+        None,
+        "Repository was archived so is read-only.",
+    );
+    deliver(&server, 7502).await;
+    let statuses = github.wait_final(7502, Duration::from_secs(30)).await;
+    let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
+    assert_eq!(
+        states,
+        ["in_progress", "success"],
+        "the refused queued status is set aside"
+    );
+}
+
 /// A status post GitHub accepted whose answer never came is not posted twice: the retry asks
 /// GitHub first.
 #[tokio::test]
