@@ -74,10 +74,13 @@ impl Stops {
         true
     }
 
-    /// Stops every running deployment for `reason`.
+    /// Stops every running deployment for `reason` (on shutdown, also those registered
+    /// later).
     pub fn stop_all(&self, reason: StopReason) {
         let mut inner = self.lock();
-        inner.closed.get_or_insert_with(|| reason.clone());
+        if reason == StopReason::Shutdown {
+            inner.closed.get_or_insert(StopReason::Shutdown);
+        }
         for entry in inner.entries.values_mut() {
             if entry.reason.is_none() {
                 entry.reason = Some(reason.clone());
@@ -91,7 +94,9 @@ impl Stops {
     /// of starting work the grace may not let finish.
     pub fn stop_unbegun(&self, reason: StopReason) {
         let mut inner = self.lock();
-        inner.closed.get_or_insert_with(|| reason.clone());
+        if reason == StopReason::Shutdown {
+            inner.closed.get_or_insert(StopReason::Shutdown);
+        }
         for entry in inner.entries.values_mut() {
             if entry.reason.is_none() && !entry.steps_begun {
                 entry.reason = Some(reason.clone());
