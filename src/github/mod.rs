@@ -420,13 +420,7 @@ impl GithubApi for Github {
             encode_segment(git_ref)
         );
         let commit: Commit = self
-            .send(
-                &client,
-                http::Method::GET,
-                &route,
-                None::<&()>,
-                "reading the branch's commit",
-            )
+            .get(&client, &route, "reading the branch's commit")
             .await?;
         Ok(commit.sha)
     }
@@ -445,14 +439,8 @@ impl GithubApi for Github {
             "/repos/{}/deployments?per_page={RECENT_DEPLOYMENTS}",
             encode_repo(repo)
         );
-        self.send(
-            &client,
-            http::Method::GET,
-            &route,
-            None::<&()>,
-            "listing recent deployments",
-        )
-        .await
+        self.get(&client, &route, "listing recent deployments")
+            .await
     }
 
     async fn has_statuses(
@@ -467,13 +455,7 @@ impl GithubApi for Github {
             encode_repo(repo)
         );
         let statuses: Vec<serde_json::Value> = self
-            .send(
-                &client,
-                http::Method::GET,
-                &route,
-                None::<&()>,
-                "reading a deployment's statuses",
-            )
+            .get(&client, &route, "reading a deployment's statuses")
             .await?;
         Ok(!statuses.is_empty())
     }
@@ -499,13 +481,7 @@ impl GithubApi for Github {
         for page in 1..=INSTALLED_PAGES {
             let route = format!("/app/installations?per_page=100&page={page}");
             let listed: Vec<Installation> = self
-                .send(
-                    &self.root,
-                    http::Method::GET,
-                    &route,
-                    None::<&()>,
-                    "listing the App's installations",
-                )
+                .get(&self.root, &route, "listing the App's installations")
                 .await?;
             let last = listed.len() < 100;
             installations.extend(listed.into_iter().filter(|i| {
@@ -566,13 +542,7 @@ impl Github {
         }
         let route = format!("/repos/{}/installation", encode_repo(repo));
         let installation: Installation = self
-            .send(
-                &self.root,
-                http::Method::GET,
-                &route,
-                None::<&()>,
-                "finding the App's installation",
-            )
+            .get(&self.root, &route, "finding the App's installation")
             .await?;
         Ok(Some(installation.id))
     }
@@ -593,13 +563,7 @@ impl Github {
         for page in 1..=INSTALLED_PAGES {
             let route = format!("/installation/repositories?per_page=100&page={page}");
             let listed: Repositories = self
-                .send(
-                    &client,
-                    http::Method::GET,
-                    &route,
-                    None::<&()>,
-                    "listing an installation's repositories",
-                )
+                .get(&client, &route, "listing an installation's repositories")
                 .await?;
             let last = listed.repositories.len() < 100;
             names.extend(listed.repositories.into_iter().map(|r| r.full_name));
@@ -630,15 +594,7 @@ impl Github {
             encode_repo(repo),
             encode_segment(environment)
         );
-        let list: Vec<GithubDeployment> = self
-            .send(
-                &client,
-                http::Method::GET,
-                &route,
-                None::<&()>,
-                "listing deployments",
-            )
-            .await?;
+        let list: Vec<GithubDeployment> = self.get(&client, &route, "listing deployments").await?;
         Ok(list.into_iter().next())
     }
 
@@ -673,14 +629,8 @@ impl Github {
             "/repos/{}/deployments/{id}/statuses?per_page=100",
             encode_repo(repo)
         );
-        self.send(
-            &client,
-            http::Method::GET,
-            &route,
-            None::<&()>,
-            "reading the deployment's statuses",
-        )
-        .await
+        self.get(&client, &route, "reading the deployment's statuses")
+            .await
     }
 
     /// Whether check runs can be created: the Checks API takes GitHub App auth only.
@@ -741,6 +691,17 @@ impl Github {
             )
             .await?;
         Ok(())
+    }
+
+    /// A GET of `route` through [`Github::send`].
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        client: &Octocrab,
+        route: &str,
+        what: &str,
+    ) -> Result<T, ApiError> {
+        self.send(client, http::Method::GET, route, None::<&()>, what)
+            .await
     }
 
     async fn send<T: serde::de::DeserializeOwned, B: serde::Serialize + ?Sized>(
