@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::github::FakeGithub;
-use crate::support::{API_TOKEN, config_toml, deployment_payload, free_port, healthy};
+use crate::support::{config_toml, deployment_payload, free_port, healthy};
 
 const SHA: &str = "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b";
 const MIB: u64 = 1024 * 1024;
@@ -108,15 +108,8 @@ async fn a_step_printing_2_gib_keeps_memory_and_database_within_the_caps_and_the
     // The outcome is the steps' own: `flood` succeeded, `more` exited 3.
     let last = statuses.last().unwrap();
     assert_eq!(last.state(), "failure", "{statuses:#?}");
-    let detail: Value = client
-        .get(format!("{base}/api/deployments/{id}"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail: Value =
+        crate::support::api_json(&client, format!("{base}/api/deployments/{id}")).await;
     let steps = detail["steps"].as_array().unwrap();
     let step = |name: &str| steps.iter().find(|s| s["name"] == name).unwrap().clone();
     assert_eq!(step("flood")["state"], "success", "{detail:#}");

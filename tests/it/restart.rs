@@ -83,15 +83,8 @@ async fn a_deployment_interrupted_by_a_crash_ends_error_with_one_final_status_an
     let states: Vec<&str> = statuses.iter().map(|s| s.state()).collect();
     assert_eq!(states, ["queued", "in_progress", "error"], "{statuses:#?}");
     assert_eq!(statuses[2].description(), "interrupted: dropship restarted");
-    let detail: Value = client
-        .get(format!("{base}/api/deployments/{id}"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let detail: Value =
+        crate::support::api_json(&client, format!("{base}/api/deployments/{id}")).await;
     assert_eq!(detail["state"], "error");
     assert_eq!(detail["steps"][0]["state"], "error");
     // The new Dropship killed what the old one left on web-1.

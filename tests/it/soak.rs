@@ -17,9 +17,7 @@ use serde_json::{Value, json};
 
 use crate::support::github::FakeGithub;
 use crate::support::sshd::{self, ClientKey, Sshd};
-use crate::support::{
-    API_TOKEN, Process, config_toml, deployment_payload, free_port, healthy, serve,
-};
+use crate::support::{Process, config_toml, deployment_payload, free_port, healthy, serve};
 
 const SHA: &str = "50a50a50a50a50a50a50a50a50a50a50a50a50a5";
 const REPO: &str = "acme/soak";
@@ -300,15 +298,8 @@ async fn a_soak_under_faults_loses_nothing_and_never_overlaps() {
     let elapsed = started.elapsed();
 
     // Nothing stuck or missing in Dropship.
-    let list: Value = client
-        .get(format!("{base}/api/deployments?limit=500"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value =
+        crate::support::api_json(&client, format!("{base}/api/deployments?limit=500")).await;
     let list = list.as_array().unwrap();
     let recorded: HashSet<i64> = list
         .iter()

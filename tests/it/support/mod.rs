@@ -160,6 +160,19 @@ pub async fn deliver_to(
         .unwrap()
 }
 
+/// The JSON a running Dropship's API answers at `url`, asked as the admin.
+pub async fn api_json(client: &reqwest::Client, url: String) -> serde_json::Value {
+    client
+        .get(url)
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// Dropship serving in this process on a port-0 listener.
 pub struct TestServer {
     pub address: SocketAddr,
