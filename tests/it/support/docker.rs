@@ -131,6 +131,26 @@ impl Cleanup {
             args.extend(ids);
             let _ = docker().args(&args).output();
         }
+        // Images Dropship built for the repository (`dropship/OWNER-NAME-APP`, or pushed as
+        // `REGISTRY/.../OWNER-NAME-APP`): left from an earlier run, they would be found
+        // already built and the build skipped.
+        let slug = format!("{}-", self.0.replace('/', "-"));
+        let images = run(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        let built: Vec<&str> = images
+            .lines()
+            .filter(|image| {
+                let repository = image.rsplit_once(':').map_or(*image, |(r, _)| r);
+                repository
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|last| last.starts_with(&slug))
+            })
+            .collect();
+        if !built.is_empty() {
+            let mut args = vec!["rmi", "-f"];
+            args.extend(built);
+            let _ = docker().args(&args).output();
+        }
     }
 }
 
