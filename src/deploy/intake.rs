@@ -46,58 +46,32 @@ pub enum Accepted {
     },
 }
 
-/// Takes verified deliveries. Built once at start; cheap to clone.
+/// Takes verified deliveries. Built once at start, from its parts; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Intake {
-    config: Arc<Config>,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    /// Builds the `queued` status and check run of a recorded deployment.
-    reporter: Reporter,
-    scheduler: Queue,
-    /// Tears the previews of a closed pull request down.
-    environments: Environments,
-    /// Applies the auto-deploy rules of a branch that moved.
-    auto: AutoDeployer,
-    /// The answer's link to a recorded deployment's page.
-    links: LogLinks,
+    parts: IntakeParts,
 }
 
-/// What [`Intake`] is built from.
-#[derive(Debug)]
+/// What [`Intake`] is built from, and holds.
+#[derive(Debug, Clone)]
 pub struct IntakeParts {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
+    /// Builds the `queued` status and check run of a recorded deployment.
     pub reporter: Reporter,
     pub scheduler: Queue,
+    /// Tears the previews of a closed pull request down.
     pub environments: Environments,
+    /// Applies the auto-deploy rules of a branch that moved.
     pub auto: AutoDeployer,
+    /// The answer's link to a recorded deployment's page.
     pub links: LogLinks,
 }
 
 impl Intake {
     pub fn new(parts: IntakeParts) -> Intake {
-        let IntakeParts {
-            config,
-            store,
-            metrics,
-            reporter,
-            scheduler,
-            environments,
-            auto,
-            links,
-        } = parts;
-        Intake {
-            config,
-            store,
-            metrics,
-            reporter,
-            scheduler,
-            environments,
-            auto,
-            links,
-        }
+        Intake { parts }
     }
 
     /// Records delivery `delivery_id` of `event` (labelled `label` in the metrics) and acts on
@@ -136,11 +110,14 @@ impl Intake {
                 head_ref,
                 from_fork,
             } => {
-                let result = match self.config.admit_repository(&repository) {
+                let result = match self.parts.config.admit_repository(&repository) {
                     Err(refused) => Err(refused),
                     Ok(_) if from_fork => Ok(None),
                     Ok(_) => Ok(Some(
-                        self.store.previews_of_ref(&repository, &head_ref).await?,
+                        self.parts
+                            .store
+                            .previews_of_ref(&repository, &head_ref)
+                            .await?,
                     )),
                 };
                 let recorded = match &result {
@@ -174,6 +151,7 @@ impl Intake {
             }
             Event::Deployment(deployment) => {
                 if let Err(refused) = self
+                    .parts
                     .config
                     .admit(&deployment.repository, &deployment.environment)
                 {
@@ -190,8 +168,8 @@ impl Intake {
     /// Records a delivery that brought no deployment, then counts it.
     async fn recorded(&self, label: &'static str, delivery: Delivery) -> anyhow::Result<()> {
         let result = delivery.result;
-        self.store.record_delivery(delivery).await?;
-        self.metrics.webhook(label, result.as_str());
+        self.parts.store.record_delivery(delivery).await?;
+        self.parts.metrics.webhook(label, result.as_str());
         Ok(())
     }
 
@@ -217,27 +195,30 @@ impl Intake {
             transient: deployment.transient_environment,
             production: deployment.production_environment,
         };
-        let queued = self.reporter.queued_status();
+        let queued = self.parts.reporter.queued_status();
         let inserted = self
+            .parts
             .store
             .insert_deployment(new, Some(queued), Some(delivery))
             .await?;
         let (deployment, duplicate) = match inserted {
             Inserted::New(d) => {
-                self.metrics
+                self.parts
+                    .metrics
                     .webhook(label, DeliveryResult::Accepted.as_str());
-                self.reporter.recorded(&d).await;
-                self.scheduler.push(&d);
+                self.parts.reporter.recorded(&d).await;
+                self.parts.scheduler.push(&d);
                 (d, false)
             }
             Inserted::Duplicate(d) => {
-                self.metrics
+                self.parts
+                    .metrics
                     .webhook(label, DeliveryResult::Duplicate.as_str());
                 (d, true)
             }
         };
         Ok(Accepted::Deployment {
-            log_url: self.links.url(&deployment),
+            log_url: self.parts.links.url(&deployment),
             deployment: Box::new(deployment),
             duplicate,
         })
@@ -247,7 +228,8 @@ impl Intake {
     /// longer than GitHub waits for an answer.
     fn tear_down_previews(&self, repository: &str, previews: &[String]) {
         for environment in previews {
-            let (environments, repository) = (self.environments.clone(), repository.to_string());
+            let (environments, repository) =
+                (self.parts.environments.clone(), repository.to_string());
             let environment = environment.clone();
             tokio::spawn(async move {
                 match environments.teardown(&repository, &environment).await {
@@ -273,7 +255,12 @@ impl Intake {
         label: &'static str,
         delivery: impl Fn(DeliveryResult) -> Delivery,
     ) -> anyhow::Result<Accepted> {
-        if self.config.admit_repository(&moved.repository).is_err() {
+        if self
+            .parts
+            .config
+            .admit_repository(&moved.repository)
+            .is_err()
+        {
             self.recorded(label, delivery(DeliveryResult::Ignored))
                 .await?;
             return Ok(Accepted::AutoDeploy(serde_json::json!({
@@ -283,7 +270,7 @@ impl Intake {
         }
         self.recorded(label, delivery(DeliveryResult::Accepted))
             .await?;
-        let auto = self.auto.clone();
+        let auto = self.parts.auto.clone();
         let mut work = tokio::spawn(async move { auto.auto_deploy(&moved, trigger).await });
         let answer = match tokio::time::timeout(AUTO_DEPLOY_BUDGET, &mut work).await {
             Ok(Ok(Ok(done))) => serde_json::json!({ "auto_deploy": done }),

@@ -25,54 +25,34 @@ pub struct Reconciled {
     pub failed: Vec<(String, String)>,
 }
 
-/// Picks up deployments whose webhook never arrived. Built once at start.
+/// Picks up deployments whose webhook never arrived. Built once at start, from its parts.
 #[derive(Debug)]
 pub struct Reconciler {
-    config: Arc<Config>,
-    store: Arc<dyn Store>,
-    github: Arc<dyn GithubApi>,
-    /// Records and queues what is picked up, exactly as a delivery is.
-    intake: Intake,
-    /// Notes in a picked-up deployment's log how it came.
-    logs: Logs,
-    redactors: Redactors,
+    parts: ReconcilerParts,
 }
 
-/// What [`Reconciler`] is built from.
+/// What [`Reconciler`] is built from, and holds.
 #[derive(Debug)]
 pub struct ReconcilerParts {
     pub config: Arc<Config>,
     pub store: Arc<dyn Store>,
     pub github: Arc<dyn GithubApi>,
+    /// Records and queues what is picked up, exactly as a delivery is.
     pub intake: Intake,
+    /// Notes in a picked-up deployment's log how it came.
     pub logs: Logs,
     pub redactors: Redactors,
 }
 
 impl Reconciler {
     pub fn new(parts: ReconcilerParts) -> Reconciler {
-        let ReconcilerParts {
-            config,
-            store,
-            github,
-            intake,
-            logs,
-            redactors,
-        } = parts;
-        Reconciler {
-            config,
-            store,
-            github,
-            intake,
-            logs,
-            redactors,
-        }
+        Reconciler { parts }
     }
 
     /// A pass now, then one every `reconcile_interval` (none when it is zero), until
     /// `shutdown`.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
-        let interval = self.config.github.reconcile_interval;
+        let interval = self.parts.config.github.reconcile_interval;
         if interval.is_zero() {
             return;
         }
@@ -100,13 +80,14 @@ impl Reconciler {
     pub async fn pass(&self) -> Reconciled {
         let mut done = Reconciled::default();
         let (exact, patterns): (Vec<&RepoEntry>, Vec<&RepoEntry>) = self
+            .parts
             .config
             .repos
             .iter()
             .partition(|entry| !entry.name.contains('*'));
         let mut repos: Vec<(String, Option<i64>)> = Vec::new();
         for entry in exact {
-            match self.github.installation(&entry.name).await {
+            match self.parts.github.installation(&entry.name).await {
                 Ok(installation) => repos.push((entry.name.clone(), installation)),
                 Err(error) => done.failed.push((entry.name.clone(), error.message)),
             }
@@ -116,7 +97,7 @@ impl Reconciler {
                 .iter()
                 .map(|entry| entry.name.split('/').next().unwrap_or_default().to_string())
                 .collect();
-            match self.github.installed_repositories(&accounts).await {
+            match self.parts.github.installed_repositories(&accounts).await {
                 Ok(installed) => {
                     let admitted: Vec<(String, Option<i64>)> = installed
                         .into_iter()
@@ -146,11 +127,12 @@ impl Reconciler {
     async fn repository(&self, repo: &str, installation: Option<i64>) -> Result<usize, String> {
         let api = |e: ApiError| e.message;
         let recent = self
+            .parts
             .github
             .recent_deployments(repo, installation)
             .await
             .map_err(api)?;
-        let window = chrono::Duration::from_std(self.config.github.reconcile_window)
+        let window = chrono::Duration::from_std(self.parts.config.github.reconcile_window)
             .unwrap_or(chrono::Duration::MAX);
         let oldest = chrono::Utc::now() - window;
         // Oldest first, as their webhooks would have come: of several picked up for one
@@ -175,20 +157,27 @@ impl Reconciler {
                 continue;
             };
             // Not admitted: its webhook would have been refused; nothing to record again.
-            if self.config.admit(repo, environment).is_err()
-                || self.store.has_github_deployment(id).await.map_err(store)?
+            if self.parts.config.admit(repo, environment).is_err()
+                || self
+                    .parts
+                    .store
+                    .has_github_deployment(id)
+                    .await
+                    .map_err(store)?
             {
                 continue;
             }
             // A newer deployment of the environment came through already: running this one
             // now would put an older version over it.
             let newest = self
+                .parts
                 .store
                 .newest_github_id(repo, environment)
                 .await
                 .map_err(store)?;
             if newest.is_some_and(|newest| newest > id)
                 || self
+                    .parts
                     .github
                     .has_statuses(repo, id, installation)
                     .await
@@ -227,6 +216,7 @@ impl Reconciler {
             return Ok(false);
         }
         let accepted = self
+            .parts
             .intake
             .accept(
                 Some(format!("reconciler-{id}")),
@@ -243,8 +233,8 @@ impl Reconciler {
                 ..
             } => {
                 tracing::warn!(%repo, github_deployment = id, deployment.id = deployment.id, "picked up by the reconciler: the webhook never arrived");
-                let redactor = self.redactors.for_repo(repo).clone();
-                if let Ok(log) = self.logs.open(deployment.id, redactor).await {
+                let redactor = self.parts.redactors.for_repo(repo).clone();
+                if let Ok(log) = self.parts.logs.open(deployment.id, redactor).await {
                     log.note("picked up by the reconciler: the webhook never arrived");
                     log.flush().await;
                 }
