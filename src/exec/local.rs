@@ -75,21 +75,7 @@ impl Executor for Local {
                 let killed = self.kill(std::slice::from_ref(&job.group)).await;
                 super::end_readers([stdout, stderr]).await;
                 let _ = child.kill().await;
-                if let Err(error) = killed {
-                    // As over ssh: the caller remembers the job as an orphan.
-                    tracing::warn!(%error, group = %job.group, "killing a stopped job");
-                    return Err(ExecError::Io {
-                        server: self.name.clone(),
-                        detail: format!(
-                            "the step was stopped but its processes could not be killed ({error}); they are killed before the next step here"
-                        ),
-                    });
-                }
-                return Ok(if job.stop.is_cancelled() {
-                    Exit::Stopped
-                } else {
-                    Exit::TimedOut
-                });
+                return super::ended_by_dropship(job, killed);
             }
         };
         let _ = stdout.await;

@@ -433,6 +433,43 @@ pub(crate) async fn end_readers(readers: [tokio::task::JoinHandle<()>; 2]) {
     stderr.abort();
 }
 
+/// How a job Dropship ended (through its stop token, or past its deadline) exits, once
+/// `killed` says whether its processes were killed. When they could not be, the kill's error,
+/// which says so: the caller remembers the job as an orphan, killed at the next contact with
+/// its server.
+pub(crate) fn ended_by_dropship(
+    job: &Job,
+    killed: Result<u32, ExecError>,
+) -> Result<Exit, ExecError> {
+    let stopped = job.stop.is_cancelled();
+    let error = match killed {
+        Ok(_) if stopped => return Ok(Exit::Stopped),
+        Ok(_) => return Ok(Exit::TimedOut),
+        Err(error) => error,
+    };
+    tracing::warn!(%error, group = %job.group, "killing a job Dropship ended");
+    let what = if stopped { "was stopped" } else { "timed out" };
+    let say = |detail: String| {
+        format!(
+            "the step {what} but its processes could not be killed ({detail}); they are killed before the next step on this server"
+        )
+    };
+    Err(match error {
+        ExecError::HostKey { server, detail } => ExecError::HostKey {
+            server,
+            detail: say(detail),
+        },
+        ExecError::Connect { server, detail } => ExecError::Connect {
+            server,
+            detail: say(detail),
+        },
+        ExecError::Io { server, detail } => ExecError::Io {
+            server,
+            detail: say(detail),
+        },
+    })
+}
+
 /// How long Dropship waits for a job before it gives up on the server's `timeout`.
 pub(crate) fn deadline(job: &Job) -> Duration {
     job.timeout + KILL_GRACE + Duration::from_secs(5)

@@ -237,27 +237,7 @@ impl Ssh {
             None => {
                 let killed = self.kill(std::slice::from_ref(&job.group)).await;
                 super::end_readers([stdout, stderr]).await;
-                if let Err(error) = killed {
-                    // The caller remembers the job as an orphan on an error: it is killed at
-                    // the next contact with this server.
-                    tracing::warn!(%error, group = %job.group, "killing a stopped job");
-                    let what = if job.stop.is_cancelled() {
-                        "was stopped"
-                    } else {
-                        "timed out"
-                    };
-                    return Err(ExecError::Connect {
-                        server: self.name.clone(),
-                        detail: format!(
-                            "the step {what} but its processes could not be killed ({error}); they are killed at the next contact"
-                        ),
-                    });
-                }
-                return Ok(if job.stop.is_cancelled() {
-                    Exit::Stopped
-                } else {
-                    Exit::TimedOut
-                });
+                return super::ended_by_dropship(job, killed);
             }
         };
         let _ = stdout.await;
