@@ -1025,24 +1025,28 @@ impl Runner {
                 }
                 continue;
             };
-            // One look and one kill for all of a server's groups.
-            match executor.kill(&groups).await {
-                Ok(found) => {
-                    if found > 0 {
-                        tracing::warn!(%server, groups = groups.len(), processes = found, "killed jobs left running by an interrupted deployment");
-                    }
-                    killed += found as usize;
-                    for group in &groups {
-                        if let Err(error) = self.store.orphan_killed(&server, group).await {
-                            tracing::error!(
-                                error = format!("{error:#}"),
-                                "forgetting a killed job"
-                            );
+            // One look and one kill for a server's groups, [`KILL_BATCH`] at a time (they are
+            // the kill script's arguments).
+            for groups in groups.chunks(KILL_BATCH) {
+                match executor.kill(groups).await {
+                    Ok(found) => {
+                        if found > 0 {
+                            tracing::warn!(%server, groups = groups.len(), processes = found, "killed jobs left running by an interrupted deployment");
+                        }
+                        killed += found as usize;
+                        for group in groups {
+                            if let Err(error) = self.store.orphan_killed(&server, group).await {
+                                tracing::error!(
+                                    error = format!("{error:#}"),
+                                    "forgetting a killed job"
+                                );
+                            }
                         }
                     }
-                }
-                Err(error) => {
-                    unreachable.get_or_insert(error);
+                    Err(error) => {
+                        unreachable.get_or_insert(error);
+                        break;
+                    }
                 }
             }
         }
@@ -1150,6 +1154,10 @@ pub fn format_elapsed(elapsed: Duration) -> String {
         format!("{}m{:02}s", elapsed.as_secs() / 60, elapsed.as_secs() % 60)
     }
 }
+
+/// The most job groups one kill on a server looks for: the groups are the kill script's
+/// arguments, so a server that missed many interrupted deployments is cleaned in batches.
+const KILL_BATCH: usize = 200;
 
 /// How often ending a deployment whose run broke off is tried, and the first pause between
 /// tries (doubling: at most 1 + 2 + 4 + 8 s in all).
