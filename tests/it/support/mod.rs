@@ -315,12 +315,26 @@ pub fn app_key() -> (tempfile::TempDir, PathBuf) {
     (keys, key)
 }
 
+/// A port for a server the test starts later (Caddy, a spawned Dropship). Taken below the
+/// kernel's ephemeral range (32768 and up on Linux), where the tests' own outgoing connections
+/// take their local ports and could take this one before the server binds it; each call of
+/// this process takes the next port, starting from one of its own.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 1_000) as u16 * 10,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        assert!(port < 32_768, "no free port left below the ephemeral range");
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn serve(config: &std::path::Path) -> Process {
